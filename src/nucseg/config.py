@@ -1,0 +1,208 @@
+"""One frozen, validated configuration dataclass per job (DESIGN.md rule 3).
+
+Every config converts to and from a JSON-able dict, and is written next to every output and checkpoint so a
+result can always be traced back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nucseg.errors import ConfigError
+
+T = TypeVar("T", bound="_JsonConfig")
+
+#: Encoders of the UNets downsample 5 times, so tile sizes must be multiples of this.
+ENCODER_STRIDE = 32
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class _JsonConfig:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown settings {sorted(unknown)}; known are {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            hint = hints.get(key)
+            if isinstance(value, dict) and isinstance(hint, type) and issubclass(hint, _JsonConfig):
+                value = hint.from_dict(value)  # nested config, e.g. InferenceConfig.tiling
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"config": type(self).__name__, **self.to_dict()}, indent=2))
+        return path
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class TilingConfig(_JsonConfig):
+    """How an image is cut into overlapping tiles and blended back.
+
+    Attributes:
+        tile_size: side of the square tile fed to the network, in pixels at the model's resolution.
+        overlap: pixels shared by neighbouring tiles; predictions are blended across it with a tapered window.
+        batch_size: tiles per forward pass.
+    """
+
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.tile_size >= ENCODER_STRIDE and self.tile_size % ENCODER_STRIDE == 0,
+               f"tile size {self.tile_size} must be a positive multiple of {ENCODER_STRIDE} (e.g. 256, 512)")
+        _check(0 <= self.overlap < self.tile_size // 2,
+               f"overlap {self.overlap} must be >= 0 and smaller than half the tile ({self.tile_size // 2})")
+        _check(self.batch_size >= 1, f"batch size {self.batch_size} must be at least 1")
+
+    @property
+    def stride(self) -> int:
+        return self.tile_size - self.overlap
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig(_JsonConfig):
+    """Turning the network's foreground / contour / distance maps into separate nuclei.
+
+    Attributes:
+        foreground_threshold: probability above which a pixel belongs to a nucleus.
+        marker_threshold: a pixel seeds a nucleus where distance - contour exceeds this.
+        min_area: nuclei smaller than this many pixels (at the model's resolution) are dropped.
+        min_marker_area: seeds smaller than this are merged into their neighbours.
+    """
+
+    foreground_threshold: float = 0.5
+    marker_threshold: float = 0.4
+    min_area: int = 30
+    min_marker_area: int = 10
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.foreground_threshold < 1.0, "foreground threshold must lie strictly between 0 and 1")
+        _check(-1.0 < self.marker_threshold < 1.0, "marker threshold must lie strictly between -1 and 1")
+        _check(self.min_area >= 0 and self.min_marker_area >= 0, "minimum areas must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig(_JsonConfig):
+    """Everything `iter_predict` needs besides the image and the model.
+
+    Attributes:
+        model: a registry name or a model folder.
+        device: "auto" (cuda > mps > cpu) or one of cpu / cuda / mps.
+        tiling: tile size, overlap, batch size.
+        postprocess: thresholds for separating nuclei.
+        tta: average predictions over flips (4x slower, slightly more accurate).
+        skip_background: on slides, skip tiles without tissue (from a low-resolution tissue mask).
+        block_size: on slides, side of the blocks (at the model's resolution) post-processed at once.
+    """
+
+    model: str = "nucseg-default"
+    device: str = "auto"
+    tiling: TilingConfig = dataclasses.field(default_factory=TilingConfig)
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
+    tta: bool = False
+    skip_background: bool = True
+    block_size: int = 2048
+
+    def __post_init__(self) -> None:
+        _check(self.device in DEVICES, f"device {self.device!r} must be one of {', '.join(DEVICES)}")
+        _check(self.block_size >= self.tiling.tile_size,
+               f"block size {self.block_size} must be at least the tile size {self.tiling.tile_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_JsonConfig):
+    """Object matching threshold for F1 / PQ (AJI needs none)."""
+
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.iou_threshold < 1.0, f"IoU threshold {self.iou_threshold} must lie strictly between 0 and 1")
+
+
+LOSSES = ("focal+jaccard", "bce+dice", "ce")
+AUGMENTATIONS = ("flips", "rot90", "stain", "color", "scale", "blur")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(_JsonConfig):
+    """Training or fine-tuning a model on image / instance-label pairs.
+
+    The defaults follow the thesis the product grew from (Adam, focal + Jaccard, flips and 90 degree
+    rotations) plus stain augmentation, and are sized to finish in minutes on a laptop CPU.
+
+    Attributes:
+        base_model: registry name or model folder to start from.
+        epochs: passes over `steps_per_epoch` batches.
+        steps_per_epoch: batches per epoch (patches are sampled at random, so an epoch is a fixed budget).
+        learning_rate: Adam's step size.
+        batch_size: patches per step.
+        patch_size: side of the square training patch.
+        loss: foreground loss; the contour and distance heads always use BCE + Dice and MSE.
+        augmentations: any of flips, rot90, stain, color, scale, blur.
+        validation_fraction: share of images held out for validation when no explicit split is given.
+        mix_original: fraction of each batch drawn from the base model's original data (against forgetting).
+        early_stopping_patience: epochs without validation improvement before stopping (0 = never).
+        plateau_patience: epochs without improvement before the learning rate is halved (0 = never).
+        seed: makes sampling, augmentation and initialisation reproducible.
+        device: "auto" (cuda > mps > cpu) or one of cpu / cuda / mps.
+        num_threads: CPU threads for torch (0 = torch's default).
+    """
+
+    base_model: str = "nucseg-default"
+    epochs: int = 8
+    steps_per_epoch: int = 20
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    patch_size: int = 256
+    loss: str = "focal+jaccard"
+    augmentations: tuple[str, ...] = ("flips", "rot90", "stain", "color")
+    validation_fraction: float = 0.2
+    mix_original: float = 0.0
+    early_stopping_patience: int = 4
+    plateau_patience: int = 2
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs {self.epochs} must be at least 1")
+        _check(self.steps_per_epoch >= 1, f"steps per epoch {self.steps_per_epoch} must be at least 1")
+        _check(self.learning_rate > 0, f"learning rate {self.learning_rate} must be positive")
+        _check(self.batch_size >= 1, f"batch size {self.batch_size} must be at least 1")
+        _check(self.patch_size >= ENCODER_STRIDE and self.patch_size % ENCODER_STRIDE == 0,
+               f"patch size {self.patch_size} must be a positive multiple of {ENCODER_STRIDE}")
+        _check(self.loss in LOSSES, f"loss {self.loss!r} must be one of {', '.join(LOSSES)}")
+        bad = set(self.augmentations) - set(AUGMENTATIONS)
+        _check(not bad, f"unknown augmentations {sorted(bad)}; choose from {', '.join(AUGMENTATIONS)}")
+        _check(0.0 <= self.validation_fraction < 1.0, "validation fraction must lie in [0, 1)")
+        _check(0.0 <= self.mix_original < 1.0, "mix_original must lie in [0, 1)")
+        _check(self.early_stopping_patience >= 0 and self.plateau_patience >= 0, "patience must be >= 0")
+        _check(self.device in DEVICES, f"device {self.device!r} must be one of {', '.join(DEVICES)}")
+        _check(self.num_threads >= 0, "num_threads must be >= 0")
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """Read a config JSON written by `write_json`, without its ``config`` type tag."""
+    data = json.loads(Path(path).read_text())
+    data.pop("config", None)
+    return data
