@@ -1,0 +1,79 @@
+"""A grid of overlapping tiles over an image, and the tapered weights that blend them back (pure numpy)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One tile: rows y0:y1 and columns x0:x1 of the (padded) image."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets covering [0, length) with tiles of `tile` pixels, `stride` apart, the last flush with the end.
+
+    `length` must be >= `tile` (pad smaller images first, see `padded_shape`).
+    """
+    if length < tile:
+        raise ValueError(f"length {length} is smaller than the tile {tile}: pad the image first")
+    if stride <= 0:
+        raise ValueError("stride must be positive")
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def padded_shape(shape: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The image shape after padding each side up to at least one tile."""
+    return max(shape[0], tile), max(shape[1], tile)
+
+
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
+    """All tiles over an image of `shape` (already padded to at least `tile` on each side), row-major."""
+    ys = tile_starts(shape[0], tile, tile - overlap)
+    xs = tile_starts(shape[1], tile, tile - overlap)
+    return [Tile(y, x, y + tile, x + tile) for y in ys for x in xs]
+
+
+def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    for i in range(0, len(tiles), batch_size):
+        yield tiles[i : i + batch_size]
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """A (tile, tile) float32 weight, 1 in the core and ramping linearly (never to 0) across the overlap.
+
+    Tiles are weighted by it and the sum divided by the summed weights, so where only one tile covers a
+    pixel (image borders) its prediction is taken as is, and across overlaps predictions fade into each
+    other without seams. Pixels near a tile's edge, where the network sees least context, weigh least.
+    """
+    ramp = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = edge
+        ramp[tile - overlap :] = edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def pad_to_tile(image: np.ndarray, tile: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad an (H, W, C) image so both sides are at least `tile`; returns it and the original (H, W)."""
+    h, w = image.shape[:2]
+    ph, pw = max(0, tile - h), max(0, tile - w)
+    if ph == 0 and pw == 0:
+        return image, (h, w)
+    mode = "reflect" if h > 1 and w > 1 and ph < h and pw < w else "symmetric"
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)

@@ -1,0 +1,133 @@
+"""Building, loading and saving networks. Weights are safetensors only: nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nucseg.errors import ModelError, StoreError
+from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model, sha256_of
+
+if TYPE_CHECKING:
+    import torch
+
+_CACHE: dict[tuple, torch.nn.Module] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def build_network(spec: ModelSpec) -> torch.nn.Module:
+    """A randomly initialised network for `spec` (encoder_weights=None: no download, ever)."""
+    import segmentation_models_pytorch as smp
+
+    try:
+        arch = getattr(smp, spec.architecture)
+    except AttributeError as err:
+        raise ModelError(f"unknown architecture {spec.architecture!r} in model {spec.name!r}") from err
+    try:
+        return arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads))
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot build {spec.architecture} with encoder {spec.encoder!r}: {err}") from err
+
+
+def load_network(spec: ModelSpec | str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network of a spec, a registry name or a folder, in eval mode on `device`; cached.
+
+    The weights' sha256 is checked against the config before the first load.
+    """
+    import torch
+
+    if not isinstance(spec, ModelSpec):
+        spec = resolve_model(spec)
+    device = torch.device(device)
+    key = (spec.name, str(spec.folder), spec.sha256, str(device))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    net = build_network(spec)
+    if spec.trained:
+        load_weights(net, spec)
+    net.eval().to(device)
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)  # 1.0-1.5x faster convolutions on CPU, measured here
+    with _CACHE_LOCK:
+        _CACHE[key] = net
+    return net
+
+
+def load_weights(net: torch.nn.Module, spec: ModelSpec) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = spec.weights_path
+    assert path is not None
+    if spec.sha256 and sha256_of(path) != spec.sha256:
+        raise ModelError(f"{path} does not match the sha256 in its {CONFIG_FILE}: the file is corrupt or was replaced")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"cannot read weights {path}: {err}") from err
+    state = {k: v.float() for k, v in state.items()}  # shipped weights may be stored in float16
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelError(
+            f"weights {path} do not fit a {spec.architecture} with encoder {spec.encoder}: {str(err).splitlines()[0]}"
+        ) from err
+
+
+def clear_cache() -> None:
+    """Forget cached networks (and let the accelerator free their memory)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def save_model(
+    net: torch.nn.Module,
+    spec: ModelSpec,
+    folder: str | Path,
+    info: dict[str, Any] | None = None,
+    half: bool = False,
+) -> ModelSpec:
+    """Write `net` as a new model folder (model.safetensors + config.json) and return its spec.
+
+    Never overwrites: if `folder` exists, raises StoreError. The folder appears atomically (written under a
+    temporary name, then renamed), so a crash never leaves a half-written model where a user would find it.
+
+    Args:
+        net: the network.
+        spec: its architecture description; `info` is merged into the config.
+        folder: the new folder.
+        info: training data, metrics, lineage, postprocess defaults...
+        half: store weights as float16 (halves the file; loads back as float32).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists():
+        raise StoreError(f"{folder} already exists: model versions are never overwritten; choose a new name")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        config = spec.to_config()
+        config.update(info or {})
+        config["name"] = (info or {}).get("name", folder.name)
+        config.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        config["sha256"] = sha256_of(tmp / WEIGHTS_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        os.rename(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    from nucseg.models.registry import spec_from_folder
+
+    return spec_from_folder(folder)

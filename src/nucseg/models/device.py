@@ -1,0 +1,58 @@
+"""Choosing the torch device: cuda > mps > cpu, unless the user names one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nucseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def available_devices() -> list[str]:
+    """Devices usable on this machine, best first (always ends with "cpu")."""
+    import torch
+
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    devices.append("cpu")
+    return devices
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """Return the device to run on.
+
+    Args:
+        preference: "auto" picks cuda, then mps, then cpu; "cpu", "cuda" or "mps" insist on that one.
+
+    Raises:
+        ConfigError: the requested accelerator is not available here.
+    """
+    import torch
+
+    available = available_devices()
+    if preference == "auto":
+        return torch.device(available[0])
+    if preference not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {preference!r}; use auto, cpu, cuda or mps")
+    if preference not in available:
+        raise ConfigError(
+            f"device {preference!r} is not available on this machine (available: {', '.join(available)}); "
+            "use --device auto to fall back to the CPU"
+        )
+    return torch.device(preference)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after a run (users ask for GPU memory to be freed)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

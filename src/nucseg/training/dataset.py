@@ -1,0 +1,171 @@
+"""Image / instance-label pairs and the random patch sampler that feeds training."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from skimage.transform import resize
+
+from nucseg.errors import InvalidInputError
+from nucseg.training.augment import augment_colour, flip_rotate
+from nucseg.training.targets import instance_targets
+
+_MARGIN = 16  # context cropped around a patch so targets near its edge see the whole nucleus
+
+
+@dataclasses.dataclass
+class TrainingPair:
+    """An RGB image (H, W, 3) uint8 and its instance labels (H, W), with where it came from."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise InvalidInputError(f"{self.name}: image has shape {self.image.shape}, expected (H, W, 3)")
+        if self.labels.shape != self.image.shape[:2]:
+            raise InvalidInputError(
+                f"{self.name}: labels {self.labels.shape} and image {self.image.shape[:2]} differ in size; "
+                "labels must be drawn on the same pixels as the image"
+            )
+
+    def fingerprint(self) -> str:
+        """A short hash of the pixels, recorded in data manifests."""
+        h = hashlib.sha256(self.image.tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+
+def _stem(path: Path) -> str:
+    stem = path.name.split(".")[0]
+    for suffix in ("_labels", "_label", "_mask", "_masks"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Images and label files paired by file stem (a `_labels` / `_mask` suffix on the label is ignored).
+
+    Raises:
+        InvalidInputError: a folder is missing, or no image has a label file.
+    """
+    from nucseg.io.slides import list_images
+
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise InvalidInputError(f"{folder} is not a folder")
+    labels = {_stem(p): p for p in list_images(labels_dir)}
+    pairs = [(p, labels[_stem(p)]) for p in list_images(images_dir) if _stem(p) in labels]
+    if not pairs:
+        raise InvalidInputError(
+            f"no image in {images_dir} has a label file of the same name in {labels_dir} "
+            "(pair them by file name, e.g. tile1.png with tile1.png or tile1_labels.tif)"
+        )
+    return pairs
+
+
+def load_pairs(images_dir: str | Path, labels_dir: str | Path, names: Sequence[str] | None = None) -> list[TrainingPair]:
+    """Read paired images and instance labels from two folders (optionally only the stems in `names`)."""
+    from nucseg.inference.predict_array import as_rgb_uint8
+    from nucseg.io.masks import read_labels
+    from nucseg.io.slides import read_image
+
+    out = []
+    for image_path, label_path in pair_files(images_dir, labels_dir):
+        if names is not None and _stem(image_path) not in names:
+            continue
+        image = as_rgb_uint8(read_image(image_path), name=str(image_path))
+        out.append(TrainingPair(image, read_labels(label_path), _stem(image_path), str(image_path)))
+    return out
+
+
+def _random_crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, size: int):
+    h, w = labels.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:  # small images (e.g. DSB 256x320): mirror image and labels alike
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        image = np.pad(image, (*pad, (0, 0)), mode="symmetric")
+        labels = np.pad(labels, pad, mode="symmetric")
+        h, w = labels.shape
+    y = int(rng.integers(0, h - size + 1))
+    x = int(rng.integers(0, w - size + 1))
+    return image[y : y + size, x : x + size], labels[y : y + size, x : x + size]
+
+
+def sample_patch(
+    rng: np.random.Generator, pair: TrainingPair, patch_size: int, augmentations: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (patch, patch, 3) uint8 image and its (3, patch, patch) targets."""
+    full = patch_size + 2 * _MARGIN
+    scale = rng.uniform(0.8, 1.25) if "scale" in augmentations else 1.0
+    region = int(round(full * scale))
+    image, labels = _random_crop(rng, pair.image, pair.labels, region)
+    if region != full:
+        image = resize(image, (full, full), order=1, preserve_range=True, anti_aliasing=False).astype(np.uint8)
+        labels = resize(labels, (full, full), order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    if "flips" in augmentations or "rot90" in augmentations:
+        image, labels = flip_rotate(rng, image, labels)
+    image = augment_colour(rng, image, augmentations)
+    targets = instance_targets(labels)
+    crop = slice(_MARGIN, _MARGIN + patch_size)
+    return image[crop, crop], targets[:, crop, crop]
+
+
+class PatchSampler:
+    """Draws batches of random patches, images chosen in proportion to their area.
+
+    Args:
+        pairs: the training pairs.
+        patch_size: side of a patch.
+        augmentations: names from nucseg.config.AUGMENTATIONS.
+        extra: optional second pool (the base model's original data) and the fraction of each batch drawn
+            from it, so fine-tuning on a few corrections does not make the model forget what it knew.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        patch_size: int,
+        augmentations: tuple[str, ...],
+        extra: tuple[Sequence[TrainingPair], float] | None = None,
+    ):
+        if not pairs:
+            raise InvalidInputError("no training images: add at least one corrected image with labels")
+        self.pairs = list(pairs)
+        self.patch_size = patch_size
+        self.augmentations = augmentations
+        self.extra = extra if extra and extra[0] and extra[1] > 0 else None
+
+    @staticmethod
+    def _pick(rng: np.random.Generator, pairs: Sequence[TrainingPair]) -> TrainingPair:
+        areas = np.array([p.labels.size for p in pairs], dtype=np.float64)
+        return pairs[int(rng.choice(len(pairs), p=areas / areas.sum()))]
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        n_extra = int(round(batch_size * self.extra[1])) if self.extra else 0
+        chosen = [self._pick(rng, self.pairs) for _ in range(batch_size - n_extra)]
+        if self.extra:
+            chosen += [self._pick(rng, self.extra[0]) for _ in range(n_extra)]
+        patches = [sample_patch(rng, p, self.patch_size, self.augmentations) for p in chosen]
+        return np.stack([p[0] for p in patches]), np.stack([p[1] for p in patches])
+
+
+def split_pairs(
+    pairs: Sequence[TrainingPair], fraction: float, seed: int = 0
+) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """A reproducible train / validation split by image; at least one image each side when there are two."""
+    pairs = list(pairs)
+    if len(pairs) < 2 or fraction <= 0:
+        return pairs, []
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = min(max(1, int(round(fraction * len(pairs)))), len(pairs) - 1)
+    val_idx = set(order[:n_val].tolist())
+    return [p for i, p in enumerate(pairs) if i not in val_idx], [p for i, p in enumerate(pairs) if i in val_idx]

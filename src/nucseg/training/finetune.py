@@ -1,0 +1,230 @@
+"""`iter_finetune`: train or fine-tune a model on image / instance-label pairs, as a generator.
+
+It yields small progress records (one per step, one per epoch) and returns a `FinetuneResult`. Every epoch
+ends with a checkpoint, so a stopped or killed run resumes where it was; the best epoch by validation AJI
+(or by training loss without validation data) becomes a new model folder that never overwrites another.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucseg.config import FinetuneConfig, PostprocessConfig
+from nucseg.errors import StoreError
+from nucseg.models.build import build_network, load_weights
+from nucseg.models.device import release_device_memory, select_device
+from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
+from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from nucseg.training.dataset import PatchSampler, TrainingPair
+from nucseg.training.losses import nucseg_loss
+from nucseg.training.validation import validate
+
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = "best.safetensors"
+LOG_CSV = "log.csv"
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """What a run produced: the model folder (None if no epoch finished), its history and scores."""
+
+    model_dir: Path | None
+    history: list[dict[str, Any]]
+    before: dict[str, float]
+    after: dict[str, float]
+    stopped: bool
+
+
+def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "source": p.source, "shape": list(p.labels.shape), "nuclei": int(len(np.unique(p.labels)) - 1),
+             "fingerprint": p.fingerprint()} for p in pairs]
+
+
+def _batch_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    pred, true = logits[:, 0] > 0, targets[:, 0] > 0.5
+    inter = (pred & true).sum().item()
+    union = (pred | true).sum().item()
+    total = pred.sum().item() + true.sum().item()
+    return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
+    if (out_dir / WEIGHTS_FILE).exists():
+        raise StoreError(f"{out_dir} already holds a finished model: versions are never overwritten; choose a new --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise StoreError(f"{out_dir} already holds an unfinished run: pass --resume to continue it, or choose a new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def iter_finetune(
+    train: Sequence[TrainingPair],
+    val: Sequence[TrainingPair],
+    config: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    original: Sequence[TrainingPair] = (),
+    resume: bool = False,
+    postprocess: PostprocessConfig | None = None,
+    stop: threading.Event | None = None,
+    info: dict[str, Any] | None = None,
+) -> Generator[dict[str, Any], None, FinetuneResult]:
+    """Fine-tune `config.base_model` on `train`, validating on `val` after every epoch.
+
+    Args:
+        train: corrected image / label pairs to learn from.
+        val: pairs to choose the best epoch by (AJI); may be empty.
+        config: the run's settings (written to the output folder).
+        out_dir: the new model folder; with `resume`, an unfinished run's folder.
+        original: the base model's own training data, mixed in at `config.mix_original` against forgetting.
+        resume: continue from the last checkpoint in `out_dir`.
+        postprocess: thresholds for the AJI computed during validation (default: the base model's).
+        stop: when set, the run ends after the current step and keeps the best epoch so far.
+        info: extra fields for the new model's config.json (description, name...).
+
+    Yields:
+        {"kind": "baseline", ...metrics of the base model}, then per step {"kind": "step", "epoch", "step",
+        "steps", "loss"} and per epoch {"kind": "epoch", "epoch", "epochs", "train_loss", "train_iou",
+        "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr", "best", "seconds"}.
+    """
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, resume)
+    device = select_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    base = resolve_model(config.base_model)
+    post = postprocess or PostprocessConfig(**base.postprocess_defaults)
+    net = build_network(base)
+    if base.trained:
+        load_weights(net, base)
+    net.to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    sampler = PatchSampler(train, config.patch_size, config.augmentations, extra=(original, config.mix_original))
+    ckpt_dir = out_dir / CHECKPOINTS
+    state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {}}
+    if resume and has_checkpoint(ckpt_dir):
+        state = load_checkpoint(ckpt_dir, net, optimizer, device)
+    else:
+        config.write_json(out_dir / "finetune_config.json")
+        (out_dir / "data_manifest.json").write_text(json.dumps(
+            {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train), "val": _manifest(val),
+             "original": _manifest(original) if config.mix_original else []}, indent=1))
+        if base.trained and val:
+            state["before"] = validate(net, base, val, device, post, config.loss)
+    yield {"kind": "baseline", **state["before"]}
+    start_epoch = int(state.get("epoch", 0)) + 1
+    stopped = False
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            if state["since_best"] >= config.early_stopping_patience > 0:
+                break
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([config.seed, epoch])  # per-epoch streams: a resumed run replays exactly
+            torch.manual_seed(config.seed * 100003 + epoch)
+            net.train()
+            losses, ious, f1s = [], [], []
+            for step in range(1, config.steps_per_epoch + 1):
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                images, targets = sampler.sample_batch(rng, config.batch_size)
+                x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+                x = (x - torch.tensor(base.mean, device=device).view(1, 3, 1, 1)) / torch.tensor(
+                    base.std, device=device).view(1, 3, 1, 1)
+                y = torch.from_numpy(targets).to(device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                    logits = net(x)
+                terms = nucseg_loss(logits.float(), y, config.loss)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+                losses.append(terms["loss"].item())
+                iou, f1 = _batch_scores(logits.detach(), y)
+                ious.append(iou)
+                f1s.append(f1)
+                yield {"kind": "step", "epoch": epoch, "step": step, "steps": config.steps_per_epoch, "loss": losses[-1]}
+            if stopped and not losses:
+                break
+            scores = validate(net, base, val, device, post, config.loss)
+            score = scores.get("val_aji", -float(np.mean(losses)))
+            improved = state["best_score"] is None or score > state["best_score"]
+            if improved:
+                state.update(best_score=score, best_epoch=epoch, since_best=0)
+                save_weights(out_dir / BEST_WEIGHTS, net)
+            else:
+                state["since_best"] += 1
+                if config.plateau_patience and state["since_best"] % config.plateau_patience == 0:
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 0.5
+            record = {"kind": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": float(np.mean(losses)),
+                      "train_iou": float(np.mean(ious)), "train_f1": float(np.mean(f1s)), **scores,
+                      "lr": optimizer.param_groups[0]["lr"], "best": improved,
+                      "seconds": round(time.perf_counter() - t0, 1), "partial": stopped}
+            state["history"].append(record)
+            _append_log(out_dir / LOG_CSV, record)
+            if not stopped:
+                save_checkpoint(ckpt_dir, epoch, net, optimizer, state)
+            yield record
+            if stopped:
+                break
+    finally:
+        release_device_memory(device)
+    model_dir = _finalise(out_dir, base, config, state, info) if state["best_epoch"] else None
+    return FinetuneResult(model_dir, state["history"], state["before"],
+                          _best_record(state), stopped)
+
+
+def _best_record(state: dict[str, Any]) -> dict[str, float]:
+    """Validation scores of the best epoch (the last record of that epoch: a resumed epoch is re-run)."""
+    best = [r for r in state["history"] if r["epoch"] == state["best_epoch"] and r.get("best")]
+    return {k: v for k, v in best[-1].items() if k.startswith("val_")} if best else {}
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    fields = ["epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",
+              "best", "seconds", "partial"]
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(record)
+
+
+def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
+              info: dict[str, Any] | None) -> Path:
+    """Write model.safetensors + config.json from the best epoch into the run folder."""
+    from safetensors.torch import load_file, save_file
+
+    from nucseg.models.registry import sha256_of
+
+    weights = load_file(str(out_dir / BEST_WEIGHTS))
+    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
+    save_file(weights, str(tmp))
+    tmp.replace(out_dir / WEIGHTS_FILE)
+    cfg = base.to_config()
+    cfg.update({
+        "name": out_dir.name,
+        "description": f"fine-tuned from {base.name}",
+        "base_model": {"name": base.name, "sha256": base.sha256},
+        "finetune": config.to_dict(),
+        "best_epoch": state["best_epoch"],
+        "validation": {"before": state["before"], "after": _best_record(state)},
+        "history": state["history"],
+        "postprocess": base.postprocess_defaults,
+        **(info or {}),
+        "sha256": sha256_of(out_dir / WEIGHTS_FILE),
+    })
+    cfg_tmp = out_dir / f".{CONFIG_FILE}.tmp"
+    cfg_tmp.write_text(json.dumps(cfg, indent=2))
+    cfg_tmp.replace(out_dir / CONFIG_FILE)
+    return out_dir
