@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from nucseg.config import PostprocessConfig
@@ -32,12 +31,12 @@ def probabilities_to_instances(prob: np.ndarray, config: PostprocessConfig | Non
     fg_p, contour_p, dist_p = prob[0], prob[1], prob[2]
     foreground = fg_p > config.foreground_threshold
     if config.min_area:
-        foreground = remove_small_objects(foreground, max(config.min_area // 2, 1))
+        foreground = drop_small_components(foreground, max(config.min_area // 2, 1))
     if not foreground.any():
         return np.zeros(fg_p.shape, dtype=np.uint32)
     seeds = ((dist_p - contour_p) > config.marker_threshold) & foreground
     if config.min_marker_area:
-        seeds = remove_small_objects(seeds, config.min_marker_area)
+        seeds = drop_small_components(seeds, config.min_marker_area)
     markers, n = ndi.label(seeds)
     labels = watershed(-dist_p, markers, mask=foreground)
     orphans, n_orphans = ndi.label(foreground & (labels == 0))
@@ -54,3 +53,12 @@ def relabel_by_size(labels: np.ndarray, min_area: int) -> np.ndarray:
     lut = np.zeros(len(counts), dtype=np.uint32)
     lut[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint32)
     return lut[labels]
+
+
+def drop_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """`mask` without its connected components of fewer than `min_size` pixels."""
+    components, _ = ndi.label(mask)
+    counts = np.bincount(components.ravel())
+    small = counts < min_size
+    small[0] = True
+    return ~small[components]

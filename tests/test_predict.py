@@ -1,0 +1,98 @@
+"""iter_predict on synthetic nuclei with a deterministic network: tiling, blocks, stop, resolution, zarr."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fake_models import blob_image, install_blobnet
+from nucseg.config import InferenceConfig, TilingConfig
+from nucseg.inference.predict import iter_predict, predict
+
+MODEL = "unet-efficientnet-b0"  # architecture only: the network itself is replaced by BlobNet
+
+
+@pytest.fixture(autouse=True)
+def _blobnet(monkeypatch):
+    install_blobnet(monkeypatch)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label maps have the same objects, whatever their ids."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def config(tile=64, overlap=16, block=4096, batch=3):
+    return InferenceConfig(model=MODEL, tiling=TilingConfig(tile, overlap, batch), block_size=block,
+                           skip_background=False)
+
+
+def test_finds_every_synthetic_nucleus():
+    image, truth = blob_image()
+    res = predict(image, config(tile=128, overlap=32))
+    assert res.labels.shape == truth.shape and res.labels.dtype == np.uint32
+    assert res.n_nuclei == truth.max() == len(np.unique(res.labels)) - 1
+    assert same_partition(res.labels, truth)
+
+
+@pytest.mark.parametrize("tile,overlap", [(64, 0), (64, 16), (96, 32), (128, 48)])
+def test_tiled_equals_whole_image(tile, overlap):
+    image, _ = blob_image((230, 301), seed=3)
+    whole = predict(image, config(tile=256, overlap=0, block=4096))
+    tiled = predict(image, config(tile=tile, overlap=overlap, block=4096))
+    assert same_partition(whole.labels, tiled.labels)
+
+
+@pytest.mark.parametrize("block", [64, 96, 128])
+def test_blocks_never_split_or_duplicate_nuclei(block):
+    image, truth = blob_image((300, 400), n=60, seed=5)
+    res = predict(image, config(tile=64, overlap=16, block=block))
+    assert res.n_nuclei == truth.max()
+    assert same_partition(res.labels, truth)
+
+
+@pytest.mark.parametrize("shape", [(20, 17), (33, 65), (100, 31)])
+def test_images_smaller_than_a_tile_or_odd_sizes(shape):
+    image, truth = blob_image(shape, n=2, seed=1, radius=(4, 6))
+    res = predict(image, config(tile=64, overlap=16))
+    assert res.labels.shape == shape
+    assert same_partition(res.labels, truth)
+
+
+def test_stop_ends_within_one_batch():
+    image, _ = blob_image((256, 256))
+    stop = threading.Event()
+    gen = iter_predict(image, config(tile=64, overlap=0, batch=2), stop=stop)
+    first = next(gen)
+    assert first.stage == "starting" and first.total == 16
+    progress = next(gen)
+    assert progress.done == 2
+    stop.set()
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    assert done.value.value.stopped
+
+
+def test_input_at_another_resolution_comes_back_at_its_own():
+    image, truth = blob_image((200, 240), n=20, radius=(8, 12))
+    half = image[::2, ::2]  # 0.5 um/px, twice as coarse as the model's 0.25
+    res = predict(half, config(tile=64, overlap=16), mpp=0.5)
+    assert res.labels.shape == half.shape[:2]
+    assert res.probabilities.shape[1:] == (200, 240)  # the network ran at its own resolution
+    assert res.n_nuclei == truth.max()
+
+
+def test_streams_into_zarr(tmp_path):
+    import zarr
+
+    image, truth = blob_image((300, 300), n=30)
+    res = predict(image, config(tile=64, overlap=16, block=128), out=tmp_path / "pred.zarr")
+    labels = zarr.open_group(str(tmp_path / "pred.zarr"), mode="r")["labels"]
+    assert labels.shape == truth.shape
+    assert same_partition(np.asarray(labels), truth)
+    assert res.probabilities.dtype == np.uint8
+    with pytest.raises(Exception):  # never overwrites an earlier output
+        predict(image, config(), out=tmp_path / "pred.zarr")

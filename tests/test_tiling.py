@@ -1,0 +1,62 @@
+"""Tiling and stitching are pure functions: exhaustive small tests (DESIGN.md rule 5)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from nucseg.inference.stitching import BlendCanvas
+from nucseg.inference.tiling import blend_window, pad_to_tile, tile_grid, tile_starts
+
+
+@pytest.mark.parametrize("length,tile,stride", itertools.product([32, 33, 64, 95, 128, 257], [32, 64], [16, 24, 32]))
+def test_tile_starts_cover_exactly(length, tile, stride):
+    if length < tile:
+        with pytest.raises(ValueError):
+            tile_starts(length, tile, stride)
+        return
+    starts = tile_starts(length, tile, stride)
+    covered = np.zeros(length, bool)
+    for s in starts:
+        assert 0 <= s and s + tile <= length
+        covered[s : s + tile] = True
+    assert covered.all()
+    assert starts == sorted(set(starts))
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_window_is_positive_and_flat_in_core():
+    w = blend_window(64, 16)
+    assert w.shape == (64, 64) and (w > 0).all()
+    assert np.allclose(w[16:48, 16:48], 1.0)
+    assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 37), (37, 100), (130, 171), (257, 64)])
+@pytest.mark.parametrize("tile,overlap", [(64, 0), (64, 16), (64, 31), (96, 32)])
+def test_stitching_a_pointwise_function_is_exact(shape, tile, overlap):
+    """Any pixelwise prediction, tiled and blended, equals the whole-image prediction everywhere."""
+    rng = np.random.default_rng(sum(shape) + tile + overlap)
+    image = rng.random((*shape, 2)).astype(np.float32)
+    padded, (h, w) = pad_to_tile(image, tile)
+    canvas = BlendCanvas((h, w), 2, tile, overlap)
+    for t in tile_grid(padded.shape[:2], tile, overlap):
+        canvas.add(t, np.moveaxis(np.sin(padded[t.slices] * 3), 2, 0))
+    np.testing.assert_allclose(canvas.result(), np.moveaxis(np.sin(image * 3), 2, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_canvas_with_origin_ignores_outside_parts():
+    from nucseg.inference.tiling import Tile
+
+    canvas = BlendCanvas((10, 10), 1, 8, 2, origin=(5, 5))
+    canvas.add(Tile(0, 0, 8, 8), np.ones((1, 8, 8), np.float32))
+    res = canvas.result()
+    assert res[0, :3, :3].min() == 1.0 and res[0, 3:, :].max() == 0 and res[0, :, 3:].max() == 0
+
+
+def test_pad_to_tile_keeps_large_images():
+    img = np.zeros((70, 80, 3), np.uint8)
+    same, shape = pad_to_tile(img, 64)
+    assert same is img and shape == (70, 80)
+    small, shape = pad_to_tile(np.zeros((5, 3, 3), np.uint8), 64)
+    assert small.shape == (64, 64, 3) and shape == (5, 3)
