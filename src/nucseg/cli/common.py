@@ -1,0 +1,81 @@
+"""Pieces the subcommands share: model/tiling options, a progress bar on stderr, safe output paths."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nucseg.config import DEVICES
+from nucseg.errors import InvalidInputError, StoreError
+
+R = TypeVar("R")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="nucseg-default", help="registry name or model folder (see `nucseg models`)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+
+
+def add_tiling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels, a multiple of 32")
+    p.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+
+
+def drive(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bool = False) -> R:
+    """Run a core generator to its end with a tqdm bar on stderr; records need .done/.total or epoch keys."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, disable=quiet or None, dynamic_ncols=True)
+    try:
+        while True:
+            try:
+                record = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            total = getattr(record, "total", None)
+            if total is not None:
+                bar.total = total
+                bar.n = record.done
+                bar.refresh()
+    finally:
+        bar.close()
+
+
+def new_output_path(path: Path, overwrite: bool = False) -> Path:
+    """`path`, refusing to clobber an earlier result unless asked to."""
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} already exists; remove it, pick another --out, or pass --overwrite")
+    return path
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders expand to the images inside them (sorted)."""
+    from nucseg.io.slides import list_images
+
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)")
+            paths.extend(found)
+        elif not path.exists():
+            raise InvalidInputError(f"{path} does not exist")
+        else:
+            paths.append(path)
+    return paths
+
+
+def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        y, x, h, w = (int(v) for v in text.split(","))
+    except ValueError as err:
+        raise InvalidInputError(f"--region {text!r} must be four integers y,x,height,width in level-0 pixels") from err
+    return y, x, h, w
