@@ -96,3 +96,20 @@ def test_streams_into_zarr(tmp_path):
     assert res.probabilities.dtype == np.uint8
     with pytest.raises(Exception):  # never overwrites an earlier output
         predict(image, config(), out=tmp_path / "pred.zarr")
+
+
+def test_reapply_postprocess_in_memory_and_zarr(tmp_path, monkeypatch):
+    from nucseg.config import PostprocessConfig
+    from nucseg.inference.predict import reapply_postprocess
+
+    image, truth = blob_image((300, 300), n=30)
+    for out in (None, tmp_path / "p.zarr"):
+        res = predict(image, config(tile=64, overlap=16, block=128), out=out)
+        from nucseg.models import build
+
+        monkeypatch.setattr(build, "load_network", lambda *a, **k: pytest.fail("network must not run"))
+        strict = reapply_postprocess(res, PostprocessConfig(min_area=400))  # bigger than any disc
+        assert strict.n_nuclei == 0 and not np.asarray(strict.labels).any()
+        again = reapply_postprocess(res, res.config.postprocess)
+        assert same_partition(np.asarray(again.labels), truth)
+        install_blobnet(monkeypatch)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.config import InferenceConfig
+from nucseg.config import InferenceConfig, PostprocessConfig
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.source import ScaledSource
@@ -182,9 +182,18 @@ def iter_predict(
 
 
 def _write_block(inst, probs, box, read, source: ScaledSource, labels_out, probs_out, next_id: int, quantise: bool) -> int:
-    """Keep the block's nuclei whose centre lies in its core, renumber them globally, write them at level 0."""
+    """Write a block's nuclei (see `_write_labels`) and the core of its probabilities."""
     by, bx, bh, bw = box
     ry, rx = read[:2]
+    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
+    probs_out[:, by : by + bh, bx : bx + bw] = np.round(core * 255).astype(np.uint8) if quantise else core
+    return _write_labels(inst, box, (ry, rx), source, labels_out, next_id)
+
+
+def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
+    """Keep the nuclei whose centre lies in the block's core, renumber them globally, write them at level 0."""
+    by, bx, bh, bw = box
+    ry, rx = origin
     n = int(inst.max())
     if n:
         centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
@@ -203,9 +212,50 @@ def _write_block(inst, probs, box, read, source: ScaledSource, labels_out, probs
     sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
     current = np.asarray(labels_out[sl])
     labels_out[sl] = np.where(current == 0, inst, current)
-    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
-    probs_out[:, by : by + bh, bx : bx + bw] = np.round(core * 255).astype(np.uint8) if quantise else core
     return next_id
+
+
+def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig) -> PredictionResult:
+    """New instances from the cached probabilities with other thresholds: no network run (DESIGN.md rule 8).
+
+    In-memory results are re-done whole; zarr-backed ones block by block into a new labels array beside the
+    old one, so the earlier labels are never overwritten.
+    """
+    config = dataclasses.replace(result.config, postprocess=postprocess)
+    probs = result.probabilities
+    if isinstance(probs, np.ndarray):
+        inst = probabilities_to_instances(probs, postprocess)
+        if inst.shape != tuple(result.labels.shape):
+            inst = resize(inst, result.labels.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
+        return dataclasses.replace(result, labels=inst, n_nuclei=int(inst.max()), config=config)
+    import zarr
+
+    shape = probs.shape[1:]
+    source = _ResultGeometry(result, shape)
+    group = zarr.open_group(probs.store, mode="a")
+    name = f"labels-{len([k for k in group.array_keys() if k.startswith('labels')])}"
+    labels = group.create_array(name, shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32", fill_value=0)
+    halo = max(HALO, config.tiling.overlap)
+    next_id = 1
+    for box in _blocks(shape, config.block_size):
+        y, x, h, w = box
+        ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
+        block_probs = np.asarray(probs[:, ry0 : min(y + h + halo, shape[0]), rx0 : min(x + w + halo, shape[1])])
+        inst = probabilities_to_instances(block_probs, postprocess)
+        next_id = _write_labels(inst, box, (ry0, rx0), source, labels, next_id)
+    return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
+
+
+class _ResultGeometry:
+    """The mapping from model pixels to level-0 pixels of an earlier result (what `_write_labels` needs)."""
+
+    def __init__(self, result: PredictionResult, model_shape: tuple[int, int]):
+        self.region0 = result.region
+        self.factor = result.region[2] / model_shape[0]
+        self.resampled = abs(self.factor - 1.0) > 1e-9
+
+    def to_level0(self, y: float, x: float) -> tuple[int, int]:
+        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
 
 
 def predict(image, config: InferenceConfig | None = None, **kwargs) -> PredictionResult:
