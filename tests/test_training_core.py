@@ -1,0 +1,82 @@
+"""Targets, augmentations and losses of the training code (fast, no network training)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nucseg.training.augment import color_jitter, flip_rotate, stain_jitter
+from nucseg.training.dataset import PatchSampler, TrainingPair, sample_patch, split_pairs
+from nucseg.training.losses import focal_loss, nucseg_loss, soft_jaccard_loss
+from nucseg.training.targets import instance_targets
+
+
+def two_touching_squares():
+    labels = np.zeros((20, 30), np.uint32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 2  # shares a border with 1
+    return labels
+
+
+def test_targets_part_touching_nuclei_and_peak_at_centres():
+    t = instance_targets(two_touching_squares())
+    fg, contour, dist = t
+    assert fg.sum() == 200
+    assert contour[5:15, 14].all() and contour[5:15, 15].all()  # a 2-px line between the two nuclei
+    assert dist.max() == pytest.approx(1.0)
+    assert dist[contour > 0].max() < 0.5  # borders are low, centres high
+    assert dist[9:11, 9:11].min() == pytest.approx(1.0, abs=0.25)
+    assert (t[:, fg == 0] == 0).all()
+
+
+def test_flip_rotate_moves_image_and_labels_together():
+    rng = np.random.default_rng(0)
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    labels = image[..., 0].astype(np.uint32)
+    for _ in range(8):
+        a, b = flip_rotate(rng, image, labels)
+        assert np.array_equal(a[..., 0], b)
+
+
+def test_colour_augmentations_keep_shape_and_change_colour_mildly():
+    rng = np.random.default_rng(1)
+    image = np.random.default_rng(2).integers(30, 230, (32, 32, 3), dtype=np.uint8)
+    for fn in (stain_jitter, color_jitter):
+        out = fn(rng, image)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        diff = np.abs(out.astype(int) - image).mean()
+        assert 0 < diff < 40
+
+
+def test_patches_from_images_smaller_than_a_patch():
+    labels = two_touching_squares()
+    image = np.full((*labels.shape, 3), 200, np.uint8)
+    image[labels > 0] = 80
+    pair = TrainingPair(image, labels, "tiny")
+    img, tgt = sample_patch(np.random.default_rng(0), pair, 64, ("flips", "rot90", "stain", "scale"))
+    assert img.shape == (64, 64, 3) and tgt.shape == (3, 64, 64)
+    dark = img.mean(axis=2) < 140
+    assert (tgt[0] > 0).sum() > 0 and np.mean(dark == (tgt[0] > 0)) > 0.9  # targets follow the pixels
+
+
+def test_sampler_mixes_original_data():
+    a = TrainingPair(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint32), "a")
+    b = TrainingPair(np.full((64, 64, 3), 255, np.uint8), np.zeros((64, 64), np.uint32), "b")
+    images, _ = PatchSampler([a], 32, (), extra=([b], 0.5)).sample_batch(np.random.default_rng(0), 4)
+    assert sorted(int(i.mean()) for i in images) == [0, 0, 255, 255]
+
+
+def test_split_is_reproducible_and_keeps_both_sides():
+    pairs = [TrainingPair(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint32), str(i)) for i in range(5)]
+    t1, v1 = split_pairs(pairs, 0.2, seed=3)
+    t2, v2 = split_pairs(pairs, 0.2, seed=3)
+    assert [p.name for p in v1] == [p.name for p in v2] and len(v1) == 1 and len(t1) == 4
+    assert split_pairs(pairs[:1], 0.5)[1] == []
+
+
+def test_losses_are_low_for_right_answers_and_high_for_wrong():
+    target = torch.from_numpy(instance_targets(two_touching_squares()))[None]
+    good = torch.logit(target.clamp(0.02, 0.98))
+    bad = -good
+    assert nucseg_loss(good, target)["loss"] < nucseg_loss(bad, target)["loss"]
+    assert focal_loss(good[:, 0], target[:, 0]) < focal_loss(bad[:, 0], target[:, 0])
+    assert soft_jaccard_loss(good[:, 0], target[:, 0]) < 0.1 < soft_jaccard_loss(bad[:, 0], target[:, 0])
