@@ -29,9 +29,22 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     except AttributeError as err:
         raise ModelError(f"unknown architecture {spec.architecture!r} in model {spec.name!r}") from err
     try:
-        return arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads))
+        net = arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads))
     except (KeyError, ValueError, RuntimeError) as err:
         raise ModelError(f"cannot build {spec.architecture} with encoder {spec.encoder!r}: {err}") from err
+    _set_batchnorm_momentum(net, 0.1)
+    return net
+
+
+def _set_batchnorm_momentum(net: torch.nn.Module, momentum: float) -> None:
+    """EfficientNet encoders come with TensorFlow's BN momentum (0.01 in torch terms), made for fine-tuning
+    pretrained weights. From scratch the weights move fast and such running statistics lag far behind them:
+    measured here, eval-mode foreground fell to 0.5 % of pixels while train mode found the true 15 %."""
+    import torch
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
 
 
 def load_network(spec: ModelSpec | str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
