@@ -87,12 +87,12 @@ def export(args) -> None:
     from safetensors.torch import load_file
 
     from nucseg.inference.postprocess import probabilities_to_instances
+    from nucseg.inference.predict_array import predict_probabilities
     from nucseg.metrics.report import evaluate_many
     from nucseg.models.build import build_network, save_model
     from nucseg.models.device import select_device
     from nucseg.models.registry import resolve_model
     from nucseg.training.validation import VALIDATION_TILING
-    from nucseg.inference.predict_array import predict_probabilities
 
     torch.set_num_threads(args.threads)
     _, val = load_split()

@@ -7,6 +7,7 @@ import pytest
 
 from fake_models import blob_image, install_blobnet
 from nucseg.config import InferenceConfig, TilingConfig
+from nucseg.errors import StoreError
 from nucseg.inference.predict import iter_predict, predict
 
 MODEL = "unet-efficientnet-b0"  # architecture only: the network itself is replaced by BlobNet
@@ -94,7 +95,7 @@ def test_streams_into_zarr(tmp_path):
     assert labels.shape == truth.shape
     assert same_partition(np.asarray(labels), truth)
     assert res.probabilities.dtype == np.uint8
-    with pytest.raises(Exception):  # never overwrites an earlier output
+    with pytest.raises(StoreError, match="already exists"):  # never overwrites an earlier output
         predict(image, config(), out=tmp_path / "pred.zarr")
 
 

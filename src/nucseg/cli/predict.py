@@ -8,7 +8,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from nucseg.cli.common import add_model_options, add_tiling_options, drive, expand_inputs, new_output_path, parse_region
+from nucseg.cli.common import (
+    add_model_options,
+    add_tiling_options,
+    drive,
+    expand_inputs,
+    new_output_path,
+    parse_region,
+)
 from nucseg.errors import InvalidInputError
 
 FORMATS = ("tif", "zarr", "geojson", "csv")

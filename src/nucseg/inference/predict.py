@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from nucseg.config import InferenceConfig, PostprocessConfig
+from nucseg.errors import StoreError
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.source import ScaledSource
@@ -132,6 +133,8 @@ def iter_predict(
     from nucseg.models.registry import resolve_model
 
     config = config or InferenceConfig()
+    if out is not None and Path(out).exists():
+        raise StoreError(f"{out} already exists: predictions are never written over; choose a new output folder")
     t0 = time.perf_counter()
     spec = resolve_model(config.model)
     device = select_device(config.device)

@@ -79,8 +79,9 @@ def predict_probabilities(
 ) -> np.ndarray:
     """(C, H, W) probabilities of a whole in-memory image, tiled."""
     result = None
-    for done, total, result in iter_tile_probabilities(net, image, spec, device, tiling, tta):
+    for done, total, probs in iter_tile_probabilities(net, image, spec, device, tiling, tta):
         if on_progress:
             on_progress(done, total)
+        result = probs
     assert result is not None
     return result
