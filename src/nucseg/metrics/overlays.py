@@ -1,0 +1,123 @@
+"""TP / FP / FN maps that make errors visible: pixel-wise, object-wise, blended on the image, and outlines.
+
+Codes in every confusion map: 0 = true negative / nothing, 1 = TP, 2 = FP, 3 = FN; colours in `CONFUSION_COLORS`
+(TP cyan, FP magenta, FN yellow), the same as the product's reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nucseg.errors import InvalidInputError
+from nucseg.metrics.matching import MatchResult
+from nucseg.metrics.pixel import as_label_array, check_same_shape
+
+__all__ = ["CONFUSION_COLORS", "CONFUSION_NAMES", "TN", "TP", "FP", "FN", "blend_overlay", "contours",
+           "object_overlay", "pixel_confusion_map"]
+
+TN, TP, FP, FN = 0, 1, 2, 3
+CONFUSION_NAMES = {TN: "TN", TP: "TP", FP: "FP", FN: "FN"}
+CONFUSION_COLORS: dict[int, tuple[int, int, int]] = {TP: (0, 255, 255), FP: (255, 0, 255), FN: (255, 255, 0)}
+
+
+def pixel_confusion_map(truth: Any, pred: Any) -> np.ndarray:
+    """Per-pixel confusion codes of foreground (``> 0``): 0 TN, 1 TP, 2 FP, 3 FN.
+
+    Args:
+        truth: ground-truth labels or mask (H, W).
+        pred: predicted labels or mask, same shape.
+
+    Returns:
+        uint8 map (H, W).
+    """
+    t = as_label_array(truth, "ground truth")
+    p = as_label_array(pred, "prediction")
+    check_same_shape(t, p)
+    lut = np.array([TN, FP, FN, TP], np.uint8)  # index = 2 * truth + pred
+    return lut[(t > 0).view(np.uint8) * 2 + (p > 0).view(np.uint8)]
+
+
+def object_overlay(truth: Any, pred: Any, match: MatchResult) -> np.ndarray:
+    """Object-level confusion map from a `MatchResult`.
+
+    Pixels of matched predicted nuclei are 1 (TP), of unmatched predicted nuclei 2 (FP), of unmatched truth nuclei
+    3 (FN), drawn last so that a missed nucleus stays visible even under a wrong prediction.
+
+    Args:
+        truth: ground-truth instance labels (H, W).
+        pred: predicted instance labels, same shape.
+        match: `match_instances(truth, pred)`.
+
+    Returns:
+        uint8 map (H, W).
+    """
+    t = as_label_array(truth, "ground truth")
+    p = as_label_array(pred, "prediction")
+    check_same_shape(t, p)
+    out = np.zeros(t.shape, np.uint8)
+    out[p > 0] = FP
+    out[np.isin(p, match.pairs[:, 1]) & (p > 0)] = TP
+    if match.fn_ids.size:
+        out[np.isin(t, match.fn_ids)] = FN
+    return out
+
+
+def _as_rgb_uint8(image: Any) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise InvalidInputError(f"image for the overlay must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
+    img = img[..., :3]
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.floating):
+        top = 1.0 if img.size == 0 or float(np.nanmax(img)) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(img) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def blend_overlay(image_rgb: Any, confusion_map: Any, alpha: float = 0.5) -> np.ndarray:
+    """Tint `image_rgb` with the confusion colours: TP cyan, FP magenta, FN yellow; TN pixels show the image.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 image (grey, RGBA, float in [0, 1] and uint16 are converted).
+        confusion_map: (H, W) codes 0..3 from `pixel_confusion_map` or `object_overlay`.
+        alpha: weight of the colour, 0 (image only) to 1 (flat colour).
+
+    Returns:
+        uint8 RGB (H, W, 3).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidInputError(f"alpha {alpha} must lie in [0, 1]")
+    img = _as_rgb_uint8(image_rgb)
+    codes = np.asarray(confusion_map)
+    if codes.shape != img.shape[:2]:
+        raise InvalidInputError(f"confusion map has shape {codes.shape} but the image has {img.shape[:2]}")
+    palette = np.zeros((256, 3), np.float32)
+    for code, colour in CONFUSION_COLORS.items():
+        palette[code] = colour
+    coloured = (codes > 0) & (codes <= max(CONFUSION_COLORS))
+    out = img.copy()
+    mixed = (1.0 - alpha) * img[coloured].astype(np.float32) + alpha * palette[codes[coloured].astype(np.intp)]
+    out[coloured] = np.clip(mixed.round(), 0, 255).astype(np.uint8)
+    return out
+
+
+def contours(labels: Any) -> np.ndarray:
+    """1-pixel inner boundaries of each nucleus, keeping its id (``find_boundaries(mode="inner")``).
+
+    Args:
+        labels: instance labels (H, W).
+
+    Returns:
+        Array of the same dtype: the id on boundary pixels, 0 elsewhere.
+    """
+    from skimage.segmentation import find_boundaries
+
+    lab = as_label_array(labels)
+    return np.where(find_boundaries(lab, mode="inner") & (lab > 0), lab, 0).astype(lab.dtype)
