@@ -1,0 +1,303 @@
+"""Layers <-> arrays: what the widgets read from napari layers and what they turn results into.
+
+Coordinates: napari places pixel ``i`` of a layer at ``translate + i * scale`` (the pixel's CENTRE) in world
+coordinates. Regions are ``(y, x, h, w)`` in level-0 pixels of the image; a pixel belongs to a drawn rectangle
+or to the field of view when its centre lies inside. A result of a region at level-0 offset ``(y0, x0)`` is
+shown with the image's scale and ``translate = image translate + (y0, x0) * scale``, so it overlays exactly;
+probabilities live at the model's resolution, each pixel covering ``f = region h / prob h`` level-0 pixels,
+so their scale is ``image scale * f`` and their first pixel's centre sits at ``(f - 1) / 2`` level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QWidget
+
+from nucseg.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+    from nucseg.inference.predict import PredictionResult
+
+Region = tuple[int, int, int, int]
+
+#: multiscale levels of zarr-backed results stop when the longer side is below this many pixels
+PYRAMID_MIN_SIZE = 1024
+
+
+class LayerPyramid:
+    """A multiscale image layer's level arrays seen as a `nucseg.io.slides.Slide` (what `iter_predict` reads).
+
+    Args:
+        levels: (H, W, 3|4) arrays (numpy, dask or zarr), finest first.
+        mpp: microns per pixel of level 0, or None when unknown.
+    """
+
+    def __init__(self, levels: Sequence[Any], mpp: float | None):
+        self.levels = list(levels)
+        self.mpp = mpp
+        self.shape = tuple(int(s) for s in self.levels[0].shape[:2])
+        self.downsamples = [self.shape[0] / int(level.shape[0]) for level in self.levels]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose pixels are still at least as fine as `target_mpp` (1% slack)."""
+        if not self.mpp:
+            return 0
+        fine = [i for i, d in enumerate(self.downsamples) if self.mpp * d <= target_mpp * 1.01]
+        return max(fine, key=lambda i: self.downsamples[i]) if fine else 0
+
+    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
+        from nucseg.inference.predict_array import as_rgb_uint8
+
+        array = self.levels[level]
+        H, W = int(array.shape[0]), int(array.shape[1])
+        out = np.full((h, w, 3), 255, np.uint8)
+        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
+        if y1 > y0 and x1 > x0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = as_rgb_uint8(np.asarray(array[y0:y1, x0:x1]))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """What a segmentation run needs from an image layer, captured on the GUI thread.
+
+    Attributes:
+        name: layer name.
+        data: the layer's data (an array, or a list of level arrays when multiscale).
+        multiscale: whether `data` is a pyramid.
+        mpp: microns per pixel of level 0 (from the layer's metadata), or None when unknown.
+        path: the file the plugin's reader opened it from, if any.
+        shape: level-0 (height, width).
+    """
+
+    name: str
+    data: Any
+    multiscale: bool
+    mpp: float | None
+    path: str | None
+    shape: tuple[int, int]
+
+    def load(self) -> Any:
+        """The image to segment: an (H, W, 3) uint8 array, or a Slide for pyramids. Call it in a worker."""
+        from nucseg.inference.predict_array import as_rgb_uint8
+
+        if not self.multiscale:
+            return as_rgb_uint8(np.asarray(self.data), self.name)
+        if self.path:
+            try:
+                from nucseg.io.slides import open_slide
+            except ModuleNotFoundError as err:
+                if err.name != "nucseg.io.slides":
+                    raise
+            else:
+                return open_slide(self.path)
+        return LayerPyramid(self.data, self.mpp)
+
+
+def image_input(layer: Layer) -> ImageInput:
+    """Capture an image layer for `iter_predict`.
+
+    Raises:
+        InvalidInputError: the layer is not a 2-D (RGB or grey) image.
+    """
+    data = layer.data
+    multiscale = bool(getattr(layer, "multiscale", False))
+    level0 = data[0] if multiscale else data
+    rgb = bool(getattr(layer, "rgb", False))
+    if level0.ndim - (1 if rgb else 0) != 2:
+        raise InvalidInputError(
+            f"layer {layer.name!r} has shape {tuple(level0.shape)}; segmentation needs one 2-D RGB image "
+            "(for a stack, open the plane you want as its own layer)")
+    return ImageInput(name=layer.name, data=data, multiscale=multiscale, mpp=layer_mpp(layer),
+                      path=layer.metadata.get("nucseg_path"), shape=(int(level0.shape[0]), int(level0.shape[1])))
+
+
+def layer_mpp(layer: Layer) -> float | None:
+    """Microns per pixel of a layer: ``metadata["mpp"]`` (set by the plugin's reader and by results), else None."""
+    mpp = layer.metadata.get("mpp")
+    return float(mpp) if mpp else None
+
+
+def field_of_view_region(viewer: napari.viewer.Viewer, layer: Layer) -> Region:
+    """The part of `layer` visible on the canvas, as (y, x, h, w) level-0 pixels clipped to the image.
+
+    Uses the camera (centre, zoom = screen pixels per world unit) and the size of one canvas view box.
+
+    Raises:
+        InvalidInputError: the image is not in view.
+    """
+    height, width = viewer.canvas.viewbox_size(viewer.layers)
+    camera = viewer.scene.camera
+    zoom = camera.zoom
+    cy, cx = camera.center[-2:]
+    corners = [(cy - height / zoom / 2, cx - width / zoom / 2), (cy + height / zoom / 2, cx + width / zoom / 2)]
+    return _world_box_to_region(layer, corners, "the field of view")
+
+
+def _world_box_to_region(layer: Layer, world_points: Sequence[Sequence[float]], what: str) -> Region:
+    point = np.asarray(layer.data_to_world([0] * layer.ndim), float)
+    data = []
+    for yx in world_points:
+        point[-2:] = yx
+        data.append(np.asarray(layer.world_to_data(point))[-2:])
+    lo, hi = np.min(data, axis=0), np.max(data, axis=0)
+    H, W = _level0_shape(layer)
+    y0, x0 = max(math.ceil(lo[0] - 1e-6), 0), max(math.ceil(lo[1] - 1e-6), 0)
+    y1, x1 = min(math.floor(hi[0] + 1e-6) + 1, H), min(math.floor(hi[1] + 1e-6) + 1, W)
+    if y1 <= y0 or x1 <= x0:
+        raise InvalidInputError(f"{what} does not overlap the image {layer.name!r}")
+    return (y0, x0, y1 - y0, x1 - x0)
+
+
+def _level0_shape(layer: Layer) -> tuple[int, int]:
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = data.shape[:-1] if getattr(layer, "rgb", False) else data.shape
+    return int(shape[-2]), int(shape[-1])
+
+
+def shapes_to_regions(shapes_layer: Layer, image_layer: Layer) -> list[Region]:
+    """The bounding boxes of the shapes (rectangles, or any shape) in level-0 pixels of the image.
+
+    Raises:
+        InvalidInputError: there are no shapes, or one lies outside the image.
+    """
+    if not len(shapes_layer.data):
+        raise InvalidInputError(f"shapes layer {shapes_layer.name!r} is empty: draw a rectangle on the image first")
+    regions = []
+    for index, vertices in enumerate(shapes_layer.data, start=1):
+        world = [np.asarray(shapes_layer.data_to_world(v))[-2:] for v in np.asarray(vertices)]
+        regions.append(_world_box_to_region(image_layer, world, f"shape {index}"))
+    return regions
+
+
+def result_transform(image_scale: Sequence[float], image_translate: Sequence[float], region: Region
+                     ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, translate) of a labels result of `region`, so that it overlays the image exactly."""
+    scale = tuple(float(s) for s in image_scale[-2:])
+    translate = tuple(float(t) + o * s for t, o, s in zip(image_translate[-2:], region[:2], scale))
+    return scale, translate  # type: ignore[return-value]
+
+
+def probability_transform(image_scale: Sequence[float], image_translate: Sequence[float], region: Region,
+                          prob_shape: Sequence[int]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, translate) of a probability map at the model's resolution covering `region`."""
+    factor = (region[2] / int(prob_shape[-2]), region[3] / int(prob_shape[-1]))
+    scale = tuple(float(s) * f for s, f in zip(image_scale[-2:], factor))
+    translate = tuple(float(t) + (o + (f - 1) / 2) * float(s)
+                      for t, o, f, s in zip(image_translate[-2:], region[:2], factor, image_scale[-2:]))
+    return scale, translate  # type: ignore[return-value]
+
+
+def lazy_pyramid(array: Any, min_size: int | None = None) -> list[Any]:
+    """Dask levels ``[a, a[::2, ::2], a[::4, ::4], ...]`` of a (zarr) array, down to `min_size` pixels
+    (default `PYRAMID_MIN_SIZE`)."""
+    import dask.array as da
+
+    min_size = min_size or PYRAMID_MIN_SIZE
+    base = array if isinstance(array, da.Array) else da.from_zarr(array)
+    levels, k = [base], 1
+    while max(base.shape[-2:]) / 2**k >= min_size:
+        levels.append(base[..., :: 2**k, :: 2**k])
+        k += 1
+    return levels
+
+
+def labels_data(result: PredictionResult) -> tuple[Any, bool]:
+    """(data, multiscale) for a Labels layer: numpy labels as they are, zarr labels as a lazy pyramid."""
+    if isinstance(result.labels, np.ndarray):
+        return result.labels, False
+    levels = lazy_pyramid(result.labels)
+    return (levels, True) if len(levels) > 1 else (levels[0], False)
+
+
+def probability_data(result: PredictionResult) -> tuple[Any, bool, tuple[float, float]]:
+    """(data, multiscale, contrast limits) of the foreground probability channel."""
+    probs = result.probabilities
+    if isinstance(probs, np.ndarray):
+        return probs[0], False, (0.0, 1.0)
+    import dask.array as da
+
+    levels = lazy_pyramid(da.from_zarr(probs)[0])
+    return (levels if len(levels) > 1 else levels[0]), len(levels) > 1, (0.0, 255.0)
+
+
+def plane_index(layer: Layer, viewer: napari.viewer.Viewer) -> tuple[int, ...]:
+    """Index of the displayed plane of a stack layer (leading axes), e.g. ``(3,)`` for slice 3 of (N, H, W)."""
+    lead = layer.ndim - 2
+    if lead <= 0:
+        return ()
+    data_point = np.asarray(layer.world_to_data(viewer.dims.point))
+    shape = layer.data.shape
+    return tuple(int(np.clip(round(float(v)), 0, shape[i] - 1)) for i, v in enumerate(data_point[:lead]))
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed.
+
+    Args:
+        viewer: the napari viewer.
+        layer_types: napari layer classes to list.
+        optional: add a "(none)" entry.
+        predicate: extra filter, e.g. RGB images only.
+        parent: parent widget.
+    """
+
+    NONE = "(none)"
+
+    def __init__(self, viewer: napari.viewer.Viewer, layer_types: tuple[type, ...], optional: bool = False,
+                 predicate: Any = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.layer_types = layer_types
+        self.optional = optional
+        self.predicate = predicate
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_name(self, event: Any) -> None:
+        event.value.events.name.connect(self.refresh)
+
+    def layers(self) -> list[Layer]:
+        """The layers that may be chosen."""
+        return [layer for layer in self.viewer.layers if isinstance(layer, self.layer_types)
+                and (self.predicate is None or self.predicate(layer))]
+
+    def refresh(self, *_: Any) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = ([self.NONE] if self.optional else []) + [layer.name for layer in self.layers()]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self.refresh()
+        super().showPopup()
+
+    def current_layer(self) -> Layer | None:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        return next((layer for layer in self.layers() if layer.name == name), None)
+
+    def set_layer(self, layer: Layer | str) -> None:
+        """Choose a layer (or a layer name)."""
+        self.refresh()
+        self.setCurrentText(layer if isinstance(layer, str) else layer.name)
