@@ -73,12 +73,13 @@ def brute_force_auc(fg, scores):
     return wins / (pos.size * neg.size)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8])
 @pytest.mark.parametrize("seed", range(5))
-def test_auc_matches_pairwise_count_with_ties(seed):
+def test_auc_matches_pairwise_count_with_ties(seed, dtype):
     rng = np.random.default_rng(seed)
     fg = rng.random((7, 9)) < 0.4
-    scores = rng.integers(0, 5, (7, 9)) / 4  # many ties
-    scores = np.where(fg, np.minimum(scores + 0.25, 1), scores)
+    scores = rng.integers(0, 5, (7, 9))  # many ties
+    scores = np.where(fg, np.minimum(scores + 1, 4), scores).astype(dtype)
     assert roc_auc(fg, scores) == pytest.approx(brute_force_auc(fg.ravel(), scores.ravel()))
 
 
