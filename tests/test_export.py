@@ -243,3 +243,5 @@ def test_bad_labels_rejected():
         labels_to_geojson(np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(InvalidInputError, match="dtype"):
         measure_nuclei(np.zeros((3, 3), np.float32))
+    with pytest.raises(InvalidInputError, match="relabel"):
+        write_labels_zarr(np.full((3, 3), 2**40, np.int64), "unused.zarr")

@@ -23,6 +23,7 @@ STEM_TAGS = ("_labels", "_label", "_prob", "_probabilities")
 JSON_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "auc", "f1", "aji", "pq", "tp", "fp", "fn")
 TABLE_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "auc", "f1", "aji", "pq", "sq", "dq",
               "object_precision", "object_recall", "tp", "fp", "fn")
+FOLDER_KEYS = ("dice", "iou", "auc", "f1", "aji", "pq", "tp", "fp", "fn")  # the rest: --json / --csv
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -205,11 +206,12 @@ def run(args: argparse.Namespace) -> int:
         print(_table([{"metric": k, "value": row[k]} for k in keys], ["value"], "metric"))
         print(f"nuclei: {row['n_truth']} in truth, {row['n_pred']} predicted")
     else:
+        keys = [k for k in FOLDER_KEYS if k in keys]
         mean = {"image": "MEAN", **{k: summary[k] for k in keys if k in summary}}
         pooled = {"image": "POOLED", **summary["pooled"], **{k: summary[k] for k in ("tp", "fp", "fn")}}
         print(_table([*rows, mean, pooled], keys, "image"))
-        print(f"{summary['n_images']} images; MEAN averages over images, POOLED treats them as one "
-              f"(AJI = sum of intersections / sum of unions); objects match at IoU > {config.iou_threshold}")
+        print(f"{summary['n_images']} images; MEAN averages over images, POOLED treats them as one (AJI = sum of "
+              f"intersections / sum of unions); objects match at IoU > {config.iou_threshold}; all metrics: --json, --csv")
     if args.csv is not None:
         print(f"wrote {args.csv}")
     return 0

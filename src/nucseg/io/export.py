@@ -72,6 +72,10 @@ def _check_labels(labels: Any) -> Any:
         raise InvalidInputError(f"labels must be 2-D (height, width), got shape {tuple(labels.shape)}")
     if np.dtype(labels.dtype).kind not in "uib":
         raise InvalidInputError(f"labels have dtype {labels.dtype}; expected integer nucleus ids (0 = background)")
+    if isinstance(labels, np.ndarray) and labels.size and np.dtype(labels.dtype).itemsize > 4 and (
+            labels.max() > np.iinfo(np.uint32).max or labels.min() < 0):
+        raise InvalidInputError("labels hold ids outside 0..4294967295; relabel them (skimage.segmentation."
+                                "relabel_sequential) before export")
     return labels
 
 
@@ -354,10 +358,9 @@ def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = Non
     if pyramid or (pyramid is None and max(h, w) > 4096):
         while max(-(-h // steps[-1]), -(-w // steps[-1])) > tile:
             steps.append(steps[-1] * 2)
-    metadata: dict[str, Any] = {"axes": "YX", "Name": "nuclei labels"}
+    metadata: dict[str, Any] = {"axes": "YX", "Name": "nuclei labels", **({} if not mpp else {
+        "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"})}
     resolution = (1e4 / mpp, 1e4 / mpp) if mpp else None
-    if mpp:
-        metadata.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm")
     options = {"tile": (tile, tile), "compression": compression, "photometric": "minisblack",
                "resolutionunit": "CENTIMETER" if mpp else None}
     data = labels.astype(np.uint32, copy=False) if isinstance(labels, np.ndarray) else None
@@ -389,10 +392,7 @@ def write_labels_zarr(labels: Any, path: str | Path, chunks: int = 1024, mpp: fl
         arr = zarr.create_array(store=str(tmp), shape=(h, w), chunks=(min(chunks, max(h, 1)), min(chunks, max(w, 1))),
                                 dtype="uint32", fill_value=0, zarr_format=3)
         arr.attrs.update({"mpp": mpp, "axes": "yx", "content": "nuclei instance labels, 0 = background"})
-        if isinstance(labels, np.ndarray):
-            arr[...] = labels.astype(np.uint32, copy=False)
-        else:
-            for y in range(0, h, chunks):
-                for x in range(0, w, chunks):
-                    arr[y:y + chunks, x:x + chunks] = np.asarray(labels[y:y + chunks, x:x + chunks]).astype(np.uint32)
+        step = max(h, w, 1) if isinstance(labels, np.ndarray) else chunks  # numpy in one go, lazy chunk by chunk
+        for y, x in ((y, x) for y in range(0, h, step) for x in range(0, w, step)):
+            arr[y:y + step, x:x + step] = np.asarray(labels[y:y + step, x:x + step]).astype(np.uint32, copy=False)
     return Path(path)
