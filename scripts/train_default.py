@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -23,7 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
-RUN = ROOT / "runs" / "default"
+# outside the work tree: a later session gets a fresh checkout but may keep this machine, and the run resumes
+RUN = Path(os.environ.get("NUCSEG_TRAIN_DIR", Path.home() / ".nucseg" / "train")) / "default"
 SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-default"
 
 #: held out: breast, kidney, liver, prostate, bladder (organ groups of the MoNuSeg training set)
@@ -33,7 +35,7 @@ VALIDATION = ["TCGA-E2-A14V-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-21-578
 CONFIG = dict(
     base_model="unet-efficientnet-b0", epochs=400, steps_per_epoch=50, learning_rate=1e-3, batch_size=8,
     patch_size=256, loss="focal+jaccard", augmentations=("flips", "rot90", "stain", "color", "scale", "blur"),
-    early_stopping_patience=0, plateau_patience=8, seed=2018, device="auto",
+    early_stopping_patience=0, plateau_patience=4, seed=2018, device="auto",
 )
 
 
@@ -110,9 +112,13 @@ def export(args) -> None:
         seconds = time.perf_counter() - t0
         if post is None:
             post = tune_postprocess(probs, val)
-        rows, summary = evaluate_many([(p.labels, probabilities_to_instances(pr, post), pr[0]) for pr, p in zip(probs, val)])
-        results["tta" if tta else "plain"] = {**{k: round(float(v), 4) for k, v in summary.items()
-                                                 if isinstance(v, (int, float))}, "seconds": round(seconds, 1)}
+        rows, summary = evaluate_many([(p.name, p.labels, probabilities_to_instances(pr, post), pr[0])
+                                       for pr, p in zip(probs, val)])
+        results["tta" if tta else "plain"] = {
+            "mean_over_tiles": {k: round(float(v), 4) for k, v in summary.items() if isinstance(v, (int, float))},
+            "pooled": {k: round(float(v), 4) for k, v in summary["pooled"].items()},
+            "per_tile": {r["image"]: {k: round(float(r[k]), 4) for k in ("aji", "dice", "f1", "pq")} for r in rows},
+            "seconds": round(seconds, 1)}
         print(("TTA " if tta else "plain ") + json.dumps(results["tta" if tta else "plain"]), flush=True)
     state = json.loads((RUN / "checkpoints" / "latest.json").read_text())
     log = (RUN / "log.csv").read_text().splitlines()
