@@ -1,0 +1,212 @@
+"""TIFF-based slides (Aperio SVS, OME-TIFF, pyramidal and plain TIFF) for `nucseg.io.slides`.
+
+Levels come from tifffile's series (SVS pyramids, OME SubIFDs, generic page pyramids) and are read through its
+Zarr store one tile at a time. Microns per pixel: SVS ``MPP = ...`` in the ImageDescription, OME
+``PhysicalSizeX`` (+ unit), else the TIFF resolution tags when their unit is inch or cm (or ImageJ's micron).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.errors import SlideReadError, UnsupportedFileError
+
+_UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
+               "Å": 1e-4, "pm": 1e-6}
+#: dask chunks of the levels are whole file tiles, grouped up to about this many pixels per side
+DASK_CHUNK = 1024
+
+
+def svs_metadata(description: str) -> tuple[float | None, dict[str, Any]]:
+    """Microns per pixel and the ``key = value`` items of an Aperio ImageDescription."""
+    meta: dict[str, Any] = {}
+    for item in description.split("|")[1:]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        meta[key.strip()] = value
+    match = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", description)
+    try:
+        mpp = float(match.group(1)) if match else None
+    except ValueError:
+        mpp = None
+    return mpp, meta
+
+
+def ome_mpp(xml: str) -> float | None:
+    """PhysicalSizeX of the first OME Pixels element in microns, or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None
+    try:
+        return float(pixels.get("PhysicalSizeX", "")) * _UNIT_TO_UM[pixels.get("PhysicalSizeXUnit", "µm")]
+    except (ValueError, KeyError):
+        return None
+
+
+def resolution_mpp(tif: Any, page: Any) -> float | None:
+    """From XResolution / ResolutionUnit (inch or cm; ImageJ files with unit micron), else None."""
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
+    if not num or not den:
+        return None
+    pixels_per_unit = num / den
+    unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
+    if unit == 2:
+        return 25400.0 / pixels_per_unit
+    if unit == 3:
+        return 10000.0 / pixels_per_unit
+    ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+    factor = _UNIT_TO_UM.get(str(ij_unit).replace("\\u00B5", "µ")) if ij_unit else None
+    return factor / pixels_per_unit if factor else None
+
+
+def plane_index(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], bool]:
+    """Index that keeps Y, X and one channel axis, and whether channels come before Y (planar)."""
+    if "Y" not in axes or "X" not in axes:
+        raise UnsupportedFileError(f"{path}: axes {axes} hold no 2-D image; nucseg reads 2-D RGB or grey images")
+    index: list[Any] = []
+    channel = None
+    for ax, n in zip(axes, shape):
+        if ax in "YX":
+            index.append(slice(None))
+        elif ax in "SC" and channel is None and n <= 4:
+            channel = ax
+            index.append(slice(None))
+        elif n == 1:
+            index.append(0)
+        else:
+            raise UnsupportedFileError(
+                f"{path}: image of shape {shape} (axes {axes}) is a stack or multichannel image; nucseg reads one "
+                "2-D RGB or grey plane - save that plane as its own file")
+    planar = channel is not None and axes.index(channel) < axes.index("Y")
+    return tuple(index), planar
+
+
+def lazy_level(z: Any, index: tuple[Any, ...], planar: bool, convert: Any, name: str) -> Any:
+    """A dask (H, W, 3) uint8 view of a Zarr array, converted block by block with ``convert(block)``."""
+    import dask.array as da
+
+    chunks = tuple(max(1, min(n, c * max(1, round(DASK_CHUNK / c)))) for c, n in zip(z.chunks, z.shape))
+    arr = da.from_array(z, chunks=chunks, name=name, lock=False, asarray=True, fancy=False)[index]
+    if planar:
+        arr = da.moveaxis(arr, 0, -1)
+    if arr.ndim == 3:
+        arr = arr.rechunk({2: -1})  # planar files chunk one sample at a time
+    return arr.map_blocks(convert, dtype=np.uint8, chunks=(*arr.chunks[:2], (3,)),
+                          new_axis=2 if arr.ndim == 2 else None)
+
+
+def region_reader(z: Any, index: tuple[Any, ...], planar: bool, convert: Any) -> Any:
+    """``read(y0, y1, x0, x1) -> (h, w, 3) uint8`` straight from the Zarr array (no dask overhead)."""
+    yx = [i for i, s in enumerate(index) if isinstance(s, slice)]
+    ys, xs = (yx[1], yx[2]) if planar else (yx[0], yx[1])
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        sub = list(index)
+        sub[ys], sub[xs] = slice(y0, y1), slice(x0, x1)
+        block = np.asarray(z[tuple(sub)])
+        return convert(np.moveaxis(block, 0, -1) if planar else block)
+
+    return read
+
+
+def check_not_truncated(path: Path, pages: list[Any]) -> None:
+    """Raise when a page's tiles or strips point past the end of the file."""
+    size = path.stat().st_size
+    for page in pages:
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if o and c]
+        if ends and max(ends) > size:
+            raise SlideReadError(path, f"the file is truncated: image data reaches byte {max(ends)} but the file "
+                                 f"has {size} bytes", "the download or copy is incomplete; copy it again")
+
+
+def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
+    """Open a TIFF-based file as `slide_class` (see `nucseg.io.slides.Slide`).
+
+    Args:
+        path: the file.
+        slide_class: the Slide dataclass.
+        converter: ``converter(dtype, sample) -> convert(block)`` building the block-to-RGB-uint8 function.
+    """
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series
+        if not series:
+            raise SlideReadError(path, "the TIFF holds no image", "export the image again")
+        main = series[0]
+        key = main.levels[0].keyframe
+        meta: dict[str, Any] = {"dtype": str(main.dtype), "axes": main.axes}
+        mpp = None
+        if tif.is_svs:
+            fmt = "aperio-svs"
+            mpp, svs_meta = svs_metadata(key.description)
+            meta.update(svs_meta)
+            if "AppMag" in svs_meta:
+                meta["objective_power"] = svs_meta["AppMag"]
+        elif tif.is_ome:
+            fmt = "ome-tiff"
+            mpp = ome_mpp(tif.ome_metadata or "")
+        else:
+            fmt = "tiff-pyramid" if len(main.levels) > 1 else "tiff"
+        if mpp is None:
+            mpp = resolution_mpp(tif, key)
+        meta.update(compression=getattr(key.compression, "name", str(key.compression)),
+                    tile=list(key.tile) if key.is_tiled else None, photometric=getattr(key.photometric, "name", None))
+        check_not_truncated(path, [lvl.keyframe for lvl in main.levels])
+        index, planar = plane_index(path, main.levels[0].axes, main.levels[0].shape)
+        sample = np.zeros(0)
+        if key.dtype != np.uint8:  # the coarsest level's range decides how to scale to 8 bits
+            coarsest = zarr.open_array(main.aszarr(level=len(main.levels) - 1), mode="r")
+            if coarsest.size <= 2**24:
+                sample = np.asarray(coarsest[index])
+        convert = converter(np.dtype(key.dtype), sample)
+        fill = 255 if key.dtype == np.uint8 else 0  # missing tiles of 8-bit slides show as glass
+        tag = f"nucseg-{id(tif):x}-{path.name}"
+        levels, readers = [], []
+        for i, level in enumerate(main.levels):
+            z = zarr.open_array(main.aszarr(level=i, fillvalue=fill), mode="r")
+            lindex, lplanar = plane_index(path, level.axes, level.shape)
+            levels.append(lazy_level(z, lindex, lplanar, convert, f"{tag}-{i}"))
+            readers.append(region_reader(z, lindex, lplanar, convert))
+        associated = {}
+        for j, other in enumerate(series[1:], start=1):
+            name = (other.name or "").strip().lower() or f"image{j}"
+            try:
+                oindex, oplanar = plane_index(path, other.axes, other.shape)
+            except UnsupportedFileError:
+                continue
+            z = zarr.open_array(other.aszarr(level=0), mode="r")
+            oconvert = converter(np.dtype(other.dtype), np.zeros(0))
+            associated[name] = lazy_level(z, oindex, oplanar, oconvert, f"{tag}-{name}")
+        h0, w0 = levels[0].shape[:2]
+        downsamples = [1.0] + [round((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2, 6) for lvl in levels[1:]]
+        meta["levels"] = len(levels)
+        slide = slide_class(path, fmt, levels, downsamples, mpp, associated, meta, readers, [tif])
+        for read in readers:  # decode one tile per level now, so that a corrupt file fails at open
+            read(0, 1, 0, 1)
+        return slide
+    except BaseException:
+        tif.close()
+        raise
