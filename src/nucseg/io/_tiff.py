@@ -204,8 +204,15 @@ def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
         downsamples = [1.0] + [round((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2, 6) for lvl in levels[1:]]
         meta["levels"] = len(levels)
         slide = slide_class(path, fmt, levels, downsamples, mpp, associated, meta, readers, [tif])
-        for read in readers:  # decode one tile per level now, so that a corrupt file fails at open
-            read(0, 1, 0, 1)
+        from nucseg.io.slides import READ_ERRORS
+
+        for i, read in enumerate(readers):  # decode one tile per level now, so that a corrupt file fails at open
+            try:
+                read(0, 1, 0, 1)
+            except READ_ERRORS as err:
+                raise SlideReadError(path, f"the first tile of level {i} cannot be decoded "
+                                     f"({' '.join(str(err).split())[:200]})", "the file is damaged; export or copy "
+                                     "it again") from err
         return slide
     except BaseException:
         tif.close()

@@ -226,9 +226,14 @@ def _open_tiff(path: Path) -> Slide:
 
 
 def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, dict[str, Any], float | None]:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError as err:
+        raise SlideReadError(path, f"not a {PIL_FORMATS[suffix_of(path)].upper()} image (Pillow cannot identify it)",
+                             "the file is damaged or not what its name says; export or copy it again") from err
+    with im:
         if max_pixels is not None and im.width * im.height > max_pixels:
             raise SlideReadError(path, f"{im.width} x {im.height} px is too large to read whole",
                                  "open it with open_slide and read regions, or convert it to a pyramidal TIFF")
