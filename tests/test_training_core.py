@@ -80,3 +80,19 @@ def test_losses_are_low_for_right_answers_and_high_for_wrong():
     assert nucseg_loss(good, target)["loss"] < nucseg_loss(bad, target)["loss"]
     assert focal_loss(good[:, 0], target[:, 0]) < focal_loss(bad[:, 0], target[:, 0])
     assert soft_jaccard_loss(good[:, 0], target[:, 0]) < 0.1 < soft_jaccard_loss(bad[:, 0], target[:, 0])
+
+
+def test_checkpoint_records_the_new_epoch_after_a_resume(tmp_path):
+    """A resumed run's state carries the old epoch; the next checkpoint must still say the new one."""
+    from nucseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 2, net, opt, {"history": [], "best_score": 0.5})
+    state = load_checkpoint(tmp_path, net, opt, torch.device("cpu"))
+    assert state["epoch"] == 2
+    save_checkpoint(tmp_path, 3, net, opt, state)
+    assert load_checkpoint(tmp_path, net, opt, torch.device("cpu"))["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003", "latest.json"]

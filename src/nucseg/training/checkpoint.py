@@ -59,7 +59,7 @@ def save_checkpoint(
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "weights.safetensors"))
     opt_tensors, opt_json = _optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, **state, "optimizer": opt_json}, indent=1))
+    (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer": opt_json}, indent=1))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     _atomic_write_text(folder / LATEST, json.dumps({"checkpoint": target.name, "epoch": epoch}))
