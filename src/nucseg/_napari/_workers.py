@@ -18,7 +18,8 @@ Stop sets it and the job ends cleanly after its current step, returning what it 
 falls back to `GeneratorWorker.quit`, which abandons the generator at its next yield (no result).
 
 `JobControls` is a small reusable widget (progress bar, status text, Stop button) that
-`start_generator_worker` drives when given one; a napari `progress` bar in the activity dock is updated too.
+`start_generator_worker` drives when given one; on request a napari `progress` bar in the activity dock is
+updated too.
 
 Example::
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Generator
 from typing import Any
@@ -49,6 +51,9 @@ from nucseg.errors import NucsegError
 __all__ = ["JobControls", "default_progress_of", "error_message", "start_generator_worker"]
 
 log = logging.getLogger(__name__)
+
+#: seconds between two progress displays (see `start_generator_worker`)
+PROGRESS_INTERVAL_S = 0.25
 
 ProgressOf = Callable[[Any], "tuple[int, int, str] | None"]
 
@@ -116,7 +121,9 @@ class JobControls(QWidget):
     def job_started(self, stop: Callable[[], None] | None, text: str = "starting…") -> None:
         """Show a busy bar and enable Stop (which calls `stop`)."""
         self._stop = stop
-        self.progress_bar.setRange(0, 0)  # busy until the first record says how much there is
+        # not Qt's animated "busy" mode: every repaint of a window holding the OpenGL canvas costs the GUI thread
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
         self.stop_button.setEnabled(stop is not None)
         self.stop_button.setText("Stop")
         self.status.setText(text)
@@ -139,9 +146,6 @@ class JobControls(QWidget):
     def job_finished(self, text: str | None = None) -> None:
         """Reset the bar and disable Stop."""
         self._stop = None
-        if self.progress_bar.maximum() == 0:
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(1)
         self.stop_button.setEnabled(False)
         self.stop_button.setText("Stop")
         if text is not None:
@@ -159,7 +163,8 @@ def start_generator_worker(
     controls: JobControls | None = None,
     desc: str = "nucseg",
     progress_of: ProgressOf = default_progress_of,
-    napari_progress: bool = True,
+    napari_progress: bool = False,
+    min_interval_s: float = PROGRESS_INTERVAL_S,
 ) -> GeneratorWorker:
     """Start ``gen_factory()`` in a napari thread worker and call back on the GUI thread.
 
@@ -176,7 +181,12 @@ def start_generator_worker(
         controls: a `JobControls` widget to drive (progress, status text, Stop).
         desc: description of the napari progress bar (activity dock).
         progress_of: maps a record to (done, total, text) or None.
-        napari_progress: also show a napari progress bar in the activity dock.
+        napari_progress: also show a napari progress bar in the activity dock. Off by default: napari then
+            animates a busy indicator in the status bar, which repaints the main window tens of times a second;
+            with software OpenGL (remote desktops, VMs, CI) each repaint costs the GUI thread 30-80 ms.
+        min_interval_s: shortest time between two progress displays (the last record is always shown);
+            each repaint of a window that holds the OpenGL canvas costs the GUI thread time, so a job yielding
+            hundreds of records per second must not repaint hundreds of times.
 
     Returns:
         The started `GeneratorWorker` (keep a reference while it runs).
@@ -189,9 +199,13 @@ def start_generator_worker(
         else:
             worker.quit()
 
+    shown = [0.0]
+
     def yielded(record: Any) -> None:
         info = progress_of(record)
-        if info is not None:
+        now = time.monotonic()
+        if info is not None and (now - shown[0] >= min_interval_s or info[0] >= info[1]):
+            shown[0] = now
             done, total, text = info
             if controls is not None:
                 controls.set_progress(done, total, text)

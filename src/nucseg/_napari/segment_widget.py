@@ -360,7 +360,7 @@ class SegmentWidget(QWidget):
         results = [layer.metadata["nucseg_result"] for layer in layers]
         self._reapply_worker = start_generator_worker(
             lambda: reapply_all(results, post), on_return=lambda new: self._update_labels(layers, new),
-            on_finished=self._reapply_finished, desc="re-applying thresholds", napari_progress=False,
+            on_finished=self._reapply_finished, desc="re-applying thresholds",
         )
 
     def _reapply_finished(self) -> None:
