@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict, reapply_postprocess
+from nucseg.models.device import available_devices
 from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 
 from ._workers import JobControls, error_message, start_generator_worker
@@ -131,7 +132,7 @@ class SegmentWidget(QWidget):
             self.model_combo.setCurrentText(DEFAULT_MODEL)
         self._model = self.model_combo.currentText()
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *self._devices()])
+        self.device_combo.addItems(["auto", *available_devices()])
 
         tiling = TilingConfig()
         self.tile_spin = _spin(32, 4096, tiling.tile_size, step=32)
@@ -191,12 +192,6 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.controls)
         layout.addStretch(1)
-
-    @staticmethod
-    def _devices() -> list[str]:
-        from nucseg.models.device import available_devices
-
-        return available_devices()
 
     def _update_enabled(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
