@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from nucseg.cli import EXIT_USER_ERROR
 from nucseg.cli.common import (
     add_model_options,
     add_tiling_options,
@@ -16,7 +17,7 @@ from nucseg.cli.common import (
     new_output_path,
     parse_region,
 )
-from nucseg.errors import InvalidInputError
+from nucseg.errors import InvalidInputError, NucsegError
 
 FORMATS = ("tif", "zarr", "geojson", "csv")
 
@@ -120,8 +121,18 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     for path in inputs:
-        summary = predict_file(path, args, config, formats)
+        try:
+            summary = predict_file(path, args, config, formats)
+        except NucsegError as err:  # one bad slide must not stop a batch: report it and go on
+            if len(inputs) == 1:
+                raise
+            print(f"nucseg predict: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"{path}: {summary['nuclei']} nuclei in {summary['seconds']} s -> "
               f"{', '.join(summary['outputs'].values())}", file=sys.stdout)
-    return 0
+    if failed:
+        print(f"nucseg predict: {failed} of {len(inputs)} inputs failed (see above)", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
