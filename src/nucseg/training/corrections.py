@@ -1,0 +1,348 @@
+"""The corrections store: image / instance-label pairs a person corrected, kept with where they came from.
+
+Layout under the store's root (default ``$NUCSEG_HOME/corrections``, NUCSEG_HOME defaulting to ``~/.nucseg``)::
+
+    entries/<id>/image.png      RGB uint8 pixels
+    entries/<id>/labels.tif     uint32 instance labels (0 = background), zlib-compressed TIFF
+    entries/<id>/entry.json     provenance (source file, level, region, mpp, model, time, nuclei, sha256 of files)
+    trash/<id>/...              removed entries (never deleted), restored by `CorrectionStore.undo`
+    trash/removed.json          the order of removals, for undo
+
+Every entry is written in a temporary folder and renamed into place in one step, so a crash never leaves a
+half-written entry, and an id is never reused: nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import SignalInstance
+
+from nucseg.errors import InvalidInputError, StoreError
+from nucseg.training.dataset import TrainingPair
+
+IMAGE_FILE, LABELS_FILE, ENTRY_FILE = "image.png", "labels.tif", "entry.json"
+#: the smallest and largest corrected regions accepted (sides in pixels, pixels in all)
+MIN_SIDE, MAX_PIXELS = 16, 4096 * 4096
+_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+#: emitted (with the store's root) after every add, remove or undo, so lists and counts can refresh
+corrections_changed = SignalInstance((object,), name="corrections_changed")
+
+
+def nucseg_home() -> Path:
+    """``$NUCSEG_HOME``, else ``~/.nucseg``: where corrections, fine-tuned models and trash live."""
+    return Path(os.environ.get("NUCSEG_HOME", Path.home() / ".nucseg"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    """Provenance values as plain JSON (numpy numbers and arrays, paths, tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionEntry:
+    """One stored pair, as described by its entry.json.
+
+    Attributes:
+        id: unique id that sorts by time (also the folder name and the pair's name in training manifests).
+        folder: the entry's folder.
+        created: ISO time of saving (UTC).
+        shape: (height, width) of image and labels.
+        n_nuclei: number of distinct nuclei in the labels.
+        provenance: source, level, region (y, x, h, w), mpp, model... as given to `CorrectionStore.add`.
+        sha256: hashes of the image and labels files.
+    """
+
+    id: str
+    folder: Path
+    created: str
+    shape: tuple[int, int]
+    n_nuclei: int
+    provenance: dict[str, Any]
+    sha256: dict[str, str]
+
+    @property
+    def image_path(self) -> Path:
+        return self.folder / IMAGE_FILE
+
+    @property
+    def labels_path(self) -> Path:
+        return self.folder / LABELS_FILE
+
+    @property
+    def source(self) -> str:
+        return str(self.provenance.get("source") or "")
+
+    def load(self, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(image (H, W, 3) uint8, labels (H, W) uint32); with `verify`, files must match their sha256.
+
+        Raises:
+            StoreError: a file is missing, damaged or was changed since it was saved.
+        """
+        import tifffile
+        from PIL import Image
+
+        for key, path in (("image", self.image_path), ("labels", self.labels_path)):
+            if not path.is_file():
+                raise StoreError(f"correction {self.id}: {path.name} is missing; remove the entry and add it again")
+            if verify and self.sha256.get(key) and _sha256(path) != self.sha256[key]:
+                raise StoreError(f"correction {self.id}: {path.name} was changed or damaged since it was saved "
+                                 "(sha256 differs); remove the entry and add it again")
+        with Image.open(self.image_path) as im:
+            image = np.asarray(im.convert("RGB"))
+        labels = np.asarray(tifffile.imread(self.labels_path)).astype(np.uint32, copy=False)
+        return image, labels
+
+    def to_pair(self) -> TrainingPair:
+        """The entry as a `TrainingPair` named by its id."""
+        image, labels = self.load()
+        return TrainingPair(image, labels, self.id, self.source)
+
+    @classmethod
+    def read(cls, folder: Path) -> CorrectionEntry:
+        try:
+            data = json.loads((folder / ENTRY_FILE).read_text())
+            return cls(id=data["id"], folder=folder, created=data["created"], shape=tuple(data["shape"]),
+                       n_nuclei=int(data["n_nuclei"]), provenance=dict(data.get("provenance", {})),
+                       sha256=dict(data.get("sha256", {})))
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise StoreError(f"cannot read correction {folder}: {err}") from err
+
+
+def check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert a corrected pair to ((H, W, 3) uint8, (H, W) uint32).
+
+    Raises:
+        InvalidInputError: wrong shapes or dtypes, a region too small or too large, or no nucleus at all.
+    """
+    from nucseg.inference.predict_array import as_rgb_uint8
+    from nucseg.io.masks import as_label_image
+
+    image = as_rgb_uint8(np.asarray(image), name="the corrected image")
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InvalidInputError(f"labels have shape {labels.shape}; expected one 2-D label image (height, width)")
+    if labels.shape != image.shape[:2]:
+        raise InvalidInputError(
+            f"labels {labels.shape} and image {image.shape[:2]} differ in size: the labels must be drawn on the same "
+            "pixels as the image (crop both to the same region)")
+    if min(labels.shape) < MIN_SIDE:
+        raise InvalidInputError(f"the region {labels.shape} is too small: choose at least {MIN_SIDE} x {MIN_SIDE} px")
+    if labels.size > MAX_PIXELS:
+        raise InvalidInputError(
+            f"the region {labels.shape} is too large for one correction (over {MAX_PIXELS:,} px): draw a smaller "
+            "rectangle around the nuclei you corrected")
+    if not labels.any():
+        raise InvalidInputError("the labels hold no nucleus: paint or correct the nuclei in the Labels layer first "
+                                "(a region without any nucleus teaches nothing)")
+    return image, as_label_image(labels, name="the corrected labels")
+
+
+class CorrectionStore:
+    """Corrected image / label pairs on disk (see the module docstring for the layout).
+
+    Args:
+        root: the store's folder; default ``$NUCSEG_HOME/corrections``.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else nucseg_home() / "corrections"
+        self.entries_dir = self.root / "entries"
+        self.trash_dir = self.root / "trash"
+
+    def __repr__(self) -> str:
+        return f"CorrectionStore({str(self.root)!r})"
+
+    def __len__(self) -> int:
+        return len(self._folders())
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def _folders(self) -> list[Path]:
+        if not self.entries_dir.is_dir():
+            return []
+        return sorted(p for p in self.entries_dir.iterdir() if p.is_dir() and (p / ENTRY_FILE).is_file())
+
+    def entries(self) -> list[CorrectionEntry]:
+        """All stored entries, oldest first."""
+        return sorted((CorrectionEntry.read(p) for p in self._folders()), key=lambda e: e.id)
+
+    def get(self, entry_id: str) -> CorrectionEntry:
+        """The entry with this id.
+
+        Raises:
+            StoreError: no such entry (it may have been removed: see `undo`).
+        """
+        folder = self.entries_dir / entry_id
+        if not _ID.fullmatch(entry_id) or not (folder / ENTRY_FILE).is_file():
+            raise StoreError(f"no correction {entry_id!r} in {self.root} (removed ones are in its trash: use undo)")
+        return CorrectionEntry.read(folder)
+
+    def pairs(self, ids: Sequence[str] | None = None) -> list[TrainingPair]:
+        """Training pairs of the entries with these ids (default: all), read and sha256-checked."""
+        chosen = self.entries() if ids is None else [self.get(i) for i in ids]
+        return [entry.to_pair() for entry in chosen]
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def _new_id(self) -> str:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")  # UTC: ids sort by time
+        while True:
+            entry_id = f"c{stamp}-{uuid.uuid4().hex[:4]}"
+            if not (self.entries_dir / entry_id).exists() and not (self.trash_dir / entry_id).exists():
+                return entry_id
+
+    def add(self, image: np.ndarray, labels: np.ndarray, provenance: dict[str, Any] | None = None) -> CorrectionEntry:
+        """Save a corrected pair as a new entry (atomically; never overwriting).
+
+        Args:
+            image: (H, W, 3) RGB pixels (uint8; other dtypes are converted).
+            labels: (H, W) instance labels, 0 = background.
+            provenance: source file, level, region (y, x, h, w), mpp, model that made the first prediction...
+
+        Raises:
+            InvalidInputError: shapes differ, the labels are empty, the region is too small or too large.
+            StoreError: the store cannot be written.
+        """
+        import tifffile
+        from PIL import Image
+
+        image, labels = check_pair(image, labels)
+        entry_id = self._new_id()
+        target = self.entries_dir / entry_id
+        try:
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{entry_id}.", dir=self.root))
+        except OSError as err:
+            raise StoreError(f"cannot write to the corrections store {self.root}: {err}") from err
+        try:
+            Image.fromarray(image).save(tmp / IMAGE_FILE, format="PNG")
+            tifffile.imwrite(tmp / LABELS_FILE, labels, compression="zlib", photometric="minisblack")
+            record = {
+                "id": entry_id,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "shape": list(labels.shape),
+                "n_nuclei": int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)),
+                "provenance": _json_safe(dict(provenance or {})),
+                "sha256": {"image": _sha256(tmp / IMAGE_FILE), "labels": _sha256(tmp / LABELS_FILE)},
+                "files": {"image": IMAGE_FILE, "labels": LABELS_FILE},
+                "format": 1,
+            }
+            (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=1))
+            if target.exists():  # never overwrite (ids are unique; this guards against the impossible)
+                raise StoreError(f"correction {entry_id} already exists in {self.root}")
+            os.rename(tmp, target)
+        except OSError as err:
+            raise StoreError(f"cannot write correction to {self.root}: {err}") from err
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        corrections_changed.emit(self.root)
+        return CorrectionEntry.read(target)
+
+    def _removed_log(self) -> list[str]:
+        path = self.trash_dir / "removed.json"
+        if not path.is_file():
+            return []
+        try:
+            return list(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            raise StoreError(f"cannot read {path}: {err}") from err
+
+    def remove(self, entry_id: str) -> CorrectionEntry:
+        """Move an entry to the store's trash (nothing is deleted); `undo` brings it back."""
+        entry = self.get(entry_id)
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
+        target = self.trash_dir / entry_id
+        if target.exists():
+            raise StoreError(f"the trash already holds a correction {entry_id}; restore or move it by hand first")
+        log = self._removed_log()
+        try:
+            os.rename(entry.folder, target)
+        except OSError as err:
+            raise StoreError(f"cannot move correction {entry_id} to {self.trash_dir}: {err}") from err
+        _atomic_write_text(self.trash_dir / "removed.json", json.dumps([*log, entry_id]))
+        corrections_changed.emit(self.root)
+        return CorrectionEntry.read(target)
+
+    def undo(self) -> CorrectionEntry | None:
+        """Restore the most recently removed entry; None when nothing was removed."""
+        log = self._removed_log()
+        while log:
+            entry_id = log[-1]
+            source = self.trash_dir / entry_id
+            if source.is_dir():
+                target = self.entries_dir / entry_id
+                if target.exists():
+                    raise StoreError(f"correction {entry_id} exists both in the store and in its trash; "
+                                     "remove one by hand")
+                self.entries_dir.mkdir(parents=True, exist_ok=True)
+                os.rename(source, target)
+                _atomic_write_text(self.trash_dir / "removed.json", json.dumps(log[:-1]))
+                corrections_changed.emit(self.root)
+                return CorrectionEntry.read(target)
+            log.pop()  # moved away by hand: skip it
+        return None
+
+    def export(self, dest: str | Path) -> Path:
+        """Copy every entry to `dest` as ``images/<id>.png``, ``labels/<id>.tif`` and ``corrections.json``.
+
+        That layout is what ``nucseg finetune --images dest/images --labels dest/labels`` reads.
+
+        Raises:
+            StoreError: `dest` exists and is not empty (exports never overwrite), or the store is empty.
+        """
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise StoreError(f"{dest} is not empty: exports never overwrite; choose a new folder")
+        entries = self.entries()
+        if not entries:
+            raise StoreError(f"the corrections store {self.root} is empty: add corrected images first")
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:6]}.tmp")
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "labels").mkdir()
+        for entry in entries:
+            entry.load()  # sha256 check: never export a damaged pair
+            shutil.copy2(entry.image_path, tmp / "images" / f"{entry.id}.png")
+            shutil.copy2(entry.labels_path, tmp / "labels" / f"{entry.id}.tif")
+        summary = [json.loads((e.folder / ENTRY_FILE).read_text()) for e in entries]
+        (tmp / "corrections.json").write_text(json.dumps(summary, indent=1))
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.rename(tmp, dest)
+        return dest
