@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +107,8 @@ def test_numbers_equal_core_and_cli(make_napari_viewer, qtbot, tmp_path, capsys)
 def test_clicking_an_fn_item_moves_the_camera_and_selects_it(make_napari_viewer, qtbot):
     from qtpy.QtCore import Qt
 
+    from nucseg._napari.evaluate_widget import HIGHLIGHT_LAYER
+
     viewer = make_napari_viewer()
     _, truth, pred, _ = truth_and_prediction()
     widget = evaluated_widget(viewer, qtbot, truth, pred)
@@ -126,6 +130,8 @@ def test_clicking_an_fn_item_moves_the_camera_and_selects_it(make_napari_viewer,
     assert viewer.scene.camera.zoom > zoom_before
     assert viewer.layers["truth"].selected_label == error.label
     assert viewer.layers.selection.active is viewer.layers["truth"]
+    (box,) = viewer.layers[HIGHLIGHT_LAYER].data  # a white box around the nucleus, in the same pixel frame
+    assert box[:, 0].min() < ys.min() and box[:, 0].max() > ys.max() and box[:, 1].min() < xs.min()
 
 
 def test_stack_of_tiles_gives_one_row_per_image(make_napari_viewer, qtbot):
@@ -187,3 +193,47 @@ def test_shape_mismatch_is_shown_not_raised(make_napari_viewer, qtbot, monkeypat
     qtbot.waitUntil(lambda: not widget.running, timeout=10000)
     assert seen and "differ in shape" in seen[-1]
     assert widget.evaluate_button.isEnabled() and widget.evaluation is None
+
+
+@pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
+def test_screenshot_evaluate_widget(make_napari_viewer, qtbot, monkeypatch):
+    """docs/screenshots/evaluate_widget.png and side_by_side.png on the sample tile (fake network's prediction)."""
+    from PIL import Image as PILImage
+
+    from fake_models import install_blobnet
+    from nucseg._napari.evaluate_widget import EvaluateWidget
+    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.inference.predict import predict
+
+    install_blobnet(monkeypatch)
+    root = Path(__file__).resolve().parents[1]
+    image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
+    truth = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg_labels.png")).astype(np.uint32)
+    config = InferenceConfig(model="unet-efficientnet-b0", tiling=TilingConfig(256, 32, 4))
+    result = predict(image, config)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    kwargs = {"scale": (0.25, 0.25), "units": "um"}
+    viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, metadata={"mpp": 0.25}, **kwargs)
+    viewer.add_labels(truth, name="ground truth", visible=False, **kwargs)
+    viewer.add_labels(result.labels, name="prediction", visible=False, metadata={"nucseg_result": result}, **kwargs)
+    widget = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Evaluate")
+    assert widget.truth_combo.currentText() == "ground truth" and widget.pred_combo.currentText() == "prediction"
+    widget.evaluate_button.click()
+    qtbot.waitUntil(lambda: widget.evaluation is not None and not widget.running, timeout=60000)
+    viewer.reset_view()
+    viewer.canvas.overlays.scale_bar.visible = True
+    qtbot.wait(500)
+    out = root / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out / "evaluate_widget.png"), canvas_only=False)
+    row = next(i for i, e in enumerate(widget.evaluation.errors) if e.kind == "FN")
+    widget.errors_list.setCurrentRow(row)
+    qtbot.wait(300)
+    viewer.screenshot(str(out / "evaluate_fn_zoom.png"), canvas_only=False)
+    widget.side_button.click()
+    viewer.reset_view()
+    qtbot.wait(500)
+    viewer.screenshot(str(out / "side_by_side.png"), canvas_only=False)
+    widget.side_button.click()

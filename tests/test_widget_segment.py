@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +87,7 @@ def test_run_adds_labels_and_hidden_probabilities(make_napari_viewer, qtbot, net
     run_and_wait(qtbot, widget)
     labels = viewer.layers["blobs nuclei"]
     assert labels.data.shape == truth.shape and labels.data.max() == truth.max()
+    assert str(labels.units[0]) == str(viewer.layers["blobs"].units[0])
     assert same_partition(np.asarray(labels.data), truth)
     assert tuple(labels.scale) == (0.5, 0.5) and tuple(labels.translate) == (3, 4)
     assert labels.contour == 2
@@ -218,3 +221,26 @@ def test_errors_are_shown_and_the_widget_recovers(make_napari_viewer, qtbot, net
     assert errors[-1] == "weights file is corrupt; download it again"
     assert widget.run_button.isEnabled() and "blobs nuclei" not in [layer.name for layer in viewer.layers]
     assert widget.add_model_folder("/nonexistent/model") is False
+
+
+@pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
+def test_screenshot_segment_widget(make_napari_viewer, qtbot, net):
+    """docs/screenshots/segment_widget.png: the sample H&E tile segmented (by the test's fake network)."""
+    from PIL import Image as PILImage
+
+    root = Path(__file__).resolve().parents[1]
+    image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, scale=(0.25, 0.25), units="um",
+                     metadata={"mpp": 0.25})
+    widget = make_widget(viewer, tile=256, overlap=32)
+    viewer.window.add_dock_widget(widget, name="Segment nuclei")
+    run_and_wait(qtbot, widget)
+    viewer.reset_view()
+    viewer.canvas.overlays.scale_bar.visible = True
+    qtbot.wait(500)
+    out = root / "docs" / "screenshots" / "segment_widget.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out), canvas_only=False)
+    assert out.stat().st_size > 10000

@@ -19,9 +19,8 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSignalBlocker, Qt
 from qtpy.QtWidgets import (
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -39,9 +38,11 @@ from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.metrics.overlays import CONFUSION_COLORS
 
 from ._workers import JobControls, error_message, start_generator_worker
-from .layers import LayerCombo, SideBySide
+from .layers import LayerCombo, SideBySide, level0_data
+from .segment_widget import _dspin
 
 OBJECTS_LAYER, PIXELS_LAYER = "TP/FP/FN (objects)", "TP/FP/FN (pixels)"
+HIGHLIGHT_LAYER = "selected FP / FN"
 #: (row label, metric key) of the table, in order
 TABLE_ROWS = (("pixel IoU", "iou"), ("pixel Dice", "dice"), ("pixel precision", "precision"),
               ("pixel recall", "recall"), ("pixel accuracy", "accuracy"), ("pixel AUC", "auc"),
@@ -66,7 +67,7 @@ class ErrorObject:
         label: its id in the prediction (FP) or the truth (FN).
         plane: index of its plane in a stack, () for a single image.
         centroid: (y, x) in data pixels of its plane.
-        size: (h, w) of its bounding box in pixels.
+        box: (y0, x0, y1, x1) bounding box in pixels (end exclusive).
         area: pixels.
     """
 
@@ -74,7 +75,7 @@ class ErrorObject:
     label: int
     plane: tuple[int, ...]
     centroid: tuple[float, float]
-    size: tuple[int, int]
+    box: tuple[int, int, int, int]
     area: int
 
     def text(self) -> str:
@@ -101,25 +102,19 @@ def _error_objects(kind: str, labels: np.ndarray, ids: np.ndarray, plane: tuple[
 
     if not len(ids):
         return []
-    ids = np.asarray(ids)
-    compact = np.zeros(labels.shape, np.int32)
-    order = np.argsort(ids)
-    position = np.searchsorted(ids[order], labels)
-    hit = (position < len(ids)) & (ids[order][np.minimum(position, len(ids) - 1)] == labels)
-    compact[hit] = position[hit] + 1
-    boxes = ndi.find_objects(compact)
+    ids = np.sort(np.asarray(ids))  # compact index k + 1 <-> ids[k], whatever the ids' range
+    position = np.searchsorted(ids, labels)
+    hit = (position < len(ids)) & (ids[np.minimum(position, len(ids) - 1)] == labels)
+    compact = np.where(hit, position + 1, 0).astype(np.int32)
+    boxes = ndi.find_objects(compact, max_label=len(ids))
     centres = ndi.center_of_mass(np.ones(labels.shape), compact, np.arange(1, len(ids) + 1))
     areas = np.bincount(compact.ravel(), minlength=len(ids) + 1)[1:]
-    out = []
-    for k, (box, centre) in enumerate(zip(boxes, centres)):
-        if box is None:
-            continue
-        out.append(ErrorObject(kind, int(ids[order][k]), plane, (float(centre[0]), float(centre[1])),
-                               (box[0].stop - box[0].start, box[1].stop - box[1].start), int(areas[k])))
-    return out
+    return [ErrorObject(kind, int(ids[k]), plane, (float(c[0]), float(c[1])), (b[0].start, b[1].start, b[0].stop,
+                                                                               b[1].stop), int(areas[k]))
+            for k, (b, c) in enumerate(zip(boxes, centres)) if b is not None]
 
 
-def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: float, names: list[str] | None = None
+def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: float
                     ) -> Generator[tuple[int, int, str], None, Evaluation]:
     """Score `pred` against `truth` (2-D, or stacks scored plane by plane) in a worker; yields (done, total, text)."""
     from nucseg.metrics.matching import match_instances
@@ -142,8 +137,8 @@ def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: floa
         object_map[plane] = object_overlay(t, p, match)
         pixel_map[plane] = pixel_confusion_map(t, p)
         errors += _error_objects("FN", t, match.fn_ids, plane) + _error_objects("FP", p, match.fp_ids, plane)
-        name = names[k] if names and k < len(names) else (f"image {plane[0]}" if plane else "value")
-        rows.append({"image": name, **metrics, "n_truth": match.n_truth, "n_pred": match.n_pred})
+        rows.append({"image": f"image {plane[0]}" if plane else "value", **metrics, "n_truth": match.n_truth,
+                     "n_pred": match.n_pred})
     summary = None
     if len(rows) > 1:
         summary = {"image": "MEAN"}
@@ -166,10 +161,6 @@ def _probability_like(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
         prob = resize(prob, shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
     return prob
-
-
-def _level0(layer: Any) -> Any:
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def _format(value: Any) -> str:
@@ -196,17 +187,14 @@ class EvaluateWidget(QWidget):
         self.pred_combo = LayerCombo(napari_viewer, (Labels,), predicate=not_overlay)
         self.prob_combo = LayerCombo(napari_viewer, (Image,), optional=True)
         self.prob_combo.setToolTip("a foreground probability map, for the pixel ROC AUC")
-        self.image_combo = LayerCombo(napari_viewer, (Image,), optional=True,
-                                      predicate=lambda layer: not layer.metadata.get("nucseg_overlay"))
+        self.image_combo = LayerCombo(napari_viewer, (Image,), optional=True, predicate=not_overlay)
         self.image_combo.setToolTip("the image shown in the side-by-side view")
-        self.iou_spin = QDoubleSpinBox()
-        self.iou_spin.setRange(0.05, 0.95)
-        self.iou_spin.setSingleStep(0.05)
-        self.iou_spin.setValue(0.5)
+        self.iou_spin = _dspin(0.05, 0.95, 0.5)
         self.evaluate_button = QPushButton("Evaluate")
         self.controls = JobControls(self)
         self.table = QTableWidget(0, 1)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
         self.errors_list = QListWidget()
         self.errors_list.setToolTip("click a nucleus to centre the view on it")
         self.export_button = QPushButton("Export CSV…")
@@ -265,8 +253,8 @@ class EvaluateWidget(QWidget):
             show_error("choose a ground-truth and a (different) prediction Labels layer")
             return
         prob_layer = self.prob_combo.current_layer()
-        prob = None if prob_layer is None else _level0(prob_layer)
-        truth_data, pred_data, iou = _level0(truth), _level0(pred), self.iou_spin.value()
+        prob = None if prob_layer is None else level0_data(prob_layer)
+        truth_data, pred_data, iou = level0_data(truth), level0_data(pred), self.iou_spin.value()
         self.evaluate_button.setEnabled(False)
         self._worker = start_generator_worker(
             lambda: evaluate_planes(truth_data, pred_data, prob, iou),
@@ -290,13 +278,13 @@ class EvaluateWidget(QWidget):
         self._fill_table(evaluation)
         self._show_overlay(OBJECTS_LAYER, evaluation.object_map, pred, visible=True)
         self._show_overlay(PIXELS_LAYER, evaluation.pixel_map, pred, visible=False)
-        self.errors_list.blockSignals(True)
-        self.errors_list.clear()
-        for error in evaluation.errors:
-            item = QListWidgetItem(error.text())
-            item.setForeground(Qt.GlobalColor.darkYellow if error.kind == "FN" else Qt.GlobalColor.magenta)
-            self.errors_list.addItem(item)
-        self.errors_list.blockSignals(False)
+        self.viewer.layers.selection.active = self.viewer.layers[OBJECTS_LAYER]
+        with QSignalBlocker(self.errors_list):
+            self.errors_list.clear()
+            for error in evaluation.errors:
+                item = QListWidgetItem(error.text())
+                item.setForeground(Qt.GlobalColor.darkYellow if error.kind == "FN" else Qt.GlobalColor.magenta)
+                self.errors_list.addItem(item)
         first = evaluation.summary or evaluation.rows[0]
         self.controls.job_finished(f"F1 {first['f1']:.3f}, AJI {first['aji']:.3f}, PQ {first['pq']:.3f} "
                                    f"(objects match at IoU > {evaluation.iou_threshold:g}); "
@@ -328,10 +316,11 @@ class EvaluateWidget(QWidget):
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
-            layer.scale, layer.translate = like.scale, like.translate
+            layer.scale, layer.translate, layer.units = like.scale, like.translate, like.units
             return
         self.viewer.add_labels(data, name=name, colormap=confusion_colormap(), opacity=0.6, visible=visible,
-                               scale=like.scale, translate=like.translate, metadata={"nucseg_overlay": True})
+                               scale=like.scale, translate=like.translate, units=like.units,
+                               metadata={"nucseg_overlay": True})
 
     # -- reviewing ---------------------------------------------------------------------------------------
     def go_to_error(self, row: int) -> None:
@@ -347,12 +336,28 @@ class EvaluateWidget(QWidget):
             self.viewer.dims.set_point(self.viewer.dims.ndim - layer.ndim + axis, world[axis])
         camera = self.viewer.scene.camera
         camera.center = tuple(world[-2:])
-        extent = max(error.size[0] * abs(layer.scale[-2]), error.size[1] * abs(layer.scale[-1]), 1e-9)
+        y0, x0, y1, x1 = error.box
+        extent = max((y1 - y0) * abs(layer.scale[-2]), (x1 - x0) * abs(layer.scale[-1]), 1e-9)
         height, width = self.viewer.canvas.viewbox_size(self.viewer.layers)
         camera.zoom = min(height, width) / (extent * 8)  # the nucleus fills about an eighth of the view
-        layer.visible = True
+        self._highlight(error, layer)
         layer.selected_label = error.label
         self.viewer.layers.selection.active = layer
+
+    def _highlight(self, error: ErrorObject, like: Labels) -> None:
+        """A white box around the nucleus, in a Shapes layer of its own (user layers are left as they are)."""
+        (y0, x0, y1, x1), pad = error.box, 2.5  # pad: pixels around the nucleus (pixel i spans i +- 0.5)
+        ys, xs = (y0 - pad, y1 - 1 + pad), (x0 - pad, x1 - 1 + pad)
+        box = np.array([[*error.plane, ys[i], xs[j]] for i, j in ((0, 0), (0, 1), (1, 1), (1, 0))], float)
+        layer = next((lay for lay in self.viewer.layers if lay.name == HIGHLIGHT_LAYER), None)
+        if layer is None or layer.ndim != box.shape[1]:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            layer = self.viewer.add_shapes(ndim=box.shape[1], name=HIGHLIGHT_LAYER, metadata={"nucseg_overlay": True})
+        layer.scale, layer.translate, layer.units = like.scale, like.translate, like.units
+        layer.data = []
+        layer.add_rectangles([box], edge_width=1.0, edge_color="white", face_color="transparent")
+        layer.visible = True
 
     def export_csv(self, path: str | Path) -> Path:
         """Write the metric rows (one per image, plus the mean for stacks) to `path`, replacing it."""
@@ -389,6 +394,5 @@ class EvaluateWidget(QWidget):
             self.side_by_side.enable(image, truth, pred, overlay)
         except NucsegError as err:
             show_error(error_message(err))
-            self.side_button.blockSignals(True)
-            self.side_button.setChecked(False)
-            self.side_button.blockSignals(False)
+            with QSignalBlocker(self.side_button):
+                self.side_button.setChecked(False)

@@ -158,9 +158,13 @@ def _world_box_to_region(layer: Layer, world_points: Sequence[Sequence[float]], 
     return (y0, x0, y1 - y0, x1 - x0)
 
 
+def level0_data(layer: Layer) -> Any:
+    """A layer's data, or the finest level of a multiscale layer."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def _level0_shape(layer: Layer) -> tuple[int, int]:
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    shape = data.shape[:-1] if getattr(layer, "rgb", False) else data.shape
+    shape = level0_data(layer).shape[:-1] if getattr(layer, "rgb", False) else level0_data(layer).shape
     return int(shape[-2]), int(shape[-1])
 
 
@@ -341,12 +345,13 @@ class SideBySide:
 
         def image_copy(title: str) -> Layer:
             return Image(image.data, name=f"{self.PREFIX}{title}", rgb=image.rgb, multiscale=image.multiscale,
-                         scale=image.scale, translate=image.translate, contrast_limits=image.contrast_limits,
-                         metadata={"nucseg_overlay": True})
+                         scale=image.scale, translate=image.translate, units=image.units,
+                         contrast_limits=image.contrast_limits, metadata={"nucseg_overlay": True})
 
         def labels_copy(layer: Layer, title: str, visible: bool = True, **kwargs: Any) -> Layer:
             return Labels(layer.data, name=f"{self.PREFIX}{title}", multiscale=layer.multiscale, scale=layer.scale,
-                          translate=layer.translate, visible=visible, metadata={"nucseg_overlay": True}, **kwargs)
+                          translate=layer.translate, units=layer.units, visible=visible,
+                          metadata={"nucseg_overlay": True}, **kwargs)
 
         partner = overlay if overlay is not None else truth
         self.copies = [

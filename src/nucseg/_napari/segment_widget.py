@@ -283,7 +283,7 @@ class SegmentWidget(QWidget):
             outs[0].parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         self._stop = stop = threading.Event()
         self.run_button.setEnabled(False)
-        context = (image.name, layer.scale, layer.translate, regions, image.shape)
+        context = (image.name, layer.scale, layer.translate, regions, tuple(layer.units)[-2:])
         self._worker = start_generator_worker(
             lambda: segment_regions(image, config, regions, outs, stop),
             on_return=lambda results: self._show_results(results, context),
@@ -299,13 +299,13 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(True)
 
     def _show_results(self, results: list[PredictionResult], context: tuple) -> None:
-        name, scale, translate, regions, shape = context
+        name, scale, translate, regions, units = context
         layers: list[Labels] = []
         for k, result in enumerate(results, start=1):
             if result.stopped and result.n_nuclei == 0:
                 continue
             suffix = f" {k}" if len(regions) > 1 else ""
-            layers.append(self._add_result_layers(result, f"{name} nuclei{suffix}", scale, translate))
+            layers.append(self._add_result_layers(result, name, suffix, scale, translate, units))
         total = sum(r.n_nuclei for r in results)
         seconds = sum(r.seconds for r in results)
         text = f"{total} nuclei in {seconds:.1f} s"
@@ -316,17 +316,19 @@ class SegmentWidget(QWidget):
             self.result_layers = layers
         self.controls.job_finished(text)
 
-    def _add_result_layers(self, result: PredictionResult, name: str, scale: Any, translate: Any) -> Labels:
+    def _add_result_layers(self, result: PredictionResult, name: str, suffix: str, scale: Any, translate: Any,
+                           units: Any) -> Labels:
         prob, prob_multiscale, limits = probability_data(result)
         prob_shape = result.probabilities.shape[-2:]
         p_scale, p_translate = probability_transform(scale, translate, result.region, prob_shape)
-        self.viewer.add_image(prob, name=name.replace("nuclei", "foreground probability"), colormap="magma",
-                              visible=False, scale=p_scale, translate=p_translate, contrast_limits=limits,
+        self.viewer.add_image(prob, name=f"{name} foreground probability{suffix}", colormap="magma",
+                              visible=False, scale=p_scale, translate=p_translate, units=units, contrast_limits=limits,
                               multiscale=prob_multiscale, blending="additive",
                               metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
         data, multiscale = labels_data(result)
         l_scale, l_translate = result_transform(scale, translate, result.region)
-        labels = self.viewer.add_labels(data, name=name, scale=l_scale, translate=l_translate, multiscale=multiscale,
+        labels = self.viewer.add_labels(data, name=f"{name} nuclei{suffix}", scale=l_scale, translate=l_translate, units=units,
+                                        multiscale=multiscale,
                                         metadata=_result_metadata(result), opacity=0.8)
         labels.contour = 2 if self.contours_check.isChecked() else 0
         return labels
