@@ -223,6 +223,33 @@ def test_errors_are_shown_and_the_widget_recovers(make_napari_viewer, qtbot, net
     assert widget.add_model_folder("/nonexistent/model") is False
 
 
+SLIDE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides" / "small_HE.svs"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SLIDE.is_file(), reason="needs ../shared/data/slides/small_HE.svs")
+def test_field_of_view_of_a_real_slide(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
+    """An SVS opened by the plugin's reader, segmented in the visible region: labels in zarr, aligned."""
+    from nucseg._napari.segment_widget import FIELD_OF_VIEW
+
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(SLIDE), plugin="napari-nucseg")
+    mpp = image.metadata["mpp"]
+    assert image.multiscale and tuple(image.scale) == (mpp, mpp)
+    widget = make_widget(viewer, tile=256, overlap=32)
+    widget.region_combo.setCurrentText(FIELD_OF_VIEW)
+    viewer.scene.camera.center = (1000 * mpp, 1500 * mpp)
+    viewer.scene.camera.zoom = 4 / mpp  # 4 screen pixels per slide pixel
+    (region,) = widget.regions(image)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers[f"{image.name} nuclei"]
+    assert labels.metadata["nucseg_region"] == region and abs(region[0] + region[2] / 2 - 1000) <= 1
+    assert np.allclose(labels.translate, (region[0] * mpp, region[1] * mpp)) and np.allclose(labels.scale, mpp)
+    assert labels.metadata["mpp"] == pytest.approx(mpp)
+    assert len(list((tmp_path / "predictions").glob("small_HE-*.zarr"))) == 1
+
+
 @pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
 def test_screenshot_segment_widget(make_napari_viewer, qtbot, net):
     """docs/screenshots/segment_widget.png: the sample H&E tile segmented (by the test's fake network)."""
