@@ -74,7 +74,11 @@ def test_stop_ends_within_one_batch():
     stop.set()
     with pytest.raises(StopIteration) as done:
         next(gen)
-    assert done.value.value.stopped
+    result = done.value.value
+    assert result.stopped
+    # the two tiles done (the top-left 64 x 128 px) are kept, the rest is left empty
+    assert not result.labels[72:].any() and not result.labels[:, 136:].any()
+    assert result.probabilities[0, :50, :120].max() > 0.5
 
 
 def test_input_at_another_resolution_comes_back_at_its_own():

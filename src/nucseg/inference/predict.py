@@ -171,11 +171,12 @@ def iter_predict(
                 canvas.add(t, p)
             done += len(batch_tiles)
             yield PredictProgress(done, total, "predicting", index, len(plan))
-        if stopped:
-            break
+        # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
         probs = canvas.result()[:, : min(rh, source.shape[0] - ry), : min(rw, source.shape[1] - rx)]
         inst = probabilities_to_instances(probs, config.postprocess)
         next_id = _write_block(inst, probs, box, read, source, labels_out, probs_out, next_id, out is not None)
+        if stopped:
+            break
     result = PredictionResult(
         labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp0 if (mpp or source.slide) else None,
         model_mpp=spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
@@ -221,8 +222,8 @@ def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
 def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig) -> PredictionResult:
     """New instances from the cached probabilities with other thresholds: no network run (DESIGN.md rule 8).
 
-    In-memory results are re-done whole; zarr-backed ones block by block into a new labels array beside the
-    old one, so the earlier labels are never overwritten.
+    In-memory results are re-done whole; zarr-backed ones block by block into a "labels-tuned" array beside the
+    run's original "labels", which is never overwritten (the tuned array is replaced on each change).
     """
     config = dataclasses.replace(result.config, postprocess=postprocess)
     probs = result.probabilities
@@ -236,8 +237,9 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     shape = probs.shape[1:]
     source = _ResultGeometry(result, shape)
     group = zarr.open_group(probs.store, mode="a")
-    name = f"labels-{len([k for k in group.array_keys() if k.startswith('labels')])}"
-    labels = group.create_array(name, shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32", fill_value=0)
+    # one derived array, replaced on each threshold change, beside the run's original "labels" (kept as is)
+    labels = group.create_array("labels-tuned", shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32",
+                                fill_value=0, overwrite=True)
     halo = max(HALO, config.tiling.overlap)
     next_id = 1
     for box in _blocks(shape, config.block_size):
