@@ -31,6 +31,7 @@ from nucseg.training.validation import validate
 
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.safetensors"
+FINETUNE_CONFIG = "finetune_config.json"
 LOG_CSV = "log.csv"
 
 
@@ -59,7 +60,7 @@ def _batch_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, f
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
-    if (out_dir / WEIGHTS_FILE).exists():
+    if (out_dir / WEIGHTS_FILE).exists() and (out_dir / CONFIG_FILE).exists():  # weights alone: a crash in _finalise
         raise StoreError(f"{out_dir} already holds a finished model: versions are never overwritten; choose a new --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise StoreError(f"{out_dir} already holds an unfinished run: pass --resume to continue it, or choose a new --out")
@@ -113,8 +114,11 @@ def iter_finetune(
     state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {}}
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, net, optimizer, device)
+        config.write_json(out_dir / FINETUNE_CONFIG)  # the settings that finish the run (e.g. more epochs)
+        if state["best_epoch"] == state["epoch"]:  # a kill between the checkpoint and the best weights' write
+            save_weights(out_dir / BEST_WEIGHTS, net)
     else:
-        config.write_json(out_dir / "finetune_config.json")
+        config.write_json(out_dir / FINETUNE_CONFIG)
         (out_dir / "data_manifest.json").write_text(json.dumps(
             {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train), "val": _manifest(val),
              "original": _manifest(original) if config.mix_original else []}, indent=1))
@@ -123,6 +127,7 @@ def iter_finetune(
     yield {"kind": "baseline", **state["before"]}
     start_epoch = int(state.get("epoch", 0)) + 1
     stopped = False
+    best_partial: dict[str, torch.Tensor] | None = None
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             if state["since_best"] >= config.early_stopping_patience > 0:
@@ -159,7 +164,8 @@ def iter_finetune(
             improved = state["best_score"] is None or score > state["best_score"]
             if improved:
                 state.update(best_score=score, best_epoch=epoch, since_best=0)
-                save_weights(out_dir / BEST_WEIGHTS, net)
+                if stopped:  # a partial epoch is never checkpointed: its weights go straight into the model
+                    best_partial = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             else:
                 state["since_best"] += 1
                 if config.plateau_patience and state["since_best"] % config.plateau_patience == 0:
@@ -172,13 +178,17 @@ def iter_finetune(
             state["history"].append(record)
             _append_log(out_dir / LOG_CSV, record)
             if not stopped:
+                # checkpoint first, then the best weights: best.safetensors only ever holds a checkpointed epoch,
+                # and a kill between the two writes is repaired on resume (best_epoch == checkpoint epoch)
                 save_checkpoint(ckpt_dir, epoch, net, optimizer, state)
+                if improved:
+                    save_weights(out_dir / BEST_WEIGHTS, net)
             yield record
             if stopped:
                 break
     finally:
         release_device_memory(device)
-    model_dir = _finalise(out_dir, base, config, state, info) if state["best_epoch"] else None
+    model_dir = _finalise(out_dir, base, config, state, info, best_partial) if state["best_epoch"] else None
     return FinetuneResult(model_dir, state["history"], state["before"],
                           _best_record(state), stopped)
 
@@ -201,13 +211,16 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
 
 
 def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
-              info: dict[str, Any] | None) -> Path:
-    """Write model.safetensors + config.json from the best epoch into the run folder."""
+              info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model.safetensors + config.json from the best epoch (`weights`, else best.safetensors)."""
+    import datetime as _dt
+
     from safetensors.torch import load_file, save_file
 
     from nucseg.models.registry import sha256_of
 
-    weights = load_file(str(out_dir / BEST_WEIGHTS))
+    if weights is None:
+        weights = load_file(str(out_dir / BEST_WEIGHTS))
     tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
     save_file(weights, str(tmp))
     tmp.replace(out_dir / WEIGHTS_FILE)
@@ -221,6 +234,7 @@ def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dic
         "validation": {"before": state["before"], "after": _best_record(state)},
         "history": state["history"],
         "postprocess": base.postprocess_defaults,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(info or {}),
         "sha256": sha256_of(out_dir / WEIGHTS_FILE),
     })

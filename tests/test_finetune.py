@@ -1,0 +1,171 @@
+"""iter_finetune on tiny data: resume after a crash loses at most one epoch, Stop keeps the best epoch as a
+loadable model, and a kill -9 mid-epoch resumes from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from fake_models import blob_image
+from nucseg.config import FinetuneConfig
+from nucseg.training.dataset import TrainingPair
+
+TINY = dict(epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64, augmentations=("flips",),
+            early_stopping_patience=0, plateau_patience=0, device="cpu", learning_rate=1e-3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained EfficientNet-B0 UNet saved as a model folder (a stand-in for a shipped model)."""
+    from nucseg.models.build import build_network, save_model
+    from nucseg.models.registry import untrained_spec
+
+    spec = untrained_spec("efficientnet-b0")
+    return save_model(build_network(spec), spec, tmp_path_factory.mktemp("models") / "tiny",
+                      info={"description": "tiny test model"}).folder
+
+
+def tiny_pairs(n: int = 3, shape=(96, 128)) -> list[TrainingPair]:
+    return [TrainingPair(*blob_image(shape, n=8, seed=k), name=f"p{k}") for k in range(n)]
+
+
+def drain(gen):
+    """Run a generator to its end: (records, return value)."""
+    records = []
+    while True:
+        try:
+            records.append(next(gen))
+        except StopIteration as done:
+            return records, done.value
+
+
+def epochs_of(records):
+    return [r["epoch"] for r in records if r["kind"] == "epoch"]
+
+
+def test_resume_after_a_crash_starts_at_the_next_epoch(tiny_model, tmp_path):
+    from nucseg.models.registry import resolve_model
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 3})
+    out = tmp_path / "run"
+    gen = iter_finetune(pairs[:2], pairs[2:], config, out)
+    records = []
+    for record in gen:  # a crash right after epoch 2 was checkpointed
+        records.append(record)
+        if record["kind"] == "epoch" and record["epoch"] == 2:
+            gen.close()
+            break
+    assert records[0]["kind"] == "baseline" and "val_aji" in records[0]
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 2
+
+    resumed, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True))
+    assert epochs_of(resumed) == [3]
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.model_dir == out and not result.stopped
+    assert result.before == {k: v for k, v in records[0].items() if k != "kind"}
+    spec = resolve_model(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["validation"]["after"] and cfg["created"] and cfg["base_model"]["name"] == "tiny"
+    assert spec.trained and cfg["best_epoch"] in (1, 2, 3)
+
+
+def test_finished_runs_are_never_overwritten(tiny_model, tmp_path):
+    from nucseg.errors import StoreError
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs(2)
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 1, "steps_per_epoch": 1})
+    drain(iter_finetune(pairs[:1], pairs[1:], config, tmp_path / "run"))
+    for resume in (False, True):
+        with pytest.raises(StoreError, match="never overwritten"):
+            next(iter_finetune(pairs[:1], pairs[1:], config, tmp_path / "run", resume=resume))
+
+
+def test_stop_keeps_the_best_epoch_and_makes_a_loadable_model(tiny_model, tmp_path):
+    from nucseg.models.build import load_network
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 5, "steps_per_epoch": 3})
+    stop = threading.Event()
+    gen = iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run", stop=stop)
+    records = []
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as done:
+            result = done.value
+            break
+        records.append(record)
+        if record["kind"] == "step" and record["epoch"] == 2 and record["step"] == 1:
+            stop.set()
+    assert result.stopped and epochs_of(records) == [1, 2]
+    assert records[-1]["partial"] is True
+    assert result.model_dir is not None and result.after
+    best = [r for r in result.history if r["best"]][-1]
+    assert result.after == {k: v for k, v in best.items() if k.startswith("val_")}
+    net = load_network(result.model_dir)
+    assert net is not None
+
+
+def test_stop_before_any_step_writes_no_model(tiny_model, tmp_path):
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs(2)
+    stop = threading.Event()
+    stop.set()
+    config = FinetuneConfig(base_model=str(tiny_model), **TINY)
+    records, result = drain(iter_finetune(pairs[:1], pairs[1:], config, tmp_path / "run", stop=stop))
+    assert result.model_dir is None and result.stopped and epochs_of(records) == []
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, json
+    sys.path.insert(0, {tests!r})
+    from test_finetune import tiny_pairs, TINY
+    from nucseg.config import FinetuneConfig
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model={model!r}, **{{**TINY, "epochs": 3, "steps_per_epoch": 3}})
+    for record in iter_finetune(pairs[:2], pairs[2:], config, {out!r}, resume=True):
+        print(json.dumps({{k: record.get(k) for k in ("kind", "epoch", "step")}}), flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_resumes_from_the_last_checkpoint(tiny_model, tmp_path):
+    from nucseg.training.finetune import iter_finetune
+
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), model=str(tiny_model), out=str(out))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # kill -9 in the middle of epoch 2 (epoch 1 is checkpointed)
+            record = json.loads(line)
+            if record["kind"] == "step" and record["epoch"] == 2 and record["step"] == 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()
+
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 3, "steps_per_epoch": 3})
+    records, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True))
+    assert epochs_of(records) == [2, 3]  # only the epoch in progress was lost
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert (out / "model.safetensors").is_file()
