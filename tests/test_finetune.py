@@ -19,7 +19,8 @@ from nucseg.config import FinetuneConfig
 from nucseg.training.dataset import TrainingPair
 
 TINY = dict(epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64, augmentations=("flips",),
-            early_stopping_patience=0, plateau_patience=0, device="cpu", learning_rate=1e-3)
+            early_stopping_patience=0, plateau_patience=0, device="cpu", learning_rate=1e-3,
+            num_threads=1)  # one thread: 30x faster than two when the cores are shared (OpenMP oversubscription)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nucseg.config import PostprocessConfig, TilingConfig
+from nucseg.config import ENCODER_STRIDE, PostprocessConfig, TilingConfig
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.predict_array import predict_probabilities
 from nucseg.models.registry import ModelSpec
@@ -18,10 +18,21 @@ from nucseg.training.targets import instance_targets
 VALIDATION_TILING = TilingConfig(tile_size=512, overlap=64, batch_size=2)
 
 
+def tiling_for(shape: Sequence[int], tiling: TilingConfig = VALIDATION_TILING) -> TilingConfig:
+    """`tiling`, with the tile shrunk to the image (rounded up to the encoder stride) when the image is smaller.
+
+    Small corrected regions (e.g. 96 x 128) would otherwise be padded to a whole 512 x 512 tile: 20x the pixels.
+    """
+    side = -(-max(int(shape[0]), int(shape[1])) // ENCODER_STRIDE) * ENCODER_STRIDE
+    if side >= tiling.tile_size:
+        return tiling
+    return TilingConfig(tile_size=side, overlap=min(tiling.overlap, side // 4), batch_size=tiling.batch_size)
+
+
 def predict_pairs(net, spec: ModelSpec, pairs: Sequence[TrainingPair], device, tiling=VALIDATION_TILING):
     """(C, H, W) probabilities for each pair's image."""
     net.eval()
-    return [predict_probabilities(net, p.image, spec, device, tiling) for p in pairs]
+    return [predict_probabilities(net, p.image, spec, device, tiling_for(p.labels.shape, tiling)) for p in pairs]
 
 
 def score_probabilities(

@@ -1,0 +1,181 @@
+"""`nucseg finetune`: fine-tune a model on corrected image / label pairs into a new model folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from nucseg.config import DEVICES, LOSSES, FinetuneConfig, read_config_json
+from nucseg.errors import InvalidInputError, StoreError
+
+#: mix_original used when original data is given without --mix-original
+DEFAULT_MIX = 0.25
+METRICS = (("val_aji", "AJI"), ("val_iou", "IoU"), ("val_f1", "F-score"), ("val_loss", "loss"))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on corrected images",
+        description="Fine-tune a model on image / instance-label pairs (paired by file name: tile1.png with "
+        "tile1.png or tile1_labels.tif). Writes a new model folder OUT (config.json + model.safetensors) that "
+        "`nucseg predict --model OUT` loads. Every epoch is checkpointed: after a crash or Ctrl-C, run the "
+        "same command with --resume to continue. Validation scores (AJI, IoU, F-score) of the base model and "
+        "of the new one are printed at the end.",
+    )
+    p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of training images")
+    p.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of their instance labels")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the new model folder (must not exist)")
+    p.add_argument("--base", help=f"model to start from: registry name or folder (default {defaults.base_model})")
+    p.add_argument("--epochs", type=int, help=f"default {defaults.epochs}")
+    p.add_argument("--steps-per-epoch", type=int, help=f"batches per epoch (default {defaults.steps_per_epoch})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {defaults.learning_rate:g})")
+    p.add_argument("--batch-size", type=int, help=f"patches per step (default {defaults.batch_size})")
+    p.add_argument("--patch-size", type=int, help=f"patch side, a multiple of 32 (default {defaults.patch_size})")
+    p.add_argument("--loss", choices=LOSSES, help=f"foreground loss (default {defaults.loss})")
+    p.add_argument("--augment", help="comma-separated among flips, rot90, stain, color, scale, blur "
+                   f"(default {','.join(defaults.augmentations)}; 'none' for none)")
+    val = p.add_argument_group("validation (chooses the best epoch; scores before / after)")
+    val.add_argument("--val-images", type=Path, metavar="DIR", help="folder of validation images")
+    val.add_argument("--val-labels", type=Path, metavar="DIR", help="folder of their labels")
+    val.add_argument("--val-fraction", type=float,
+                     help=f"share of the training images held out when no --val-images (default "
+                     f"{defaults.validation_fraction})")
+    orig = p.add_argument_group("original data (mixed into every batch so the model does not forget it)")
+    orig.add_argument("--original-images", type=Path, metavar="DIR")
+    orig.add_argument("--original-labels", type=Path, metavar="DIR")
+    orig.add_argument("--mix-original", type=float, metavar="F",
+                      help=f"fraction of each batch from the original data (default {DEFAULT_MIX} when given)")
+    p.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--seed", type=int, help="makes sampling and augmentation reproducible")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in OUT (its saved settings apply unless given again)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep OUT/checkpoints after a finished run (by default only the model is kept)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace) -> FinetuneConfig:
+    """FinetuneConfig from the saved run (with --resume), then the options given on the command line."""
+    values: dict[str, Any] = {}
+    saved = args.out / "finetune_config.json"
+    if args.resume and saved.is_file():
+        values.update(read_config_json(saved))
+    given = {"base_model": args.base, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+             "learning_rate": args.lr, "batch_size": args.batch_size, "patch_size": args.patch_size,
+             "loss": args.loss, "validation_fraction": args.val_fraction, "device": args.device,
+             "num_threads": args.threads, "seed": args.seed}
+    values.update({k: v for k, v in given.items() if v is not None})
+    if args.augment is not None:
+        text = args.augment.strip().lower()
+        values["augmentations"] = () if text in ("", "none") else tuple(a.strip() for a in text.split(",") if a.strip())
+    if args.mix_original is not None:
+        values["mix_original"] = args.mix_original
+    elif args.original_images and "mix_original" not in values:
+        values["mix_original"] = DEFAULT_MIX
+    return FinetuneConfig.from_dict(values)
+
+
+def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list]:
+    """(train, val, original) pairs from the folders given."""
+    from nucseg.training.dataset import load_pairs, split_pairs
+
+    if (args.val_images is None) != (args.val_labels is None):
+        raise InvalidInputError("give both --val-images and --val-labels, or neither (then --val-fraction applies)")
+    if (args.original_images is None) != (args.original_labels is None):
+        raise InvalidInputError("give both --original-images and --original-labels, or neither")
+    if args.mix_original and args.original_images is None:
+        raise InvalidInputError("--mix-original needs --original-images and --original-labels")
+    pairs = load_pairs(args.images, args.labels)
+    if args.val_images is not None:
+        train, val = pairs, load_pairs(args.val_images, args.val_labels)
+    else:
+        train, val = split_pairs(pairs, config.validation_fraction, config.seed)
+    original = load_pairs(args.original_images, args.original_labels) if args.original_images else []
+    return train, val, original
+
+
+def _fmt(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']}/{record['epochs']}", f"loss {record['train_loss']:.4f}",
+             f"IoU {record['train_iou']:.3f}", f"F {record['train_f1']:.3f}"]
+    if "val_aji" in record:
+        parts.append(f"| val loss {record['val_loss']:.4f} IoU {record['val_iou']:.3f} F {record['val_f1']:.3f} "
+                     f"AJI {record['val_aji']:.3f}")
+    parts.append(f"| {record['seconds']:.0f} s" + (" best" if record.get("best") else ""))
+    if record.get("partial"):
+        parts.append("(stopped mid-epoch)")
+    return "  ".join(parts)
+
+
+def scores_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    """Lines comparing validation scores before and after fine-tuning."""
+    if not after:
+        return ["no validation images: the best epoch was chosen by training loss"]
+    lines = [f"{'validation':<10} {'before':>8} {'after':>8}"]
+    for key, label in METRICS:
+        if key in after:
+            b = f"{before[key]:.4f}" if key in before else "-"
+            lines.append(f"{label:<10} {b:>8} {after[key]:>8.4f}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nucseg.models.registry import resolve_model
+    from nucseg.models.versions import discard_training_state
+    from nucseg.training.finetune import iter_finetune
+
+    if args.out.exists() and not args.resume and any(args.out.iterdir()):
+        raise StoreError(f"{args.out} exists and is not empty: choose a new --out (versions are never overwritten), "
+                         "or pass --resume to continue an unfinished run there")
+    config = build_config(args)
+    resolve_model(config.base_model)  # an unknown model fails before any data is read
+    train, val, original = load_data(args, config)
+    print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation"
+          + (f", {len(original)} original at {config.mix_original:.0%} of each batch" if original else "")
+          + f"): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
+          f"{config.patch_size} px", file=sys.stderr)
+    info = {"description": f"fine-tuned from {Path(config.base_model).name} on {len(train)} images"}
+    gen = iter_finetune(train, val, config, args.out, original=original, resume=args.resume, info=info)
+    total = config.epochs * config.steps_per_epoch
+    bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr, disable=args.quiet or None,
+               dynamic_ncols=True)
+    try:
+        while True:
+            try:
+                record = next(gen)
+            except StopIteration as done:
+                result = done.value
+                break
+            if record["kind"] == "step":
+                bar.n = (record["epoch"] - 1) * record["steps"] + record["step"]
+                bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}", refresh=False)
+                bar.refresh()
+            elif record["kind"] == "epoch":
+                bar.n = record["epoch"] * config.steps_per_epoch
+                tqdm.write(_fmt(record), file=sys.stdout)
+            elif record["kind"] == "baseline" and "val_aji" in record:
+                tqdm.write(f"base model on validation: AJI {record['val_aji']:.3f}  IoU {record['val_iou']:.3f}  "
+                           f"F {record['val_f1']:.3f}", file=sys.stdout)
+    except KeyboardInterrupt:
+        gen.close()
+        bar.close()
+        print(f"nucseg finetune: interrupted; continue with the same command and --resume (out: {args.out})",
+              file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    if result.model_dir is None:
+        raise StoreError("no epoch finished, so no model was written; run again with more steps")
+    if not args.keep_checkpoints:
+        discard_training_state(result.model_dir)
+    for line in scores_table(result.before, result.after):
+        print(line)
+    print(f"model: {result.model_dir}  (use it with: nucseg predict --model {result.model_dir} ...)")
+    return 0

@@ -1,0 +1,87 @@
+"""`nucseg finetune` end to end on two tiny pairs; the output folder loads with `nucseg predict --model`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from test_finetune import tiny_model  # noqa: F401 - fixture
+
+from fake_models import blob_image
+from nucseg.cli import main
+
+FAST = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2", "--device", "cpu", "--threads", "1",
+        "--augment", "flips", "--quiet"]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for k in range(2):
+        image, lab = blob_image((96, 128), n=8, seed=k)
+        Image.fromarray(image).save(images / f"tile{k}.png")
+        tifffile.imwrite(labels / f"tile{k}_labels.tif", lab)
+    return images, labels
+
+
+def test_finetune_then_predict_with_the_new_model(tiny_model, folders, tmp_path, capsys):  # noqa: F811
+    images, labels = folders
+    out = tmp_path / "model"
+    code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out),
+                 "--base", str(tiny_model), *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "epoch 1/1" in captured.out and "AJI" in captured.out and f"model: {out}" in captured.out
+    assert "before" in captured.out and "after" in captured.out
+    assert (out / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+
+    pred = tmp_path / "pred"
+    code = main(["predict", str(images / "tile0.png"), "--out", str(pred), "--model", str(out),
+                 "--tile-size", "128", "--overlap", "32", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    result = tifffile.imread(pred / "tile0_labels.tif")
+    assert result.shape == (96, 128) and result.dtype == np.uint32
+
+
+def test_bad_inputs_exit_2_with_one_line(tiny_model, folders, tmp_path, capsys):  # noqa: F811
+    images, labels = folders
+    cases = [
+        ["--images", str(images), "--labels", str(tmp_path / "missing"), "--out", str(tmp_path / "a")],
+        ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "b"), "--val-images", str(images)],
+        ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "c"), "--mix-original", "0.3"],
+        ["--images", str(images), "--labels", str(labels), "--out", str(images)],  # not empty: never overwritten
+        ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "d"), "--lr", "-1"],
+        ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "e"), "--base", "no-such-model"],
+    ]
+    for args in cases:
+        capsys.readouterr()
+        code = main(["finetune", *FAST, "--base", str(tiny_model), *args])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, args
+        assert err.startswith("nucseg finetune: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_resume_continues_with_the_saved_settings(tiny_model, folders, tmp_path, capsys):  # noqa: F811
+    from nucseg.config import FinetuneConfig
+    from nucseg.training.dataset import load_pairs, split_pairs
+    from nucseg.training.finetune import iter_finetune
+
+    images, labels = folders
+    out = tmp_path / "run"
+    config = FinetuneConfig(base_model=str(tiny_model), epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64,
+                            augmentations=("flips",), device="cpu", num_threads=1)
+    train, val = split_pairs(load_pairs(images, labels), config.validation_fraction, config.seed)
+    gen = iter_finetune(train, val, config, out)
+    for record in gen:  # interrupted after epoch 1
+        if record["kind"] == "epoch":
+            gen.close()
+            break
+    code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out), "--resume",
+                 "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "epoch 2/2" in captured.out and "epoch 1/2" not in captured.out
+    assert (out / "model.safetensors").is_file()
