@@ -27,15 +27,8 @@ SUBCOMMANDS = {
 EXIT_USER_ERROR = 2
 
 
-def _available() -> dict[str, object]:
-    modules = {}
-    for name, module_name in SUBCOMMANDS.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:  # a real missing dependency inside the module: surface it
-                raise
-    return modules
+def _subcommand_modules() -> list:
+    return [importlib.import_module(name) for name in SUBCOMMANDS.values()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nucseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _available().values():
+    for module in _subcommand_modules():
         module.add_parser(sub)  # type: ignore[attr-defined]
     return parser
 

@@ -1,0 +1,56 @@
+"""The shipped default model: loads verified, segments real H&E, and tiling does not change its answer."""
+
+import numpy as np
+import pytest
+
+from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
+from nucseg.inference.predict import predict
+from nucseg.io.masks import read_labels
+from nucseg.io.sample import sample_paths
+from nucseg.io.slides import read_image
+from nucseg.metrics.matching import match_instances
+from nucseg.metrics.pixel import confusion_counts
+from nucseg.models.registry import DEFAULT_MODEL, resolve_model, sha256_of, shipped_models
+
+pytestmark = pytest.mark.skipif(DEFAULT_MODEL not in shipped_models(), reason="no default model shipped yet")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    image_path, labels_path = sample_paths()
+    return read_image(image_path), read_labels(labels_path)
+
+
+def run(image, tile, overlap):
+    spec = resolve_model(DEFAULT_MODEL)
+    cfg = InferenceConfig(device="cpu", tiling=TilingConfig(tile, overlap, 2),
+                          postprocess=PostprocessConfig(**spec.postprocess_defaults))
+    return predict(image, cfg, mpp=spec.mpp)
+
+
+def test_weights_match_their_sha256_and_size():
+    spec = resolve_model(DEFAULT_MODEL)
+    assert spec.sha256 == sha256_of(spec.weights_path)
+    assert spec.weights_path.stat().st_size < 30 * 2**20
+    assert {"postprocess", "validation", "training"} <= set(spec.info)
+
+
+def test_segments_the_sample_better_than_chance(sample):
+    image, truth = sample
+    res = run(image, 512, 64)
+    match = match_instances(truth, res.labels, 0.5)
+    assert 0.5 * truth.max() < res.n_nuclei < 2 * truth.max()
+    assert match.f1 > 0.5 and match.aji > 0.4
+
+
+@pytest.mark.slow
+def test_tiled_equals_whole_image(sample):
+    """Targets: object F1 >= 0.99 and pixel Dice >= 0.995 between a 256-px-tile run and a one-tile run."""
+    image, _ = sample
+    whole = run(image, 512, 0)  # the sample is 512 x 512: one tile
+    tiled = run(image, 256, 64)
+    f1 = match_instances(whole.labels, tiled.labels, 0.5).f1
+    dice = confusion_counts(whole.labels, tiled.labels).dice
+    print(f"tiled vs whole: object F1 {f1:.4f}, pixel Dice {dice:.4f}")
+    assert f1 >= 0.99 and dice >= 0.995
+    assert np.abs(whole.probabilities - tiled.probabilities).mean() < 0.01
