@@ -15,6 +15,13 @@ SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 os.environ.setdefault("QT_API", "pyqt6")
 
 
+def pytest_configure(config):
+    # tests build torch models after viewers exist, as the widgets do: load Triton as the widgets would
+    from nucseg._napari._native import isolate_triton
+
+    isolate_triton()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root."""

@@ -107,6 +107,9 @@ class JobControls(QWidget):
         self.stop_button.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        # room for two lines from the start: a label that grows relayouts the dock, and the window around the
+        # OpenGL canvas repaints (tens of milliseconds of GUI time with software rendering)
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 2)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.progress_bar, 1)

@@ -39,6 +39,7 @@ from nucseg.inference.predict import PredictionResult, PredictProgress, iter_pre
 from nucseg.models.device import available_devices
 from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 
+from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .layers import (
     ImageInput,
@@ -57,6 +58,8 @@ BROWSE = "Browse folder…"
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
 #: milliseconds to wait after the last threshold change before re-applying post-processing
 REAPPLY_DELAY_MS = 300
+
+isolate_triton()  # before torch is imported by a run: see _native
 
 
 def predictions_dir() -> Path:

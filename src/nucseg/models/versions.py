@@ -302,3 +302,14 @@ def _forget_cached(folder: Path) -> None:
         with build._CACHE_LOCK:
             for key in [k for k in build._CACHE if k[1] == str(folder)]:
                 del build._CACHE[key]
+
+
+def run_history(run: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of a run's last checkpoint (empty when it has none), e.g. to redraw its curves."""
+    folder = Path(run) / "checkpoints"
+    try:
+        latest = json.loads((folder / "latest.json").read_text())
+        state = json.loads((folder / latest["checkpoint"] / "state.json").read_text())
+        return list(state.get("history", []))
+    except (OSError, ValueError, KeyError):
+        return []
