@@ -20,18 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 import napari
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -201,10 +203,11 @@ class FinetuneWidget(QWidget):
         tform.addRow("loss", self.loss_combo)
         grid = QGridLayout()
         for k, check in enumerate(self.aug_checks.values()):
-            grid.addWidget(check, k // 3, k % 3)
+            grid.addWidget(check, k // 2, k % 2)
         tform.addRow("augmentations", grid)
         tform.addRow("CPU threads", self.threads_spin)
-        layout = QVBoxLayout(self)
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         layout.addLayout(form)
         layout.addWidget(data)
         layout.addWidget(train)
@@ -213,6 +216,15 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.controls)
         layout.addWidget(self.result_label)
         layout.addWidget(self.versions_panel, 1)
+        # many settings: scroll rather than squash them when the dock shares the side with other widgets
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     def _update_enabled(self, *_: Any) -> None:
         resuming = self.resume_check.isChecked()
