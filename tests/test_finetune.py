@@ -170,3 +170,23 @@ def test_kill_9_mid_epoch_resumes_from_the_last_checkpoint(tiny_model, tmp_path)
     assert epochs_of(records) == [2, 3]  # only the epoch in progress was lost
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_norm_statistics_kept_unless_asked(tiny_model, tmp_path, freeze):
+    """freeze_norm keeps the base model's batch-norm statistics; without it they adapt to the new tiles."""
+    from safetensors.torch import load_file
+
+    from nucseg.training.finetune import iter_finetune
+
+    pairs = tiny_pairs(2)
+    config = FinetuneConfig(base_model=str(tiny_model), freeze_norm=freeze,
+                            **{**TINY, "epochs": 1, "steps_per_epoch": 2})
+    _, result = drain(iter_finetune(pairs[:1], pairs[1:], config, tmp_path / "run"))
+    before = load_file(str(tiny_model / "model.safetensors"))
+    after = load_file(str(result.model_dir / "model.safetensors"))
+    stats = [k for k in before if k.endswith("running_mean")]
+    moved = [k for k in stats if not (before[k].float() - after[k].float()).abs().max() < 1e-3]
+    weights = [k for k in before if k.endswith(".weight") and before[k].ndim == 4]
+    assert stats and any((before[k].float() - after[k].float()).abs().max() > 0 for k in weights)
+    assert (moved == []) if freeze else (len(moved) > len(stats) // 2)

@@ -161,6 +161,10 @@ class FinetuneConfig(_JsonConfig):
         augmentations: any of flips, rot90, stain, color, scale, blur.
         validation_fraction: share of images held out for validation when no explicit split is given.
         mix_original: fraction of each batch drawn from the base model's original data (against forgetting).
+        freeze_norm: keep a trained base model's batch-norm statistics. Off by default: on DSB colour tiles
+            (benchmarks/bench_finetune.py) letting them adapt was what carried the gain to the rest of the
+            new source (frozen: AJI 0.430 -> 0.305 there; adapting: 0.430 -> 0.448), at a larger cost on the
+            old one (MoNuSeg validation -0.106 vs -0.047). Ignored for untrained bases.
         early_stopping_patience: epochs without validation improvement before stopping (0 = never).
         plateau_patience: epochs without improvement before the learning rate is halved (0 = never).
         seed: makes sampling, augmentation and initialisation reproducible.
@@ -178,6 +182,7 @@ class FinetuneConfig(_JsonConfig):
     augmentations: tuple[str, ...] = ("flips", "rot90", "stain", "color")
     validation_fraction: float = 0.2
     mix_original: float = 0.0
+    freeze_norm: bool = False
     early_stopping_patience: int = 4
     plateau_patience: int = 2
     seed: int = 0

@@ -169,6 +169,9 @@ class FinetuneWidget(QWidget):
         self.aug_checks = {name: QCheckBox(name) for name in AUGMENTATIONS}
         for name, check in self.aug_checks.items():
             check.setChecked(name in d.augmentations)
+        self.freeze_norm_check = QCheckBox("keep the base model's normalisation statistics")
+        self.freeze_norm_check.setToolTip("forgets less of the original data, but adapts less to the new slides")
+        self.freeze_norm_check.setChecked(d.freeze_norm)
         self.threads_spin = _spin(0, 256, 0)
         self.threads_spin.setToolTip("CPU threads for torch (0 = all cores)")
         self.resume_check = QCheckBox("resume the last unfinished run")
@@ -205,6 +208,7 @@ class FinetuneWidget(QWidget):
         for k, check in enumerate(self.aug_checks.values()):
             grid.addWidget(check, k // 2, k % 2)
         tform.addRow("augmentations", grid)
+        tform.addRow(self.freeze_norm_check)
         tform.addRow("CPU threads", self.threads_spin)
         inner = QWidget()
         layout = QVBoxLayout(inner)
@@ -229,7 +233,8 @@ class FinetuneWidget(QWidget):
     def _update_enabled(self, *_: Any) -> None:
         resuming = self.resume_check.isChecked()
         for widget in (self.model_combo, self.epochs_spin, self.steps_spin, self.lr_spin, self.batch_spin,
-                       self.patch_spin, self.loss_combo, self.val_spin, self.mix_check, *self.aug_checks.values()):
+                       self.patch_spin, self.loss_combo, self.val_spin, self.mix_check, self.freeze_norm_check,
+                       *self.aug_checks.values()):
             widget.setEnabled(not resuming)
         mixing = self.mix_check.isChecked() and not resuming
         for widget in (self.original_edit, self.browse_button, self.mix_spin):
@@ -297,6 +302,7 @@ class FinetuneWidget(QWidget):
             batch_size=self.batch_spin.value(), patch_size=self.patch_spin.value(),
             loss=self.loss_combo.currentText(), validation_fraction=self.val_spin.value(), mix_original=mix,
             augmentations=tuple(n for n, c in self.aug_checks.items() if c.isChecked()),
+            freeze_norm=self.freeze_norm_check.isChecked(),
             device=self.device_combo.currentText(), num_threads=self.threads_spin.value())
 
     @property

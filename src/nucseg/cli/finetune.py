@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     orig.add_argument("--original-labels", type=Path, metavar="DIR")
     orig.add_argument("--mix-original", type=float, metavar="F",
                       help=f"fraction of each batch from the original data (default {DEFAULT_MIX} when given)")
+    p.add_argument("--freeze-norm", action="store_true",
+                   help="keep the base model's batch-norm statistics (forgets less of the old data, adapts less "
+                   "to the new; default: they adapt)")
     p.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, help="makes sampling and augmentation reproducible")
@@ -74,6 +77,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     if args.augment is not None:
         text = args.augment.strip().lower()
         values["augmentations"] = () if text in ("", "none") else tuple(a.strip() for a in text.split(",") if a.strip())
+    if args.freeze_norm:
+        values["freeze_norm"] = True
     if args.mix_original is not None:
         values["mix_original"] = args.mix_original
     elif args.original_images and "mix_original" not in values:

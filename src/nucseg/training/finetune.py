@@ -136,6 +136,8 @@ def iter_finetune(
             rng = np.random.default_rng([config.seed, epoch])  # per-epoch streams: a resumed run replays exactly
             torch.manual_seed(config.seed * 100003 + epoch)
             net.train()
+            if base.trained and config.freeze_norm:
+                _freeze_norm_statistics(net)
             losses, ious, f1s = [], [], []
             for step in range(1, config.steps_per_epoch + 1):
                 if stop is not None and stop.is_set():
@@ -191,6 +193,13 @@ def iter_finetune(
     model_dir = _finalise(out_dir, base, config, state, info, best_partial) if state["best_epoch"] else None
     return FinetuneResult(model_dir, state["history"], state["before"],
                           _best_record(state), stopped)
+
+
+def _freeze_norm_statistics(net: torch.nn.Module) -> None:
+    """Batch-norm layers use (and keep) their running statistics; their scale and shift still learn."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _best_record(state: dict[str, Any]) -> dict[str, float]:
