@@ -197,19 +197,21 @@ def test_shape_mismatch_is_shown_not_raised(make_napari_viewer, qtbot, monkeypat
 
 @pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
 def test_screenshot_evaluate_widget(make_napari_viewer, qtbot, monkeypatch):
-    """docs/screenshots/evaluate_widget.png and side_by_side.png on the sample tile (fake network's prediction)."""
+    """docs/screenshots/evaluate_widget.png and side_by_side.png on the sample tile (the default model's prediction)."""
     from PIL import Image as PILImage
 
-    from fake_models import install_blobnet
     from nucseg._napari.evaluate_widget import EvaluateWidget
-    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
     from nucseg.inference.predict import predict
+    from nucseg.models.registry import DEFAULT_MODEL, resolve_model, shipped_models
 
-    install_blobnet(monkeypatch)
+    if DEFAULT_MODEL not in shipped_models():
+        pytest.skip("no default model shipped")
     root = Path(__file__).resolve().parents[1]
     image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
     truth = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg_labels.png")).astype(np.uint32)
-    config = InferenceConfig(model="unet-efficientnet-b0", tiling=TilingConfig(256, 32, 4))
+    config = InferenceConfig(model=DEFAULT_MODEL, device="cpu", tiling=TilingConfig(512, 64, 2),
+                             postprocess=PostprocessConfig(**resolve_model(DEFAULT_MODEL).postprocess_defaults))
     result = predict(image, config)
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)

@@ -251,9 +251,14 @@ def test_field_of_view_of_a_real_slide(make_napari_viewer, qtbot, net, tmp_path,
 
 
 @pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
-def test_screenshot_segment_widget(make_napari_viewer, qtbot, net):
-    """docs/screenshots/segment_widget.png: the sample H&E tile segmented (by the test's fake network)."""
+def test_screenshot_segment_widget(make_napari_viewer, qtbot):
+    """docs/screenshots/segment_widget.png: the sample H&E tile segmented by the shipped default model."""
     from PIL import Image as PILImage
+
+    from nucseg.models.registry import DEFAULT_MODEL, shipped_models
+
+    if DEFAULT_MODEL not in shipped_models():
+        pytest.skip("no default model shipped")
 
     root = Path(__file__).resolve().parents[1]
     image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
@@ -261,9 +266,10 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot, net):
     viewer.window._qt_window.resize(1500, 950)
     viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, scale=(0.25, 0.25), units="um",
                      metadata={"mpp": 0.25})
-    widget = make_widget(viewer, tile=256, overlap=32)
+    widget = make_widget(viewer, tile=512, overlap=64)
+    widget.model_combo.setCurrentText(DEFAULT_MODEL)
     viewer.window.add_dock_widget(widget, name="Segment nuclei")
-    run_and_wait(qtbot, widget)
+    run_and_wait(qtbot, widget, timeout=120000)
     viewer.reset_view()
     viewer.canvas.overlays.scale_bar.visible = True
     qtbot.wait(500)
