@@ -1,7 +1,7 @@
 """Train the shipped default model from random initialisation on MoNuSeg 2018 (reproducible, resumable).
 
-    python scripts/train_default.py train     # runs (or resumes) the training run in runs/default
-    python scripts/train_default.py export    # tunes post-processing on the validation tiles and writes
+    python scripts/train_default.py train [--run NAME]   # runs (or resumes) ~/.nucseg/train/NAME
+    python scripts/train_default.py export [--run NAME]  # tunes post-processing on the validation tiles and writes
                                               # src/nucseg/models/weights/nucseg-default (fp16 safetensors)
 
 Five tiles, one per organ group and one of them breast, never enter training; they choose the best epoch
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
 # outside the work tree: a later session gets a fresh checkout but may keep this machine, and the run resumes
-RUN = Path(os.environ.get("NUCSEG_TRAIN_DIR", Path.home() / ".nucseg" / "train")) / "default"
+TRAIN_ROOT = Path(os.environ.get("NUCSEG_TRAIN_DIR", Path.home() / ".nucseg" / "train"))
 SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-default"
 
 #: held out: breast, kidney, liver, prostate, bladder (organ groups of the MoNuSeg training set)
@@ -33,10 +33,14 @@ VALIDATION = ["TCGA-E2-A14V-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-21-578
               "TCGA-G9-6362-01Z-00-DX1", "TCGA-DK-A2I6-01A-01-TS1"]
 
 CONFIG = dict(
-    base_model="unet-efficientnet-b0", epochs=400, steps_per_epoch=50, learning_rate=1e-3, batch_size=8,
+    base_model="unet-mobilenet_v2", epochs=400, steps_per_epoch=50, learning_rate=1e-3, batch_size=8,
     patch_size=256, loss="focal+jaccard", augmentations=("flips", "rot90", "stain", "color", "scale", "blur"),
-    early_stopping_patience=0, plateau_patience=4, seed=2018, device="auto",
+    early_stopping_patience=0, plateau_patience=3, seed=2018, device="auto",
 )
+
+
+def run_config(args) -> dict:
+    return {**CONFIG, "epochs": args.epochs, **({"base_model": args.base} if args.base else {})}
 
 
 def load_split():
@@ -60,8 +64,9 @@ def train(args) -> None:
 
     torch.set_num_threads(args.threads)
     train_pairs, val_pairs = load_split()
-    config = FinetuneConfig(**{**CONFIG, "epochs": args.epochs})
-    gen = iter_finetune(train_pairs, val_pairs, config, RUN, resume=RUN.exists(),
+    config = FinetuneConfig(**run_config(args))
+    run = TRAIN_ROOT / args.run
+    gen = iter_finetune(train_pairs, val_pairs, config, run, resume=run.exists(),
                         info={"description": "default nuclei model"})
     for rec in gen:
         if rec["kind"] != "step":
@@ -98,9 +103,11 @@ def export(args) -> None:
 
     torch.set_num_threads(args.threads)
     _, val = load_split()
-    base = resolve_model(CONFIG["base_model"])
+    run = TRAIN_ROOT / args.run
+    config = json.loads((run / "finetune_config.json").read_text())
+    base = resolve_model(config["base_model"])
     net = build_network(base)
-    net.load_state_dict(load_file(str(RUN / "best.safetensors")))
+    net.load_state_dict(load_file(str(run / "best.safetensors")))
     net.eval()
     device = select_device("cpu")
     results = {}
@@ -120,8 +127,8 @@ def export(args) -> None:
             "per_tile": {r["image"]: {k: round(float(r[k]), 4) for k in ("aji", "dice", "f1", "pq")} for r in rows},
             "seconds": round(seconds, 1)}
         print(("TTA " if tta else "plain ") + json.dumps(results["tta" if tta else "plain"]), flush=True)
-    state = json.loads((RUN / "checkpoints" / "latest.json").read_text())
-    log = (RUN / "log.csv").read_text().splitlines()
+    state = json.loads((run / "checkpoints" / "latest.json").read_text())
+    log = (run / "log.csv").read_text().splitlines()
     if SHIPPED.exists():
         if not args.replace:
             sys.exit(f"{SHIPPED} exists; pass --replace to ship a better model (git keeps the old one)")
@@ -129,11 +136,11 @@ def export(args) -> None:
     info = {
         "name": "nucseg-default",
         "version": args.version,
-        "description": "UNet (EfficientNet-B0 encoder) for H&E nuclei at 40x (0.25 um/px): foreground, contour and "
+        "description": f"UNet ({base.encoder} encoder) for H&E nuclei at 40x (0.25 um/px): foreground, contour and "
                        "distance heads with marker-controlled watershed; trained from scratch on MoNuSeg 2018",
         "training": {"data": "MoNuSeg 2018 training set (Kumar et al. 2017/2019), CC BY-NC-SA 4.0",
                      "train_tiles": 30 - len(VALIDATION), "validation_tiles": VALIDATION,
-                     "config": CONFIG, "epochs_run": state["epoch"], "log_tail": log[-3:],
+                     "config": config, "epochs_run": state["epoch"], "log_tail": log[-3:],
                      "script": "scripts/train_default.py"},
         "postprocess": post.to_dict(),
         "validation": results,
@@ -150,6 +157,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--base", help="architecture to train (default: CONFIG's)")
+    parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     args = parser.parse_args()
     {"train": train, "export": export}[args.action](args)
 

@@ -60,3 +60,24 @@ def test_pad_to_tile_keeps_large_images():
     assert same is img and shape == (70, 80)
     small, shape = pad_to_tile(np.zeros((5, 3, 3), np.uint8), 64)
     assert small.shape == (64, 64, 3) and shape == (5, 3)
+    assert small[:5, :3].max() == 0 and small[5:].min() == 255 and small[:, 3:].min() == 255  # white: no tissue
+
+
+def test_in_memory_and_slide_paths_pad_alike(tmp_path):
+    """predict_probabilities (training validation) and iter_predict (users) see the same pixels past the edge."""
+    import torch
+
+    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.inference.predict import predict
+    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.models.build import load_network
+    from nucseg.models.device import select_device
+    from nucseg.models.registry import resolve_model
+
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).integers(0, 255, (40, 70, 3), dtype=np.uint8)
+    cfg = InferenceConfig(model="unet-mobilenet_v2", device="cpu", tiling=TilingConfig(64, 16, 2))
+    spec = resolve_model(cfg.model)
+    with torch.inference_mode():
+        direct = predict_probabilities(load_network(spec), image, spec, select_device("cpu"), cfg.tiling)
+    np.testing.assert_allclose(predict(image, cfg).probabilities, direct, atol=1e-5)

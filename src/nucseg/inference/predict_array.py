@@ -51,7 +51,7 @@ def iter_tile_probabilities(
 ) -> Iterator[tuple[int, int, np.ndarray | None]]:
     """Predict `image` tile by tile; yields (tiles done, total, None) per batch, then (total, total, probs).
 
-    probs is (C, H, W) float32 blended across tile overlaps. Images smaller than a tile are reflect-padded.
+    probs is (C, H, W) float32 blended across tile overlaps. Images smaller than a tile are padded with white.
     """
     image = as_rgb_uint8(image)
     padded, (h, w) = pad_to_tile(image, tiling.tile_size)

@@ -69,11 +69,16 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
-def pad_to_tile(image: np.ndarray, tile: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad an (H, W, C) image so both sides are at least `tile`; returns it and the original (H, W)."""
+def pad_to_tile(image: np.ndarray, tile: int, fill: float = 255) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad an (H, W, C) image below and right so both sides are at least `tile`; returns it and the original (H, W).
+
+    The padding is `fill` (white: no tissue), as `iter_predict` reads beyond an image's edge, so an in-memory
+    prediction and a slide prediction of the same pixels agree. Mirroring would add phantom nuclei, and a
+    network with squeeze-excitation (global pooling) changes its output for the whole tile with them.
+    """
     h, w = image.shape[:2]
     ph, pw = max(0, tile - h), max(0, tile - w)
     if ph == 0 and pw == 0:
         return image, (h, w)
-    mode = "reflect" if h > 1 and w > 1 and ph < h and pw < w else "symmetric"
-    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode), (h, w)
+    pad = ((0, ph), (0, pw)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, pad, mode="constant", constant_values=fill), (h, w)
