@@ -1,6 +1,6 @@
 """Fine-tuning on a few corrected tiles of an unseen source (issue 5's target), with the real CLI and defaults.
 
-    python benchmarks/bench_finetune.py [--tiles 5] [--seed 0] [--eval N]
+    python benchmarks/bench_finetune.py [--tiles 5] [--seed 0] [--eval N] [-- FINETUNE OPTIONS]
 
 The source is the DSB 2018 colour brightfield set (107 tiles, H&E-like stains, magnifications unknown; the
 default model never saw it). `--tiles` of them, chosen with `--seed`, are the "corrections": `nucseg finetune`
@@ -60,7 +60,10 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", type=int, default=0, help="score on this many of the other tiles (0 = all)")
+    parser.add_argument("finetune_args", nargs=argparse.REMAINDER,
+                        help="after --: options passed on to `nucseg finetune` (default: none, its defaults)")
     args = parser.parse_args()
+    extra = [a for a in args.finetune_args if a != "--"]
     if not DSB.is_dir():
         raise SystemExit(f"needs the DSB 2018 tiles in {DSB}")
     from train_default import VALIDATION
@@ -78,11 +81,12 @@ def main() -> None:
         out = tmp / "model"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nucseg", "finetune", "--images", str(tmp / "images"),
-                        "--labels", str(tmp / "labels"), "--out", str(out), "--threads", "2"], check=True)
+                        "--labels", str(tmp / "labels"), "--out", str(out), "--threads", "2", *extra], check=True)
         minutes = (time.perf_counter() - t0) / 60
         source = [(DSB / "images" / f"{i}.png", DSB / "labels" / f"{i}.png") for i in rest]
         monuseg = [(MONUSEG / "images" / f"{n}.png", MONUSEG / "labels" / f"{n}.png") for n in VALIDATION]
-        result = {"corrected_tiles": args.tiles, "seed": args.seed, "finetune_minutes": round(minutes, 2)}
+        result = {"corrected_tiles": args.tiles, "seed": args.seed, "finetune_args": extra,
+                  "finetune_minutes": round(minutes, 2)}
         for name, model in (("base", "nucseg-default"), ("finetuned", str(out))):
             result[name] = {"dsb_rest": score(model, source, None), "monuseg_val": score(model, monuseg, 0.25)}
     gain = result["finetuned"]["dsb_rest"]["aji"] - result["base"]["dsb_rest"]["aji"]

@@ -23,15 +23,18 @@ TINY = dict(epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64, augmentati
             num_threads=1)  # one thread: 30x faster than two when the cores are shared (OpenMP oversubscription)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model_folder(parent: Path) -> Path:
     """An untrained EfficientNet-B0 UNet saved as a model folder (a stand-in for a shipped model)."""
     from nucseg.models.build import build_network, save_model
     from nucseg.models.registry import untrained_spec
 
     spec = untrained_spec("efficientnet-b0")
-    return save_model(build_network(spec), spec, tmp_path_factory.mktemp("models") / "tiny",
-                      info={"description": "tiny test model"}).folder
+    return save_model(build_network(spec), spec, parent / "tiny", info={"description": "tiny test model"}).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return tiny_model_folder(tmp_path_factory.mktemp("models"))
 
 
 def tiny_pairs(n: int = 3, shape=(96, 128)) -> list[TrainingPair]:

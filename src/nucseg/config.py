@@ -157,7 +157,7 @@ class FinetuneConfig(_JsonConfig):
         learning_rate: Adam's step size.
         batch_size: patches per step.
         patch_size: side of the square training patch.
-        loss: foreground loss; the contour and distance heads always use BCE + Dice and MSE.
+        loss: foreground loss; the contour head always uses BCE + Dice, the distance head BCE on soft targets.
         augmentations: any of flips, rot90, stain, color, scale, blur.
         validation_fraction: share of images held out for validation when no explicit split is given.
         mix_original: fraction of each batch drawn from the base model's original data (against forgetting).
@@ -165,6 +165,8 @@ class FinetuneConfig(_JsonConfig):
             (benchmarks/bench_finetune.py) letting them adapt was what carried the gain to the rest of the
             new source (frozen: AJI 0.430 -> 0.305 there; adapting: 0.430 -> 0.448), at a larger cost on the
             old one (MoNuSeg validation -0.106 vs -0.047). Ignored for untrained bases.
+        tune_postprocess: after training, re-choose the watershed thresholds on the validation images (kept
+            only when they beat the base model's by 0.01 AJI there; skipped after a Stop).
         early_stopping_patience: epochs without validation improvement before stopping (0 = never).
         plateau_patience: epochs without improvement before the learning rate is halved (0 = never).
         seed: makes sampling, augmentation and initialisation reproducible.
@@ -183,6 +185,7 @@ class FinetuneConfig(_JsonConfig):
     validation_fraction: float = 0.2
     mix_original: float = 0.0
     freeze_norm: bool = False
+    tune_postprocess: bool = True
     early_stopping_patience: int = 4
     plateau_patience: int = 2
     seed: int = 0

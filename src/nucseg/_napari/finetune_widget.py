@@ -172,6 +172,9 @@ class FinetuneWidget(QWidget):
         self.freeze_norm_check = QCheckBox("keep the base model's normalisation statistics")
         self.freeze_norm_check.setToolTip("forgets less of the original data, but adapts less to the new slides")
         self.freeze_norm_check.setChecked(d.freeze_norm)
+        self.tune_check = QCheckBox("re-tune watershed thresholds on the validation corrections")
+        self.tune_check.setToolTip("kept only when they beat the base model's thresholds by 0.01 AJI there")
+        self.tune_check.setChecked(d.tune_postprocess)
         self.threads_spin = _spin(0, 256, 0)
         self.threads_spin.setToolTip("CPU threads for torch (0 = all cores)")
         self.resume_check = QCheckBox("resume the last unfinished run")
@@ -209,6 +212,7 @@ class FinetuneWidget(QWidget):
             grid.addWidget(check, k // 2, k % 2)
         tform.addRow("augmentations", grid)
         tform.addRow(self.freeze_norm_check)
+        tform.addRow(self.tune_check)
         tform.addRow("CPU threads", self.threads_spin)
         inner = QWidget()
         layout = QVBoxLayout(inner)
@@ -234,7 +238,7 @@ class FinetuneWidget(QWidget):
         resuming = self.resume_check.isChecked()
         for widget in (self.model_combo, self.epochs_spin, self.steps_spin, self.lr_spin, self.batch_spin,
                        self.patch_spin, self.loss_combo, self.val_spin, self.mix_check, self.freeze_norm_check,
-                       *self.aug_checks.values()):
+                       self.tune_check, *self.aug_checks.values()):
             widget.setEnabled(not resuming)
         mixing = self.mix_check.isChecked() and not resuming
         for widget in (self.original_edit, self.browse_button, self.mix_spin):
@@ -302,7 +306,7 @@ class FinetuneWidget(QWidget):
             batch_size=self.batch_spin.value(), patch_size=self.patch_spin.value(),
             loss=self.loss_combo.currentText(), validation_fraction=self.val_spin.value(), mix_original=mix,
             augmentations=tuple(n for n, c in self.aug_checks.items() if c.isChecked()),
-            freeze_norm=self.freeze_norm_check.isChecked(),
+            freeze_norm=self.freeze_norm_check.isChecked(), tune_postprocess=self.tune_check.isChecked(),
             device=self.device_combo.currentText(), num_threads=self.threads_spin.value())
 
     @property
@@ -366,6 +370,8 @@ class FinetuneWidget(QWidget):
                                           f"IoU {record['val_iou']:.3f}, F {record['val_f1']:.3f}")
         elif kind == "baseline" and "val_aji" in record:
             self.plots.set_baseline(record)
+        elif kind == "tuning":
+            self.result_label.setText("tuning the watershed thresholds on the validation corrections…")
 
     def _on_result(self, result: FinetuneResult) -> None:
         self.result = result
@@ -374,7 +380,11 @@ class FinetuneWidget(QWidget):
             return
         versions.discard_training_state(result.model_dir)
         head = "stopped; best epoch kept as" if result.stopped else "new version"
-        self.result_label.setText(f"<b>{head} {result.model_dir.name}</b><br>{scores_html(result.before, result.after)}")
+        from nucseg.training.postprocess_tuning import describe_tuning
+
+        tuned = f"<br>{describe_tuning(result.postprocess_tuning)}" if result.postprocess_tuning else ""
+        self.result_label.setText(f"<b>{head} {result.model_dir.name}</b><br>"
+                                  f"{scores_html(result.before, result.after)}{tuned}")
         versions.versions_changed.emit()
         show_info(f"fine-tuned model saved as {result.model_dir}")
 

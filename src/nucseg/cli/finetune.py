@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-norm", action="store_true",
                    help="keep the base model's batch-norm statistics (forgets less of the old data, adapts less "
                    "to the new; default: they adapt)")
+    p.add_argument("--no-tune-postprocess", action="store_true",
+                   help="keep the base model's watershed thresholds (default: re-chosen on the validation images "
+                   "when that gains at least 0.01 AJI there)")
     p.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, help="makes sampling and augmentation reproducible")
@@ -79,6 +82,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
         values["augmentations"] = () if text in ("", "none") else tuple(a.strip() for a in text.split(",") if a.strip())
     if args.freeze_norm:
         values["freeze_norm"] = True
+    if args.no_tune_postprocess:
+        values["tune_postprocess"] = False
     if args.mix_original is not None:
         values["mix_original"] = args.mix_original
     elif args.original_images and "mix_original" not in values:
@@ -135,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import discard_training_state
     from nucseg.training.finetune import iter_finetune
+    from nucseg.training.postprocess_tuning import describe_tuning
 
     if args.out.exists() and not args.resume and any(args.out.iterdir()):
         raise StoreError(f"{args.out} exists and is not empty: choose a new --out (versions are never overwritten), "
@@ -165,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
             elif record["kind"] == "epoch":
                 bar.n = record["epoch"] * config.steps_per_epoch
                 tqdm.write(_fmt(record), file=sys.stdout)
+            elif record["kind"] == "tuning":
+                bar.set_postfix_str("tuning watershed thresholds on the validation images")
             elif record["kind"] == "baseline" and "val_aji" in record:
                 tqdm.write(f"base model on validation: AJI {record['val_aji']:.3f}  IoU {record['val_iou']:.3f}  "
                            f"F {record['val_f1']:.3f}", file=sys.stdout)
@@ -182,5 +190,7 @@ def run(args: argparse.Namespace) -> int:
         discard_training_state(result.model_dir)
     for line in scores_table(result.before, result.after):
         print(line)
+    if result.postprocess_tuning:
+        print(describe_tuning(result.postprocess_tuning))
     print(f"model: {result.model_dir}  (use it with: nucseg predict --model {result.model_dir} ...)")
     return 0

@@ -27,7 +27,8 @@ from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve
 from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from nucseg.training.dataset import PatchSampler, TrainingPair
 from nucseg.training.losses import nucseg_loss
-from nucseg.training.validation import validate
+from nucseg.training.postprocess_tuning import tune_postprocess
+from nucseg.training.validation import predict_pairs, validate
 
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.safetensors"
@@ -44,6 +45,7 @@ class FinetuneResult:
     before: dict[str, float]
     after: dict[str, float]
     stopped: bool
+    postprocess_tuning: dict[str, Any] | None = None
 
 
 def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
@@ -188,11 +190,27 @@ def iter_finetune(
             yield record
             if stopped:
                 break
+        tuning = None
+        if state["best_epoch"] and val and config.tune_postprocess and not stopped:  # Stop means now
+            yield {"kind": "tuning"}
+            tuning = _tune_on_validation(net, base, val, device, post, out_dir, best_partial)
     finally:
         release_device_memory(device)
-    model_dir = _finalise(out_dir, base, config, state, info, best_partial) if state["best_epoch"] else None
+    model_dir = _finalise(out_dir, base, config, state, info, best_partial, tuning) if state["best_epoch"] else None
     return FinetuneResult(model_dir, state["history"], state["before"],
-                          _best_record(state), stopped)
+                          _best_record(state), stopped, tuning)
+
+
+def _tune_on_validation(net, base: ModelSpec, val, device, post: PostprocessConfig, out_dir: Path,
+                        weights: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Watershed thresholds re-chosen on the validation corrections with the best epoch's weights."""
+    from safetensors.torch import load_file
+
+    net.load_state_dict(weights if weights is not None else load_file(str(out_dir / BEST_WEIGHTS), device=str(device)))
+    with torch.inference_mode():
+        probs = predict_pairs(net, base, val, device)
+    result = tune_postprocess(probs, [p.labels for p in val], post)
+    return result.to_dict()
 
 
 def _freeze_norm_statistics(net: torch.nn.Module) -> None:
@@ -220,7 +238,8 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
 
 
 def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
-              info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+              info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None,
+              tuning: dict[str, Any] | None = None) -> Path:
     """Write model.safetensors + config.json from the best epoch (`weights`, else best.safetensors)."""
     import datetime as _dt
 
@@ -242,7 +261,8 @@ def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dic
         "best_epoch": state["best_epoch"],
         "validation": {"before": state["before"], "after": _best_record(state)},
         "history": state["history"],
-        "postprocess": base.postprocess_defaults,
+        "postprocess": tuning["chosen"] if tuning else base.postprocess_defaults,
+        **({"postprocess_tuning": tuning} if tuning else {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(info or {}),
         "sha256": sha256_of(out_dir / WEIGHTS_FILE),
