@@ -3,6 +3,7 @@
     python scripts/train_default.py train [--run NAME]   # runs (or resumes) ~/.nucseg/train/NAME
     python scripts/train_default.py export [--run NAME]  # tunes post-processing on the validation tiles and writes
                                               # src/nucseg/models/weights/nucseg-default (fp16 safetensors)
+    python scripts/train_default.py replay    # writes the replay set (training-tile crops) fine-tuning rehearses
 
 Five tiles, one per organ group and one of them breast, never enter training; they choose the best epoch
 and the post-processing thresholds, and their scores go into the model's config.json.
@@ -148,11 +149,51 @@ def export(args) -> None:
     }
     save_model(net, base, SHIPPED, info=info, half=True)
     print(f"wrote {SHIPPED}", flush=True)
+    replay(args)
+
+
+#: rehearsal sample shipped with the model: crops per training tile and their side
+REPLAY_CROPS, REPLAY_SIDE = 2, 320
+
+
+def replay(args) -> None:
+    """Write the replay set (random crops of the training tiles) into the shipped model folder.
+
+    Fine-tuning mixes it into every batch so a model tuned on a lab's corrections keeps what it learned here.
+    Images are JPEG (quality 90) to stay small; labels are 16-bit PNG instance labels.
+    """
+    from PIL import Image
+
+    from nucseg.models.registry import REPLAY_DIR
+
+    out = SHIPPED / REPLAY_DIR
+    if out.exists():
+        sys.exit(f"{out} exists; remove it first to write a new replay set")
+    train_pairs, _ = load_split()
+    rng = np.random.default_rng(2018)
+    tmp = SHIPPED / f".{REPLAY_DIR}.tmp"
+    for sub in ("images", "labels"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    for pair in train_pairs:
+        h, w = pair.labels.shape
+        for _ in range(REPLAY_CROPS):
+            y, x = int(rng.integers(0, h - REPLAY_SIDE + 1)), int(rng.integers(0, w - REPLAY_SIDE + 1))
+            crop = np.s_[y : y + REPLAY_SIDE, x : x + REPLAY_SIDE]
+            name = f"{pair.name}_{y}_{x}"
+            Image.fromarray(pair.image[crop]).save(tmp / "images" / f"{name}.jpg", quality=90)
+            Image.fromarray(pair.labels[crop].astype(np.uint16)).save(tmp / "labels" / f"{name}.png")
+    (tmp / "README.md").write_text(
+        "# Replay set\n\nRandom crops of the MoNuSeg 2018 training tiles this model was trained on (Kumar et al. "
+        "2017, 2019; CC BY-NC-SA 4.0), written by `scripts/train_default.py replay`. Fine-tuning mixes them into "
+        "every batch (`mix_original`) so a model tuned on a lab's corrections does not forget the original data.\n")
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {len(train_pairs) * REPLAY_CROPS} crops to {out} ({size / 1e6:.1f} MB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["train", "export"])
+    parser.add_argument("action", choices=["train", "export", "replay"])
     parser.add_argument("--epochs", type=int, default=CONFIG["epochs"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replace", action="store_true")
@@ -160,7 +201,7 @@ def main() -> None:
     parser.add_argument("--base", help="architecture to train (default: CONFIG's)")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     args = parser.parse_args()
-    {"train": train, "export": export}[args.action](args)
+    {"train": train, "export": export, "replay": replay}[args.action](args)
 
 
 if __name__ == "__main__":

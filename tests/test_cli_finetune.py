@@ -85,3 +85,19 @@ def test_resume_continues_with_the_saved_settings(tiny_model, folders, tmp_path,
     assert code == 0, captured.err
     assert "epoch 2/2" in captured.out and "epoch 1/2" not in captured.out
     assert (out / "model.safetensors").is_file()
+
+
+def test_mix_original_uses_the_base_models_replay_set(tiny_model, folders, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from test_finetune import with_replay
+
+    images, labels = folders
+    base = with_replay(tiny_model, tmp_path)
+    out = tmp_path / "model"
+    code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out),
+                 "--base", str(base), "--mix-original", "0.5", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{base.name}'s replay set at 50% of each batch" in captured.err
+    assert json.loads((out / "data_manifest.json").read_text())["original_source"] == f"replay set of {base.name}"

@@ -193,3 +193,55 @@ def test_norm_statistics_kept_unless_asked(tiny_model, tmp_path, freeze):
     weights = [k for k in before if k.endswith(".weight") and before[k].ndim == 4]
     assert stats and any((before[k].float() - after[k].float()).abs().max() > 0 for k in weights)
     assert (moved == []) if freeze else (len(moved) > len(stats) // 2)
+
+
+def with_replay(model: Path, parent: Path, n: int = 2) -> Path:
+    """A copy of `model` that carries a replay set of `n` blob tiles, as the shipped default does."""
+    import shutil
+
+    import tifffile
+    from PIL import Image
+
+    folder = parent / f"{model.name}-replay"
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "name": folder.name}))
+    for sub in ("images", "labels"):
+        (folder / "replay" / sub).mkdir(parents=True)
+    for k in range(n):
+        image, labels = blob_image((96, 96), n=6, seed=100 + k)
+        Image.fromarray(image).save(folder / "replay" / "images" / f"r{k}.jpg", quality=90)
+        tifffile.imwrite(folder / "replay" / "labels" / f"r{k}.tif", labels)
+    return folder
+
+
+def test_replay_set_of_the_base_is_rehearsed_and_inherited(tiny_model, tmp_path):
+    from nucseg.models.registry import resolve_model
+    from nucseg.training.finetune import iter_finetune
+
+    base = with_replay(tiny_model, tmp_path)
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1, "mix_original": 0.5})
+    _, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run"))
+    manifest = json.loads((result.model_dir / "data_manifest.json").read_text())
+    assert [p["name"] for p in manifest["original"]] == ["r0", "r1"]
+    assert manifest["original_source"] == f"replay set of {base.name}"
+    # the new version rehearses the same data when it is fine-tuned in turn
+    assert sorted(p.name for p in resolve_model(result.model_dir).replay_dir.glob("images/*")) == ["r0.jpg", "r1.jpg"]
+
+    off = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1, "mix_original": 0.0})
+    _, result = drain(iter_finetune(pairs[:2], pairs[2:], off, tmp_path / "run-off"))
+    manifest = json.loads((result.model_dir / "data_manifest.json").read_text())
+    assert manifest["original"] == [] and "original_source" not in manifest
+
+
+def test_sampler_draws_the_mixed_share_from_the_original_data():
+    import numpy as np
+
+    from nucseg.training.dataset import PatchSampler
+
+    new = [TrainingPair(np.zeros((80, 80, 3), np.uint8), np.zeros((80, 80), np.uint32), "new")]
+    old = [TrainingPair(np.full((80, 80, 3), 255, np.uint8), np.zeros((80, 80), np.uint32), "old")]
+    sampler = PatchSampler(new, 64, (), extra=(old, 0.25))
+    images, _ = sampler.sample_batch(np.random.default_rng(0), 8)
+    assert [int(im.max()) for im in images] == [0] * 6 + [255] * 2

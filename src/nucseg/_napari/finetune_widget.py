@@ -42,7 +42,7 @@ from nucseg.config import AUGMENTATIONS, LOSSES, FinetuneConfig, read_config_jso
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.models.registry import DEFAULT_MODEL, list_models
+from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 from nucseg.training.corrections import CorrectionStore, corrections_changed
 
 from ._native import isolate_triton
@@ -84,7 +84,7 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
             raise InvalidInputError("the corrections store is empty: add corrected regions with the Corrections "
                                     "widget first")
         train, val = split_pairs(pairs, config.validation_fraction, config.seed)
-    original = []
+    original = None  # the base model's replay set, if it carries one
     if original_dir and config.mix_original > 0:
         original = load_pairs(Path(original_dir) / "images", Path(original_dir) / "labels")
     info = {"description": f"fine-tuned from {Path(config.base_model).name} on {len(train)} corrections"}
@@ -151,7 +151,7 @@ class FinetuneWidget(QWidget):
         self.data_label.setWordWrap(True)
         self.mix_check = QCheckBox("mix in original data (against forgetting)")
         self.original_edit = QLineEdit()
-        self.original_edit.setPlaceholderText("folder with images/ and labels/")
+        self.original_edit.setPlaceholderText("the base model's replay set (or a folder with images/, labels/)")
         self.browse_button = QPushButton("…")
         self.mix_spin = _dspin(0.05, 0.9, 0.25)
         self.val_spin = _dspin(0.0, 0.9, d.validation_fraction)
@@ -326,8 +326,9 @@ class FinetuneWidget(QWidget):
             else:
                 config = self.config()
                 original = self.original_edit.text().strip() or None
-                if config.mix_original and not original:
-                    raise InvalidInputError("choose the original data folder (with images/ and labels/) to mix in")
+                if config.mix_original and not original and resolve_model(config.base_model).replay_dir is None:
+                    raise InvalidInputError(f"{Path(config.base_model).name} carries no replay set: choose a folder "
+                                            "of its original data (with images/ and labels/) to mix in")
                 if not len(self.store):
                     raise InvalidInputError("no corrections yet: add corrected regions with the Corrections widget")
                 out = versions.new_version_dir(config.base_model)

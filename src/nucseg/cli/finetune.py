@@ -91,22 +91,25 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig.from_dict(values)
 
 
-def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list]:
+def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list | None]:
     """(train, val, original) pairs from the folders given."""
+    from nucseg.models.registry import resolve_model
     from nucseg.training.dataset import load_pairs, split_pairs
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InvalidInputError("give both --val-images and --val-labels, or neither (then --val-fraction applies)")
     if (args.original_images is None) != (args.original_labels is None):
         raise InvalidInputError("give both --original-images and --original-labels, or neither")
-    if args.mix_original and args.original_images is None:
-        raise InvalidInputError("--mix-original needs --original-images and --original-labels")
+    if args.mix_original and args.original_images is None and resolve_model(config.base_model).replay_dir is None:
+        raise InvalidInputError(f"{config.base_model} carries no replay set: --mix-original needs --original-images "
+                                "and --original-labels")
     pairs = load_pairs(args.images, args.labels)
     if args.val_images is not None:
         train, val = pairs, load_pairs(args.val_images, args.val_labels)
     else:
         train, val = split_pairs(pairs, config.validation_fraction, config.seed)
-    original = load_pairs(args.original_images, args.original_labels) if args.original_images else []
+    # None: the base model's replay set (if it carries one) is mixed in at config.mix_original
+    original = load_pairs(args.original_images, args.original_labels) if args.original_images else None
     return train, val, original
 
 
@@ -146,10 +149,13 @@ def run(args: argparse.Namespace) -> int:
         raise StoreError(f"{args.out} exists and is not empty: choose a new --out (versions are never overwritten), "
                          "or pass --resume to continue an unfinished run there")
     config = build_config(args)
-    resolve_model(config.base_model)  # an unknown model fails before any data is read
+    base = resolve_model(config.base_model)  # an unknown model fails before any data is read
     train, val, original = load_data(args, config)
-    print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation"
-          + (f", {len(original)} original at {config.mix_original:.0%} of each batch" if original else "")
+    mixed = ""
+    if config.mix_original > 0 and (original or base.replay_dir):
+        source = f"{len(original)} original images" if original else f"{base.name}'s replay set"
+        mixed = f", {source} at {config.mix_original:.0%} of each batch"
+    print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation{mixed}"
           + f"): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
           f"{config.patch_size} px", file=sys.stderr)
     info = {"description": f"fine-tuned from {Path(config.base_model).name} on {len(train)} images"}

@@ -70,6 +70,16 @@ class ModelSpec:
         return self.folder is not None
 
     @property
+    def replay_dir(self) -> Path | None:
+        """A sample of the model's own training data (``replay/images``, ``replay/labels``), if it carries one.
+
+        Fine-tuning mixes it into every batch so the model does not forget what it knew (rehearsal).
+        """
+        if self.folder is None or not (self.folder / REPLAY_DIR / "images").is_dir():
+            return None
+        return self.folder / REPLAY_DIR
+
+    @property
     def postprocess_defaults(self) -> dict[str, Any]:
         return dict(self.info.get("postprocess", {}))
 
@@ -89,6 +99,7 @@ class ModelSpec:
 _SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "sha256"}
 
 DEFAULT_MODEL = "nucseg-default"
+REPLAY_DIR = "replay"
 
 
 def untrained_spec(encoder: str, name: str | None = None) -> ModelSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -23,7 +24,7 @@ from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device
-from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
+from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from nucseg.training.dataset import PatchSampler, TrainingPair
 from nucseg.training.losses import nucseg_loss
@@ -61,6 +62,15 @@ def _batch_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, f
     return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
 
 
+def load_replay(base: ModelSpec, mix: float) -> list[TrainingPair]:
+    """The base model's replay set when it has one and mixing is on; else nothing."""
+    from nucseg.training.dataset import load_pairs
+
+    if mix <= 0 or base.replay_dir is None:
+        return []
+    return load_pairs(base.replay_dir / "images", base.replay_dir / "labels")
+
+
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
     if (out_dir / WEIGHTS_FILE).exists() and (out_dir / CONFIG_FILE).exists():  # weights alone: a crash in _finalise
         raise StoreError(f"{out_dir} already holds a finished model: versions are never overwritten; choose a new --out")
@@ -75,7 +85,7 @@ def iter_finetune(
     config: FinetuneConfig,
     out_dir: str | Path,
     *,
-    original: Sequence[TrainingPair] = (),
+    original: Sequence[TrainingPair] | None = None,
     resume: bool = False,
     postprocess: PostprocessConfig | None = None,
     stop: threading.Event | None = None,
@@ -88,7 +98,8 @@ def iter_finetune(
         val: pairs to choose the best epoch by (AJI); may be empty.
         config: the run's settings (written to the output folder).
         out_dir: the new model folder; with `resume`, an unfinished run's folder.
-        original: the base model's own training data, mixed in at `config.mix_original` against forgetting.
+        original: the base model's own training data, mixed in at `config.mix_original` against forgetting;
+            None takes the replay set the base model carries (if any).
         resume: continue from the last checkpoint in `out_dir`.
         postprocess: thresholds for the AJI computed during validation (default: the base model's).
         stop: when set, the run ends after the current step and keeps the best epoch so far.
@@ -111,6 +122,9 @@ def iter_finetune(
         load_weights(net, base)
     net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    original_source = "given"
+    if original is None:
+        original, original_source = load_replay(base, config.mix_original), f"replay set of {base.name}"
     sampler = PatchSampler(train, config.patch_size, config.augmentations, extra=(original, config.mix_original))
     ckpt_dir = out_dir / CHECKPOINTS
     state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {}}
@@ -123,7 +137,8 @@ def iter_finetune(
         config.write_json(out_dir / FINETUNE_CONFIG)
         (out_dir / "data_manifest.json").write_text(json.dumps(
             {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train), "val": _manifest(val),
-             "original": _manifest(original) if config.mix_original else []}, indent=1))
+             "original": _manifest(original) if config.mix_original else [],
+             **({"original_source": original_source} if config.mix_original and original else {})}, indent=1))
         if base.trained and val:
             state["before"] = validate(net, base, val, device, post, config.loss)
     yield {"kind": "baseline", **state["before"]}
@@ -267,6 +282,9 @@ def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dic
         **(info or {}),
         "sha256": sha256_of(out_dir / WEIGHTS_FILE),
     })
+    if base.replay_dir is not None and not (out_dir / REPLAY_DIR).exists():
+        # the lineage keeps rehearsing the original data when this version is fine-tuned in turn
+        shutil.copytree(base.replay_dir, out_dir / REPLAY_DIR)
     cfg_tmp = out_dir / f".{CONFIG_FILE}.tmp"
     cfg_tmp.write_text(json.dumps(cfg, indent=2))
     cfg_tmp.replace(out_dir / CONFIG_FILE)
