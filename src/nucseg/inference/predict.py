@@ -173,8 +173,12 @@ def iter_predict(
             yield PredictProgress(done, total, "predicting", index, len(plan))
         # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
         probs = canvas.result()[:, : min(rh, source.shape[0] - ry), : min(rw, source.shape[1] - rx)]
-        inst = probabilities_to_instances(probs, config.postprocess)
-        next_id = _write_block(inst, probs, box, read, source, labels_out, probs_out, next_id, out is not None)
+        # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
+        y0, x0 = min(t.y0 for t in tiles) - ry, min(t.x0 for t in tiles) - rx
+        y1, x1 = max(t.y1 for t in tiles) - ry, max(t.x1 for t in tiles) - rx
+        inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], config.postprocess)
+        next_id = _write_block(inst, probs, box, read, (ry + y0, rx + x0), source, labels_out, probs_out, next_id,
+                               out is not None)
         if stopped:
             break
     result = PredictionResult(
@@ -185,13 +189,15 @@ def iter_predict(
     return result
 
 
-def _write_block(inst, probs, box, read, source: ScaledSource, labels_out, probs_out, next_id: int, quantise: bool) -> int:
-    """Write a block's nuclei (see `_write_labels`) and the core of its probabilities."""
+def _write_block(inst, probs, box, read, inst_origin, source: ScaledSource, labels_out, probs_out, next_id: int,
+                 quantise: bool) -> int:
+    """Write a block's nuclei (`inst`, whose top-left is `inst_origin`; see `_write_labels`) and the core of
+    its probabilities (`probs`, which cover the read box)."""
     by, bx, bh, bw = box
     ry, rx = read[:2]
     core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
     probs_out[:, by : by + bh, bx : bx + bw] = np.round(core * 255).astype(np.uint8) if quantise else core
-    return _write_labels(inst, box, (ry, rx), source, labels_out, next_id)
+    return _write_labels(inst, box, inst_origin, source, labels_out, next_id)
 
 
 def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
