@@ -10,8 +10,6 @@ from typing import Any
 from nucseg.config import DEVICES, LOSSES, FinetuneConfig, read_config_json
 from nucseg.errors import InvalidInputError, StoreError
 
-#: mix_original used when original data is given without --mix-original
-DEFAULT_MIX = 0.25
 METRICS = (("val_aji", "AJI"), ("val_iou", "IoU"), ("val_f1", "F-score"), ("val_loss", "loss"))
 
 
@@ -44,11 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val-fraction", type=float,
                      help=f"share of the training images held out when no --val-images (default "
                      f"{defaults.validation_fraction})")
-    orig = p.add_argument_group("original data (mixed into every batch so the model does not forget it)")
+    orig = p.add_argument_group("original data (mixed into every batch so the model does not forget it; default: "
+                                "the replay set the base model carries, e.g. the shipped default's MoNuSeg crops)")
     orig.add_argument("--original-images", type=Path, metavar="DIR")
     orig.add_argument("--original-labels", type=Path, metavar="DIR")
     orig.add_argument("--mix-original", type=float, metavar="F",
-                      help=f"fraction of each batch from the original data (default {DEFAULT_MIX} when given)")
+                      help=f"fraction of each batch from the original data (default {defaults.mix_original}; 0 = off)")
     p.add_argument("--freeze-norm", action="store_true",
                    help="keep the base model's batch-norm statistics (forgets less of the old data, adapts less "
                    "to the new; default: they adapt)")
@@ -86,8 +85,6 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
         values["tune_postprocess"] = False
     if args.mix_original is not None:
         values["mix_original"] = args.mix_original
-    elif args.original_images and "mix_original" not in values:
-        values["mix_original"] = DEFAULT_MIX
     return FinetuneConfig.from_dict(values)
 
 
