@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import MONUSEG, ROOT, emit
+from nucseg.models.registry import resolve_model
 
 DSB = ROOT.parent / "shared" / "data" / "dsb2018"
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -33,8 +35,8 @@ def colour_tiles() -> list[str]:
         return sorted(row["id"] for row in csv.DictReader(fh) if row["modality"] == "brightfield-colour")
 
 
-def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None) -> dict[str, float]:
-    """Mean AJI and Dice of `model` (with its own post-processing) over image / label file pairs."""
+def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None, postprocess: dict | None = None) -> dict[str, float]:
+    """Mean AJI and Dice of `model` (with its own post-processing, or `postprocess`) over image / label pairs."""
     from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
     from nucseg.inference.predict import predict
     from nucseg.io.masks import read_labels
@@ -45,7 +47,7 @@ def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None) -> dict
 
     spec = resolve_model(model)
     cfg = InferenceConfig(model=model, device="cpu", tiling=TilingConfig(512, 64, 2),
-                          postprocess=PostprocessConfig(**spec.postprocess_defaults))
+                          postprocess=PostprocessConfig(**(postprocess or spec.postprocess_defaults)))
     aji, dice = [], []
     for image_path, labels_path in pairs:
         truth = read_labels(labels_path)
@@ -89,6 +91,12 @@ def main() -> None:
                   "finetune_minutes": round(minutes, 2)}
         for name, model in (("base", "nucseg-default"), ("finetuned", str(out))):
             result[name] = {"dsb_rest": score(model, source, None), "monuseg_val": score(model, monuseg, 0.25)}
+        tuning = json.loads((out / "config.json").read_text()).get("postprocess_tuning")
+        if tuning and tuning["aji"] > tuning["base_aji"]:  # new thresholds: what the weights alone did
+            base_pp = resolve_model("nucseg-default").postprocess_defaults
+            result["postprocess_tuning"] = tuning
+            result["finetuned_base_thresholds"] = {"dsb_rest": score(str(out), source, None, base_pp),
+                                                   "monuseg_val": score(str(out), monuseg, 0.25, base_pp)}
     gain = result["finetuned"]["dsb_rest"]["aji"] - result["base"]["dsb_rest"]["aji"]
     cost = result["base"]["monuseg_val"]["aji"] - result["finetuned"]["monuseg_val"]["aji"]
     result.update(aji_gain_on_source=round(gain, 4), aji_cost_on_monuseg=round(cost, 4),

@@ -69,13 +69,13 @@ def test_finetuned_model_carries_the_thresholds_it_chose(tmp_path):
 
     pairs = tiny_pairs()
     base = tiny_model_folder(tmp_path / "models")
-    config = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1})
+    config = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1, "tune_postprocess": True})
     _, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run"))
     cfg = json.loads((result.model_dir / "config.json").read_text())
     assert cfg["postprocess_tuning"] == result.postprocess_tuning and result.postprocess_tuning["images"] == 1
     assert cfg["postprocess"] == result.postprocess_tuning["chosen"]
 
-    off = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1, "tune_postprocess": False})
+    off = FinetuneConfig(base_model=str(base), **{**TINY, "epochs": 1})  # off by default
     _, result = drain(iter_finetune(pairs[:2], pairs[2:], off, tmp_path / "run-off"))
     cfg = json.loads((result.model_dir / "config.json").read_text())
     assert result.postprocess_tuning is None and "postprocess_tuning" not in cfg

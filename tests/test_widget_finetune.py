@@ -262,3 +262,22 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     shot.parent.mkdir(parents=True, exist_ok=True)
     viewer.window._qt_window.grab().save(str(shot))
     assert shot.stat().st_size > 10000
+
+
+def test_rehearsal_follows_the_base_models_replay_set(make_napari_viewer, base_version, tmp_path, errors):
+    """On by default where the base carries a replay set (the shipped default does), off where it carries none."""
+    from test_finetune import with_replay
+
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg.models import versions
+
+    with_replay(base_version, base_version.parent)  # a second user model, with a replay set
+    versions.versions_changed.emit()
+    widget = FinetuneWidget(make_napari_viewer())
+    for folder, rehearses in ((base_version.parent / f"{base_version.name}-replay", True), (base_version, False)):
+        widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(folder)))
+        assert widget.mix_check.isChecked() is rehearses
+        assert ("replay set" in widget.original_edit.placeholderText()) is rehearses
+        assert (widget.config().mix_original > 0) is rehearses
+    assert errors == []
+    assert widget.plots.wait_idle()  # no curve render left running when the test process ends

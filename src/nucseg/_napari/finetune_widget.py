@@ -133,6 +133,7 @@ class FinetuneWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.browse_button.clicked.connect(self._browse_original)
         self.mix_check.toggled.connect(self._update_enabled)
+        self.model_combo.currentIndexChanged.connect(self._on_base_changed)
         self.resume_check.toggled.connect(self._update_enabled)
         self._versions_changed_qt.connect(self.refresh_versions)
         self._corrections_changed_qt.connect(self.refresh_data)
@@ -151,7 +152,7 @@ class FinetuneWidget(QWidget):
         self.data_label.setWordWrap(True)
         self.mix_check = QCheckBox("mix in original data (against forgetting)")
         self.original_edit = QLineEdit()
-        self.original_edit.setPlaceholderText("the base model's replay set (or a folder with images/, labels/)")
+        self.original_edit.setPlaceholderText("a folder with images/ and labels/")
         self.browse_button = QPushButton("…")
         self.mix_check.setChecked(d.mix_original > 0)
         self.mix_spin = _dspin(0.05, 0.9, d.mix_original or 0.25)
@@ -174,7 +175,8 @@ class FinetuneWidget(QWidget):
         self.freeze_norm_check.setToolTip("forgets less of the original data, but adapts less to the new slides")
         self.freeze_norm_check.setChecked(d.freeze_norm)
         self.tune_check = QCheckBox("re-tune watershed thresholds on the validation corrections")
-        self.tune_check.setToolTip("kept only when they beat the base model's thresholds by 0.01 AJI there")
+        self.tune_check.setToolTip("kept only when they beat the base model's thresholds by 0.01 AJI there; "
+                                   "with a single validation correction the choice tends to overfit")
         self.tune_check.setChecked(d.tune_postprocess)
         self.threads_spin = _spin(0, 256, 0)
         self.threads_spin.setToolTip("CPU threads for torch (0 = all cores)")
@@ -244,6 +246,20 @@ class FinetuneWidget(QWidget):
         mixing = self.mix_check.isChecked() and not resuming
         for widget in (self.original_edit, self.browse_button, self.mix_spin):
             widget.setEnabled(mixing)
+
+    def _on_base_changed(self, *_: Any) -> None:
+        """Rehearsal is on by default where the base model carries a replay set, off where it carries none."""
+        data = self.model_combo.currentData()
+        if data is None:
+            return
+        try:
+            spec = resolve_model(str(data))
+        except NucsegError:
+            return
+        has_replay = spec.replay_dir is not None
+        self.mix_check.setChecked(has_replay and FinetuneConfig().mix_original > 0)
+        self.original_edit.setPlaceholderText(f"{spec.name}'s replay set, or a folder with images/ and labels/"
+                                              if has_replay else "a folder with images/ and labels/")
 
     def _browse_original(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Original training data (a folder with images/ and labels/)")

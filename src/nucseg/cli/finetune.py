@@ -51,9 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-norm", action="store_true",
                    help="keep the base model's batch-norm statistics (forgets less of the old data, adapts less "
                    "to the new; default: they adapt)")
-    p.add_argument("--no-tune-postprocess", action="store_true",
-                   help="keep the base model's watershed thresholds (default: re-chosen on the validation images "
-                   "when that gains at least 0.01 AJI there)")
+    p.add_argument("--tune-postprocess", action="store_true",
+                   help="re-choose the watershed thresholds on the validation images when that gains at least 0.01 "
+                   "AJI there (default: keep the base model's; with one validation image the choice overfits)")
     p.add_argument("--device", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, help="makes sampling and augmentation reproducible")
@@ -81,8 +81,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
         values["augmentations"] = () if text in ("", "none") else tuple(a.strip() for a in text.split(",") if a.strip())
     if args.freeze_norm:
         values["freeze_norm"] = True
-    if args.no_tune_postprocess:
-        values["tune_postprocess"] = False
+    if args.tune_postprocess:
+        values["tune_postprocess"] = True
     if args.mix_original is not None:
         values["mix_original"] = args.mix_original
     return FinetuneConfig.from_dict(values)
