@@ -32,6 +32,7 @@ SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-default"
 VALIDATION = ["TCGA-E2-A14V-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-21-5786-01Z-00-DX1",
               "TCGA-G9-6362-01Z-00-DX1", "TCGA-DK-A2I6-01A-01-TS1"]
 
+# settings of a new run; a run that resumes keeps its own (the shipped v1 is run "default", EfficientNet-B0)
 CONFIG = dict(
     base_model="unet-mobilenet_v2", epochs=400, steps_per_epoch=50, learning_rate=1e-3, batch_size=8,
     patch_size=256, loss="focal+jaccard", augmentations=("flips", "rot90", "stain", "color", "scale", "blur"),
@@ -40,7 +41,12 @@ CONFIG = dict(
 
 
 def run_config(args) -> dict:
-    return {**CONFIG, "epochs": args.epochs, **({"base_model": args.base} if args.base else {})}
+    """CONFIG, or the settings a run was started with when it resumes (a run keeps its architecture)."""
+    from nucseg.config import read_config_json
+
+    saved = TRAIN_ROOT / args.run / "finetune_config.json"
+    start = read_config_json(saved) if saved.is_file() else CONFIG
+    return {**start, "epochs": args.epochs, **({"base_model": args.base} if args.base else {})}
 
 
 def load_split():
