@@ -1,9 +1,13 @@
 """Fine-tuning on a few corrected tiles of an unseen source (issue 5's target), with the real CLI and defaults.
 
-    python benchmarks/bench_finetune.py [--tiles 5] [--seed 0] [--eval N] [-- FINETUNE OPTIONS]
+    python benchmarks/bench_finetune.py [--source colour|lavender|smear] [--tiles 5] [--seed 0] [--eval N]
+                                        [-- FINETUNE OPTIONS]
 
-The source is the DSB 2018 colour brightfield set (107 tiles, H&E-like stains, magnifications unknown; the
-default model never saw it). `--tiles` of them, chosen with `--seed`, are the "corrections": `nucseg finetune`
+The source is drawn from the DSB 2018 colour brightfield set (107 tiles of 256 x 320 px, magnifications unknown;
+the default model never saw it). `--source colour` takes all 107. They are not one lab's slides but three kinds,
+told apart here by the colour of the pixels outside nuclei: `lavender` (66 tissue sections in a purple stain,
+several magnifications), `smear` (37 cell preparations on a pale grey background, one magnification) and 4 pink
+H&E tiles (too few to be a source). `--tiles` of the source, chosen with `--seed`, are the "corrections": `nucseg finetune`
 runs on them with its defaults (which hold out a validation share). The base and the new model are then
 scored (mean AJI, Dice) on the other tiles of that source and on the default model's five MoNuSeg validation
 tiles. Targets: AJI on the rest of the source +0.05 or more; MoNuSeg validation AJI -0.02 at most; the
@@ -35,6 +39,23 @@ def colour_tiles() -> list[str]:
         return sorted(row["id"] for row in csv.DictReader(fh) if row["modality"] == "brightfield-colour")
 
 
+def stain_kind(tile_id: str) -> str:
+    """'pink' (H&E), 'lavender' (purple-stained tissue) or 'smear' (cells on grey), from the mean background colour."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(DSB / "images" / f"{tile_id}.png").convert("RGB"), float)
+    labels = np.asarray(Image.open(DSB / "labels" / f"{tile_id}.png"))
+    r, g, b = image[labels == 0].mean(axis=0)
+    if r - g > 50:
+        return "pink"
+    return "lavender" if b - r > 20 else "smear"
+
+
+def source_tiles(source: str) -> list[str]:
+    ids = colour_tiles()
+    return ids if source == "colour" else [i for i in ids if stain_kind(i) == source]
+
+
 def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None, postprocess: dict | None = None) -> dict[str, float]:
     """Mean AJI and Dice of `model` (with its own post-processing, or `postprocess`) over image / label pairs."""
     from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
@@ -59,6 +80,7 @@ def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None, postpro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", choices=("colour", "lavender", "smear"), default="colour")
     parser.add_argument("--tiles", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", type=int, default=0, help="score on this many of the other tiles (0 = all)")
@@ -70,7 +92,7 @@ def main() -> None:
         raise SystemExit(f"needs the DSB 2018 tiles in {DSB}")
     from train_default import VALIDATION
 
-    ids = colour_tiles()
+    ids = source_tiles(args.source)
     rng = np.random.default_rng(args.seed)
     chosen = [ids[i] for i in rng.choice(len(ids), args.tiles, replace=False)]
     rest = [i for i in ids if i not in chosen][: args.eval or None]
@@ -87,7 +109,7 @@ def main() -> None:
         minutes = (time.perf_counter() - t0) / 60
         source = [(DSB / "images" / f"{i}.png", DSB / "labels" / f"{i}.png") for i in rest]
         monuseg = [(MONUSEG / "images" / f"{n}.png", MONUSEG / "labels" / f"{n}.png") for n in VALIDATION]
-        result = {"corrected_tiles": args.tiles, "seed": args.seed, "finetune_args": extra,
+        result = {"source": args.source, "corrected_tiles": args.tiles, "seed": args.seed, "finetune_args": extra,
                   "finetune_minutes": round(minutes, 2)}
         for name, model in (("base", "nucseg-default"), ("finetuned", str(out))):
             result[name] = {"dsb_rest": score(model, source, None), "monuseg_val": score(model, monuseg, 0.25)}
