@@ -9,7 +9,7 @@ from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tiling import blend_window, pad_to_tile, tile_grid, tile_starts
 
 
-@pytest.mark.parametrize("length,tile,stride", itertools.product([32, 33, 64, 95, 128, 257], [32, 64], [16, 24, 32]))
+@pytest.mark.parametrize("length,tile,stride", list(itertools.product([32, 33, 64, 95, 128, 257], [32, 64], [16, 24, 32])))
 def test_tile_starts_cover_exactly(length, tile, stride):
     if length < tile:
         with pytest.raises(ValueError):
