@@ -17,9 +17,9 @@ from nucseg.config import PostprocessConfig
 from nucseg.inference.postprocess import probabilities_to_instances
 
 FOREGROUND = (0.4, 0.5, 0.6)
+MARKER = (0.2, 0.3, 0.4, 0.5, 0.6)
 #: the default margin a new setting must win by (mean AJI), so a handful of images cannot move it on noise
 MIN_GAIN = 0.01
-MARKER = (0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 @dataclasses.dataclass(frozen=True)
