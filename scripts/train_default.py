@@ -37,16 +37,19 @@ CONFIG = dict(
     base_model="unet-mobilenet_v2", epochs=400, steps_per_epoch=50, learning_rate=1e-3, batch_size=8,
     patch_size=256, loss="focal+jaccard", augmentations=("flips", "rot90", "stain", "color", "scale", "blur"),
     early_stopping_patience=0, plateau_patience=3, seed=2018, device="auto",
+    mix_original=0.0,  # the training tiles themselves are the original data
 )
 
 
 def run_config(args) -> dict:
-    """CONFIG, or the settings a run was started with when it resumes (a run keeps its architecture)."""
+    """CONFIG with the command line's choices, or the settings a run was started with when it resumes."""
     from nucseg.config import read_config_json
 
     saved = TRAIN_ROOT / args.run / "finetune_config.json"
-    start = read_config_json(saved) if saved.is_file() else CONFIG
-    return {**start, "epochs": args.epochs, **({"base_model": args.base} if args.base else {})}
+    if saved.is_file():
+        return {**read_config_json(saved), "epochs": args.epochs}
+    chosen = {"base_model": args.base, "learning_rate": args.lr, "seed": args.seed}
+    return {**CONFIG, "epochs": args.epochs, **{k: v for k, v in chosen.items() if v is not None}}
 
 
 def load_split():
@@ -197,7 +200,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--version", default="1")
-    parser.add_argument("--base", help="architecture to train (default: CONFIG's)")
+    parser.add_argument("--base", help="architecture to train, or a trained model to go on from (default: CONFIG's)")
+    parser.add_argument("--lr", type=float, help="learning rate of a new run (default: CONFIG's)")
+    parser.add_argument("--seed", type=int, help="seed of a new run (default: CONFIG's)")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     args = parser.parse_args()
     {"train": train, "export": export, "replay": replay}[args.action](args)
