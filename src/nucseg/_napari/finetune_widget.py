@@ -155,7 +155,7 @@ class FinetuneWidget(QWidget):
         self.original_edit.setPlaceholderText("a folder with images/ and labels/")
         self.browse_button = QPushButton("…")
         self.mix_check.setChecked(d.mix_original > 0)
-        self.mix_spin = _dspin(0.05, 0.9, d.mix_original or 0.5)
+        self.mix_spin = _dspin(0.05, 0.9, d.mix_original)
         self.val_spin = _dspin(0.0, 0.9, d.validation_fraction)
         self.epochs_spin = _spin(1, 1000, d.epochs)
         self.steps_spin = _spin(1, 10000, d.steps_per_epoch)
