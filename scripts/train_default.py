@@ -4,6 +4,9 @@
     python scripts/train_default.py export [--run NAME]  # tunes post-processing on the validation tiles and writes
                                               # src/nucseg/models/weights/nucseg-default (fp16 safetensors)
     python scripts/train_default.py replay    # writes the replay set (training-tile crops) fine-tuning rehearses
+    python scripts/train_default.py constant-se --base MODEL --run NAME
+                                              # MODEL with its squeeze-excitation gates frozen to their mean over
+                                              # training patches: a model folder ~/.nucseg/train/NAME to train on
 
 Five tiles, one per organ group and one of them breast, never enter training; they choose the best epoch
 and the post-processing thresholds, and their scores go into the model's config.json.
@@ -154,6 +157,46 @@ def export(args) -> None:
     replay(args)
 
 
+#: training patches whose mean squeeze-excitation gates become the constant ones (batches of 4, 256 px)
+GATE_BATCHES = 64
+
+
+def constant_se(args) -> None:
+    """Freeze the gates of `--base` (the shipped v1 by default) into a new model folder TRAIN_ROOT/<run>."""
+    import dataclasses
+
+    from nucseg.inference.forward import to_input_tensor
+    from nucseg.models.build import build_network, load_weights, save_model
+    from nucseg.models.registry import resolve_model
+    from nucseg.models.squeeze_excitation import freeze_gates, mean_gates
+
+    torch.set_num_threads(args.threads)
+    base = resolve_model(args.base or "nucseg-default")
+    net = build_network(base)
+    load_weights(net, base)
+    train_pairs, _ = load_split()
+    rng = np.random.default_rng(2020)
+    side = CONFIG["patch_size"]
+
+    def batches():
+        for _ in range(GATE_BATCHES):
+            crops = []
+            for _ in range(4):
+                pair = train_pairs[int(rng.integers(len(train_pairs)))]
+                y, x = (int(rng.integers(0, n - side + 1)) for n in pair.labels.shape)
+                crops.append(pair.image[y : y + side, x : x + side])
+            yield to_input_tensor(np.stack(crops), base, torch.device("cpu"))
+
+    freeze_gates(net, mean_gates(net, batches()))
+    spec = dataclasses.replace(base, squeeze_excitation="constant",
+                               info={"postprocess": base.postprocess_defaults})
+    lineage = {"from": f"{base.name} version {base.info.get('version', '?')}",
+               "squeeze_excitation": f"gates frozen to their mean over {GATE_BATCHES * 4} training patches of "
+                                     f"{side} px (scripts/train_default.py constant-se)"}
+    out = save_model(net, spec, TRAIN_ROOT / args.run, info={"lineage": lineage})
+    print(f"wrote {out.folder}; train on with: train --run NEW --base {out.folder}", flush=True)
+
+
 #: rehearsal sample shipped with the model: crops per training tile and their side
 REPLAY_CROPS, REPLAY_SIDE = 2, 320
 
@@ -195,7 +238,7 @@ def replay(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["train", "export", "replay"])
+    parser.add_argument("action", choices=["train", "export", "replay", "constant-se"])
     parser.add_argument("--epochs", type=int, default=CONFIG["epochs"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replace", action="store_true")
@@ -205,7 +248,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="seed of a new run (default: CONFIG's)")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     args = parser.parse_args()
-    {"train": train, "export": export, "replay": replay}[args.action](args)
+    {"train": train, "export": export, "replay": replay, "constant-se": constant_se}[args.action](args)
 
 
 if __name__ == "__main__":

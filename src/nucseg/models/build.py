@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from nucseg.errors import ModelError, StoreError
 from nucseg.models.fold import fold_batchnorm
 from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model, sha256_of
+from nucseg.models.squeeze_excitation import strip_squeeze_excitation
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,8 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
         net = arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads))
     except (KeyError, ValueError, RuntimeError) as err:
         raise ModelError(f"cannot build {spec.architecture} with encoder {spec.encoder!r}: {err}") from err
+    if spec.squeeze_excitation == "constant":
+        strip_squeeze_excitation(net)
     _set_batchnorm_momentum(net, 0.1)
     return net
 

@@ -45,6 +45,8 @@ class ModelSpec:
         heads: output channels, see HEADS.
         mpp: microns per pixel of the training data; slides are read at (about) this resolution.
         mean, std: input normalisation of RGB in [0, 1].
+        squeeze_excitation: "global" (the encoder's own gates, pooled over the whole input) or "constant" (gates
+            frozen into the weights: every output pixel depends on nearby pixels only; see squeeze_excitation.py).
         folder: where the weights live; None for an untrained architecture (random initialisation).
         sha256: expected hash of the weights file.
         info: everything else from config.json (training data, metrics, postprocess defaults, lineage).
@@ -57,6 +59,7 @@ class ModelSpec:
     mpp: float = 0.25
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    squeeze_excitation: str = "global"
     folder: Path | None = None
     sha256: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
@@ -92,11 +95,12 @@ class ModelSpec:
             "heads": list(self.heads),
             "mpp": self.mpp,
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "squeeze_excitation": self.squeeze_excitation,
             **{k: v for k, v in self.info.items() if k not in _SPEC_KEYS},
         }
 
 
-_SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "sha256"}
+_SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "squeeze_excitation", "sha256"}
 
 DEFAULT_MODEL = "nucseg-default"
 REPLAY_DIR = "replay"
@@ -115,6 +119,15 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _squeeze_excitation_mode(value: Any, config_path: Path) -> str:
+    from nucseg.models.squeeze_excitation import SQUEEZE_EXCITATION_MODES
+
+    if value not in SQUEEZE_EXCITATION_MODES:
+        raise ModelError(f"{config_path}: squeeze_excitation must be one of {', '.join(SQUEEZE_EXCITATION_MODES)}, "
+                         f"not {value!r}")
+    return value
 
 
 def spec_from_folder(folder: str | Path) -> ModelSpec:
@@ -140,6 +153,7 @@ def spec_from_folder(folder: str | Path) -> ModelSpec:
             mpp=float(cfg.get("mpp", 0.25)),
             mean=tuple(norm.get("mean", IMAGENET_MEAN)),
             std=tuple(norm.get("std", IMAGENET_STD)),
+            squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "global"), config_path),
             folder=folder.resolve(),
             sha256=cfg.get("sha256"),
             info={k: v for k, v in cfg.items() if k not in _SPEC_KEYS},
