@@ -80,3 +80,20 @@ def test_unknown_mode_in_a_config_names_the_file(effnet, tmp_path):
     (saved.folder / "config.json").write_text(json.dumps({**cfg, "squeeze_excitation": "sometimes"}))
     with pytest.raises(ModelError, match=r"config\.json: squeeze_excitation must be one of global, constant"):
         spec_from_folder(saved.folder)
+
+
+def test_fine_tuning_a_constant_gate_model_keeps_it_constant(effnet, tmp_path):
+    from test_finetune import TINY, drain, tiny_pairs
+
+    from nucseg.config import FinetuneConfig
+    from nucseg.training.finetune import iter_finetune
+
+    spec, net = effnet
+    freeze_gates(net, mean_gates(net, [torch.rand(2, 3, 64, 64)]))
+    base = save_model(net, dataclasses.replace(spec, squeeze_excitation="constant"), tmp_path / "base")
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(base.folder), **{**TINY, "epochs": 1, "steps_per_epoch": 1})
+    _, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run"))
+    new = spec_from_folder(result.model_dir)
+    assert new.squeeze_excitation == "constant"
+    assert not se_blocks(load_network(new))
