@@ -102,18 +102,31 @@ def export(args) -> None:
     from nucseg.inference.postprocess import probabilities_to_instances
     from nucseg.inference.predict_array import predict_probabilities
     from nucseg.metrics.report import evaluate_many
-    from nucseg.models.build import build_network, save_model
+    from nucseg.models.build import build_network, load_weights, save_model
     from nucseg.models.device import select_device
     from nucseg.models.registry import resolve_model
     from nucseg.training.validation import VALIDATION_TILING
 
     torch.set_num_threads(args.threads)
     _, val = load_split()
-    run = TRAIN_ROOT / args.run
-    config = json.loads((run / "finetune_config.json").read_text())
-    base = resolve_model(config["base_model"])
-    net = build_network(base)
-    net.load_state_dict(load_file(str(run / "best.safetensors")))
+    if args.model:  # a model folder as it is (e.g. written by constant-se), not a run's best epoch
+        base = resolve_model(args.model)
+        net = build_network(base)
+        load_weights(net, base)
+        training = {**base.info.get("training", {}), "lineage": base.info.get("lineage")}
+    else:
+        run = TRAIN_ROOT / args.run
+        config = json.loads((run / "finetune_config.json").read_text())
+        base = resolve_model(config["base_model"])
+        net = build_network(base)
+        net.load_state_dict(load_file(str(run / "best.safetensors")))
+        state = json.loads((run / "checkpoints" / "latest.json").read_text())
+        training = {"data": "MoNuSeg 2018 training set (Kumar et al. 2017/2019), CC BY-NC-SA 4.0",
+                    "train_tiles": 30 - len(VALIDATION), "validation_tiles": VALIDATION,
+                    "config": config, "epochs_run": state["epoch"],
+                    "log_tail": (run / "log.csv").read_text().splitlines()[-3:],
+                    "script": "scripts/train_default.py", "base": base.info.get("training"),
+                    "lineage": base.info.get("lineage")}
     net.eval()
     device = select_device("cpu")
     results = {}
@@ -133,8 +146,6 @@ def export(args) -> None:
             "per_tile": {r["image"]: {k: round(float(r[k]), 4) for k in ("aji", "dice", "f1", "pq")} for r in rows},
             "seconds": round(seconds, 1)}
         print(("TTA " if tta else "plain ") + json.dumps(results["tta" if tta else "plain"]), flush=True)
-    state = json.loads((run / "checkpoints" / "latest.json").read_text())
-    log = (run / "log.csv").read_text().splitlines()
     if SHIPPED.exists():
         if not args.replace:
             sys.exit(f"{SHIPPED} exists; pass --replace to ship a better model (git keeps the old one)")
@@ -144,10 +155,7 @@ def export(args) -> None:
         "version": args.version,
         "description": f"UNet ({base.encoder} encoder) for H&E nuclei at 40x (0.25 um/px): foreground, contour and "
                        "distance heads with marker-controlled watershed; trained from scratch on MoNuSeg 2018",
-        "training": {"data": "MoNuSeg 2018 training set (Kumar et al. 2017/2019), CC BY-NC-SA 4.0",
-                     "train_tiles": 30 - len(VALIDATION), "validation_tiles": VALIDATION,
-                     "config": config, "epochs_run": state["epoch"], "log_tail": log[-3:],
-                     "script": "scripts/train_default.py"},
+        "training": {k: v for k, v in training.items() if v is not None},
         "postprocess": post.to_dict(),
         "validation": results,
         "license": "weights: CC BY-NC-SA 4.0 (trained on MoNuSeg data)",
@@ -189,7 +197,7 @@ def constant_se(args) -> None:
 
     freeze_gates(net, mean_gates(net, batches()))
     spec = dataclasses.replace(base, squeeze_excitation="constant",
-                               info={"postprocess": base.postprocess_defaults})
+                               info={"postprocess": base.postprocess_defaults, "training": base.info.get("training")})
     lineage = {"from": f"{base.name} version {base.info.get('version', '?')}",
                "squeeze_excitation": f"gates frozen to their mean over {GATE_BATCHES * 4} training patches of "
                                      f"{side} px (scripts/train_default.py constant-se)"}
@@ -246,6 +254,7 @@ def main() -> None:
     parser.add_argument("--base", help="architecture to train, or a trained model to go on from (default: CONFIG's)")
     parser.add_argument("--lr", type=float, help="learning rate of a new run (default: CONFIG's)")
     parser.add_argument("--seed", type=int, help="seed of a new run (default: CONFIG's)")
+    parser.add_argument("--model", help="export: this model folder instead of a run's best epoch")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     args = parser.parse_args()
     {"train": train, "export": export, "replay": replay, "constant-se": constant_se}[args.action](args)

@@ -44,23 +44,19 @@ def test_segments_the_sample_better_than_chance(sample):
 
 
 @pytest.mark.slow
-def test_tiled_close_to_whole_image(sample):
-    """A 256-px-tile run against a one-tile run of the trained model.
-
-    The issue's target is object F1 >= 0.99 and pixel Dice >= 0.995. The stitching itself is exact (see
-    `test_real_architecture_tiles_like_one_tile` and test_predict), but the trained EfficientNet-B0 UNet uses
-    more than the 32 px of context a 64-px overlap leaves and squeeze-excitation pools over the whole tile, so
-    its probabilities move by ~0.007 on average with the tile size and the watershed turns some of that into
-    different splits. Measured here: F1 0.979, Dice 0.985; the bound keeps that from getting worse.
-    """
+def test_tiled_equals_whole_image(sample):
+    """A 256-px-tile run against a one-tile run of the trained model: the issue's target, object F1 >= 0.99 and
+    pixel Dice >= 0.995. With per-tile squeeze-excitation gates it was missed (F1 0.979, Dice 0.985); with the
+    gates fixed once per image (nucseg.models.squeeze_excitation) it is met. Measured: F1 0.993, Dice 0.998."""
     image, _ = sample
     whole = run(image, 512, 0)  # the sample is 512 x 512: one tile
     tiled = run(image, 256, 64)
     f1 = match_instances(whole.labels, tiled.labels, 0.5).f1
     dice = confusion_counts(whole.labels, tiled.labels).dice
-    print(f"tiled vs whole: object F1 {f1:.4f}, pixel Dice {dice:.4f}")
-    assert f1 >= 0.97 and dice >= 0.98
-    assert np.abs(whole.probabilities - tiled.probabilities).mean() < 0.01
+    diff = np.abs(whole.probabilities - tiled.probabilities).mean()
+    print(f"tiled vs whole: object F1 {f1:.4f}, pixel Dice {dice:.4f}, mean probability difference {diff:.5f}")
+    assert f1 >= 0.99 and dice >= 0.995
+    assert diff < 0.005
 
 
 @pytest.mark.parametrize("name", ["unet-efficientnet-b0", "unet-mobilenet_v2"])

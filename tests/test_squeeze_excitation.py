@@ -37,7 +37,7 @@ def test_frozen_gates_reproduce_the_network_on_the_image_they_were_measured_on(e
 
 
 def test_constant_gates_make_the_output_local(effnet):
-    """Changing far-away pixels moves a global-gate network's output everywhere, a constant-gate one's not."""
+    """Changing far-away pixels moves a per-input-gate network's output everywhere, a fixed-gate one's not."""
     spec, net = effnet
     for block in se_blocks(net):  # fresh gates barely react to their input; trained ones do
         block._se_reduce.weight.data.mul_(10)
@@ -78,7 +78,7 @@ def test_unknown_mode_in_a_config_names_the_file(effnet, tmp_path):
     saved = save_model(net, spec, tmp_path / "m")
     cfg = json.loads((saved.folder / "config.json").read_text())
     (saved.folder / "config.json").write_text(json.dumps({**cfg, "squeeze_excitation": "sometimes"}))
-    with pytest.raises(ModelError, match=r"config\.json: squeeze_excitation must be one of global, constant"):
+    with pytest.raises(ModelError, match=r"config\.json: squeeze_excitation must be one of image, constant"):
         spec_from_folder(saved.folder)
 
 

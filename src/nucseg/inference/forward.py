@@ -16,7 +16,10 @@ def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device) ->
     """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 on `device` (pinned, non-blocking on CUDA)."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(batch))
+    batch = np.ascontiguousarray(batch)
+    if not batch.flags.writeable:  # a view of a read-only image: torch warns on (and must not write to) those
+        batch = batch.copy()
+    x = torch.from_numpy(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     else:

@@ -21,6 +21,7 @@ from skimage.transform import resize
 
 from nucseg.config import InferenceConfig, PostprocessConfig
 from nucseg.errors import StoreError
+from nucseg.inference.calibration import CALIBRATION_SIZE, centre_window, tissue_window, with_image_gates
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.source import ScaledSource
@@ -90,6 +91,13 @@ def _block_tiles(box, tile: int, overlap: int, shape, halo: int):
     return read, tiles
 
 
+def _calibration_window(source: ScaledSource, tissue) -> tuple[int, int]:
+    """Where the squeeze-excitation gates are measured: the centre, or on a slide the window with most tissue."""
+    if tissue is None or max(source.shape) <= CALIBRATION_SIZE:
+        return centre_window(source.shape)
+    return tissue_window(source.shape, tissue[0], tissue[1])
+
+
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
     if out is None:
         return np.zeros(label_shape, np.uint32), np.zeros((3, *prob_shape), np.float32)
@@ -145,6 +153,8 @@ def iter_predict(
     blocks = [(0, 0, *source.shape)] if single else _blocks(source.shape, config.block_size)
     halo = 0 if single else max(HALO, tiling.overlap)
     tissue = source.tissue_mask() if config.skip_background else None
+    net = with_image_gates(net, source.read(*_calibration_window(source, tissue), CALIBRATION_SIZE,
+                                            CALIBRATION_SIZE), spec, device)
     plan = []
     for box in blocks:
         read, tiles = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)

@@ -9,6 +9,7 @@ import numpy as np
 
 from nucseg.config import TilingConfig
 from nucseg.errors import InvalidInputError
+from nucseg.inference.calibration import centre_crop, with_image_gates
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tiling import iter_batches, pad_to_tile, tile_grid
@@ -52,8 +53,10 @@ def iter_tile_probabilities(
     """Predict `image` tile by tile; yields (tiles done, total, None) per batch, then (total, total, probs).
 
     probs is (C, H, W) float32 blended across tile overlaps. Images smaller than a tile are padded with white.
+    Squeeze-excitation gates are fixed once for the image (its centre window), so the tile size does not matter.
     """
     image = as_rgb_uint8(image)
+    net = with_image_gates(net, centre_crop(image), spec, device)
     padded, (h, w) = pad_to_tile(image, tiling.tile_size)
     tiles = tile_grid(padded.shape[:2], tiling.tile_size, tiling.overlap)
     canvas = BlendCanvas((h, w), len(spec.heads), tiling.tile_size, tiling.overlap)

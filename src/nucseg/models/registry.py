@@ -45,8 +45,8 @@ class ModelSpec:
         heads: output channels, see HEADS.
         mpp: microns per pixel of the training data; slides are read at (about) this resolution.
         mean, std: input normalisation of RGB in [0, 1].
-        squeeze_excitation: "global" (the encoder's own gates, pooled over the whole input) or "constant" (gates
-            frozen into the weights: every output pixel depends on nearby pixels only; see squeeze_excitation.py).
+        squeeze_excitation: for EfficientNet encoders, "image" (gates measured once per image, so tiles agree) or
+            "constant" (gates frozen into the weights); see squeeze_excitation.py.
         folder: where the weights live; None for an untrained architecture (random initialisation).
         sha256: expected hash of the weights file.
         info: everything else from config.json (training data, metrics, postprocess defaults, lineage).
@@ -59,7 +59,7 @@ class ModelSpec:
     mpp: float = 0.25
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    squeeze_excitation: str = "global"
+    squeeze_excitation: str = "image"
     folder: Path | None = None
     sha256: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
@@ -153,7 +153,7 @@ def spec_from_folder(folder: str | Path) -> ModelSpec:
             mpp=float(cfg.get("mpp", 0.25)),
             mean=tuple(norm.get("mean", IMAGENET_MEAN)),
             std=tuple(norm.get("std", IMAGENET_STD)),
-            squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "global"), config_path),
+            squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "image"), config_path),
             folder=folder.resolve(),
             sha256=cfg.get("sha256"),
             info={k: v for k, v in cfg.items() if k not in _SPEC_KEYS},

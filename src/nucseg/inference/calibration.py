@@ -1,0 +1,58 @@
+"""The reference window whose squeeze-excitation gates every tile of an image uses (see
+`nucseg.models.squeeze_excitation`), so that the result does not depend on the tile size.
+
+The window is one default tile (512 px at the model's resolution): the image's centre for an in-memory image,
+padded with white at the bottom and right like a one-tile run (an image that fits gets exactly the gates a
+one-tile run gives it); on a slide, the window with the most tissue, since a slide's centre may be glass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nucseg.inference.forward import to_input_tensor
+from nucseg.inference.tiling import pad_to_tile
+from nucseg.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+CALIBRATION_SIZE = 512
+
+
+def centre_window(shape: tuple[int, int], size: int = CALIBRATION_SIZE) -> tuple[int, int]:
+    """Top-left of the centred `size` window; 0 along an axis shorter than `size` (padding goes after)."""
+    return max((shape[0] - size) // 2, 0), max((shape[1] - size) // 2, 0)
+
+
+def tissue_window(shape: tuple[int, int], mask: np.ndarray, down: float,
+                  size: int = CALIBRATION_SIZE) -> tuple[int, int]:
+    """Top-left of the `size` window (on a half-window grid) with the most tissue in `mask`, whose pixels are
+    `down` times coarser than `shape`'s; the one nearest the centre among equals."""
+    step = size // 2
+    cy, cx = centre_window(shape, size)
+    best, best_key = (cy, cx), None
+    for y in range(0, max(shape[0] - size, 0) + 1, step):
+        for x in range(0, max(shape[1] - size, 0) + 1, step):
+            box = mask[int(y // down) : int(np.ceil((y + size) / down)), int(x // down) : int(np.ceil((x + size) / down))]
+            key = (float(box.mean()) if box.size else 0.0, -abs(y - cy) - abs(x - cx))
+            if best_key is None or key > best_key:
+                best, best_key = (y, x), key
+    return best
+
+
+def centre_crop(image: np.ndarray, size: int = CALIBRATION_SIZE) -> np.ndarray:
+    """The centred `size` x `size` window of an (H, W, 3) image, white beyond its bottom and right edges."""
+    y, x = centre_window(image.shape[:2], size)
+    window = image[y : y + size, x : x + size]
+    return pad_to_tile(window, size)[0]
+
+
+def with_image_gates(net: torch.nn.Module, window: np.ndarray, spec: ModelSpec, device: torch.device):
+    """`net` with its squeeze-excitation gates fixed to those of `window` ((H, W, 3) uint8); `net` itself if it
+    has none (MobileNet, ResNet, constant-gate models)."""
+    from nucseg.models.squeeze_excitation import with_image_gates as fix
+
+    return fix(net, to_input_tensor(window[None], spec, device))
