@@ -49,12 +49,19 @@ def default_model_name() -> str:
 
 def best_of(fn, repeats: int = 3) -> float:
     """Fastest wall time of `repeats` calls (the least disturbed by other work on a shared machine)."""
-    times = []
+    return interleaved_best({"fn": fn}, repeats)["fn"]
+
+
+def interleaved_best(fns: dict, repeats: int = 5) -> dict[str, float]:
+    """Fastest wall time of each function over `repeats` rounds that call them in turn, so that a slow spell
+    of a shared machine hits all of them rather than whichever was running at the time."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t) for name, t in times.items()}
 
 
 def emit(name: str, record: dict) -> None:

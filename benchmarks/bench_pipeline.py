@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from _common import best_of, default_model_name, emit, he_tile
+from _common import default_model_name, emit, he_tile, interleaved_best
 from nucseg.config import InferenceConfig, TilingConfig
 from nucseg.inference.calibration import centre_crop, with_image_gates
 from nucseg.inference.forward import predict_batch, to_input_tensor
@@ -54,7 +54,7 @@ def main() -> None:
     tiles = tile_grid(padded.shape[:2], TILE, OVERLAP)
 
     def model_only():
-        gated = with_image_gates(net, centre_crop(image), spec, device)
+        gated = with_image_gates(net, centre_crop(image), spec, device)[0]
         for batch in iter_batches(tiles, BATCH):
             predict_batch(gated, np.stack([padded[t.slices] for t in batch]), spec, device)
 
@@ -75,13 +75,16 @@ def main() -> None:
                     mode="gaussian"))
         return run
 
-    t_monai = best_of(monai(users_net))  # the network as a user hands it to MONAI
-    t_monai_cl = best_of(monai(net))  # the network our pipeline runs (folded, channels_last weights)
+    best = interleaved_best({
+        "monai": monai(users_net),  # the network as a user hands it to MONAI
+        "monai_prepared": monai(net),  # the network our pipeline runs (folded, channels_last weights)
+        "model_only": model_only, "pipeline": pipeline,
+    })
     monai(users_net)()  # its output for the seam measure
-    t_model, t_pipe = best_of(model_only), best_of(pipeline)
+    t_monai, t_monai_cl, t_model, t_pipe = best["monai"], best["monai_prepared"], best["model_only"], best["pipeline"]
     with torch.inference_mode():
         x_cl = to_input_tensor(image[None], spec, device)
-        whole = torch.sigmoid(with_image_gates(net, centre_crop(image), spec, device)(x_cl))[0, 0].numpy()
+        whole = torch.sigmoid(with_image_gates(net, centre_crop(image), spec, device)[0](x_cl))[0, 0].numpy()
         whole_users = torch.sigmoid(users_net(x))[0, 0].numpy()
     ours = result["r"].probabilities[0]
     theirs = result["m"][0, 0].numpy()

@@ -68,6 +68,31 @@ def test_an_image_that_fits_one_window_keeps_its_one_tile_answer(trained):
     assert np.abs(unpadded - one_tile).mean() > 1e-3
 
 
+def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
+    """For an image that fits one tile, the pass that measures the gates is the prediction."""
+    from nucseg.inference import predict, predict_array
+
+    spec, net, image = trained
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return predict_batch(*args, **kwargs)
+
+    for module in (predict, predict_array):
+        monkeypatch.setattr(module, "predict_batch", counting)
+    cfg = InferenceConfig(device="cpu", tiling=TilingConfig(512, 64, 1))
+    with torch.inference_mode():
+        reference = predict_batch(net, image[None], spec, CPU)[0]  # the sample is 512 x 512
+        via_array = predict_probabilities(net, image, spec, CPU, cfg.tiling)
+        via_predict = predict.predict(image, cfg).probabilities
+        assert not calls
+        with_tta = predict_probabilities(net, image, spec, CPU, cfg.tiling, tta=True)  # flips: a real pass
+    assert calls and np.abs(with_tta - reference).mean() < 0.05
+    np.testing.assert_allclose(via_array, reference, atol=1e-4)
+    np.testing.assert_allclose(via_predict, reference, atol=1e-4)
+
+
 def test_the_shared_network_keeps_its_gates(gated):
     spec, net = gated
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -97,7 +122,7 @@ def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
 
     def spy(net, window, spec, device):
         seen.append(window)
-        return net
+        return net, None
 
     monkeypatch.setattr(predict, "with_image_gates", spy)
     monkeypatch.setattr(predict.ScaledSource, "tissue_mask",

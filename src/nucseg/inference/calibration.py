@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nucseg.inference.forward import to_input_tensor
-from nucseg.inference.tiling import pad_to_tile
+from nucseg.inference.tiling import Tile, pad_to_tile
 from nucseg.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -51,8 +51,20 @@ def centre_crop(image: np.ndarray, size: int = CALIBRATION_SIZE) -> np.ndarray:
 
 
 def with_image_gates(net: torch.nn.Module, window: np.ndarray, spec: ModelSpec, device: torch.device):
-    """`net` with its squeeze-excitation gates fixed to those of `window` ((H, W, 3) uint8); `net` itself if it
-    has none (MobileNet, ResNet, constant-gate models)."""
+    """`net` with its squeeze-excitation gates fixed to those of `window` ((S, S, 3) uint8, S = CALIBRATION_SIZE),
+    and its (C, S, S) probabilities for `window`; `net` itself and None if it has no gates (MobileNet, ResNet,
+    constant-gate models)."""
+    import torch
+
     from nucseg.models.squeeze_excitation import with_image_gates as fix
 
-    return fix(net, to_input_tensor(window[None], spec, device))
+    fixed, logits = fix(net, to_input_tensor(window[None], spec, device))
+    return fixed, None if logits is None else torch.sigmoid(logits[0].float()).cpu().numpy()
+
+
+def window_tile(tiles: list[Tile], window: tuple[int, int], size: int = CALIBRATION_SIZE) -> Tile | None:
+    """The tile that is exactly the calibration window, whose probabilities calibration already computed."""
+    for t in tiles:
+        if (t.y0, t.x0) == window and t.y1 - t.y0 == size and t.x1 - t.x0 == size:
+            return t
+    return None

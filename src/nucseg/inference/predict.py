@@ -21,7 +21,13 @@ from skimage.transform import resize
 
 from nucseg.config import InferenceConfig, PostprocessConfig
 from nucseg.errors import StoreError
-from nucseg.inference.calibration import CALIBRATION_SIZE, centre_window, tissue_window, with_image_gates
+from nucseg.inference.calibration import (
+    CALIBRATION_SIZE,
+    centre_window,
+    tissue_window,
+    window_tile,
+    with_image_gates,
+)
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.source import ScaledSource
@@ -153,8 +159,8 @@ def iter_predict(
     blocks = [(0, 0, *source.shape)] if single else _blocks(source.shape, config.block_size)
     halo = 0 if single else max(HALO, tiling.overlap)
     tissue = source.tissue_mask() if config.skip_background else None
-    net = with_image_gates(net, source.read(*_calibration_window(source, tissue), CALIBRATION_SIZE,
-                                            CALIBRATION_SIZE), spec, device)
+    window = _calibration_window(source, tissue)
+    net, window_probs = with_image_gates(net, source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE), spec, device)
     plan = []
     for box in blocks:
         read, tiles = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)
@@ -172,7 +178,11 @@ def iter_predict(
         ry, rx, rh, rw = read
         pixels = source.read(ry, rx, rh, rw)
         canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
-        for batch_tiles in iter_batches(tiles, tiling.batch_size):
+        reused = None if config.tta or window_probs is None else window_tile(tiles, window)
+        if reused is not None:  # calibration already ran the network on exactly this tile
+            canvas.add(reused, window_probs)
+            done += 1
+        for batch_tiles in iter_batches([t for t in tiles if t is not reused], tiling.batch_size):
             if stop is not None and stop.is_set():
                 stopped = True
                 break

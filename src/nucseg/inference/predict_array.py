@@ -9,7 +9,7 @@ import numpy as np
 
 from nucseg.config import TilingConfig
 from nucseg.errors import InvalidInputError
-from nucseg.inference.calibration import centre_crop, with_image_gates
+from nucseg.inference.calibration import centre_crop, centre_window, window_tile, with_image_gates
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tiling import iter_batches, pad_to_tile, tile_grid
@@ -56,12 +56,15 @@ def iter_tile_probabilities(
     Squeeze-excitation gates are fixed once for the image (its centre window), so the tile size does not matter.
     """
     image = as_rgb_uint8(image)
-    net = with_image_gates(net, centre_crop(image), spec, device)
+    net, window_probs = with_image_gates(net, centre_crop(image), spec, device)
     padded, (h, w) = pad_to_tile(image, tiling.tile_size)
     tiles = tile_grid(padded.shape[:2], tiling.tile_size, tiling.overlap)
     canvas = BlendCanvas((h, w), len(spec.heads), tiling.tile_size, tiling.overlap)
-    done = 0
-    for batch_tiles in iter_batches(tiles, tiling.batch_size):
+    reused = None if tta or window_probs is None else window_tile(tiles, centre_window(image.shape[:2]))
+    if reused is not None:
+        canvas.add(reused, window_probs)
+    done = int(reused is not None)
+    for batch_tiles in iter_batches([t for t in tiles if t is not reused], tiling.batch_size):
         batch = np.stack([padded[t.slices] for t in batch_tiles])
         probs = predict_batch(net, batch, spec, device, tta=tta)
         for t, p in zip(batch_tiles, probs):

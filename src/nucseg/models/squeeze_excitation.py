@@ -49,8 +49,10 @@ def strip_squeeze_excitation(net: torch.nn.Module) -> None:
         del block._se_reduce, block._se_expand
 
 
-def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Each block's gate (per channel, after the sigmoid), averaged over every image of `batches`."""
+def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor],
+               outputs: list | None = None) -> list[torch.Tensor]:
+    """Each block's gate (per channel, after the sigmoid), averaged over every image of `batches`; the network's
+    outputs are appended to `outputs` if given."""
     import torch
 
     blocks = se_blocks(net)
@@ -69,7 +71,9 @@ def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor]) -> list[to
     try:
         with torch.inference_mode():
             for x in batches:
-                net(x)
+                y = net(x)
+                if outputs is not None:
+                    outputs.append(y)
                 count += x.shape[0]
     finally:
         for h in handles:
@@ -80,16 +84,19 @@ def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor]) -> list[to
     return [s / count for s in sums]
 
 
-def with_image_gates(net: torch.nn.Module, window: torch.Tensor) -> torch.nn.Module:
-    """A copy of `net` whose gates are fixed to those of `window` (a normalised (1, 3, H, W) batch); `net` itself
-    when it has no gates to fix. The copy is made first, so a network shared with other threads is never hooked."""
+def with_image_gates(net: torch.nn.Module, window: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor | None]:
+    """A copy of `net` whose gates are fixed to those of `window` (a normalised (1, 3, H, W) batch), and the
+    copy's logits for `window` (the pass that measured the gates computed them: a tile that is the window needs
+    no second pass). `net` itself and None when it has no gates to fix. The copy is made first, so a network
+    shared with other threads is never hooked."""
     import copy
 
     if not se_blocks(net):
-        return net
+        return net, None
     fixed = copy.deepcopy(net)
-    freeze_gates(fixed, mean_gates(fixed, [window]))
-    return fixed
+    outputs: list = []
+    freeze_gates(fixed, mean_gates(fixed, [window], outputs))
+    return fixed, outputs[0]
 
 
 def freeze_gates(net: torch.nn.Module, gates: list[torch.Tensor]) -> None:
