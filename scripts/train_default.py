@@ -85,13 +85,16 @@ def train(args) -> None:
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
 
 
-def tune_postprocess(probs, val):
-    """The post-processing thresholds with the best mean AJI on the validation tiles (grid around the defaults)."""
+def tune_postprocess(probs, val, current: dict):
+    """The post-processing thresholds with the best mean AJI on the validation tiles (grid around `current`, the
+    model's own thresholds, which are kept unless another setting beats them by MIN_GAIN: five tiles cannot
+    justify changing what users get for noise)."""
     from nucseg.config import PostprocessConfig
     from nucseg.training import postprocess_tuning
 
-    result = postprocess_tuning.tune_postprocess(probs, [p.labels for p in val], PostprocessConfig(0.5, 0.4, 40, 15),
-                                                 min_gain=0.0)
+    start = PostprocessConfig(**current) if current else PostprocessConfig(0.5, 0.4, 40, 15)
+    result = postprocess_tuning.tune_postprocess(probs, [p.labels for p in val], start,
+                                                 min_gain=postprocess_tuning.MIN_GAIN if current else 0.0)
     print(f"  post-processing: {json.dumps(result.to_dict())}", flush=True)
     return result.config
 
@@ -137,7 +140,7 @@ def export(args) -> None:
             probs = [predict_probabilities(net, p.image, base, device, VALIDATION_TILING, tta=tta) for p in val]
         seconds = time.perf_counter() - t0
         if post is None:
-            post = tune_postprocess(probs, val)
+            post = tune_postprocess(probs, val, base.postprocess_defaults)
         rows, summary = evaluate_many([(p.name, p.labels, probabilities_to_instances(pr, post), pr[0])
                                        for pr, p in zip(probs, val)])
         results["tta" if tta else "plain"] = {
