@@ -108,12 +108,16 @@ def test_windows():
     assert crop.shape == (512, 512, 3) and crop[100:].min() == 255 and crop[:100].max() == 0
     mask = np.zeros((40, 40), bool)  # 1 mask pixel = 64 model pixels; tissue only in the bottom-right corner
     mask[30:, 30:] = True
-    assert tissue_window((2560, 2560), mask, 64.0) == (2048, 2048)
-    assert tissue_window((2560, 2560), np.zeros((40, 40), bool), 64.0) == (1024, 1024)  # no tissue: the centre
+    assert tissue_window((0, 0, 2560, 2560), mask, 64.0) == (2048, 2048)
+    assert tissue_window((0, 0, 2560, 2560), np.zeros((40, 40), bool), 64.0) == (1024, 1024)  # none: the centre
+    assert tissue_window((1280, 0, 1280, 1280), mask, 64.0) == (1280 + 256, 256)  # no tissue in it: its centre
+    mask[:8, :8] = True  # a second square, top left
+    assert tissue_window((0, 0, 2560, 2560), mask, 64.0) == (0, 0)  # two full windows as central: the first
+    assert tissue_window((1280, 1280, 1280, 1280), mask, 64.0) == (2048, 2048)  # only the box's own tissue
 
 
 def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
-    """A multi-block run reads its calibration window where the tissue is, not at the (glass) centre."""
+    """A multi-block run calibrates each block that has tissue on its window with most tissue, not on glass."""
     from nucseg.inference import calibration, predict
 
     image = np.full((1600, 1600, 3), 245, np.uint8)
@@ -129,9 +133,9 @@ def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
                         lambda self: (_square_of_tissue(self.shape), 16.0))
     cfg = InferenceConfig(model="unet-mobilenet_v2", device="cpu", tiling=TilingConfig(256, 32, 4), block_size=800)
     predict.predict(image, cfg)
-    window = seen[0]
-    assert window.shape == (calibration.CALIBRATION_SIZE,) * 2 + (3,)
-    np.testing.assert_array_equal(window, image[1024:1536, 1024:1536])  # the tissue, not the glass at the centre
+    assert len(seen) == 1  # the three blocks of glass run no tiles and measure nothing
+    assert seen[0].shape == (calibration.CALIBRATION_SIZE,) * 2 + (3,)
+    np.testing.assert_array_equal(seen[0], image[1056:1568, 1056:1568])  # the block's tissue, not its glass centre
 
 
 def _square_of_tissue(shape):

@@ -3,7 +3,10 @@
 
 The window is one default tile (512 px at the model's resolution): the image's centre for an in-memory image,
 padded with white at the bottom and right like a one-tile run (an image that fits gets exactly the gates a
-one-tile run gives it); on a slide, the window with the most tissue, since a slide's centre may be glass.
+one-tile run gives it); on a slide, the window with the most tissue, since a slide's centre may be glass. A slide
+bigger than one block (2048 px) is calibrated block by block: the network was trained with gates from 256-px
+patches, and one window's gates misfit distant tissue of another kind (on a mosaic of 30 MoNuSeg tiles of seven
+organs, one window for all of it found 23 % fewer nuclei than per-tile gates).
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ def centre_window(shape: tuple[int, int], size: int = CALIBRATION_SIZE) -> tuple
     return max((shape[0] - size) // 2, 0), max((shape[1] - size) // 2, 0)
 
 
-def tissue_window(shape: tuple[int, int], mask: np.ndarray, down: float,
+def tissue_window(box: tuple[int, int, int, int], mask: np.ndarray, down: float,
                   size: int = CALIBRATION_SIZE) -> tuple[int, int]:
-    """Top-left of the `size` window (on a half-window grid) with the most tissue in `mask`, whose pixels are
-    `down` times coarser than `shape`'s; the one nearest the centre among equals."""
-    step = size // 2
-    cy, cx = centre_window(shape, size)
+    """Top-left of the `size` window (on a half-window grid) in `box` (y, x, h, w) with the most tissue in
+    `mask`, whose pixels are `down` times coarser than the box's; the one nearest the box's centre among equals."""
+    by, bx, h, w = box
+    oy, ox = centre_window((h, w), size)
+    cy, cx = by + oy, bx + ox
     best, best_key = (cy, cx), None
-    for y in range(0, max(shape[0] - size, 0) + 1, step):
-        for x in range(0, max(shape[1] - size, 0) + 1, step):
-            box = mask[int(y // down) : int(np.ceil((y + size) / down)), int(x // down) : int(np.ceil((x + size) / down))]
-            key = (float(box.mean()) if box.size else 0.0, -abs(y - cy) - abs(x - cx))
+    for y in range(by, by + max(h - size, 0) + 1, size // 2):
+        for x in range(bx, bx + max(w - size, 0) + 1, size // 2):
+            cut = mask[int(y // down) : int(np.ceil((y + size) / down)), int(x // down) : int(np.ceil((x + size) / down))]
+            key = (float(cut.mean()) if cut.size else 0.0, -abs(y - cy) - abs(x - cx))
             if best_key is None or key > best_key:
                 best, best_key = (y, x), key
     return best

@@ -3,7 +3,8 @@
 Small inputs (up to one block) are predicted and post-processed whole, so the tiled result is the
 whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if their
 centre lies in the block's core, so a nucleus cut by a block border is taken whole from one block and
-never duplicated. Slides stream into chunked zarr, so memory does not grow with the slide.
+never duplicated. Each block fixes its squeeze-excitation gates once, on one window (nucseg.inference.calibration),
+so its tiles agree with each other. Slides stream into chunked zarr, so memory does not grow with the slide.
 """
 
 from __future__ import annotations
@@ -97,11 +98,12 @@ def _block_tiles(box, tile: int, overlap: int, shape, halo: int):
     return read, tiles
 
 
-def _calibration_window(source: ScaledSource, tissue) -> tuple[int, int]:
-    """Where the squeeze-excitation gates are measured: the centre, or on a slide the window with most tissue."""
-    if tissue is None or max(source.shape) <= CALIBRATION_SIZE:
-        return centre_window(source.shape)
-    return tissue_window(source.shape, tissue[0], tissue[1])
+def _calibration_window(box: tuple[int, int, int, int], tissue) -> tuple[int, int]:
+    """Where a block's squeeze-excitation gates are measured: its centre, or on a slide its window with most
+    tissue (see nucseg.inference.calibration)."""
+    if tissue is None or max(box[2:]) <= CALIBRATION_SIZE:
+        return tuple(v + o for v, o in zip(centre_window(box[2:]), box[:2]))
+    return tissue_window(box, tissue[0], tissue[1])
 
 
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
@@ -159,8 +161,6 @@ def iter_predict(
     blocks = [(0, 0, *source.shape)] if single else _blocks(source.shape, config.block_size)
     halo = 0 if single else max(HALO, tiling.overlap)
     tissue = source.tissue_mask() if config.skip_background else None
-    window = _calibration_window(source, tissue)
-    net, window_probs = with_image_gates(net, source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE), spec, device)
     plan = []
     for box in blocks:
         read, tiles = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)
@@ -177,6 +177,9 @@ def iter_predict(
             continue
         ry, rx, rh, rw = read
         pixels = source.read(ry, rx, rh, rw)
+        window = _calibration_window(box, tissue)
+        gated, window_probs = with_image_gates(net, source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE), spec,
+                                               device)
         canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
         reused = None if config.tta or window_probs is None else window_tile(tiles, window)
         if reused is not None:  # calibration already ran the network on exactly this tile
@@ -187,7 +190,7 @@ def iter_predict(
                 stopped = True
                 break
             batch = np.stack([pixels[t.y0 - ry : t.y1 - ry, t.x0 - rx : t.x1 - rx] for t in batch_tiles])
-            for t, p in zip(batch_tiles, predict_batch(net, batch, spec, device, tta=config.tta)):
+            for t, p in zip(batch_tiles, predict_batch(gated, batch, spec, device, tta=config.tta)):
                 canvas.add(t, p)
             done += len(batch_tiles)
             yield PredictProgress(done, total, "predicting", index, len(plan))
