@@ -2,13 +2,14 @@
 
 Pipeline = read, normalise, batch, forward, blend, watershed post-processing, labels out. Model-only = just the
 forward passes over the very same tiles and batches, plus the one forward pass over the image's centre window
-that fixes the squeeze-excitation gates (part of how the model is run, see nucseg.inference.calibration). MONAI = `sliding_window_inference` with the same network,
-tile and overlap (gaussian blending), as a user would call it: the smp network with its weights loaded, in eval
-mode. Our pipeline prepares that network for inference (BatchNorm folded into the convolutions, channels_last on
-the CPU); MONAI is also timed with the prepared network, for a like-for-like figure on everything but that. The seam measure is the mean absolute difference of
+that fixes the squeeze-excitation gates (part of how the model is run, see nucseg.inference.calibration).
+MONAI = `sliding_window_inference` with the same network, tile and overlap (gaussian blending), as a user would
+call it: the smp network with its weights loaded, in eval mode. Our pipeline prepares that network for inference
+(BatchNorm folded into the convolutions, channels_last on the CPU); MONAI is also timed with the prepared
+network, for a like-for-like figure on everything but that. The seam measure is the mean absolute difference of
 the foreground probability from a single whole-image forward pass (for MONAI, of the network as handed to it;
-for ours, with the gates of the centre window), on pixels within 2 px of a tile border,
-divided by the same difference elsewhere (1.0 = no visible seam).
+for ours, with the gates of the centre window), on pixels within 2 px of a tile border, divided by the same
+difference elsewhere (1.0 = no visible seam).
 """
 
 from __future__ import annotations

@@ -60,15 +60,23 @@ def with_image_gates(net: torch.nn.Module, window: np.ndarray, spec: ModelSpec, 
     constant-gate models)."""
     import torch
 
+    from nucseg.models.squeeze_excitation import se_blocks
     from nucseg.models.squeeze_excitation import with_image_gates as fix
 
+    if not se_blocks(net):
+        return net, None
     fixed, logits = fix(net, to_input_tensor(window[None], spec, device))
-    return fixed, None if logits is None else torch.sigmoid(logits[0].float()).cpu().numpy()
+    return fixed, torch.sigmoid(logits[0].float()).cpu().numpy()
 
 
-def window_tile(tiles: list[Tile], window: tuple[int, int], size: int = CALIBRATION_SIZE) -> Tile | None:
-    """The tile that is exactly the calibration window, whose probabilities calibration already computed."""
+def add_window_tile(canvas, tiles: list[Tile], window: tuple[int, int], window_probs: np.ndarray | None,
+                    tta: bool, size: int = CALIBRATION_SIZE) -> list[Tile]:
+    """Put the calibration pass's probabilities on `canvas` for the tile that is exactly the window (if any, and
+    not under test-time flips, which that pass did not do); return the tiles still to run."""
+    if window_probs is None or tta:
+        return tiles
     for t in tiles:
         if (t.y0, t.x0) == window and t.y1 - t.y0 == size and t.x1 - t.x0 == size:
-            return t
-    return None
+            canvas.add(t, window_probs)
+            return [other for other in tiles if other is not t]
+    return tiles

@@ -24,9 +24,9 @@ from nucseg.config import InferenceConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.calibration import (
     CALIBRATION_SIZE,
+    add_window_tile,
     centre_window,
     tissue_window,
-    window_tile,
     with_image_gates,
 )
 from nucseg.inference.forward import predict_batch
@@ -106,6 +106,16 @@ def _calibration_window(box: tuple[int, int, int, int], tissue) -> tuple[int, in
     return tissue_window(box, tissue[0], tissue[1])
 
 
+def _window_pixels(source: ScaledSource, pixels: np.ndarray, read, window: tuple[int, int]) -> np.ndarray:
+    """The calibration window's pixels: cut from the block's pixels when it lies inside them (the usual case: no
+    second read, and exactly the pixels its tiles see), else read (a block smaller than the window)."""
+    ry, rx, rh, rw = read
+    y, x = window[0] - ry, window[1] - rx
+    if y >= 0 and x >= 0 and y + CALIBRATION_SIZE <= rh and x + CALIBRATION_SIZE <= rw:
+        return pixels[y : y + CALIBRATION_SIZE, x : x + CALIBRATION_SIZE]
+    return source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE)
+
+
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
     if out is None:
         return np.zeros(label_shape, np.uint32), np.zeros((3, *prob_shape), np.float32)
@@ -178,14 +188,11 @@ def iter_predict(
         ry, rx, rh, rw = read
         pixels = source.read(ry, rx, rh, rw)
         window = _calibration_window(box, tissue)
-        gated, window_probs = with_image_gates(net, source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE), spec,
-                                               device)
+        gated, window_probs = with_image_gates(net, _window_pixels(source, pixels, read, window), spec, device)
         canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
-        reused = None if config.tta or window_probs is None else window_tile(tiles, window)
-        if reused is not None:  # calibration already ran the network on exactly this tile
-            canvas.add(reused, window_probs)
-            done += 1
-        for batch_tiles in iter_batches([t for t in tiles if t is not reused], tiling.batch_size):
+        todo = add_window_tile(canvas, tiles, window, window_probs, config.tta)
+        done += len(tiles) - len(todo)
+        for batch_tiles in iter_batches(todo, tiling.batch_size):
             if stop is not None and stop.is_set():
                 stopped = True
                 break

@@ -9,7 +9,7 @@ import numpy as np
 
 from nucseg.config import TilingConfig
 from nucseg.errors import InvalidInputError
-from nucseg.inference.calibration import centre_crop, centre_window, window_tile, with_image_gates
+from nucseg.inference.calibration import add_window_tile, centre_crop, centre_window, with_image_gates
 from nucseg.inference.forward import predict_batch
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tiling import iter_batches, pad_to_tile, tile_grid
@@ -60,11 +60,9 @@ def iter_tile_probabilities(
     padded, (h, w) = pad_to_tile(image, tiling.tile_size)
     tiles = tile_grid(padded.shape[:2], tiling.tile_size, tiling.overlap)
     canvas = BlendCanvas((h, w), len(spec.heads), tiling.tile_size, tiling.overlap)
-    reused = None if tta or window_probs is None else window_tile(tiles, centre_window(image.shape[:2]))
-    if reused is not None:
-        canvas.add(reused, window_probs)
-    done = int(reused is not None)
-    for batch_tiles in iter_batches([t for t in tiles if t is not reused], tiling.batch_size):
+    todo = add_window_tile(canvas, tiles, centre_window(image.shape[:2]), window_probs, tta)
+    done = len(tiles) - len(todo)
+    for batch_tiles in iter_batches(todo, tiling.batch_size):
         batch = np.stack([padded[t.slices] for t in batch_tiles])
         probs = predict_batch(net, batch, spec, device, tta=tta)
         for t, p in zip(batch_tiles, probs):
