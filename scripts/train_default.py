@@ -1,8 +1,10 @@
 """Train the shipped default model from random initialisation on MoNuSeg 2018 (reproducible, resumable).
 
     python scripts/train_default.py train [--run NAME]   # runs (or resumes) ~/.nucseg/train/NAME
-    python scripts/train_default.py export [--run NAME]  # tunes post-processing on the validation tiles and writes
-                                              # src/nucseg/models/weights/nucseg-default (fp16 safetensors)
+    python scripts/train_default.py export [--run NAME | --run-dir DIR]
+                                              # tunes post-processing on the validation tiles and writes
+                                              # src/nucseg/models/weights/nucseg-default (fp16 safetensors);
+                                              # DIR: a run of scripts/train_accelerated.py (GPU, time budget)
     python scripts/train_default.py replay    # writes the replay set (training-tile crops) fine-tuning rehearses
     python scripts/train_default.py constant-se --base MODEL --run NAME
                                               # MODEL with its squeeze-excitation gates frozen to their mean over
@@ -60,10 +62,11 @@ def load_split():
 
     from nucseg.training.dataset import TrainingPair
 
-    # the MoNuSeg folder is known PNG pairs: read them directly so training does not wait on anything else
+    # the MoNuSeg folder is known pairs of PNGs (images also lossless WebP, smaller to carry to a GPU machine):
+    # read them directly so training does not wait on anything else
     pairs = [TrainingPair(np.asarray(Image.open(p).convert("RGB")),
-                          np.asarray(Image.open(DATA / "labels" / p.name)).astype(np.uint32), p.stem, str(p))
-             for p in sorted((DATA / "images").glob("*.png"))]
+                          np.asarray(Image.open(DATA / "labels" / f"{p.stem}.png")).astype(np.uint32), p.stem, str(p))
+             for p in sorted((DATA / "images").iterdir()) if p.suffix in (".png", ".webp")]
     val = [p for p in pairs if p.name in VALIDATION]
     train = [p for p in pairs if p.name not in VALIDATION]
     assert len(val) == len(VALIDATION), "validation tiles missing from the data folder"
@@ -117,18 +120,22 @@ def export(args) -> None:
         net = build_network(base)
         load_weights(net, base)
         training = {**base.info.get("training", {}), "lineage": base.info.get("lineage")}
-    else:
-        run = TRAIN_ROOT / args.run
+    else:  # a run folder of `train` (epochs, checkpoints/) or of scripts/train_accelerated.py (steps, run.json)
+        run = args.run_dir or TRAIN_ROOT / args.run
         config = json.loads((run / "finetune_config.json").read_text())
         base = resolve_model(config["base_model"])
         net = build_network(base)
-        net.load_state_dict(load_file(str(run / "best.safetensors")))
-        state = json.loads((run / "checkpoints" / "latest.json").read_text())
+        net.load_state_dict(load_file(str(run / "best.safetensors")))  # fp16 files are cast to the net's fp32
+        if (run / "run.json").is_file():
+            state = json.loads((run / "run.json").read_text())
+            progress = {"steps_run": state["steps_run"], "best_step": state["best_step"]}
+        else:
+            progress = {"epochs_run": json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"]}
         training = {"data": "MoNuSeg 2018 training set (Kumar et al. 2017/2019), CC BY-NC-SA 4.0",
                     "train_tiles": 30 - len(VALIDATION), "validation_tiles": VALIDATION,
-                    "config": config, "epochs_run": state["epoch"],
+                    "config": config, **progress,
                     "log_tail": (run / "log.csv").read_text().splitlines()[-3:],
-                    "script": "scripts/train_default.py", "base": base.info.get("training"),
+                    "script": config.get("script", "scripts/train_default.py"), "base": base.info.get("training"),
                     "lineage": base.info.get("lineage")}
     net.eval()
     device = select_device("cpu")
@@ -149,10 +156,11 @@ def export(args) -> None:
             "per_tile": {r["image"]: {k: round(float(r[k]), 4) for k in ("aji", "dice", "f1", "pq")} for r in rows},
             "seconds": round(seconds, 1)}
         print(("TTA " if tta else "plain ") + json.dumps(results["tta" if tta else "plain"]), flush=True)
-    if SHIPPED.exists():
+    dest = args.dest or SHIPPED
+    if dest.exists():
         if not args.replace:
-            sys.exit(f"{SHIPPED} exists; pass --replace to ship a better model (git keeps the old one)")
-        shutil.rmtree(SHIPPED)
+            sys.exit(f"{dest} exists; pass --replace to ship a better model (git keeps the old one)")
+        shutil.rmtree(dest)
     info = {
         "name": "nucseg-default",
         "version": args.version,
@@ -163,8 +171,8 @@ def export(args) -> None:
         "validation": results,
         "license": "weights: CC BY-NC-SA 4.0 (trained on MoNuSeg data)",
     }
-    save_model(net, base, SHIPPED, info=info, half=True)
-    print(f"wrote {SHIPPED}", flush=True)
+    save_model(net, base, dest, info=info, half=True)
+    print(f"wrote {dest}", flush=True)
     replay(args)
 
 
@@ -222,12 +230,13 @@ def replay(args) -> None:
 
     from nucseg.models.registry import REPLAY_DIR
 
-    out = SHIPPED / REPLAY_DIR
+    dest = args.dest or SHIPPED
+    out = dest / REPLAY_DIR
     if out.exists():
         sys.exit(f"{out} exists; remove it first to write a new replay set")
     train_pairs, _ = load_split()
     rng = np.random.default_rng(2018)
-    tmp = SHIPPED / f".{REPLAY_DIR}.tmp"
+    tmp = dest / f".{REPLAY_DIR}.tmp"
     for sub in ("images", "labels"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     for pair in train_pairs:
@@ -259,6 +268,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="seed of a new run (default: CONFIG's)")
     parser.add_argument("--model", help="export: this model folder instead of a run's best epoch")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
+    parser.add_argument("--run-dir", type=Path, help="export: this run folder instead of --run's")
+    parser.add_argument("--dest", type=Path, help="export / replay: write the model here instead of shipping it")
     args = parser.parse_args()
     {"train": train, "export": export, "replay": replay, "constant-se": constant_se}[args.action](args)
 

@@ -48,6 +48,16 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def training_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision for training steps: bf16 on CUDA GPUs that have it (no loss scaling needed), fp16 on older
+    ones (the caller scales the loss), none elsewhere (bf16 was measured slower on CPU; MPS stays in fp32)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def release_device_memory(device: torch.device) -> None:
     """Give cached accelerator memory back after a run (users ask for GPU memory to be freed)."""
     import torch

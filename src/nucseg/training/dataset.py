@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from skimage.transform import resize
+from PIL import Image
 
 from nucseg.errors import InvalidInputError
 from nucseg.training.augment import augment_colour, flip_rotate
@@ -100,6 +100,13 @@ def _random_crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
     return image[y : y + size, x : x + size], labels[y : y + size, x : x + size]
 
 
+def _rescale(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear (PIL: 20x faster than skimage's resize, which was half of a patch's cost), labels nearest."""
+    image = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR))
+    idx = ((np.arange(side) + 0.5) * (labels.shape[0] / side)).astype(np.intp)
+    return image, labels[np.ix_(idx, idx)]
+
+
 def sample_patch(
     rng: np.random.Generator, pair: TrainingPair, patch_size: int, augmentations: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -109,8 +116,7 @@ def sample_patch(
     region = int(round(full * scale))
     image, labels = _random_crop(rng, pair.image, pair.labels, region)
     if region != full:
-        image = resize(image, (full, full), order=1, preserve_range=True, anti_aliasing=False).astype(np.uint8)
-        labels = resize(labels, (full, full), order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+        image, labels = _rescale(image, labels, full)
     if "flips" in augmentations or "rot90" in augmentations:
         image, labels = flip_rotate(rng, image, labels)
     image = augment_colour(rng, image, augmentations)
@@ -156,6 +162,34 @@ class PatchSampler:
             chosen += [self._pick(rng, self.extra[0]) for _ in range(n_extra)]
         patches = [sample_patch(rng, p, self.patch_size, self.augmentations) for p in chosen]
         return np.stack([p[0] for p in patches]), np.stack([p[1] for p in patches])
+
+
+class PatchDataset:
+    """Augmented patches as a map-style dataset, for torch's DataLoader with worker processes.
+
+    Sample `i` depends only on (seed, i), so a run is reproducible whatever the number of workers. Used where
+    the accelerator outpaces one process's augmentation (scripts/train_accelerated.py).
+    """
+
+    def __init__(self, pairs: Sequence[TrainingPair], patch_size: int, augmentations: tuple[str, ...],
+                 seed: int, length: int):
+        if not pairs:
+            raise InvalidInputError("no training images: add at least one corrected image with labels")
+        self.pairs = list(pairs)
+        self.patch_size = patch_size
+        self.augmentations = tuple(augmentations)
+        self.seed = seed
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, index])
+        image, targets = sample_patch(rng, PatchSampler._pick(rng, self.pairs), self.patch_size, self.augmentations)
+        return np.array(image), targets  # a copy: without colour jitter the patch is a view of a read-only image
 
 
 def split_pairs(

@@ -23,7 +23,7 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.models.build import build_network, load_weights
-from nucseg.models.device import release_device_memory, select_device
+from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from nucseg.training.dataset import PatchSampler, TrainingPair
@@ -125,6 +125,8 @@ def iter_finetune(
     if channels_last:
         net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    amp_dtype = training_autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # fp16 gradients underflow unscaled
     original_source = "given"
     if original is None:
         original, original_source = load_replay(base, config.mix_original), f"replay set of {base.name}"
@@ -170,12 +172,13 @@ def iter_finetune(
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = torch.from_numpy(targets).to(device)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = net(x)
                 terms = nucseg_loss(logits.float(), y, config.loss)
                 optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
+                scaler.scale(terms["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(terms["loss"].item())
                 iou, f1 = _batch_scores(logits.detach(), y)
                 ious.append(iou)
@@ -201,7 +204,7 @@ def iter_finetune(
                       "lr": optimizer.param_groups[0]["lr"], "best": improved,
                       "seconds": round(time.perf_counter() - t0, 1), "partial": stopped}
             state["history"].append(record)
-            _append_log(out_dir / LOG_CSV, record)
+            append_log(out_dir / LOG_CSV, record)
             if not stopped:
                 # checkpoint first, then the best weights: best.safetensors only ever holds a checkpointed epoch,
                 # and a kill between the two writes is repaired on resume (best_epoch == checkpoint epoch)
@@ -247,9 +250,12 @@ def _best_record(state: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in best[-1].items() if k.startswith("val_")} if best else {}
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    fields = ["epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",
-              "best", "seconds", "partial"]
+LOG_FIELDS = ("epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",
+              "best", "seconds", "partial")
+
+
+def append_log(path: Path, record: dict[str, Any], fields: Sequence[str] = LOG_FIELDS) -> None:
+    """One row of the run's log.csv (the header with the first)."""
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
