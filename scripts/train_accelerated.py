@@ -135,8 +135,8 @@ def main() -> None:
                 "patch_size": args.patch_size, "seed": args.seed, "schedule": "cosine", "warmup": args.warmup,
                 "ema": args.ema, "validation": VALIDATION, "workers": args.workers, "device": gpu,
                 "amp": str(amp_dtype), "script": "scripts/train_accelerated.py"}
-    settings.pop("epochs", None)
-    settings.pop("steps_per_epoch", None)
+    for epoch_based in ("epochs", "steps_per_epoch", "early_stopping_patience", "plateau_patience", "mix_original"):
+        settings.pop(epoch_based, None)
     total = args.steps
     val_every = max(PLAN_STEP, total // args.validations) if total else None  # set with the plan under a budget
     run = {"best_step": 0, "best_aji": None, "history": []}

@@ -141,6 +141,11 @@ def export(args) -> None:
     device = select_device("cpu")
     results = {}
     post = None
+    if args.postprocess:  # chosen with other evidence than the validation tiles (e.g. benchmarks/bench_domains.py)
+        from nucseg.config import PostprocessConfig
+
+        fg, marker, area, marker_area = args.postprocess.split(",")
+        post = PostprocessConfig(float(fg), float(marker), int(area), int(marker_area))
     for tta in (False, True):
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -269,6 +274,8 @@ def main() -> None:
     parser.add_argument("--model", help="export: this model folder instead of a run's best epoch")
     parser.add_argument("--run", default="default", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     parser.add_argument("--run-dir", type=Path, help="export: this run folder instead of --run's")
+    parser.add_argument("--postprocess", metavar="FG,MARKER,AREA,MARKER_AREA",
+                        help="export: these watershed thresholds instead of tuning them on the validation tiles")
     parser.add_argument("--dest", type=Path, help="export / replay: write the model here instead of shipping it")
     args = parser.parse_args()
     {"train": train, "export": export, "replay": replay, "constant-se": constant_se}[args.action](args)
