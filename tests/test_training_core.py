@@ -96,3 +96,35 @@ def test_checkpoint_records_the_new_epoch_after_a_resume(tmp_path):
     save_checkpoint(tmp_path, 3, net, opt, state)
     assert load_checkpoint(tmp_path, net, opt, torch.device("cpu"))["epoch"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003", "latest.json"]
+
+
+def test_rescaled_patches_keep_whole_labels_and_follow_the_pixels():
+    from nucseg.training.dataset import _rescale
+
+    labels = two_touching_squares()
+    image = np.where(labels[..., None] > 0, 80, 200).astype(np.uint8).repeat(3, axis=2)
+    for side in (16, 40):  # shrink and enlarge
+        img, lab = _rescale(image[:, :20], labels[:, :20], side)
+        assert img.shape == (side, side, 3) and lab.shape == (side, side)
+        assert set(np.unique(lab)) <= {0, 1, 2}  # nearest neighbour: no blended label values
+        assert np.mean((img[..., 0] < 140) == (lab > 0)) > 0.9
+
+
+def test_patch_dataset_depends_only_on_seed_and_index():
+    import torch.utils.data
+
+    from fake_models import blob_image
+    from nucseg.training.dataset import PatchDataset
+
+    pairs = [TrainingPair(*blob_image((96, 128), n=8, seed=k), name=f"p{k}") for k in range(3)]
+    augs = ("flips", "rot90", "stain", "color", "scale", "blur")
+    a, b = PatchDataset(pairs, 64, augs, seed=7, length=10), PatchDataset(pairs, 64, augs, seed=7, length=10)
+    for i in (3, 0, 3):  # any order, any instance
+        assert np.array_equal(a[i][0], b[i][0]) and np.array_equal(a[i][1], b[i][1])
+    assert not np.array_equal(a[3][0], a[4][0])
+    assert not np.array_equal(a[3][0], PatchDataset(pairs, 64, augs, seed=8, length=10)[3][0])
+    with pytest.raises(IndexError):
+        a[10]
+    images, targets = next(iter(torch.utils.data.DataLoader(a, batch_size=4)))
+    assert images.shape == (4, 64, 64, 3) and images.dtype == torch.uint8
+    assert targets.shape == (4, 3, 64, 64) and targets.dtype == torch.float32
