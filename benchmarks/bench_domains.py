@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import MONUSEG, emit
 from bench_finetune import DSB, colour_tiles, score, stain_kind
+
+from _common import MONUSEG, emit
 
 
 def main() -> None:
