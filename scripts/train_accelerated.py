@@ -94,6 +94,7 @@ def main() -> None:
     import train_default
 
     from nucseg.config import PostprocessConfig
+    from nucseg.inference.forward import normalise
     from nucseg.models.build import build_network
     from nucseg.models.device import select_device, training_autocast_dtype
     from nucseg.models.registry import resolve_model
@@ -125,8 +126,6 @@ def main() -> None:
         dataset, batch_size=args.batch_size, shuffle=False, drop_last=True, num_workers=args.workers,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
         prefetch_factor=4 if args.workers > 0 else None, worker_init_fn=_one_thread)
-    mean = torch.tensor(base.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(base.std, device=device).view(1, 3, 1, 1)
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +138,7 @@ def main() -> None:
         settings.pop(epoch_based, None)
     total = args.steps
     val_every = max(PLAN_STEP, total // args.validations) if total else None  # set with the plan under a budget
-    run = {"best_step": 0, "best_aji": None, "history": []}
+    run = {"best_step": 0, "best_aji": None}  # the scores of every validation are in log.csv
     losses, data_wait, t_train, t_val = [], 0.0, 0.0, 0.0
     t_mark = time.perf_counter()
     print(json.dumps({"kind": "start", "device": gpu, "amp": str(amp_dtype), "train_tiles": len(train_pairs),
@@ -158,11 +157,10 @@ def main() -> None:
             val_every = max(PLAN_STEP, total // args.validations)
             print(json.dumps({"kind": "plan", "seconds_per_step": round(per_step, 4), "steps": total,
                               "validate_every": val_every}), flush=True)
-        lr = cosine_lr(step, total or args.steps or 10_000, args.lr, args.warmup)
+        lr = cosine_lr(step, total or max_steps, args.lr, args.warmup)  # before the plan: still at the cosine's start
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        x = normalise(images.to(device, non_blocking=True), base).contiguous(memory_format=torch.channels_last)
         y = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = net(x)
@@ -189,7 +187,6 @@ def main() -> None:
                       "best": improved, "seconds": round(time.perf_counter() - t_start, 1),
                       "data_wait": round(data_wait, 1), "validation_s": round(t_val, 1)}
             losses = []
-            run["history"].append(record)
             append_log(out / "log.csv", record, LOG_FIELDS)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}), flush=True)
             (out / "finetune_config.json").write_text(json.dumps({**settings, "steps": total}, indent=1))

@@ -45,15 +45,13 @@ def test_cuda_inference_matches_the_cpu():
 
 @cuda
 def test_training_steps_run_in_mixed_precision_on_cuda(tmp_path):
-    from test_finetune import TINY, drain, tiny_model_folder
+    from test_finetune import TINY, drain, tiny_model_folder, tiny_pairs
 
-    from fake_models import blob_image
     from nucseg.config import FinetuneConfig
-    from nucseg.training.dataset import TrainingPair
     from nucseg.training.finetune import iter_finetune
 
     assert training_autocast_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
-    pairs = [TrainingPair(*blob_image((96, 128), n=8, seed=k), name=f"p{k}") for k in range(3)]
+    pairs = tiny_pairs()
     config = FinetuneConfig(base_model=str(tiny_model_folder(tmp_path)),
                             **{**TINY, "device": "cuda", "steps_per_epoch": 3})
     records, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run"))

@@ -112,11 +112,11 @@ def test_rescaled_patches_keep_whole_labels_and_follow_the_pixels():
 
 def test_patch_dataset_depends_only_on_seed_and_index():
     import torch.utils.data
+    from test_finetune import tiny_pairs
 
-    from fake_models import blob_image
     from nucseg.training.dataset import PatchDataset
 
-    pairs = [TrainingPair(*blob_image((96, 128), n=8, seed=k), name=f"p{k}") for k in range(3)]
+    pairs = tiny_pairs()
     augs = ("flips", "rot90", "stain", "color", "scale", "blur")
     a, b = PatchDataset(pairs, 64, augs, seed=7, length=10), PatchDataset(pairs, 64, augs, seed=7, length=10)
     for i in (3, 0, 3):  # any order, any instance

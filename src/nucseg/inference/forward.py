@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     import torch
 
 
+def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """(B, H, W, 3) uint8 on its device -> (B, 3, H, W) float32 normalised as `spec` was trained (inference and
+    training share it)."""
+    import torch
+
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 on `device` (pinned, non-blocking on CUDA)."""
     import torch
@@ -24,10 +35,7 @@ def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device) ->
         x = x.pin_memory().to(device, non_blocking=True)
     else:
         x = x.to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = normalise(x, spec)
     if device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     return x

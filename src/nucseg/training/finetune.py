@@ -22,6 +22,7 @@ import torch
 
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
+from nucseg.inference.forward import normalise
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
@@ -166,9 +167,7 @@ def iter_finetune(
                     stopped = True
                     break
                 images, targets = sampler.sample_batch(rng, config.batch_size)
-                x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-                x = (x - torch.tensor(base.mean, device=device).view(1, 3, 1, 1)) / torch.tensor(
-                    base.std, device=device).view(1, 3, 1, 1)
+                x = normalise(torch.from_numpy(images).to(device), base)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = torch.from_numpy(targets).to(device)
