@@ -236,9 +236,12 @@ def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
     ry, rx = origin
     n = int(inst.max())
     if n:
-        centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
-        cy, cx = centres[:, 0] + ry, centres[:, 1] + rx
-        keep = (cy >= by) & (cy < by + bh) & (cx >= bx) & (cx < bx + bw)
+        if by <= ry and bx <= rx and ry + inst.shape[0] <= by + bh and rx + inst.shape[1] <= bx + bw:  # e.g. an image of one block: every centre lies in the core, no need to measure them
+            keep = np.ones(n, bool)
+        else:
+            centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
+            cy, cx = centres[:, 0] + ry, centres[:, 1] + rx
+            keep = (cy >= by) & (cy < by + bh) & (cx >= bx) & (cx < bx + bw)
         lut = np.zeros(n + 1, dtype=np.uint32)
         lut[1:][keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.uint32)
         inst = lut[inst]
