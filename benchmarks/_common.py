@@ -52,16 +52,27 @@ def best_of(fn, repeats: int = 3) -> float:
     return interleaved_best({"fn": fn}, repeats)["fn"]
 
 
-def interleaved_best(fns: dict, repeats: int = 5) -> dict[str, float]:
-    """Fastest wall time of each function over `repeats` rounds that call them in turn, so that a slow spell
-    of a shared machine hits all of them rather than whichever was running at the time."""
+def interleaved_times(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
+    """Wall times of each function over `repeats` rounds that call them in turn, so that a slow spell of a shared
+    machine hits all of them rather than whichever was running at the time (round i of each is comparable)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: min(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_best(fns: dict, repeats: int = 5) -> dict[str, float]:
+    """Fastest wall time of each function over `repeats` interleaved rounds (see `interleaved_times`)."""
+    return {name: min(t) for name, t in interleaved_times(fns, repeats).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of num's time / den's time in the same round: steadier on a noisy machine than a
+    ratio of two minima, which can come from different rounds."""
+    return float(np.median(np.array(times[num]) / np.array(times[den])))
 
 
 def emit(name: str, record: dict) -> None:
