@@ -55,6 +55,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_model, folders, tmp_path, capsys):
         ["--images", str(images), "--labels", str(labels), "--out", str(images)],  # not empty: never overwritten
         ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "d"), "--lr", "-1"],
         ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "e"), "--base", "no-such-model"],
+        ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "f"), "--mpp", "0"],
     ]
     for args in cases:
         capsys.readouterr()
@@ -101,3 +102,19 @@ def test_mix_original_uses_the_base_models_replay_set(tiny_model, folders, tmp_p
     assert code == 0, captured.err
     assert f"{base.name}'s replay set at 50% of each batch" in captured.err
     assert json.loads((out / "data_manifest.json").read_text())["original_source"] == f"replay set of {base.name}"
+
+
+def test_mpp_resamples_the_images_to_the_base_models_resolution(tiny_model, folders):  # noqa: F811
+    import argparse
+
+    from nucseg.cli.finetune import load_data
+    from nucseg.config import FinetuneConfig
+
+    images, labels = folders
+    args = argparse.Namespace(images=images, labels=labels, val_images=images, val_labels=labels,
+                              original_images=None, original_labels=None, mix_original=0.0, mpp=None)
+    config = FinetuneConfig(base_model=str(tiny_model), mix_original=0.0)
+    assert {p.labels.shape for p in load_data(args, config)[0]} == {(96, 128)}
+    args.mpp = 0.5  # 20x images for the tiny model's 0.25 um/px
+    train, val, _ = load_data(args, config)
+    assert {p.labels.shape for p in train + val} == {(192, 256)}

@@ -119,3 +119,12 @@ def test_export_is_a_finetune_ready_folder(store, tmp_path):
     assert len(json.loads((dest / "corrections.json").read_text())) == 2
     with pytest.raises(StoreError, match="never overwrite"):
         store.export(dest)
+
+
+def test_pairs_come_at_the_models_resolution_when_asked(store):
+    image, labels = blob_image((40, 50), n=3, seed=4)
+    store.add(image, labels, provenance(mpp=0.5))  # from a 20x slide
+    store.add(image, labels, provenance(mpp=None))  # a tile that did not say
+    assert [p.labels.shape for p in store.pairs()] == [(40, 50), (40, 50)]
+    assert [p.labels.shape for p in store.pairs(model_mpp=0.25)] == [(80, 100), (40, 50)]
+    assert store.entries()[0].mpp == 0.5 and store.entries()[1].mpp is None

@@ -104,7 +104,7 @@ def test_rescaled_patches_keep_whole_labels_and_follow_the_pixels():
     labels = two_touching_squares()
     image = np.where(labels[..., None] > 0, 80, 200).astype(np.uint8).repeat(3, axis=2)
     for side in (16, 40):  # shrink and enlarge
-        img, lab = _rescale(image[:, :20], labels[:, :20], side)
+        img, lab = _rescale(image[:, :20], labels[:, :20], (side, side))
         assert img.shape == (side, side, 3) and lab.shape == (side, side)
         assert set(np.unique(lab)) <= {0, 1, 2}  # nearest neighbour: no blended label values
         assert np.mean((img[..., 0] < 140) == (lab > 0)) > 0.9
@@ -128,3 +128,18 @@ def test_patch_dataset_depends_only_on_seed_and_index():
     images, targets = next(iter(torch.utils.data.DataLoader(a, batch_size=4)))
     assert images.shape == (4, 64, 64, 3) and images.dtype == torch.uint8
     assert targets.shape == (4, 3, 64, 64) and targets.dtype == torch.float32
+
+
+def test_pairs_at_another_resolution_are_resampled_to_the_models():
+    from fake_models import blob_image
+    from nucseg.training.dataset import TrainingPair, at_model_resolution
+
+    image, labels = blob_image((60, 90), n=6, seed=2)
+    pair = TrainingPair(image, labels, "tile")
+    twice = at_model_resolution(pair, 0.5, 0.25)  # a 20x tile for a 40x model: nuclei twice as many pixels across
+    assert twice.image.shape == (120, 180, 3) and twice.labels.shape == (120, 180) and twice.name == "tile"
+    assert set(np.unique(twice.labels)) == set(np.unique(labels))
+    assert np.count_nonzero(twice.labels) == pytest.approx(4 * np.count_nonzero(labels), rel=0.05)
+    assert at_model_resolution(pair, 0.125, 0.25).labels.shape == (30, 45)
+    assert at_model_resolution(pair, None, 0.25) is pair  # unknown: taken as the model's
+    assert at_model_resolution(pair, 0.26, 0.25) is pair  # within inference's tolerance: pixels as they are

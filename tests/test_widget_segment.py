@@ -102,6 +102,29 @@ def test_run_adds_labels_and_hidden_probabilities(make_napari_viewer, qtbot, net
     assert widget.run_button.isEnabled()
 
 
+def test_pixel_size_from_the_file_or_given_for_a_tile_without_it(make_napari_viewer, qtbot, net):
+    viewer = make_napari_viewer()
+    image, truth = blob_image((120, 150), n=6, seed=3)
+    viewer.add_image(image, name="slide crop", rgb=True, metadata={"mpp": 0.5})
+    widget = make_widget(viewer)
+    assert not widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0.5
+    assert "from the file" in widget.mpp_note.text()
+
+    tile = viewer.add_image(image, name="20x jpg", rgb=True)  # a plain tile says nothing of its pixel size
+    widget.image_combo.set_layer(tile)
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0.25 and "not in the file" in widget.mpp_note.text()
+    widget.mpp_spin.setValue(0.5)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["20x jpg nuclei"]
+    result = labels.metadata["nucseg_result"]
+    assert labels.data.shape == truth.shape  # labels at the tile's own pixels...
+    assert result.probabilities.shape[-2:] == (240, 300)  # ...after the network saw it at its 0.25 um/px
+    assert tile.metadata["mpp"] == 0.5 and labels.metadata["mpp"] == 0.5  # corrections and exports use it too
+    widget.image_combo.set_layer("slide crop")
+    widget.image_combo.set_layer(tile)
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0.5  # the user's value stays changeable
+
+
 def test_stop_takes_effect_within_one_batch(make_napari_viewer, qtbot, net):
     viewer = make_napari_viewer()
     image, _ = blob_image((512, 512), n=40, seed=1)

@@ -70,16 +70,18 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
     original-data folder, which holds ``images/`` and ``labels/``) in ``RUN_SOURCES``; a resumed run reads it
     back, so it trains on exactly the same pairs.
     """
+    from nucseg.models.registry import resolve_model
     from nucseg.training.dataset import load_pairs, split_pairs
     from nucseg.training.finetune import iter_finetune
 
     sources = Path(out_dir) / RUN_SOURCES
+    model_mpp = resolve_model(config.base_model).mpp  # corrections from a 20x slide are resampled to it
     if resume and sources.is_file():
         record = json.loads(sources.read_text())
-        train, val = store.pairs(record["train"]), store.pairs(record["val"])
+        train, val = store.pairs(record["train"], model_mpp), store.pairs(record["val"], model_mpp)
         original_dir = record.get("original_dir")
     else:
-        pairs = store.pairs()
+        pairs = store.pairs(model_mpp=model_mpp)
         if not pairs:
             raise InvalidInputError("the corrections store is empty: add corrected regions with the Corrections "
                                     "widget first")

@@ -8,6 +8,7 @@ probabilities (`reapply_postprocess`) in a worker and replaces the labels in pla
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -48,6 +50,7 @@ from .layers import (
     field_of_view_region,
     image_input,
     labels_data,
+    layer_mpp,
     probability_data,
     probability_transform,
     result_transform,
@@ -58,6 +61,8 @@ BROWSE = "Browse folder…"
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
 #: milliseconds to wait after the last threshold change before re-applying post-processing
 REAPPLY_DELAY_MS = 300
+#: image-layer metadata key: "user" when its "mpp" was given in this widget rather than read from the file
+MPP_FROM = "nucseg_mpp_from"
 
 isolate_triton()  # before torch is imported by a run: see _native
 
@@ -136,6 +141,13 @@ class SegmentWidget(QWidget):
         self._model = self.model_combo.currentText()
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setRange(0.05, 10.0)
+        self.mpp_spin.setDecimals(3)
+        self.mpp_spin.setSingleStep(0.05)
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_note = QLabel()
+        self.mpp_note.setWordWrap(True)
 
         tiling = TilingConfig()
         self.tile_spin = _spin(32, 4096, tiling.tile_size, step=32)
@@ -166,15 +178,19 @@ class SegmentWidget(QWidget):
         for spin in (self.fg_spin, self.marker_spin, self.min_area_spin):
             spin.valueChanged.connect(self._reapply_timer.start)
         self.model_combo.currentTextChanged.connect(self._on_model_changed)
+        self.image_combo.currentTextChanged.connect(self._sync_pixel_size)
         self.region_combo.currentTextChanged.connect(self._update_enabled)
         self.contours_check.toggled.connect(self._apply_contours)
         self.run_button.clicked.connect(self.run)
         self._update_enabled()
+        self._sync_pixel_size()
 
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
         form = QFormLayout()
         form.addRow("image", self.image_combo)
+        form.addRow("pixel size", self.mpp_spin)
+        form.addRow("", self.mpp_note)
         form.addRow("model", self.model_combo)
         form.addRow("device", self.device_combo)
         form.addRow("tile size", self.tile_spin)
@@ -221,6 +237,41 @@ class SegmentWidget(QWidget):
             return
         self._model = name
         self._set_threshold_defaults(name)
+        self._sync_pixel_size(keep_value=True)
+
+    def _model_mpp(self) -> float:
+        try:
+            return resolve_model(self._model).mpp
+        except NucsegError:
+            return 0.25
+
+    def _sync_pixel_size(self, *_: Any, keep_value: bool = False) -> None:
+        """Show the chosen image's pixel size: the file's (fixed), or one the user gives for a file that does not
+        say, as a 20x JPG would not (the model resamples it to its own; assuming 40x would halve every nucleus)."""
+        layer = self.image_combo.current_layer()
+        mpp = layer_mpp(layer) if layer is not None else None
+        from_file = mpp is not None and layer.metadata.get(MPP_FROM) != "user"
+        model_mpp = self._model_mpp()
+        self.mpp_spin.setEnabled(layer is not None and not from_file)
+        if from_file or not keep_value:
+            self.mpp_spin.setValue(mpp or model_mpp)
+        if layer is None:
+            self.mpp_note.setText("")
+        elif from_file:
+            self.mpp_note.setText(f"from the file (about {10 / mpp:.0f}x)")
+        else:
+            self.mpp_note.setText(f"not in the file: set it if this is not {10 / model_mpp:.0f}x (20x is about 0.5, "
+                                  f"10x about 1.0); the model works at {model_mpp:g} µm/px and resamples")
+
+    def pixel_size(self, layer: Image) -> float:
+        """Microns per pixel to segment `layer` at. One the user gave is kept on the layer (metadata "mpp"), so
+        corrections, fine-tuning and measurements in µm all use it."""
+        mpp = layer_mpp(layer)
+        if mpp is not None and layer.metadata.get(MPP_FROM) != "user":
+            return mpp
+        mpp = round(self.mpp_spin.value(), 4)
+        layer.metadata["mpp"], layer.metadata[MPP_FROM] = mpp, "user"
+        return mpp
 
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a model folder to the list and choose it; shows an error and returns False when it is not one."""
@@ -274,7 +325,7 @@ class SegmentWidget(QWidget):
             if layer is None:
                 raise InvalidInputError("no image layer: open an H&E image first (File > Open, or a sample)")
             config = self.inference_config()
-            image = image_input(layer)
+            image = dataclasses.replace(image_input(layer), mpp=self.pixel_size(layer))
             regions = self.regions(layer)
         except NucsegError as err:
             show_error(error_message(err))

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of training images")
     p.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of their instance labels")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the new model folder (must not exist)")
+    p.add_argument("--mpp", type=float, metavar="UM",
+                   help="microns per pixel of the training and validation images (e.g. 0.5 for 20x): they are "
+                   "resampled to the base model's, as `nucseg predict --mpp` resamples what it segments "
+                   "(default: already at the model's; give it again with --resume)")
     p.add_argument("--base", help=f"model to start from: registry name or folder (default {defaults.base_model})")
     p.add_argument("--epochs", type=int, help=f"default {defaults.epochs}")
     p.add_argument("--steps-per-epoch", type=int, help=f"batches per epoch (default {defaults.steps_per_epoch})")
@@ -91,7 +95,7 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list | None]:
     """(train, val, original) pairs from the folders given."""
     from nucseg.models.registry import resolve_model
-    from nucseg.training.dataset import load_pairs, split_pairs
+    from nucseg.training.dataset import at_model_resolution, load_pairs, split_pairs
 
     if (args.val_images is None) != (args.val_labels is None):
         raise InvalidInputError("give both --val-images and --val-labels, or neither (then --val-fraction applies)")
@@ -100,9 +104,16 @@ def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, l
     if args.mix_original and args.original_images is None and resolve_model(config.base_model).replay_dir is None:
         raise InvalidInputError(f"{config.base_model} carries no replay set: --mix-original needs --original-images "
                                 "and --original-labels")
-    pairs = load_pairs(args.images, args.labels)
+    if args.mpp is not None and args.mpp <= 0:
+        raise InvalidInputError(f"--mpp {args.mpp:g}: microns per pixel must be positive (40x is about 0.25)")
+    model_mpp = resolve_model(config.base_model).mpp
+
+    def load(images: Path, labels: Path):
+        return [at_model_resolution(p, args.mpp, model_mpp) for p in load_pairs(images, labels)]
+
+    pairs = load(args.images, args.labels)
     if args.val_images is not None:
-        train, val = pairs, load_pairs(args.val_images, args.val_labels)
+        train, val = pairs, load(args.val_images, args.val_labels)
     else:
         train, val = split_pairs(pairs, config.validation_fraction, config.seed)
     # None: the base model's replay set (if it carries one) is mixed in at config.mix_original

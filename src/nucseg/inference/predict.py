@@ -149,7 +149,7 @@ def iter_predict(
         stop: when set, the run ends after the current batch; the result holds what was done.
 
     Yields:
-        `PredictProgress` after every batch of tiles.
+        `PredictProgress` after every batch of tiles, and before each block's post-processing.
 
     Returns:
         `PredictionResult`.
@@ -201,6 +201,8 @@ def iter_predict(
                 canvas.add(t, p)
             done += len(batch_tiles)
             yield PredictProgress(done, total, "predicting", index, len(plan))
+        if not stopped:
+            yield PredictProgress(done, total, "separating nuclei", index, len(plan))
         # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
         probs = canvas.result()[:, : min(rh, source.shape[0] - ry), : min(rw, source.shape[1] - rx)]
         # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted

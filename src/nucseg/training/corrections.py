@@ -130,10 +130,20 @@ class CorrectionEntry:
         labels = np.asarray(tifffile.imread(self.labels_path)).astype(np.uint32, copy=False)
         return image, labels
 
-    def to_pair(self) -> TrainingPair:
-        """The entry as a `TrainingPair` named by its id."""
+    @property
+    def mpp(self) -> float | None:
+        """Microns per pixel of the saved pixels (level 0 of the source), None when the source did not say."""
+        mpp = self.provenance.get("mpp")
+        return float(mpp) if mpp else None
+
+    def to_pair(self, model_mpp: float | None = None) -> TrainingPair:
+        """The entry as a `TrainingPair` named by its id; resampled to `model_mpp` when given and its own mpp is
+        known (see `nucseg.training.dataset.at_model_resolution`)."""
+        from nucseg.training.dataset import at_model_resolution
+
         image, labels = self.load()
-        return TrainingPair(image, labels, self.id, self.source)
+        pair = TrainingPair(image, labels, self.id, self.source)
+        return at_model_resolution(pair, self.mpp, model_mpp) if model_mpp else pair
 
     @classmethod
     def read(cls, folder: Path) -> CorrectionEntry:
@@ -214,10 +224,11 @@ class CorrectionStore:
             raise StoreError(f"no correction {entry_id!r} in {self.root} (removed ones are in its trash: use undo)")
         return CorrectionEntry.read(folder)
 
-    def pairs(self, ids: Sequence[str] | None = None) -> list[TrainingPair]:
-        """Training pairs of the entries with these ids (default: all), read and sha256-checked."""
+    def pairs(self, ids: Sequence[str] | None = None, model_mpp: float | None = None) -> list[TrainingPair]:
+        """Training pairs of the entries with these ids (default: all), read and sha256-checked; with
+        `model_mpp`, each at that resolution (a model learns nuclei at the size it segments them)."""
         chosen = self.entries() if ids is None else [self.get(i) for i in ids]
-        return [entry.to_pair() for entry in chosen]
+        return [entry.to_pair(model_mpp) for entry in chosen]
 
     # -- writing -----------------------------------------------------------------------------------------
     def _new_id(self) -> str:
