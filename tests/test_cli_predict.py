@@ -34,7 +34,16 @@ def test_writes_labels_geojson_csv_and_settings(tile, tmp_path, capsys):
     assert len((out / "tile_nuclei.csv").read_text().strip().splitlines()) == truth.max() + 1
     summary = json.loads((out / "tile_predict.json").read_text())
     assert summary["nuclei"] == truth.max() and summary["config"]["tiling"]["tile_size"] == 128
-    assert "25 nuclei" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "25 nuclei" in captured.out
+    assert "tile.png did not say its pixel size" not in captured.err  # (the note speaks of inputs in the plural)
+    assert "tile.png did not say their pixel size and were segmented as 0.25" in captured.err
+
+    assert main(["predict", str(path), "--out", str(tmp_path / "at20x"), *MODEL, "--mpp", "0.5", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "pixel size" not in captured.err
+    summary = json.loads((tmp_path / "at20x" / "tile_predict.json").read_text())
+    assert summary["mpp"] == 0.5 and tifffile.imread(tmp_path / "at20x" / "tile_labels.tif").shape == truth.shape
 
 
 def test_never_overwrites_without_asking(tile, tmp_path, capsys):

@@ -77,6 +77,7 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     with open_slide(path) as slide:
         mpp = slide.mpp or args.mpp
+        mpp_from = "file" if slide.mpp else "--mpp" if args.mpp else "assumed: the model's"
         region = parse_region(args.region)
         big = (region[2] * region[3] if region else slide.shape[0] * slide.shape[1]) > config.block_size**2
         store = targets.get("zarr") or (args.out / f".{stem}.partial.zarr" if big else None)
@@ -97,11 +98,18 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
             shutil.rmtree(store, ignore_errors=True)
     summary = {
         "input": str(path), "outputs": {k: str(v) for k, v in targets.items()}, "nuclei": result.n_nuclei,
-        "region": list(result.region), "mpp": result.mpp, "model": result.model_info, "seconds": round(result.seconds, 2),
+        "region": list(result.region), "mpp": result.mpp, "mpp_from": mpp_from, "model": result.model_info,
+        "seconds": round(result.seconds, 2),
         "config": config.to_dict(), "labels_dtype": str(np.dtype(labels.dtype)),
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def config_mpp(config) -> float:
+    from nucseg.models.registry import resolve_model
+
+    return resolve_model(config.model).mpp
 
 
 def build_config(args: argparse.Namespace):
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed, unsized = 0, []
     for path in inputs:
         try:
             summary = predict_file(path, args, config, formats)
@@ -133,6 +141,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: {summary['nuclei']} nuclei in {summary['seconds']} s -> "
               f"{', '.join(summary['outputs'].values())}", file=sys.stdout)
+        if summary["mpp_from"].startswith("assumed"):
+            unsized.append(path.name)
+    if unsized:  # a 20x tile taken for 40x gets nuclei half their size: say so once, not per tile
+        names = unsized[0] if len(unsized) == 1 else f"{len(unsized)} inputs (e.g. {unsized[0]})"
+        mpp = config_mpp(config)
+        print(f"nucseg predict: note: {names} did not say their pixel size and were segmented as {mpp:g} µm/px "
+              f"(the model's own, about {10 / mpp:.0f}x); pass --mpp if they are another magnification (20x is "
+              "about 0.5)", file=sys.stderr)
     if failed:
         print(f"nucseg predict: {failed} of {len(inputs)} inputs failed (see above)", file=sys.stderr)
     return EXIT_USER_ERROR if failed else 0
