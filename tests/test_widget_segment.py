@@ -197,6 +197,34 @@ def test_field_of_view_region(make_napari_viewer):
     assert abs(h - height / 4 / 2) <= 1 and abs(w - width / 4 / 2) <= 1
 
 
+def test_flat_images_bigger_than_a_block_at_the_models_resolution_stream_to_disk():
+    from nucseg._napari.layers import ImageInput
+    from nucseg._napari.segment_widget import streams_to_disk
+
+    def flat(shape, mpp=None, multiscale=False):
+        return ImageInput("x", None, multiscale, mpp, None, shape)
+
+    assert streams_to_disk(flat((100, 100), multiscale=True), None, 2048, 0.25)  # slides always
+    assert not streams_to_disk(flat((2000, 2000)), None, 2048, 0.25)
+    assert streams_to_disk(flat((2000, 2000), mpp=0.5), None, 2048, 0.25)  # 4000 px square at the model's 40x
+    assert streams_to_disk(flat((3000, 3000)), None, 2048, 0.25)
+    assert not streams_to_disk(flat((3000, 3000)), (0, 0, 1000, 1000), 2048, 0.25)  # a region of it: in memory
+
+
+def test_big_flat_image_at_20x_streams_into_zarr(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    image, truth = blob_image((1100, 1100), n=60, seed=8, radius=(5, 8))
+    viewer.add_image(image, name="big tile", rgb=True, metadata={"mpp": 0.5})  # 2200 px square at 0.25 um/px
+    widget = make_widget(viewer, tile=512, overlap=64)
+    run_and_wait(qtbot, widget, timeout=120000)
+    labels = viewer.layers["big tile nuclei"]
+    assert not isinstance(labels.metadata["nucseg_result"].labels, np.ndarray)  # zarr, not memory
+    assert len(list((tmp_path / "predictions").glob("big_tile-*.zarr"))) == 1
+    data = labels.data[0] if labels.multiscale else labels.data
+    assert data.shape == truth.shape and 0.9 * truth.max() <= np.asarray(data).max() <= 1.1 * truth.max()
+
+
 def test_multiscale_slide_streams_into_zarr(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
     from nucseg._napari import layers as layer_helpers
 

@@ -82,6 +82,17 @@ def new_prediction_path(stem: str, suffix: str = "") -> Path:
     return path
 
 
+def streams_to_disk(image: ImageInput, region: Region | None, block_size: int, model_mpp: float) -> bool:
+    """Whether a run streams into zarr under `predictions_dir`: slides always, and flat images bigger than one block
+    at the model's resolution, whose probabilities would otherwise sit in memory whole (a 10,000 px square 20x
+    TIFF is 20,000 px square at 40x: 4.8 GB of float32 probabilities)."""
+    if image.multiscale:
+        return True
+    h, w = (region[2], region[3]) if region is not None else image.shape
+    scale = (image.mpp or model_mpp) / model_mpp
+    return h * w * scale * scale > block_size * block_size
+
+
 def segment_regions(image: ImageInput, config: InferenceConfig, regions: list[Region | None],
                     outs: list[Path | None], stop: threading.Event
                     ) -> Generator[PredictProgress, None, list[PredictionResult]]:
@@ -142,7 +153,7 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
         self.mpp_spin = QDoubleSpinBox()
-        self.mpp_spin.setRange(0.05, 10.0)
+        self.mpp_spin.setRange(0.1, 2.0)  # 100x to 5x: the magnifications nuclei can be segmented at
         self.mpp_spin.setDecimals(3)
         self.mpp_spin.setSingleStep(0.05)
         self.mpp_spin.setSuffix(" µm/px")
@@ -330,11 +341,13 @@ class SegmentWidget(QWidget):
         except NucsegError as err:
             show_error(error_message(err))
             return
-        outs: list[Path | None] = [None] * len(regions)
-        if image.multiscale:
-            stem = Path(image.path).stem if image.path else image.name
-            outs = [new_prediction_path(stem, f"-r{k}" if len(regions) > 1 else "") for k in range(1, len(regions) + 1)]
-            outs[0].parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        stem = Path(image.path).stem if image.path else image.name
+        outs = [new_prediction_path(stem, f"-r{k}" if len(regions) > 1 else "")
+                if streams_to_disk(image, region, config.block_size, self._model_mpp()) else None
+                for k, region in enumerate(regions, start=1)]
+        for out in outs:
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
         self._stop = stop = threading.Event()
         self.run_button.setEnabled(False)
         context = (image.name, layer.scale, layer.translate, regions, tuple(layer.units)[-2:])
