@@ -91,6 +91,7 @@ def test_run_adds_labels_and_hidden_probabilities(make_napari_viewer, qtbot, net
     assert same_partition(np.asarray(labels.data), truth)
     assert tuple(labels.scale) == (0.5, 0.5) and tuple(labels.translate) == (3, 4)
     assert labels.contour == 2
+    assert "mpp" not in viewer.layers["blobs"].metadata  # pixel size left at the model's: not claimed as known
     meta = labels.metadata
     assert meta["nucseg_result"].n_nuclei == truth.max() and meta["nucseg_config"]["model"] == MODEL
     prob = viewer.layers["blobs foreground probability"]

@@ -274,15 +274,17 @@ class SegmentWidget(QWidget):
             self.mpp_note.setText(f"not in the file: set it if this is not {10 / model_mpp:.0f}x (20x is about 0.5, "
                                   f"10x about 1.0); the model works at {model_mpp:g} µm/px and resamples")
 
-    def pixel_size(self, layer: Image) -> float:
-        """Microns per pixel to segment `layer` at. One the user gave is kept on the layer (metadata "mpp"), so
-        corrections, fine-tuning and measurements in µm all use it."""
+    def pixel_size(self, layer: Image) -> float | None:
+        """Microns per pixel to segment `layer` at (None: unknown, taken as the model's). One the user gave is kept
+        on the layer (metadata "mpp"), so corrections, fine-tuning and measurements in µm all use it."""
         mpp = layer_mpp(layer)
         if mpp is not None and layer.metadata.get(MPP_FROM) != "user":
             return mpp
-        mpp = round(self.mpp_spin.value(), 4)
-        layer.metadata["mpp"], layer.metadata[MPP_FROM] = mpp, "user"
-        return mpp
+        value = round(self.mpp_spin.value(), 4)
+        if mpp is None and abs(value - self._model_mpp()) < 1e-6:
+            return None  # left at the model's: nothing claims to know this image's pixel size (exports stay in px)
+        layer.metadata["mpp"], layer.metadata[MPP_FROM] = value, "user"
+        return value
 
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a model folder to the list and choose it; shows an error and returns False when it is not one."""
