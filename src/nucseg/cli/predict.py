@@ -20,6 +20,8 @@ from nucseg.cli.common import (
 from nucseg.errors import InvalidInputError, NucsegError
 
 FORMATS = ("tif", "zarr", "geojson", "csv")
+#: `mpp_from` in <stem>_predict.json for inputs that did not say their pixel size
+MPP_ASSUMED = "assumed: the model's"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +79,7 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     with open_slide(path) as slide:
         mpp = slide.mpp or args.mpp
-        mpp_from = "file" if slide.mpp else "--mpp" if args.mpp else "assumed: the model's"
+        mpp_from = "file" if slide.mpp else "--mpp" if args.mpp else MPP_ASSUMED
         region = parse_region(args.region)
         big = (region[2] * region[3] if region else slide.shape[0] * slide.shape[1]) > config.block_size**2
         store = targets.get("zarr") or (args.out / f".{stem}.partial.zarr" if big else None)
@@ -104,12 +106,6 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def config_mpp(config) -> float:
-    from nucseg.models.registry import resolve_model
-
-    return resolve_model(config.model).mpp
 
 
 def build_config(args: argparse.Namespace):
@@ -141,11 +137,13 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: {summary['nuclei']} nuclei in {summary['seconds']} s -> "
               f"{', '.join(summary['outputs'].values())}", file=sys.stdout)
-        if summary["mpp_from"].startswith("assumed"):
+        if summary["mpp_from"] == MPP_ASSUMED:
             unsized.append(path.name)
     if unsized:  # a 20x tile taken for 40x gets nuclei half their size: say so once, not per tile
+        from nucseg.models.registry import resolve_model
+
         names = unsized[0] if len(unsized) == 1 else f"{len(unsized)} inputs (e.g. {unsized[0]})"
-        mpp = config_mpp(config)
+        mpp = resolve_model(config.model).mpp
         print(f"nucseg predict: note: {names} did not say their pixel size and were segmented as {mpp:g} µm/px "
               f"(the model's own, about {10 / mpp:.0f}x); pass --mpp if they are another magnification (20x is "
               "about 0.5)", file=sys.stderr)

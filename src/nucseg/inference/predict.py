@@ -238,7 +238,8 @@ def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
     ry, rx = origin
     n = int(inst.max())
     if n:
-        if by <= ry and bx <= rx and ry + inst.shape[0] <= by + bh and rx + inst.shape[1] <= bx + bw:  # e.g. an image of one block: every centre lies in the core, no need to measure them
+        # all of `inst` inside the core (an image of one block): every centre is too, no need to measure them
+        if by <= ry and bx <= rx and ry + inst.shape[0] <= by + bh and rx + inst.shape[1] <= bx + bw:
             keep = np.ones(n, bool)
         else:
             centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
