@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     keys = [k for k in TABLE_KEYS if any(k in r for r in rows)]
     if single:
         row = rows[0]
-        print(f"{pairs[0][2]} vs {pairs[0][1]} (objects match at IoU > {config.iou_threshold})")
+        print(f"{pairs[0][2]} vs {pairs[0][1]} (objects match at IoU >= {config.iou_threshold})")
         print(_table([{"metric": k, "value": row[k]} for k in keys], ["value"], "metric"))
         print(f"nuclei: {row['n_truth']} in truth, {row['n_pred']} predicted")
     else:
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         pooled = {"image": "POOLED", **summary["pooled"], **{k: summary[k] for k in ("tp", "fp", "fn")}}
         print(_table([*rows, mean, pooled], keys, "image"))
         print(f"{summary['n_images']} images; MEAN averages over images, POOLED treats them as one (AJI = sum of "
-              f"intersections / sum of unions); objects match at IoU > {config.iou_threshold}; all metrics: --json, --csv")
+              f"intersections / sum of unions); objects match at IoU >= {config.iou_threshold}; all metrics: --json, --csv")
     if args.csv is not None:
         print(f"wrote {args.csv}")
     return 0
