@@ -417,3 +417,22 @@ def test_bad_labels_rejected():
         measure_nuclei(np.zeros((3, 3), np.float32))
     with pytest.raises(InvalidInputError, match="relabel"):
         write_labels_zarr(np.full((3, 3), 2**40, np.int64), "unused.zarr")
+
+
+def test_csv_and_geojson_in_one_pass_equal_the_separate_files(tmp_path, monkeypatch):
+    labels = blobs((120, 100), 5)
+    image = np.random.default_rng(0).integers(0, 255, (120, 100, 3)).astype(np.uint8)
+    write_measurements_csv(labels, tmp_path / "a.csv", image=image, mpp=0.5)
+    write_geojson(labels, tmp_path / "a.geojson", image=image, mpp=0.5)
+    passes = []
+    real = export.iter_nuclei
+    monkeypatch.setattr(export, "iter_nuclei", lambda *a, **k: passes.append(1) or real(*a, **k))
+    written = export.write_nuclei_tables(labels, csv_path=tmp_path / "b.csv", geojson_path=tmp_path / "b.geojson",
+                                         image=image, mpp=0.5)
+    assert passes == [1] and set(written) == {"csv", "geojson"}
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    a, b = (json.loads((tmp_path / f"{n}.geojson").read_text()) for n in "ab")
+    strip = [{k: v for k, v in f.items() if k != "id"} for f in a["features"]]
+    assert strip == [{k: v for k, v in f.items() if k != "id"} for f in b["features"]] and a["nucseg"] == b["nucseg"]
+    with pytest.raises(InvalidInputError, match="csv_path"):
+        export.write_nuclei_tables(labels)
