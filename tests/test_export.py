@@ -436,3 +436,15 @@ def test_csv_and_geojson_in_one_pass_equal_the_separate_files(tmp_path, monkeypa
     assert strip == [{k: v for k, v in f.items() if k != "id"} for f in b["features"]] and a["nucseg"] == b["nucseg"]
     with pytest.raises(InvalidInputError, match="csv_path"):
         export.write_nuclei_tables(labels)
+
+
+@pytest.mark.parametrize("ids", [(5_000_001, 5_000_002, 5_000_003), (17, 3_000_000_001, 4_000_000_000)])
+def test_large_and_spread_out_ids_keep_their_values(tmp_path, ids):
+    labels = np.zeros((40, 60), np.uint32)
+    for k, label in enumerate(ids):
+        labels[5:15, 5 + 20 * k:15 + 20 * k] = label
+    lazy = lazy_copy(labels, tmp_path / "l.zarr", chunks=16)
+    for source in (labels, lazy):
+        assert [r["id"] for r in measure_nuclei(source)] == list(ids)
+        assert sorted(f["properties"]["nucseg_id"] for f in labels_to_geojson(source)["features"]) == list(ids)
+        assert all(r["area_px"] == 100 for r in measure_nuclei(source))
