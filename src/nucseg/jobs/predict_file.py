@@ -1,0 +1,191 @@
+"""Segment one input file and write its outputs atomically: the work unit of a batch, in-process or on a worker.
+
+Every output is first written under a hidden temporary name in the output folder and renamed into place only when
+all of them are complete, `<stem>_predict.json` last. So a run that fails (or is killed) never destroys earlier
+outputs, and an input whose JSON is present was finished: `nucseg predict --resume` relies on that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from nucseg.config import InferenceConfig
+from nucseg.errors import StoreError
+
+#: output formats and the names of their files
+OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
+                "csv": "{stem}_nuclei.csv"}
+FORMATS = tuple(OUTPUT_NAMES)
+#: `mpp_from` in <stem>_predict.json when neither the file nor --mpp gave the pixel size
+MPP_UNKNOWN = "unknown"
+#: version of the <stem>_predict.json layout (checked by --resume)
+SUMMARY_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+    """What every input of a batch is segmented with (picklable: it travels to Dask workers).
+
+    Attributes:
+        config: model, device, tiling, thresholds.
+        formats: outputs to write, among `FORMATS`.
+        region: (y, x, h, w) in level-0 pixels, or None for everything.
+        mpp: microns per pixel for inputs whose file does not say (``--mpp``); None leaves them in pixel units.
+    """
+
+    config: InferenceConfig
+    formats: tuple[str, ...] = ("tif",)
+    region: tuple[int, int, int, int] | None = None
+    mpp: float | None = None
+
+    def request(self) -> dict[str, Any]:
+        """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
+        return json.loads(json.dumps({"config": self.config.to_dict(), "region": self.region, "mpp_option": self.mpp}))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchItem:
+    """One input of a batch and where its outputs go.
+
+    Attributes:
+        input: the input file (absolute).
+        stem: unique name its outputs start with.
+        out: the output folder.
+        stem_note: why `stem` differs from the file's own name, when it does (recorded in the JSON).
+        replace: outputs already there may be replaced (``--overwrite``, or leftovers of an unfinished run).
+    """
+
+    input: Path
+    stem: str
+    out: Path
+    stem_note: str | None = None
+    replace: bool = False
+
+    def outputs(self, formats: tuple[str, ...] | list[str]) -> dict[str, Path]:
+        return {f: self.out / OUTPUT_NAMES[f].format(stem=self.stem) for f in formats}
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / f"{self.stem}_predict.json"
+
+
+def local_worker() -> dict[str, Any]:
+    """Who runs an input in-process: this host and process."""
+    return {"name": "in-process", "address": None, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _temporary(path: Path, token: str) -> Path:
+    return path.with_name(f".{path.name}.{token}.partial")
+
+
+def leftovers(item: BatchItem) -> list[Path]:
+    """Temporary files of earlier, unfinished runs of this item (hidden `.NAME.TOKEN.partial` files)."""
+    names = [p.name for p in item.outputs(FORMATS).values()] + [item.summary_path.name, f"{item.stem}.scratch.zarr"]
+    return [p for name in names for p in item.out.glob(f".{name}.*.partial")]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], replace: bool) -> None:
+    """Rename complete temporary outputs into place, the summary JSON last.
+
+    When replacing, the old JSON goes first: an input caught between two renames has no JSON and counts as
+    unfinished (never as finished with a mix of old and new files)."""
+    targets = [final for _, final in [*pairs, summary]]
+    taken = [t for t in targets if t.exists()]
+    if taken and not replace:  # appeared while this input ran (another run into the same folder)
+        raise StoreError(f"{taken[0]} already exists; remove it, choose another --out, or pass --overwrite")
+    try:
+        if replace and summary[1].exists():
+            summary[1].unlink()
+        for tmp, final in [*pairs, summary]:
+            if final.is_dir() and not final.is_symlink():  # a zarr folder: move the old one aside, then swap
+                trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+    except OSError as err:
+        raise StoreError(f"cannot write {err.filename or targets[0]}: {err.strerror or err}; check the output "
+                         "folder is writable and has space") from err
+
+
+def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str, Any] | None = None
+                      ) -> Generator[Any, None, dict[str, Any]]:
+    """Segment `item.input` and write its outputs (see the module docstring).
+
+    Yields:
+        `nucseg.inference.predict.PredictProgress` records.
+
+    Returns:
+        The summary written to `<stem>_predict.json`.
+    """
+    import numpy as np
+
+    from nucseg.inference.predict import iter_predict
+    from nucseg.io import export
+    from nucseg.io.slides import open_slide
+    from nucseg.models.registry import resolve_model
+
+    t0 = time.perf_counter()
+    config = settings.config
+    token = uuid.uuid4().hex[:8]
+    targets = item.outputs(settings.formats)
+    temps = {f: _temporary(p, token) for f, p in targets.items()}
+    summary_tmp = _temporary(item.summary_path, token)
+    scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
+    try:
+        with open_slide(item.input) as slide:
+            # units only from the file or from --mpp; otherwise the outputs stay in pixels and say so
+            mpp, mpp_from = ((slide.mpp, "file") if slide.mpp else (settings.mpp, "--mpp") if settings.mpp
+                             else (None, MPP_UNKNOWN))
+            region = settings.region
+            pixels = region[2] * region[3] if region else slide.shape[0] * slide.shape[1]
+            big = pixels > config.block_size**2
+            store = temps.get("zarr") or (scratch if big else None)
+            result = yield from iter_predict(slide, config, mpp=mpp, region=region, out=store)
+            labels, offset = result.labels, result.region[:2]
+            if "tif" in temps:
+                export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
+            if "geojson" in temps:
+                export.write_geojson(labels, temps["geojson"], offset=offset)
+            if "csv" in temps:
+                image = slide.read_region(0, *result.region) if not big else None
+                export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
+            if "zarr" in temps:
+                import zarr
+
+                zarr.open_group(str(temps["zarr"]), mode="a").attrs.update({"mpp": mpp, "mpp_from": mpp_from})
+        summary = {
+            "summary_version": SUMMARY_VERSION,
+            "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
+            **({"stem_note": item.stem_note} if item.stem_note else {}),
+            "outputs": {k: str(v) for k, v in targets.items()}, "nuclei": result.n_nuclei,
+            "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
+            **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
+            "model": result.model_info, "worker": worker or local_worker(),
+            "predict_seconds": round(result.seconds, 2), "seconds": round(time.perf_counter() - t0, 2),
+            "request": settings.request(), "config": config.to_dict(), "labels_dtype": str(np.dtype(labels.dtype)),
+        }
+        summary_tmp.write_text(json.dumps(summary, indent=2))
+        commit_outputs([(temps[f], targets[f]) for f in settings.formats], (summary_tmp, item.summary_path),
+                       item.replace)
+        return summary
+    finally:
+        for path in [*temps.values(), summary_tmp, scratch]:
+            _remove(path)
