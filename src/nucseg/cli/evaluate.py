@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, type=Path, metavar="LABELS", help="predicted label image or folder")
     p.add_argument("--prob", type=Path, metavar="PROB",
                    help="foreground probability map (TIFF / PNG / NPY; a folder when TRUTH is a folder) for the AUC")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU above which objects match (default 0.5)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU at or above which objects match (default 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--csv", type=Path, metavar="OUT.csv", help="also write the per-image metrics as CSV")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
