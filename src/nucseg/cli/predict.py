@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: the model's)")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
+    p.add_argument("--allow-fluorescence", action="store_true", help="segment a slide that looks like fluorescence")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -68,7 +69,7 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
 
     from nucseg.inference.predict import iter_predict
     from nucseg.io import export
-    from nucseg.io.slides import open_slide
+    from nucseg.io.slides import open_slide, require_brightfield
 
     stem = path.name.split(".")[0]
     targets = output_paths(args.out, stem, formats)
@@ -78,6 +79,7 @@ def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str
         if args.overwrite and target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     with open_slide(path) as slide:
+        require_brightfield(slide, args.allow_fluorescence)
         mpp = slide.mpp or args.mpp
         mpp_from = "file" if slide.mpp else "--mpp" if args.mpp else MPP_ASSUMED
         region = parse_region(args.region)
