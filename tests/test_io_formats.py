@@ -278,3 +278,24 @@ def test_twelve_bit_data_is_not_nearly_black(tmp_path):
     tifffile.imwrite(tmp_path / "dim.ome.tif", np.full((32, 32), 1000, np.uint16),
                      metadata={"axes": "YX", "SignificantBits": 12})
     assert read_image(tmp_path / "dim.ome.tif")[0, 0, 0] == 62
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_predict_dicom_folder_and_svs_give_the_same_nuclei(shared_data, tmp_path, capsys):
+    """`nucseg predict` with the default model on the DICOM folder (one input) and on the SVS, same region."""
+    from nucseg.cli import main
+    from nucseg.metrics.matching import object_metrics
+
+    region = "1000,800,320,320"  # y,x,h,w at level 0 (0.499 µm/px): tissue with a few dozen nuclei
+    sources = {"dicom": formats(shared_data) / "dicom_cmu1_small_region", "svs": shared_data / "slides" / "small_HE.svs"}
+    labels = {}
+    for name, src in sources.items():
+        out = tmp_path / name
+        assert main(["predict", str(src), "--out", str(out), "--region", region, "--quiet"]) == 0
+        [tif] = out.glob("*_labels.tif")  # the folder is one input: one set of outputs
+        labels[name] = tifffile.imread(tif)
+    capsys.readouterr()
+    assert labels["dicom"].shape == labels["svs"].shape and labels["svs"].max() > 20
+    scores = object_metrics(labels["svs"], labels["dicom"])
+    assert scores["f1"] >= 0.99, scores
