@@ -299,3 +299,20 @@ def test_predict_dicom_folder_and_svs_give_the_same_nuclei(shared_data, tmp_path
     assert labels["dicom"].shape == labels["svs"].shape and labels["svs"].max() > 20
     scores = object_metrics(labels["svs"], labels["dicom"])
     assert scores["f1"] >= 0.99, scores
+
+
+@pytest.mark.shared_data
+def test_a_corrupt_tile_is_a_slide_read_error_in_a_fresh_process(shared_data, tmp_path):
+    """imagecodecs loads its codecs' error classes lazily: a JPEG error that comes after an earlier, other read
+    error (which built the tuple of read errors) must be caught too."""
+    import subprocess
+    import sys
+
+    text = tmp_path / "text.tif"
+    text.write_text("not a tiff")
+    code = ("from nucseg.io.slides import open_slide\nfrom nucseg.errors import SlideReadError\n"
+            f"for path in ({str(text)!r}, {str(shared_data / 'slides' / 'broken' / 'unreadable.svs')!r}):\n"
+            "    try:\n        open_slide(path)\n    except SlideReadError as err:\n        print('ok', err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("ok cannot read") for line in lines), done.stderr[-2000:]

@@ -46,7 +46,10 @@ def test_png_tile_layer(tmp_path):
     [(data, kwargs, kind)] = get_reader(str(tmp_path / "tile one.png"))(str(tmp_path / "tile one.png"))
     assert kind == "image" and kwargs["rgb"] is True and kwargs["multiscale"] is False
     assert kwargs["name"] == "tile one" and "scale" not in kwargs  # mpp unknown: napari's default pixel scale
-    assert kwargs["metadata"] == {"nucseg_path": str(tmp_path / "tile one.png"), "mpp": None, "format": "png"}
+    meta = kwargs["metadata"]
+    assert (meta["nucseg_path"], meta["mpp"], meta["format"], meta["reader"]) == (
+        str(tmp_path / "tile one.png"), None, "png", "pillow")
+    assert "units" not in kwargs  # pixels
     np.testing.assert_array_equal(np.asarray(data), image)
 
 
