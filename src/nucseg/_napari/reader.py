@@ -110,8 +110,9 @@ def slide_layer(slide: Slide) -> LayerData:
 def labels_layer(labels: LabelFile) -> LayerData:
     """One labels layer tuple for a label file (multiscale for pyramids)."""
     multiscale = len(labels.levels) > 1
+    name = _name(labels.path)
     kwargs: dict[str, Any] = {
-        "name": _name(labels.path),
+        "name": name if "label" in name.lower() else f"{name} labels",  # truth beside its image: not "x [1]"
         "multiscale": multiscale,
         "metadata": {"nucseg_path": str(labels.path), "mpp": labels.mpp, "format": labels.source},
     }
