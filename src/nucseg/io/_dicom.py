@@ -128,7 +128,7 @@ def open_dicom(path: Path) -> Slide:
         wsi = wsidicom.WsiDicom.open(files)
     except read_errors() as err:
         raise SlideReadError(path, f"not a readable DICOM whole-slide image: {one_line(err)}",
-                             "pass the folder of a DICOM WSI series (VL Whole Slide Microscopy), complete") from err
+                             "pass the complete folder of a DICOM WSI series (VL Whole Slide Microscopy)") from err
     try:
         colour, icc = icc_of(icc_transform(_icc(wsi)))
         tag = f"nucseg-dicom-{id(wsi):x}-{slide_path.name}"

@@ -32,6 +32,14 @@ VENDOR_FORMATS = {"hamamatsu": "Hamamatsu NDPI / VMS", "mirax": "3DHISTECH MRXS"
                   "generic-tiff": "generic tiled TIFF", "aperio": "Aperio SVS"}
 
 
+def format_name(vendor: str, path: Path) -> str:
+    """`Slide.format` for a file OpenSlide reads: the format's common name ("ndpi", "mrxs", "scn", ...)."""
+    if vendor == "hamamatsu":
+        return "vms" if path.suffix.lower() in (".vms", ".vmu") else "ndpi"
+    return {"mirax": "mrxs", "leica": "scn", "ventana": "bif", "philips": "philips-tiff", "sakura": "svslide",
+            "aperio": "aperio-svs", "generic-tiff": "tiff-openslide"}.get(vendor, vendor)
+
+
 def detect_vendor(path: Path) -> str | None:
     """OpenSlide's name for the file's format ("hamamatsu", "mirax", ...), or None when it is not a slide it reads."""
     import openslide
@@ -111,11 +119,12 @@ def open_openslide(path: Path) -> Slide:
         meta: dict[str, Any] = {"vendor": vendor, "levels": len(levels), "tile": tile0 if all(tile0) else None}
         if props.get("openslide.objective-power"):
             with contextlib.suppress(ValueError):
-                meta["objective_power"] = float(props["openslide.objective-power"])
+                power = float(props["openslide.objective-power"])
+                meta["objective_power"] = int(power) if power.is_integer() else power
         for key in ("openslide.comment", "tiff.Software", "tiff.Model"):
             if props.get(key):
                 meta[key.split(".", 1)[1].lower()] = " ".join(str(props[key]).split())[:200]
-        slide = Slide(path, vendor, levels, downsamples, _mpp(props), associated, meta, readers, [osr],
+        slide = Slide(path, format_name(vendor, path), levels, downsamples, _mpp(props), associated, meta, readers, [osr],
                       reader="openslide", icc=icc)
         for i, read in enumerate(readers):  # decode one tile per level now, so that a damaged file fails here
             try:

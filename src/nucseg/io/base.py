@@ -52,13 +52,16 @@ def read_errors() -> tuple[type[BaseException], ...]:
         errors.append(tifffile.TiffFileError)
     except ImportError:  # pragma: no cover
         pass
-    try:  # each codec's error (JpegError, ZlibError, ...): a tile whose compressed bytes cannot be decoded
+    try:  # each codec's error (Jpeg8Error, ZlibError, ...): a tile whose compressed bytes cannot be decoded
         import imagecodecs
-
-        errors += [v for k, v in vars(imagecodecs).items() if k.endswith("Error") and isinstance(v, type)
-                   and issubclass(v, RuntimeError)]
     except ImportError:  # pragma: no cover
-        pass
+        imagecodecs = None
+    for name in dir(imagecodecs) if imagecodecs is not None else ():
+        if name.endswith("Error"):  # imagecodecs loads its codecs (and their errors) lazily: getattr loads them
+            with contextlib.suppress(ImportError, AttributeError):
+                value = getattr(imagecodecs, name)
+                if isinstance(value, type) and issubclass(value, RuntimeError):
+                    errors.append(value)
     for module, name in (("openslide", "OpenSlideError"), ("pydicom.errors", "InvalidDicomError"),
                          ("wsidicom.errors", "WsiDicomError"), ("wsidicom.errors", "WsiDicomNotFoundError"),
                          ("wsidicom.errors", "WsiDicomFileError"), ("zarr.errors", "BaseZarrError")):

@@ -40,12 +40,14 @@ class BatchSettings:
         formats: outputs to write, among `FORMATS`.
         region: (y, x, h, w) in level-0 pixels, or None for everything.
         mpp: microns per pixel for inputs whose file does not say (``--mpp``); None leaves them in pixel units.
+        allow_fluorescence: segment slides that look like fluorescence (refused by default: the model is for H&E).
     """
 
     config: InferenceConfig
     formats: tuple[str, ...] = ("tif",)
     region: tuple[int, int, int, int] | None = None
     mpp: float | None = None
+    allow_fluorescence: bool = False
 
     def request(self) -> dict[str, Any]:
         """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
@@ -139,7 +141,7 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
 
     from nucseg.inference.predict import iter_predict
     from nucseg.io import export
-    from nucseg.io.slides import open_slide
+    from nucseg.io.slides import open_slide, require_brightfield
     from nucseg.models.registry import resolve_model
 
     t0 = time.perf_counter()
@@ -151,6 +153,7 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
     scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
     try:
         with open_slide(item.input) as slide:
+            require_brightfield(slide, settings.allow_fluorescence)
             # units only from the file or from --mpp; otherwise the outputs stay in pixels and say so
             mpp, mpp_from = ((slide.mpp, "file") if slide.mpp else (settings.mpp, "--mpp") if settings.mpp
                              else (None, MPP_UNKNOWN))
