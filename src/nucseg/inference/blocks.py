@@ -84,19 +84,17 @@ class BlockOutput:
     stopped: bool = False
 
 
-def iter_block(
+def iter_block_probabilities(
     plan: PredictionPlan,
     index: int,
     predictor: Predictor,
     *,
     stop: threading.Event | None = None,
-    probs_dtype: Any = np.float32,
-) -> Generator[tuple[str, int], None, BlockOutput]:
-    """`run_block` as a generator: yields (stage, tiles done in this block) before each slow step and after
-    each batch; returns the `BlockOutput`."""
+) -> Generator[tuple[str, int], None, tuple[np.ndarray, int, bool]]:
+    """The blended probabilities of block `index` over its read box (clipped to the region), without
+    post-processing. Yields (stage, tiles done in this block) before each slow step and after each batch;
+    returns (probabilities, tiles done, stopped)."""
     block = plan.blocks[index]
-    if not block.tiles:
-        return BlockOutput(index)
     config, source = plan.config, plan.source
     spec, device = predictor.spec, predictor.device
     tiling = config.tiling
@@ -118,20 +116,44 @@ def iter_block(
             canvas.add(t, p)
         done += len(batch_tiles)
         yield "predicting", done
-    if not stopped:
-        yield "separating nuclei", done
     # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
     H, W = source.shape
-    probs = canvas.result()[:, : min(rh, H - ry), : min(rw, W - rx)]
+    return canvas.result()[:, : min(rh, H - ry), : min(rw, W - rx)], done, stopped
+
+
+def iter_block(
+    plan: PredictionPlan,
+    index: int,
+    predictor: Predictor,
+    *,
+    stop: threading.Event | None = None,
+    probs_dtype: Any = np.float32,
+) -> Generator[tuple[str, int], None, BlockOutput]:
+    """`run_block` as a generator: yields (stage, tiles done in this block) before each slow step and after
+    each batch; returns the `BlockOutput`."""
+    block = plan.blocks[index]
+    if not block.tiles:
+        return BlockOutput(index)
+    probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop)
+    if not stopped:
+        yield "separating nuclei", done
+    ry, rx = block.read[:2]
     # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
     y0, x0 = min(t.y0 for t in block.tiles) - ry, min(t.x0 for t in block.tiles) - rx
     y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
-    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], config.postprocess)
+    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], plan.config.postprocess)
     labels, n = keep_core_nuclei(inst, block.box, (ry + y0, rx + x0))
-    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), source)
+    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), plan.source)
+    return BlockOutput(index, labels, labels_box, n, convert_probabilities(block_core(plan, index, probs), probs_dtype),
+                       done, stopped)
+
+
+def block_core(plan: PredictionPlan, index: int, probs: np.ndarray) -> np.ndarray:
+    """The part of a block's read-box probabilities that is its core."""
+    block = plan.blocks[index]
     by, bx, bh, bw = block.box
-    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
-    return BlockOutput(index, labels, labels_box, n, convert_probabilities(core, probs_dtype), done, stopped)
+    ry, rx = block.read[:2]
+    return probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
 
 
 def run_block(
