@@ -93,7 +93,11 @@ def iter_block_probabilities(
 ) -> Generator[tuple[str, int], None, tuple[np.ndarray, int, bool]]:
     """The blended probabilities of block `index` over its read box (clipped to the region), without
     post-processing. Yields (stage, tiles done in this block) before each slow step and after each batch;
-    returns (probabilities, tiles done, stopped)."""
+    returns (probabilities, tiles done, stopped).
+
+    The first tile of the plan's first block with tiles runs alone, so a run's progress moves after one tile, not
+    a whole batch; that is part of the plan (a batch's make-up can change the last bits of a convolution), so
+    every runner batches alike."""
     block = plan.blocks[index]
     config, source = plan.config, plan.source
     spec, device = predictor.spec, predictor.device
@@ -107,7 +111,10 @@ def iter_block_probabilities(
     canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
     todo = add_window_tile(canvas, list(block.tiles), block.window, window_probs, config.tta)
     done, stopped = len(block.tiles) - len(todo), False
-    for batch_tiles in iter_batches(todo, tiling.batch_size):
+    batches = list(iter_batches(todo, tiling.batch_size))
+    if index == plan.first_block and len(todo) > 1 and tiling.batch_size > 1:
+        batches = [todo[:1], *iter_batches(todo[1:], tiling.batch_size)]
+    for batch_tiles in batches:
         if stop is not None and stop.is_set():
             stopped = True
             break

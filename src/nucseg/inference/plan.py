@@ -70,6 +70,11 @@ class PredictionPlan:
     tissue: tuple[np.ndarray, float] | None
 
     @property
+    def first_block(self) -> int:
+        """Index of the first block with tiles (its first tile runs alone: see `iter_block_probabilities`)."""
+        return next((b.index for b in self.blocks if b.tiles), -1)
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(h, w) of the region at the model's resolution."""
         return self.source.shape

@@ -11,6 +11,7 @@ so its tiles agree with each other. Slides stream into chunked zarr, so memory d
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -131,9 +132,17 @@ def iter_predict(
         raise StoreError(f"{out} already exists: predictions are never written over; choose a new output folder")
     t0 = time.perf_counter()
     yield PredictProgress(0, 0, "loading model")
-    predictor = load_predictor(config)
-    yield PredictProgress(0, 0, "finding tissue" if config.skip_background else "planning")
-    plan = plan_prediction(image, config, mpp=mpp, region=region)
+    # the model loads (seconds, the first time) while the tissue is found: the two overlap
+    loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucseg-load")
+    future = loading.submit(load_predictor, config)
+    loading.shutdown(wait=False)
+    try:
+        yield PredictProgress(0, 0, "finding tissue" if config.skip_background else "planning")
+        plan = plan_prediction(image, config, mpp=mpp, region=region)
+    finally:
+        if not future.done():
+            yield PredictProgress(0, 0, "loading model")
+        predictor = future.result()
     total, blocks = plan.total, len(plan.blocks)
     labels_out, probs_out = _open_outputs(out, plan.label_shape, plan.shape)
     probs_dtype = probs_out.dtype

@@ -22,9 +22,9 @@ from nucseg.errors import InvalidInputError
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
-#: the tissue mask is read from the coarsest level at most this many level-0 pixels per pixel...
-TISSUE_MAX_DOWNSAMPLE = 32.0
-#: ...and strided further when that level still has more pixels than this
+#: a tissue-mask pixel covers this many model pixels along each side (2 um at 0.25 um/px: a 512-px tile is 64 mask
+#: pixels), or more where the mask would otherwise exceed TISSUE_MAX_PIXELS
+TISSUE_MASK_DOWNSAMPLE = 8
 TISSUE_MAX_PIXELS = 4096 * 4096
 
 
@@ -190,18 +190,22 @@ class ScaledSource:
     def tissue_mask(self) -> tuple[np.ndarray, float]:
         """A low-resolution tissue mask of the region and its downsample relative to model pixels.
 
-        Read from the coarsest level at most `TISSUE_MAX_DOWNSAMPLE` times coarser than level 0 (strided when
-        that is still large), so a flat image and a pyramid are handled alike.
+        One mask pixel covers about `TISSUE_MASK_DOWNSAMPLE` model pixels: read from the coarsest level that is
+        still finer, then averaged down in blocks, so a flat image and a pyramid are handled alike (and a flat
+        image's mask costs little).
         """
+        from skimage.measure import block_reduce
+
         from nucseg.inference.tissue import tissue_mask
 
-        downs = [float(d) for d in self.image.downsamples]
-        level = max((i for i, d in enumerate(downs) if d <= TISSUE_MAX_DOWNSAMPLE), key=lambda i: downs[i],
-                    default=0)
-        down = downs[level]
         y0, x0, h, w = self.region0
-        ly, lx = int(y0 / down), int(x0 / down)
-        lh, lw = max(1, math.ceil(h / down)), max(1, math.ceil(w / down))
-        stride = max(1, math.ceil(math.sqrt(lh * lw / TISSUE_MAX_PIXELS)))
-        thumb = self.image.read_region(level, ly, lx, lh, lw)[::stride, ::stride]
-        return tissue_mask(thumb), down * stride / self.factor
+        target = max(TISSUE_MASK_DOWNSAMPLE * self.factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
+        downs = [float(d) for d in self.image.downsamples]
+        level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
+        down = downs[level]
+        thumb = self.image.read_region(level, int(y0 / down), int(x0 / down),
+                                       max(1, math.ceil(h / down)), max(1, math.ceil(w / down)))
+        k = max(1, int(target / down + 0.01))
+        if k > 1:  # white beyond the edge, like glass
+            thumb = block_reduce(thumb, (k, k, 1), np.mean, cval=255).astype(np.uint8)
+        return tissue_mask(thumb), down * k / self.factor
