@@ -55,7 +55,7 @@ class LayerPyramid:
 
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
-        from nucseg.inference.predict_array import as_rgb_uint8
+        from nucseg.inference.source import as_rgb_uint8
 
         array = self.levels[level]
         H, W = int(array.shape[0]), int(array.shape[1])
@@ -88,7 +88,7 @@ class ImageInput:
 
     def load(self) -> Any:
         """The image to segment: an (H, W, 3) uint8 array, or a Slide for pyramids. Call it in a worker."""
-        from nucseg.inference.predict_array import as_rgb_uint8
+        from nucseg.inference.source import as_rgb_uint8
 
         if not self.multiscale:
             return as_rgb_uint8(np.asarray(self.data), self.name)

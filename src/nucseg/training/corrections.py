@@ -162,7 +162,7 @@ def check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     Raises:
         InvalidInputError: wrong shapes or dtypes, a region too small or too large, or no nucleus at all.
     """
-    from nucseg.inference.predict_array import as_rgb_uint8
+    from nucseg.inference.source import as_rgb_uint8
     from nucseg.io.masks import as_label_image
 
     image = as_rgb_uint8(np.asarray(image), name="the corrected image")

@@ -104,7 +104,7 @@ def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Pat
 
 def load_pairs(images_dir: str | Path, labels_dir: str | Path, names: Sequence[str] | None = None) -> list[TrainingPair]:
     """Read paired images and instance labels from two folders (optionally only the stems in `names`)."""
-    from nucseg.inference.predict_array import as_rgb_uint8
+    from nucseg.inference.source import as_rgb_uint8
     from nucseg.io.masks import read_labels
     from nucseg.io.slides import read_image
 

@@ -9,7 +9,7 @@ import torch
 
 from nucseg.config import ENCODER_STRIDE, PostprocessConfig, TilingConfig
 from nucseg.inference.postprocess import probabilities_to_instances
-from nucseg.inference.predict_array import predict_probabilities
+from nucseg.inference.predict import predict_probabilities
 from nucseg.models.registry import ModelSpec
 from nucseg.training.dataset import TrainingPair
 from nucseg.training.losses import nucseg_loss
