@@ -206,8 +206,10 @@ def worker_label(worker: dict[str, Any] | None) -> str | None:
 
 
 def done_outcome(item: BatchItem, summary: dict[str, Any], status: str = "done") -> InputOutcome:
-    return InputOutcome(item, status, summary.get("nuclei"), summary.get("seconds"),
-                        worker_label(summary.get("worker")), summary=summary)
+    """A finished input; its worker, or for a slide split into blocks the workers of its blocks ("0+1")."""
+    blocks = summary.get("block_workers")
+    worker = "+".join(blocks) if blocks else worker_label(summary.get("worker"))
+    return InputOutcome(item, status, summary.get("nuclei"), summary.get("seconds"), worker, summary=summary)
 
 
 def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: dict[str, Any] | None
