@@ -265,6 +265,11 @@ def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
     return path
 
 
+def _from_disk(item: BatchItem, settings: BatchSettings) -> InputOutcome:
+    summary = finished_summary(item, settings)
+    return done_outcome(item, summary) if summary is not None else InputOutcome(item, "not run")
+
+
 def iter_local(items: Sequence[BatchItem], settings: BatchSettings) -> Generator[BatchEvent, None, None]:
     """Run items one after the other in this process."""
     worker = local_worker()
@@ -311,7 +316,8 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
             yield event
         finished = True
     finally:
-        rows = [outcomes.get(item.stem) or InputOutcome(item, "not run") for item in plan.items]
+        # an input whose outputs a worker committed before the client heard of it (Ctrl-C) is done all the same
+        rows = [outcomes.get(item.stem) or _from_disk(item, settings) for item in plan.items]
         path = write_batch_summary(plan.out, rows) if plan.out.is_dir() else plan.out / SUMMARY_NAME
     return BatchReport(rows, path, interrupted=not finished)
 

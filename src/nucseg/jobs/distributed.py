@@ -137,8 +137,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         if not workers or workers < 1:
             raise NucsegError(f"--workers {workers}: give a number of worker processes of at least 1")
         # one task thread per worker (one model, one input at a time); torch gets the cores (ModelPlugin)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=False)
     try:
         yield client
@@ -148,6 +149,24 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited through spawn): Ctrl-C in a terminal reaches the
+    whole process group, and it is the client's job to stop them (cancel, close the cluster), not theirs to die
+    with a traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dashboard_address() -> str | None:
