@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_tiling_options(p)
     p.add_argument("--format", default="tif",
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default tif)")
+    p.add_argument("--block-size", type=int, default=2048, metavar="PX",
+                   help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
+                   "a slide of several blocks is spread over the workers block by block (default 2048)")
     p.add_argument("--region", help="y,x,height,width in level-0 pixels (default: everything)")
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: unknown: "
                    "segmented as the model's resolution, outputs in pixels only)")
@@ -66,7 +69,7 @@ def build_config(args: argparse.Namespace):
     return InferenceConfig(
         model=args.model, device=args.device, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
-        postprocess=PostprocessConfig(**spec.postprocess_defaults),
+        postprocess=PostprocessConfig(**spec.postprocess_defaults), block_size=args.block_size,
     )
 
 
@@ -117,7 +120,9 @@ class BatchBars:
 def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
     if outcome.status == "done":
         summary = outcome.summary
-        where = f" on worker {outcome.worker}" if distributed else ""
+        blocks = summary.get("block_workers")
+        where = (f" in {summary['blocks']} blocks on workers {', '.join(blocks)}" if blocks
+                 else f" on worker {outcome.worker}" if distributed else "")
         bars.write(f"{outcome.item.input}: {summary['nuclei']} nuclei in {summary['seconds']} s{where} -> "
                    f"{', '.join(summary['outputs'].values())}")
     else:

@@ -206,8 +206,10 @@ def worker_label(worker: dict[str, Any] | None) -> str | None:
 
 
 def done_outcome(item: BatchItem, summary: dict[str, Any], status: str = "done") -> InputOutcome:
-    return InputOutcome(item, status, summary.get("nuclei"), summary.get("seconds"),
-                        worker_label(summary.get("worker")), summary=summary)
+    """A finished input; its worker, or for a slide split into blocks the workers of its blocks ("0+1")."""
+    blocks = summary.get("block_workers")
+    worker = "+".join(blocks) if blocks else worker_label(summary.get("worker"))
+    return InputOutcome(item, status, summary.get("nuclei"), summary.get("seconds"), worker, summary=summary)
 
 
 def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: dict[str, Any] | None
@@ -263,6 +265,11 @@ def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
     return path
 
 
+def _from_disk(item: BatchItem, settings: BatchSettings) -> InputOutcome:
+    summary = finished_summary(item, settings)
+    return done_outcome(item, summary) if summary is not None else InputOutcome(item, "not run")
+
+
 def iter_local(items: Sequence[BatchItem], settings: BatchSettings) -> Generator[BatchEvent, None, None]:
     """Run items one after the other in this process."""
     worker = local_worker()
@@ -309,7 +316,8 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
             yield event
         finished = True
     finally:
-        rows = [outcomes.get(item.stem) or InputOutcome(item, "not run") for item in plan.items]
+        # an input whose outputs a worker committed before the client heard of it (Ctrl-C) is done all the same
+        rows = [outcomes.get(item.stem) or _from_disk(item, settings) for item in plan.items]
         path = write_batch_summary(plan.out, rows) if plan.out.is_dir() else plan.out / SUMMARY_NAME
     return BatchReport(rows, path, interrupted=not finished)
 

@@ -2,7 +2,8 @@
 
 One task per input; each task segments its input on a worker and writes the outputs there (through the same
 `iter_predict_file` as the in-process path, so the files are the same), which needs the inputs and the output
-folder at the same paths on every worker (one machine, or a shared file system on a cluster).
+folder at the same paths on every worker (one machine, or a shared file system on a cluster). A slide of several
+blocks becomes one task per block instead, written here in block order (`nucseg.jobs.block_tasks`).
 
 Each worker loads the model once, when `ModelPlugin` is registered (later tasks find it in the worker's model
 cache), and frees it when the batch ends. On a machine with several GPUs, run one worker per GPU: a local cluster's
@@ -25,8 +26,9 @@ from typing import Any
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from nucseg.errors import ModelError, NucsegError
-from nucseg.jobs.batch import BatchEvent, InputOutcome, done_outcome, failed_outcome
-from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file
+from nucseg.jobs.batch import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
+from nucseg.jobs.block_tasks import BlockAssembly, forget_plans, run_block_task
+from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file, local_worker
 
 #: seconds between two tile-progress events from one task
 PROGRESS_INTERVAL = 0.5
@@ -65,6 +67,7 @@ class ModelPlugin(WorkerPlugin):
     def teardown(self, worker) -> None:
         from nucseg.models.build import clear_cache
 
+        forget_plans()
         clear_cache()
         with contextlib.suppress(Exception):  # the accelerator may be gone already when a worker shuts down
             import torch
@@ -134,8 +137,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         if not workers or workers < 1:
             raise NucsegError(f"--workers {workers}: give a number of worker processes of at least 1")
         # one task thread per worker (one model, one input at a time); torch gets the cores (ModelPlugin)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=False)
     try:
         yield client
@@ -145,6 +149,24 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited through spawn): Ctrl-C in a terminal reaches the
+    whole process group, and it is the client's job to stop them (cancel, close the cluster), not theirs to die
+    with a traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dashboard_address() -> str | None:
@@ -184,8 +206,9 @@ def _prepare(client: Client, settings: BatchSettings, out: str, scheduler: str |
 def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, workers: int | None = None,
                      scheduler: str | None = None, threads_per_worker: int | None = None
                      ) -> Generator[BatchEvent, None, None]:
-    """Run `items` as Dask tasks, one per input; yields tile progress and each input's outcome as it ends.
-    Closing the generator (Ctrl-C in the caller) cancels what has not finished and releases the cluster."""
+    """Run `items` as Dask tasks: one per input, or one per block for a slide of several blocks (written here, in
+    block order). Yields tile progress and each input's outcome as it ends. Closing the generator (Ctrl-C in the
+    caller) cancels what has not finished, removes its temporary files and releases the cluster."""
     if not items:
         return
     if workers and not scheduler and not threads_per_worker:  # a local cluster shares this machine's cores
@@ -196,24 +219,82 @@ def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, wor
         events: queue.SimpleQueue = queue.SimpleQueue()
         client.subscribe_topic(topic, events.put)
         by_stem = {item.stem: item for item in items}
-        pending = {client.submit(run_file_task, item, settings, topic, key=f"nucseg-{item.stem}-{topic[-8:]}",
-                                 pure=False): item for item in items}
+        pending: dict[Any, tuple[BatchItem, int | None]] = {}
+        assemblies: dict[str, BlockAssembly] = {}
         try:
+            for item in items:  # planning a slide here overlaps with the workers' first tasks
+                t0 = time.perf_counter()
+                try:
+                    assembly = BlockAssembly.open(item, settings)
+                except Exception as err:  # noqa: BLE001 - e.g. a broken slide: reported, the batch goes on
+                    yield BatchEvent("input", item, outcome=failed_outcome(item, err, time.perf_counter() - t0,
+                                                                           local_worker()))
+                    continue
+                if assembly is None:
+                    future = client.submit(run_file_task, item, settings, topic, pure=False,
+                                           key=f"nucseg-{item.stem}-{topic[-8:]}")
+                    pending[future] = (item, None)
+                    continue
+                assemblies[item.stem] = assembly
+                for index in assembly.indices:
+                    future = client.submit(run_block_task, item, settings, index, topic, pure=False,
+                                           key=f"nucseg-{item.stem}-block{index}-{topic[-8:]}")
+                    pending[future] = (item, index)
+                yield BatchEvent("tiles", item, 0, assembly.total)
             while pending:
                 with contextlib.suppress(queue.Empty):
                     while True:
                         _, msg = events.get(timeout=0.2)
-                        yield BatchEvent("tiles", by_stem[msg["stem"]], msg["done"], msg["total"])
+                        item = by_stem[msg["stem"]]
+                        if "block" in msg:
+                            if item.stem in assemblies:
+                                assembly = assemblies[item.stem]
+                                yield BatchEvent("tiles", item, assembly.progress(msg["block"], msg["done"]),
+                                                 assembly.total)
+                        else:
+                            yield BatchEvent("tiles", item, msg["done"], msg["total"])
                 for future in [f for f in pending if f.done()]:
-                    item = pending.pop(future)
-                    yield BatchEvent("input", item, outcome=_outcome(future, item))
+                    item, index = pending.pop(future)
+                    if index is None:
+                        yield BatchEvent("input", item, outcome=_outcome(future, item))
+                    elif item.stem in assemblies:
+                        outcome = _add_block(assemblies[item.stem], future, item)
+                        if outcome is not None:
+                            assemblies.pop(item.stem).close()
+                            if outcome.status != "done":  # the slide failed: its other blocks are not needed
+                                rest = [f for f, (i, _) in pending.items() if i.stem == item.stem]
+                                client.cancel(rest)
+                                for f in rest:
+                                    pending.pop(f)
+                            yield BatchEvent("input", item, outcome=outcome)
         finally:
             if pending:
                 with contextlib.suppress(Exception):
                     client.cancel(list(pending))
+            for assembly in assemblies.values():
+                assembly.close()
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(topic)
                 client.unregister_worker_plugin(plugin)  # frees the model on a shared cluster's workers
+
+
+def _add_block(assembly: BlockAssembly, future, item: BatchItem) -> InputOutcome | None:
+    """Take a finished block task; returns the slide's outcome when it is complete or has failed, else None."""
+    seconds = time.perf_counter() - assembly.t0
+    if future.status != "finished":
+        return _outcome(future, item)
+    result = future.result()
+    if result.error is not None:
+        outcome = InputOutcome(item, "failed", seconds=round(seconds, 2), worker=worker_label(result.worker),
+                               error=result.error)
+        if result.traceback:
+            outcome.summary = {"traceback": result.traceback}
+        return outcome
+    try:
+        assembly.add(result)
+        return done_outcome(item, assembly.finish()) if assembly.complete else None
+    except Exception as err:  # noqa: BLE001 - writing this slide failed (disk full...): reported, the batch goes on
+        return failed_outcome(item, err, seconds, local_worker())
 
 
 def _outcome(future, item: BatchItem) -> InputOutcome:

@@ -40,14 +40,13 @@ class BatchSettings:
         formats: outputs to write, among `FORMATS`.
         region: (y, x, h, w) in level-0 pixels, or None for everything.
         mpp: microns per pixel for inputs whose file does not say (``--mpp``); None leaves them in pixel units.
-        allow_fluorescence: segment slides that look like fluorescence (refused by default: the model is for H&E).
     """
 
     config: InferenceConfig
     formats: tuple[str, ...] = ("tif",)
     region: tuple[int, int, int, int] | None = None
     mpp: float | None = None
-    allow_fluorescence: bool = False
+    allow_fluorescence: bool = False  # slides that look like fluorescence are refused (the model is for H&E)
 
     def request(self) -> dict[str, Any]:
         """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
@@ -127,6 +126,93 @@ def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], r
                          "folder is writable and has space") from err
 
 
+def input_units(slide, settings: BatchSettings) -> tuple[float | None, str]:
+    """Microns per pixel of an input and where they come from: the file, else --mpp, else unknown (outputs then
+    stay in pixels and say so)."""
+    if slide.mpp:
+        return slide.mpp, "file"
+    if settings.mpp:
+        return settings.mpp, "--mpp"
+    return None, MPP_UNKNOWN
+
+
+def is_big(slide, settings: BatchSettings) -> bool:
+    """More pixels than one block: labels stream into a zarr store rather than memory."""
+    region = settings.region
+    pixels = region[2] * region[3] if region else slide.shape[0] * slide.shape[1]
+    return pixels > settings.config.block_size**2
+
+
+class OutputSet:
+    """The temporary files of one input's outputs, written in full and then committed together (or removed).
+
+    Use as a context manager: on exit, whatever was not committed is removed.
+    """
+
+    def __init__(self, item: BatchItem, settings: BatchSettings):
+        self.item, self.settings = item, settings
+        token = uuid.uuid4().hex[:8]
+        self.targets = item.outputs(settings.formats)
+        self.temps = {f: _temporary(p, token) for f, p in self.targets.items()}
+        self.summary_tmp = _temporary(item.summary_path, token)
+        self.scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in [*self.temps.values(), self.summary_tmp, self.scratch]:
+            _remove(path)
+
+    def store(self, big: bool) -> Path | None:
+        """The zarr folder labels and probabilities stream into: the zarr output, scratch for a big input, or None
+        (in memory)."""
+        return self.temps.get("zarr") or (self.scratch if big else None)
+
+    def finish(self, result: Any, *, mpp: float | None, mpp_from: str, image: Any, worker: dict[str, Any],
+               seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the exports of `result` (a `PredictionResult`), the JSON, and rename them all into place.
+
+        Args:
+            image: the RGB pixels of the region for the CSV's intensity columns, or None.
+            seconds: time spent on this input so far (the export time is added).
+        """
+        import numpy as np
+
+        from nucseg.io import export
+        from nucseg.models.registry import resolve_model
+
+        t0 = time.perf_counter()
+        item, config, temps = self.item, self.settings.config, self.temps
+        labels, offset = result.labels, result.region[:2]
+        if "tif" in temps:
+            export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
+        if "geojson" in temps:
+            export.write_geojson(labels, temps["geojson"], offset=offset)
+        if "csv" in temps:
+            export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
+        if "zarr" in temps:
+            import zarr
+
+            zarr.open_group(str(temps["zarr"]), mode="a").attrs.update({"mpp": mpp, "mpp_from": mpp_from})
+        summary = {
+            "summary_version": SUMMARY_VERSION,
+            "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
+            **({"stem_note": item.stem_note} if item.stem_note else {}),
+            "outputs": {k: str(v) for k, v in self.targets.items()}, "nuclei": result.n_nuclei,
+            "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
+            **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
+            "model": result.model_info, "worker": worker, **(extra or {}),
+            "predict_seconds": round(result.seconds, 2), "seconds": round(seconds + time.perf_counter() - t0, 2),
+            "request": self.settings.request(), "config": config.to_dict(),
+            "labels_dtype": str(np.dtype(labels.dtype)),
+        }
+        self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        commit_outputs([(temps[f], self.targets[f]) for f in self.settings.formats],
+                       (self.summary_tmp, item.summary_path), item.replace)
+        return summary
+
+
 def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str, Any] | None = None
                       ) -> Generator[Any, None, dict[str, Any]]:
     """Segment `item.input` and write its outputs (see the module docstring).
@@ -137,58 +223,16 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
     Returns:
         The summary written to `<stem>_predict.json`.
     """
-    import numpy as np
-
     from nucseg.inference.predict import iter_predict
-    from nucseg.io import export
     from nucseg.io.slides import open_slide, require_brightfield
-    from nucseg.models.registry import resolve_model
 
     t0 = time.perf_counter()
-    config = settings.config
-    token = uuid.uuid4().hex[:8]
-    targets = item.outputs(settings.formats)
-    temps = {f: _temporary(p, token) for f, p in targets.items()}
-    summary_tmp = _temporary(item.summary_path, token)
-    scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
-    try:
-        with open_slide(item.input) as slide:
-            require_brightfield(slide, settings.allow_fluorescence)
-            # units only from the file or from --mpp; otherwise the outputs stay in pixels and say so
-            mpp, mpp_from = ((slide.mpp, "file") if slide.mpp else (settings.mpp, "--mpp") if settings.mpp
-                             else (None, MPP_UNKNOWN))
-            region = settings.region
-            pixels = region[2] * region[3] if region else slide.shape[0] * slide.shape[1]
-            big = pixels > config.block_size**2
-            store = temps.get("zarr") or (scratch if big else None)
-            result = yield from iter_predict(slide, config, mpp=mpp, region=region, out=store)
-            labels, offset = result.labels, result.region[:2]
-            if "tif" in temps:
-                export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
-            if "geojson" in temps:
-                export.write_geojson(labels, temps["geojson"], offset=offset)
-            if "csv" in temps:
-                image = slide.read_region(0, *result.region) if not big else None
-                export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
-            if "zarr" in temps:
-                import zarr
-
-                zarr.open_group(str(temps["zarr"]), mode="a").attrs.update({"mpp": mpp, "mpp_from": mpp_from})
-        summary = {
-            "summary_version": SUMMARY_VERSION,
-            "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
-            **({"stem_note": item.stem_note} if item.stem_note else {}),
-            "outputs": {k: str(v) for k, v in targets.items()}, "nuclei": result.n_nuclei,
-            "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
-            **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
-            "model": result.model_info, "worker": worker or local_worker(),
-            "predict_seconds": round(result.seconds, 2), "seconds": round(time.perf_counter() - t0, 2),
-            "request": settings.request(), "config": config.to_dict(), "labels_dtype": str(np.dtype(labels.dtype)),
-        }
-        summary_tmp.write_text(json.dumps(summary, indent=2))
-        commit_outputs([(temps[f], targets[f]) for f in settings.formats], (summary_tmp, item.summary_path),
-                       item.replace)
-        return summary
-    finally:
-        for path in [*temps.values(), summary_tmp, scratch]:
-            _remove(path)
+    with OutputSet(item, settings) as outputs, open_slide(item.input) as slide:
+        require_brightfield(slide, settings.allow_fluorescence)
+        mpp, mpp_from = input_units(slide, settings)
+        big = is_big(slide, settings)
+        result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
+                                         out=outputs.store(big))
+        image = slide.read_region(0, *result.region) if not big else None
+        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, worker=worker or local_worker(),
+                              seconds=time.perf_counter() - t0)
