@@ -16,7 +16,35 @@ from nucseg.inference.predict import reapply_postprocess
 
 pytestmark = pytest.mark.gui
 
-MODEL = "unet-efficientnet-b0"  # architecture only: the network is replaced by BlobNet
+#: the fake model's name in the list and in layer names: a version folder whose network is replaced by BlobNet
+MODEL_NAME = "blobnet"
+
+
+def fake_model_folder(home: Path, name: str = MODEL_NAME, version: str | None = "1") -> Path:
+    """A model folder in ``home/models`` (config.json + an empty weights file: `load_network` is replaced)."""
+    import json
+
+    folder = home / "models" / name
+    folder.mkdir(parents=True)
+    config = {"name": name, "architecture": "Unet", "encoder": "efficientnet-b0", "mpp": 0.25,
+              "description": "BlobNet for tests", **({"version": version} if version else {})}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def nucseg_home(tmp_path, monkeypatch):
+    """A fresh NUCSEG_HOME for each test, holding the fake model."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("NUCSEG_HOME", str(home))
+    fake_model_folder(home)
+    return home
+
+
+def nuclei_layer(viewer, image_name: str, suffix: str = ""):
+    """The labels layer a run on `image_name` made with the fake model."""
+    return viewer.layers[f"{image_name} nuclei ({MODEL_NAME} v1){suffix}"]
 
 
 class CountingNet(BlobNet):
@@ -67,7 +95,7 @@ def make_widget(viewer, tile=128, overlap=32, batch=4):
     from nucseg._napari.segment_widget import SegmentWidget
 
     widget = SegmentWidget(viewer)
-    widget.model_combo.setCurrentText(MODEL)
+    assert widget.model_combo.set_model(os.environ["NUCSEG_HOME"] + f"/models/{MODEL_NAME}")
     widget.tile_spin.setValue(tile)
     widget.overlap_spin.setValue(overlap)
     widget.batch_spin.setValue(batch)
@@ -85,7 +113,7 @@ def test_run_adds_labels_and_hidden_probabilities(make_napari_viewer, qtbot, net
     viewer.add_image(image, name="blobs", rgb=True, scale=(0.5, 0.5), translate=(3, 4))
     widget = make_widget(viewer)
     run_and_wait(qtbot, widget)
-    labels = viewer.layers["blobs nuclei"]
+    labels = nuclei_layer(viewer, "blobs")  # named with the model and its version
     assert labels.data.shape == truth.shape and labels.data.max() == truth.max()
     assert str(labels.units[0]) == str(viewer.layers["blobs"].units[0])
     assert same_partition(np.asarray(labels.data), truth)
@@ -93,8 +121,8 @@ def test_run_adds_labels_and_hidden_probabilities(make_napari_viewer, qtbot, net
     assert labels.contour == 2
     assert "mpp" not in viewer.layers["blobs"].metadata  # pixel size left at the model's: not claimed as known
     meta = labels.metadata
-    assert meta["nucseg_result"].n_nuclei == truth.max() and meta["nucseg_config"]["model"] == MODEL
-    prob = viewer.layers["blobs foreground probability"]
+    assert meta["nucseg_result"].n_nuclei == truth.max() and meta["nucseg_config"]["model"].endswith(MODEL_NAME)
+    prob = viewer.layers[f"{labels.name} foreground probability"]
     assert not prob.visible and prob.colormap.name == "magma"
     assert prob.data.shape == truth.shape and tuple(prob.scale) == (0.5, 0.5)
     assert f"{truth.max()} nuclei" in widget.controls.status.text()
@@ -113,10 +141,10 @@ def test_pixel_size_from_the_file_or_given_for_a_tile_without_it(make_napari_vie
 
     tile = viewer.add_image(image, name="20x jpg", rgb=True)  # a plain tile says nothing of its pixel size
     widget.image_combo.set_layer(tile)
-    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0.25 and "not in the file" in widget.mpp_note.text()
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.text() == "unknown" and "not in the file" in widget.mpp_note.text()
     widget.mpp_spin.setValue(0.5)
     run_and_wait(qtbot, widget)
-    labels = viewer.layers["20x jpg nuclei"]
+    labels = nuclei_layer(viewer, "20x jpg")
     result = labels.metadata["nucseg_result"]
     assert labels.data.shape == truth.shape  # labels at the tile's own pixels...
     assert result.probabilities.shape[-2:] == (240, 300)  # ...after the network saw it at its 0.25 um/px
@@ -140,7 +168,7 @@ def test_stop_takes_effect_within_one_batch(make_napari_viewer, qtbot, net):
     qtbot.waitUntil(lambda: not widget.running, timeout=30000)
     assert net.calls <= calls_at_stop + 1, (calls_at_stop, net.calls)
     assert "stopped" in widget.controls.status.text()
-    assert "big nuclei" not in [layer.name for layer in viewer.layers]  # nothing finished, nothing shown
+    assert not [layer.name for layer in viewer.layers if "nuclei" in layer.name]  # nothing finished, nothing shown
     assert widget.run_button.isEnabled() and not widget.controls.stop_button.isEnabled()
 
 
@@ -150,7 +178,7 @@ def test_thresholds_reapply_without_the_network(make_napari_viewer, qtbot, net):
     viewer.add_image(image, name="blobs", rgb=True)
     widget = make_widget(viewer)
     run_and_wait(qtbot, widget)
-    labels = viewer.layers["blobs nuclei"]
+    labels = nuclei_layer(viewer, "blobs")
     first = labels.metadata["nucseg_result"]
     calls = net.calls
     widget.min_area_spin.setValue(200)  # drops the smaller discs (radius 5..10 px -> 78..314 px)
@@ -177,7 +205,7 @@ def test_drawn_rectangle_region_is_translated(make_napari_viewer, qtbot, net):
     widget.shapes_combo.set_layer("roi")
     widget.image_combo.set_layer("blobs")
     run_and_wait(qtbot, widget)
-    labels = viewer.layers["blobs nuclei"]
+    labels = nuclei_layer(viewer, "blobs")
     assert labels.metadata["nucseg_region"] == (50, 60, 100, 120)
     assert labels.data.shape == (100, 120)
     assert tuple(labels.translate) == (35, 50) and tuple(labels.scale) == (0.5, 0.5)
@@ -199,48 +227,45 @@ def test_field_of_view_region(make_napari_viewer):
 
 
 def test_flat_images_bigger_than_a_block_at_the_models_resolution_stream_to_disk():
-    from nucseg._napari.layers import ImageInput
-    from nucseg._napari.segment_widget import streams_to_disk
+    from nucseg.jobs.segment import streams_to_disk
 
     def flat(shape, mpp=None, multiscale=False):
-        return ImageInput("x", None, multiscale, mpp, None, shape)
+        return shape, multiscale, mpp
 
-    assert streams_to_disk(flat((100, 100), multiscale=True), None, 2048, 0.25)  # slides always
-    assert not streams_to_disk(flat((2000, 2000)), None, 2048, 0.25)
-    assert streams_to_disk(flat((2000, 2000), mpp=0.5), None, 2048, 0.25)  # 4000 px square at the model's 40x
-    assert streams_to_disk(flat((3000, 3000)), None, 2048, 0.25)
-    assert not streams_to_disk(flat((3000, 3000)), (0, 0, 1000, 1000), 2048, 0.25)  # a region of it: in memory
+    assert streams_to_disk(*flat((100, 100), multiscale=True), None, 2048, 0.25)  # slides always
+    assert not streams_to_disk(*flat((2000, 2000)), None, 2048, 0.25)
+    assert streams_to_disk(*flat((2000, 2000), mpp=0.5), None, 2048, 0.25)  # 4000 px square at the model's 40x
+    assert streams_to_disk(*flat((3000, 3000)), None, 2048, 0.25)
+    assert not streams_to_disk(*flat((3000, 3000)), (0, 0, 1000, 1000), 2048, 0.25)  # a region of it: in memory
 
 
-def test_big_flat_image_at_20x_streams_into_zarr(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
-    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
+def test_big_flat_image_at_20x_streams_into_zarr(make_napari_viewer, qtbot, net, nucseg_home):
     viewer = make_napari_viewer()
     image, truth = blob_image((1100, 1100), n=60, seed=8, radius=(5, 8))
     viewer.add_image(image, name="big tile", rgb=True, metadata={"mpp": 0.5})  # 2200 px square at 0.25 um/px
     widget = make_widget(viewer, tile=512, overlap=64)
     run_and_wait(qtbot, widget, timeout=120000)
-    labels = viewer.layers["big tile nuclei"]
+    labels = nuclei_layer(viewer, "big tile")
     assert not isinstance(labels.metadata["nucseg_result"].labels, np.ndarray)  # zarr, not memory
-    assert len(list((tmp_path / "predictions").glob("big_tile-*.zarr"))) == 1
+    assert len(list((nucseg_home / "predictions").glob("big_tile-*.zarr"))) == 1
     data = labels.data[0] if labels.multiscale else labels.data
     assert data.shape == truth.shape and 0.9 * truth.max() <= np.asarray(data).max() <= 1.1 * truth.max()
 
 
-def test_multiscale_slide_streams_into_zarr(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
+def test_multiscale_slide_streams_into_zarr(make_napari_viewer, qtbot, net, nucseg_home, monkeypatch):
     from nucseg._napari import layers as layer_helpers
 
-    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
     monkeypatch.setattr(layer_helpers, "PYRAMID_MIN_SIZE", 128)
     viewer = make_napari_viewer()
     image, truth = blob_image((256, 320), n=20, seed=6)
     viewer.add_image([image, image[::2, ::2]], name="slide", rgb=True, multiscale=True, metadata={"mpp": 0.25})
     widget = make_widget(viewer)
     run_and_wait(qtbot, widget)
-    labels = viewer.layers["slide nuclei"]
+    labels = nuclei_layer(viewer, "slide")
     assert labels.multiscale and len(labels.data) == 2
     assert labels.data[0].shape == truth.shape and labels.data[1].shape == (128, 160)
     assert same_partition(np.asarray(labels.data[0]), truth)
-    folders = list((tmp_path / "predictions").glob("slide-*.zarr"))
+    folders = list((nucseg_home / "predictions").glob("slide-*.zarr"))
     assert len(folders) == 1
     assert labels.metadata["mpp"] == 0.25
     widget.min_area_spin.setValue(200)  # re-applied into a new array beside the old one
@@ -271,7 +296,7 @@ def test_errors_are_shown_and_the_widget_recovers(make_napari_viewer, qtbot, net
     widget.tile_spin.setValue(128)
     run_and_wait(qtbot, widget)
     assert errors[-1] == "weights file is corrupt; download it again"
-    assert widget.run_button.isEnabled() and "blobs nuclei" not in [layer.name for layer in viewer.layers]
+    assert widget.run_button.isEnabled() and not [layer.name for layer in viewer.layers if "nuclei" in layer.name]
     assert widget.add_model_folder("/nonexistent/model") is False
 
 
@@ -280,11 +305,10 @@ SLIDE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides
 
 @pytest.mark.shared_data
 @pytest.mark.skipif(not SLIDE.is_file(), reason="needs ../shared/data/slides/small_HE.svs")
-def test_field_of_view_of_a_real_slide(make_napari_viewer, qtbot, net, tmp_path, monkeypatch):
+def test_field_of_view_of_a_real_slide(make_napari_viewer, qtbot, net, nucseg_home):
     """An SVS opened by the plugin's reader, segmented in the visible region: labels in zarr, aligned."""
     from nucseg._napari.segment_widget import FIELD_OF_VIEW
 
-    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(SLIDE), plugin="napari-nucseg")
     mpp = image.metadata["mpp"]
@@ -295,11 +319,11 @@ def test_field_of_view_of_a_real_slide(make_napari_viewer, qtbot, net, tmp_path,
     viewer.scene.camera.zoom = 4 / mpp  # 4 screen pixels per slide pixel
     (region,) = widget.regions(image)
     run_and_wait(qtbot, widget)
-    labels = viewer.layers[f"{image.name} nuclei"]
+    labels = nuclei_layer(viewer, image.name)
     assert labels.metadata["nucseg_region"] == region and abs(region[0] + region[2] / 2 - 1000) <= 1
     assert np.allclose(labels.translate, (region[0] * mpp, region[1] * mpp)) and np.allclose(labels.scale, mpp)
     assert labels.metadata["mpp"] == pytest.approx(mpp)
-    assert len(list((tmp_path / "predictions").glob("small_HE-*.zarr"))) == 1
+    assert len(list((nucseg_home / "predictions").glob("small_HE-*.zarr"))) == 1
 
 
 @pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
@@ -319,7 +343,7 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot):
     viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, scale=(0.25, 0.25), units="um",
                      metadata={"mpp": 0.25})
     widget = make_widget(viewer, tile=512, overlap=64)
-    widget.model_combo.setCurrentText(DEFAULT_MODEL)
+    assert widget.model_combo.set_model(DEFAULT_MODEL)
     viewer.window.add_dock_widget(widget, name="Segment nuclei")
     run_and_wait(qtbot, widget, timeout=120000)
     viewer.reset_view()
