@@ -16,6 +16,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.layers import Labels
 
 from nucseg.jobs.segment import count_nuclei, keep_user_edits
 
@@ -23,7 +24,7 @@ from .layers import ResultDisplay, probability_transform, result_display, result
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Labels
+    from napari.layers import Image
 
     from nucseg.config import PostprocessConfig
     from nucseg.inference.predict import PredictionResult, PredictProgress
@@ -68,11 +69,19 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
                             contrast_limits=display.contrast_limits, multiscale=display.probability_multiscale,
                             blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
     l_scale, l_translate = result_transform(scale, translate, result.region)
-    labels = viewer.add_labels(display.labels, name=title, scale=l_scale, translate=l_translate, units=units,
-                               multiscale=display.labels_multiscale, metadata=result_metadata(result), opacity=0.8)
-    labels.contour = 2 if contours else 0
+    labels = Labels(display.labels, name=title, scale=l_scale, translate=l_translate, units=units,
+                    multiscale=display.labels_multiscale, metadata=result_metadata(result), opacity=0.8)
+    labels.contour = 2 if contours else 0  # before it is added: the first slice is drawn once, with contours
+    viewer.add_layer(labels)
     written = None if display.labels_multiscale else np.array(display.labels, copy=True)
     return ResultView(labels, prob, result, written)
+
+
+def prewarm_layer_modules() -> None:
+    """Import in the worker what napari imports on the GUI thread when the first Labels layer is added (pandas for
+    layer features, the vispy overlays of labels): 0.5 s of GUI time on a shared 2-core machine."""
+    import napari._vispy.overlays.labels_polygon  # noqa: F401
+    import pandas  # noqa: F401
 
 
 def snapshot(view: ResultView) -> np.ndarray | None:

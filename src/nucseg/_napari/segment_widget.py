@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGrou
 
 from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import InvalidInputError, ModelError, NucsegError
+from nucseg.inference.predict import PredictProgress
 from nucseg.jobs.segment import (
     clean_predictions,
     layer_title,
@@ -41,7 +42,14 @@ from ._workers import JobControls, error_message, start_generator_worker
 from .layers import LayerCombo, Region, field_of_view_region, image_input, result_display, shapes_to_regions
 from .model_list import BROWSE, ModelCombo
 from .pixel_size import MPP_FROM, PixelSizeField
-from .result_layers import ResultView, add_result_layers, apply_update, reapply_views, snapshot
+from .result_layers import (
+    ResultView,
+    add_result_layers,
+    apply_update,
+    prewarm_layer_modules,
+    reapply_views,
+    snapshot,
+)
 
 __all__ = ["BROWSE", "FIELD_OF_VIEW", "MPP_FROM", "SHAPES", "WHOLE", "SegmentWidget", "_dspin", "_spin",
            "predictions_dir", "streams_to_disk"]
@@ -72,7 +80,7 @@ class SegmentWidget(QWidget):
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *available_devices()])
+        self.device_combo.addItem("auto")  # the devices are listed by a worker: finding them imports torch
         self.pixel_size = PixelSizeField(self._model_mpp)
         self.mpp_spin, self.mpp_note = self.pixel_size.spin, self.pixel_size.note
         tiling = TilingConfig()
@@ -109,7 +117,7 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self._update_enabled()
         self._sync_pixel_size()
-        self._clean_old_predictions()
+        self._start_background_work()
 
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
@@ -239,6 +247,7 @@ class SegmentWidget(QWidget):
 
         def job() -> Generator[Any, None, list]:
             results = yield from segment_regions(image.load, config, regions, outs, stop, mpp=image.mpp)
+            yield PredictProgress(1, 1, "preparing the layers")
             return [(r, result_display(r)) for r in results if not (r.stopped and r.n_nuclei == 0)]
 
         self.run_button.setEnabled(False)
@@ -278,16 +287,21 @@ class SegmentWidget(QWidget):
         for layer in self.result_layers:
             layer.contour = 2 if checked else 0
 
-    def _clean_old_predictions(self) -> None:
-        """Remove old slide runs (`clean_predictions`'s policy) in a worker, sparing every run a layer shows."""
+    def _start_background_work(self) -> None:
+        """In a worker: list the devices (importing torch there, not on the GUI thread at the first Run), import
+        what napari needs for the first result layers, and remove old slide runs (`clean_predictions`'s policy),
+        sparing every run a layer shows."""
         in_use = [result_folder(layer.metadata["nucseg_result"]) for layer in self.viewer.layers
                   if "nucseg_result" in layer.metadata]
 
-        def job() -> Generator[None, None, list]:
+        def job() -> Generator[None, None, list[str]]:
             yield from ()
-            return clean_predictions([p for p in in_use if p is not None])
+            clean_predictions([p for p in in_use if p is not None])
+            prewarm_layer_modules()  # imports hold the GIL: here, once, not at the end of a run
+            return available_devices()
 
-        self._cleaner = start_generator_worker(job, desc="cleaning old predictions")
+        self._background = start_generator_worker(job, on_return=lambda devices: self.device_combo.addItems(
+            [d for d in devices if self.device_combo.findText(d) < 0]), desc="listing devices")
 
     # -- thresholds --------------------------------------------------------------------------------------
     def reapply_thresholds(self) -> None:
