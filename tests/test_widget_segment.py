@@ -22,12 +22,14 @@ MODEL_NAME = "blobnet"
 
 def fake_model_folder(home: Path, name: str = MODEL_NAME, version: str | None = "1") -> Path:
     """A model folder in ``home/models`` (config.json + an empty weights file: `load_network` is replaced)."""
+    import hashlib
     import json
 
     folder = home / "models" / name
     folder.mkdir(parents=True)
     config = {"name": name, "architecture": "Unet", "encoder": "efficientnet-b0", "mpp": 0.25,
-              "description": "BlobNet for tests", **({"version": version} if version else {})}
+              "description": "BlobNet for tests", "sha256": hashlib.sha256(name.encode()).hexdigest(),
+              **({"version": version} if version else {})}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").write_bytes(b"")
     return folder
@@ -353,3 +355,169 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot):
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False)
     assert out.stat().st_size > 10000
+
+
+def test_threshold_change_keeps_the_users_edits(make_napari_viewer, qtbot, net):
+    """Lost work, before: a threshold change after correcting the labels replaced them with a fresh post-processing.
+    Now every nucleus the user painted, erased or changed stays as it is; the rest is re-applied."""
+    viewer = make_napari_viewer()
+    image, truth = blob_image((200, 260), n=15, seed=2)
+    viewer.add_image(image, name="blobs", rgb=True)
+    widget = make_widget(viewer)
+    run_and_wait(qtbot, widget)
+    labels = nuclei_layer(viewer, "blobs")
+    first = np.asarray(labels.data).copy()
+    areas = np.bincount(first.ravel())
+    small = [i for i in range(1, len(areas)) if 0 < areas[i] < 200]
+    big = [i for i in range(1, len(areas)) if areas[i] >= 200]
+    assert len(small) >= 3 and len(big) >= 2
+    kept_small, erased_big = small[0], big[0]
+    # the user's corrections, through napari's own editing path (undo history, events)
+    labels.data_setitem(np.nonzero(first == erased_big), 0)  # a false positive erased
+    new = int(first.max()) + 1
+    painted = (slice(2, 12), slice(2, 12))
+    assert not first[painted].any()
+    labels.data_setitem(tuple(np.mgrid[painted].reshape(2, -1)), new)  # a missed nucleus painted (100 px)
+    edited_small = np.nonzero(first == kept_small)
+    labels.data_setitem((edited_small[0][:1], edited_small[1][:1]), kept_small)  # unchanged value: not an edit
+    labels.data_setitem(np.nonzero(first == small[1]), small[1])
+    yy, xx = np.nonzero(first == kept_small)
+    labels.data_setitem((yy[:3], xx[:3]), 0)  # a small nucleus trimmed by 3 px
+    corrected = np.asarray(labels.data).copy()
+
+    first_result = labels.metadata["nucseg_result"]
+    widget.min_area_spin.setValue(200)  # drops nuclei under 200 px: the painted one (100 px) and the trimmed one
+    qtbot.waitUntil(lambda: labels.metadata["nucseg_result"] is not first_result and widget._reapply_worker is None,
+                    timeout=30000)
+    data = np.asarray(labels.data)
+    assert np.all(data[painted] == new)  # the painted nucleus survived, though smaller than min area
+    assert not data[first == erased_big].any()  # the erased one stays erased
+    trimmed = corrected == kept_small
+    assert np.array_equal(data == kept_small, trimmed)  # the trimmed one kept exactly as the user left it
+    for i in small[1:]:  # untouched small nuclei (small[1] was set to its own value: not an edit) re-applied away
+        assert not data[first == i].any()
+    for i in big[1:]:
+        assert np.array_equal(data[first == i] > 0, np.ones((first == i).sum(), bool))  # the rest still there
+    assert "your edits to" in widget.controls.status.text()
+    assert labels.metadata["nucseg_edited"][painted].all()
+
+    widget.min_area_spin.setValue(30)  # a second change: the edits are still the user's
+    second = labels.metadata["nucseg_result"]
+    qtbot.waitUntil(lambda: labels.metadata["nucseg_result"] is not second and widget._reapply_worker is None,
+                    timeout=30000)
+    data = np.asarray(labels.data)
+    assert np.all(data[painted] == new) and not data[first == erased_big].any()
+    assert all(data[first == i].all() for i in small[1:])  # the untouched small nuclei are back
+
+
+def test_keep_user_edits_renumbers_fresh_nuclei_around_the_users():
+    from nucseg.jobs.segment import keep_user_edits
+
+    written = np.zeros((10, 10), np.uint32)
+    written[0:3, 0:3] = 1
+    written[5:8, 5:8] = 2
+    current = written.copy()
+    current[0:3, 7:10] = 2  # the user painted with an id the program used elsewhere... and
+    current[5:8, 5:8] = 0   # erased the program's nucleus 2
+    fresh = np.zeros_like(written)
+    fresh[0:4, 0:4] = 1     # grown by the new threshold
+    fresh[5:9, 5:9] = 2     # comes back where the user erased: stays erased
+    merged, mine, kept = keep_user_edits(current, written, None, fresh)
+    assert kept == 1 and mine[0:3, 7:10].all() and mine[5:8, 5:8].all()
+    assert not merged[5:8, 5:8].any()
+    assert np.all(merged[0:3, 7:10] == 2)
+    assert np.all(merged[0:4, 0:4] != 2) and np.all(merged[0:4, 0:4] > 0)  # the fresh nucleus got a free id
+    unchanged, none, zero = keep_user_edits(written, written, None, fresh)
+    assert np.array_equal(unchanged, fresh) and not none.any() and zero == 0
+
+
+def test_a_typed_pixel_size_equal_to_the_models_counts_as_known(make_napari_viewer, qtbot, net, tmp_path):
+    """Honesty, before: a 40x PNG for which the user typed 0.25 um/px was stored as 'unknown' (equal to the model's),
+    so its exports had no um columns. Any value the user gives counts; untouched means unknown."""
+    import csv
+
+    from qtpy.QtCore import Qt
+
+    from nucseg._napari.writers import write_measurements_csv
+
+    viewer = make_napari_viewer()
+    image, _ = blob_image((120, 150), n=6, seed=3)
+    untouched = viewer.add_image(image, name="untouched png", rgb=True)
+    widget = make_widget(viewer)
+    widget.image_combo.set_layer(untouched)
+    run_and_wait(qtbot, widget)
+    assert nuclei_layer(viewer, "untouched png").metadata["mpp"] is None and "mpp" not in untouched.metadata
+
+    png = viewer.add_image(image, name="40x png", rgb=True)
+    widget.image_combo.set_layer(png)
+    line = widget.mpp_spin.lineEdit()
+    line.selectAll()
+    qtbot.keyClicks(line, "0.25")
+    qtbot.keyClick(line, Qt.Key.Key_Return)
+    run_and_wait(qtbot, widget)
+    labels = nuclei_layer(viewer, "40x png")
+    assert png.metadata["mpp"] == 0.25 and labels.metadata["mpp"] == 0.25
+    assert labels.metadata["nucseg_result"].mpp == 0.25
+    (out,) = write_measurements_csv(str(tmp_path / "m.csv"), np.asarray(labels.data), {"metadata": labels.metadata,
+                                    "scale": labels.scale, "translate": labels.translate})
+    with open(out) as fh:
+        header = next(csv.reader(fh))
+    assert any("um" in column for column in header), header
+
+
+def test_model_list_follows_new_renamed_and_deleted_versions(make_napari_viewer, qtbot, net, nucseg_home):
+    from nucseg.models import versions
+
+    viewer = make_napari_viewer()
+    image, _ = blob_image((120, 150), n=6, seed=3)
+    viewer.add_image(image, name="blobs", rgb=True)
+    widget = make_widget(viewer)
+    combo = widget.model_combo
+    assert not [k for k in combo.model_keys() if k.startswith("unet-")]  # untrained: not offered for segmentation
+    # made outside this process (e.g. `nucseg finetune` in a terminal): the folder watcher sees it
+    outside = fake_model_folder(nucseg_home, "made-in-a-terminal", version=None)
+    qtbot.waitUntil(lambda: str(outside.resolve()) in combo.model_keys(), timeout=10000)
+    assert combo.findText("made-in-a-terminal") >= 0
+    # renamed with the versions API while chosen: the list follows it, and a run does not fail
+    assert combo.set_model(outside)
+    renamed = versions.rename(outside.name, "renamed-version")
+    qtbot.waitUntil(lambda: combo.current_model() == str(renamed.resolve()), timeout=10000)
+    assert str(outside.resolve()) not in combo.model_keys()
+    run_and_wait(qtbot, widget)
+    assert "blobs nuclei (renamed-version)" in viewer.layers
+    # deleted: reported, and another model chosen (never a silent swap)
+    seen: list[str] = []
+    combo.model_lost.connect(seen.append)
+    versions.delete("renamed-version", confirm=True)
+    qtbot.waitUntil(lambda: bool(seen), timeout=10000)
+    assert "renamed-version" in seen[0] and combo.current_model() != str(renamed.resolve())
+
+
+def test_old_predictions_are_cleaned_on_the_stated_policy(tmp_path, monkeypatch, nucseg_home):
+    import zarr
+
+    from nucseg.jobs import segment
+
+    root = nucseg_home / "predictions"
+
+    def run(name: str, age_days: float, mb: float = 0.0) -> Path:
+        group = zarr.open_group(str(root / name), mode="w")
+        group.create_array("labels", shape=(8, 8), dtype="uint32")
+        group.create_array("probabilities", shape=(3, 8, 8), dtype="uint8")
+        if mb:
+            (root / name / "labels" / "pad").write_bytes(b"0" * int(mb * 2**20))
+        t = time.time() - age_days * 86400
+        os.utime(root / name, (t, t))
+        return root / name
+
+    old, recent, shown = run("old.zarr", 30), run("recent.zarr", 1, 2.0), run("shown.zarr", 60)
+    newest = run("newest.zarr", 0.5, 2.0)
+    session = segment.new_prediction_path("current")
+    zarr.open_group(str(session), mode="w").create_array("labels", shape=(1,), dtype="uint8")
+    zarr.open_group(str(session), mode="a").create_array("probabilities", shape=(1,), dtype="uint8")
+    os.utime(session, (time.time() - 90 * 86400,) * 2)
+    other = root / "notes-of-the-user"
+    other.mkdir()
+    removed = segment.clean_predictions(in_use=[shown], keep_days=14, keep_bytes=3 * 2**20)
+    assert set(removed) == {old, recent}  # too old; then the oldest until under the size cap
+    assert shown.exists() and newest.exists() and session.exists() and other.exists()

@@ -166,7 +166,8 @@ def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray
     """Merge a fresh post-processing into labels the user has corrected: the user's work wins everywhere.
 
     A pixel counts as the user's when it differs from what was last written to the layer (`written`), or was
-    the user's before (`edited`). Every nucleus the user touched is kept whole as it is now, and so are erased
+    the user's before (`edited`). Every nucleus the user touched (painted, or trimmed: its id before the edit is still
+    there) is kept whole as it is now, and so are erased
     pixels (a deleted nucleus stays deleted). Fresh nuclei are taken everywhere else, except those that overlap
     the user's pixels (the user's version of that place wins). Fresh ids are renumbered to avoid the user's.
 
@@ -186,8 +187,9 @@ def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray
         changed |= edited
     if not changed.any():
         return fresh, changed, 0
-    user_ids = np.unique(current[changed])
-    user_ids = user_ids[user_ids > 0]
+    # the user's nuclei: those painted (their id now) and those trimmed (their id before, where it still exists)
+    touched = np.unique(np.concatenate([current[changed], np.asarray(written)[changed]]))
+    user_ids = np.intersect1d(touched[touched > 0], np.unique(current))
     mine = changed | np.isin(current, user_ids)
     clash = np.unique(fresh[mine])
     fresh_ids = np.setdiff1d(np.unique(fresh), np.concatenate([clash, [0]]))
