@@ -146,7 +146,7 @@ def test_gui_thread_never_stalls_during_a_slide_run(make_napari_viewer, qtbot, m
     t_done = time.perf_counter()
     qtbot.wait(500)  # the first draws of the new layers
     meter.stop()
-    labels = next(layer for layer in viewer.layers if "nuclei" in layer.name)
+    labels = next(layer for layer in viewer.layers if "nucseg_result" in layer.metadata)
     (t_result,) = returned_at
     during_run = meter.longest_ms(end=t_result)
     adding_layers = meter.longest_ms(start=t_result)

@@ -340,8 +340,10 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot):
 
     root = Path(__file__).resolve().parents[1]
     image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
+    from nucseg.models import versions
+
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1500, 1000)
     viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, scale=(0.25, 0.25), units="um",
                      metadata={"mpp": 0.25})
     widget = make_widget(viewer, tile=512, overlap=64)
@@ -351,10 +353,26 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot):
     viewer.reset_view()
     viewer.canvas.overlays.scale_bar.visible = True
     qtbot.wait(500)
-    out = root / "docs" / "screenshots" / "segment_widget.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(out), canvas_only=False)
-    assert out.stat().st_size > 10000
+    out = root / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out / "segment_widget.png"), canvas_only=False)
+    # a user edit, then a threshold change: the edit survives
+    labels = widget.result_layers[0]
+    labels.data_setitem(tuple(np.mgrid[40:80, 40:80].reshape(2, -1)), int(labels.data.max()) + 1)
+    viewer.scene.camera.center, viewer.scene.camera.zoom = (15, 15), 6
+    first = labels.metadata["nucseg_result"]
+    widget.min_area_spin.setValue(400)
+    qtbot.waitUntil(lambda: labels.metadata["nucseg_result"] is not first and widget._reapply_worker is None,
+                    timeout=60000)
+    qtbot.wait(500)
+    viewer.screenshot(str(out / "segment_edits_kept.png"), canvas_only=False)
+    # a new version appears in the open widget's list (made with the versions API, as fine-tuning does)
+    new = versions.export_version(DEFAULT_MODEL, versions.user_models_dir() / "nucseg-default-ft-breast")
+    versions.versions_changed.emit()
+    qtbot.waitUntil(lambda: str(new.resolve()) in widget.model_combo.model_keys(), timeout=10000)
+    widget.model_combo.set_model(new)
+    qtbot.wait(500)
+    viewer.screenshot(str(out / "segment_new_version.png"), canvas_only=False)
 
 
 def test_threshold_change_keeps_the_users_edits(make_napari_viewer, qtbot, net):
