@@ -19,6 +19,7 @@ import numpy as np
 from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
+from nucseg.io.base import as_rgb_uint8  # the one RGB rule; re-exported for the engine's callers
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
@@ -50,29 +51,6 @@ class RegionSource(Protocol):
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 pixels of `level` with top-left (y, x) in that level's pixels; white outside."""
         ...
-
-
-def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Check and convert an image to (H, W, 3) uint8, with an error a person can act on."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise InvalidInputError(
-            f"{name} has shape {image.shape}; expected an RGB image (height, width, 3) - "
-            "for a stack or a multichannel image, pick one RGB plane first"
-        )
-    image = image[..., :3]
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-        raise InvalidInputError(f"{name} has dtype {image.dtype}; expected 8- or 16-bit RGB, or floats in [0, 1]")
-    if np.issubdtype(image.dtype, np.floating):
-        hi = 1.0 if float(np.nanmax(image)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(image) * (255.0 / hi), 0, 255).astype(np.uint8)
-    hi = float(image.max()) or 1.0
-    scale = 255.0 / (65535.0 if hi > 255 else 255.0)
-    return np.clip(image * scale, 0, 255).astype(np.uint8)
 
 
 class ArraySource:

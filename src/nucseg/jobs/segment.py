@@ -112,6 +112,12 @@ def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP
     return removed
 
 
+def result_folder(result: PredictionResult) -> Path | None:
+    """The zarr folder a result streamed into, None for an in-memory result."""
+    root = getattr(getattr(result.labels, "store", None), "root", None)
+    return None if root is None else Path(str(root))
+
+
 def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | None], outs: list[Path | None],
                     stop: threading.Event, mpp: float | None = None
                     ) -> Generator[PredictProgress, None, list[PredictionResult]]:
@@ -160,7 +166,8 @@ def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray
     """Merge a fresh post-processing into labels the user has corrected: the user's work wins everywhere.
 
     A pixel counts as the user's when it differs from what was last written to the layer (`written`), or was
-    the user's before (`edited`). Every nucleus the user touched is kept whole as it is now, and so are erased
+    the user's before (`edited`). Every nucleus the user touched (painted, or trimmed: its id before the edit is still
+    there) is kept whole as it is now, and so are erased
     pixels (a deleted nucleus stays deleted). Fresh nuclei are taken everywhere else, except those that overlap
     the user's pixels (the user's version of that place wins). Fresh ids are renumbered to avoid the user's.
 
@@ -180,8 +187,9 @@ def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray
         changed |= edited
     if not changed.any():
         return fresh, changed, 0
-    user_ids = np.unique(current[changed])
-    user_ids = user_ids[user_ids > 0]
+    # the user's nuclei: those painted (their id now) and those trimmed (their id before, where it still exists)
+    touched = np.unique(np.concatenate([current[changed], np.asarray(written)[changed]]))
+    user_ids = np.intersect1d(touched[touched > 0], np.unique(current))
     mine = changed | np.isin(current, user_ids)
     clash = np.unique(fresh[mine])
     fresh_ids = np.setdiff1d(np.unique(fresh), np.concatenate([clash, [0]]))
@@ -204,3 +212,57 @@ def layer_title(model_info: dict[str, Any]) -> str:
     name = str(model_info.get("name") or "model")
     version = model_info.get("version")
     return f"{name} v{version}" if version not in (None, "") else name
+
+
+#: the coarsest pyramid level of a zarr result has its longer side just above this many pixels
+PYRAMID_MIN_SIZE = 1024
+#: output pixels per side written at a time when building pyramid levels
+_PYRAMID_BLOCK = 2048
+
+
+def zarr_pyramid(array: Any, min_size: int = PYRAMID_MIN_SIZE, channel: int | None = None, reuse: bool = True
+                 ) -> list[Any]:
+    """Levels ``[a, a/2, a/4, ...]`` of a zarr result array, down to `min_size` pixels, for a multiscale layer.
+
+    The coarser levels are real zarr arrays stored beside `array` in its group (``pyramid/<name>-<k>``, every other
+    pixel of the level above: nearest, so labels stay labels), built here (call it in a worker) and reused when
+    present. A viewer showing the whole slide then reads a small array instead of striding through level 0's
+    chunks on the GUI thread. The run's own arrays are only read.
+
+    Args:
+        array: a 2-D zarr array, or 3-D (C, H, W) with `channel` chosen.
+        min_size: stop when the next level's longer side would be below this.
+        channel: for (C, H, W) arrays, the channel to show (level 0 is then a lazy dask view of it).
+        reuse: take levels already stored; False rebuilds them (for an array that was rewritten).
+
+    Returns:
+        Level arrays, finest first; ``[array]`` (or its channel) when it is already small.
+    """
+    import dask.array as da
+    import zarr
+
+    base = da.from_zarr(array)[channel] if channel is not None else array
+    shape = tuple(int(s) for s in array.shape[-2:])
+    levels: list[Any] = [base]
+    if max(shape) / 2 < min_size:
+        return levels
+    group = zarr.open_group(array.store, mode="a").require_group("pyramid")
+    name = array.path.rsplit("/", 1)[-1] + ("" if channel is None else f"-c{channel}")
+    previous, k = base, 1
+    while max(shape) / 2**k >= min_size:
+        key = f"{name}-{2**k}"
+        level_shape = tuple(-(-s // 2**k) for s in shape)
+        existing = group.get(key)
+        if reuse and existing is not None and tuple(existing.shape) == level_shape and existing.attrs.get("complete"):
+            level = existing
+        else:
+            level = group.create_array(key, shape=level_shape, chunks=(1024, 1024), dtype=array.dtype,
+                                       fill_value=0, overwrite=True)
+            for y in range(0, level_shape[0], _PYRAMID_BLOCK):
+                for x in range(0, level_shape[1], _PYRAMID_BLOCK):
+                    h, w = min(_PYRAMID_BLOCK, level_shape[0] - y), min(_PYRAMID_BLOCK, level_shape[1] - x)
+                    level[y : y + h, x : x + w] = np.asarray(previous[2 * y : 2 * (y + h) : 2, 2 * x : 2 * (x + w) : 2])
+            level.attrs["complete"] = True
+        levels.append(level)
+        previous, k = level, k + 1
+    return levels
