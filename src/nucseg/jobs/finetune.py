@@ -158,6 +158,15 @@ def should_ask(result: FinetuneResult) -> bool:
     return result.pending and (result.stopped or result.verdict != BETTER)
 
 
+def settle(result: FinetuneResult) -> FinetuneResult:
+    """Keep at once what `should_ask` need not ask about (a run that ended by itself better than its base),
+    without its training state; everything else is left waiting for the person. Run it in the worker."""
+    if result.pending and not should_ask(result):
+        result.keep()
+        finished_version(result)
+    return result
+
+
 def verdict_lines(result: FinetuneResult) -> list[str]:
     """What came out, in plain words: the comparison with the base model and, after a Stop, how far it got."""
     from nucseg.training.finetune import BETTER, NOT_BETTER
