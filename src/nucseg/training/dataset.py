@@ -74,7 +74,7 @@ class TrainingPair:
 
 def _stem(path: Path) -> str:
     stem = path.name.split(".")[0]
-    for suffix in ("_labels", "_label", "_mask", "_masks"):
+    for suffix in ("_labels", "_label", "_mask", "_masks", "_reviewed"):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
@@ -102,18 +102,35 @@ def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Pat
     return pairs
 
 
-def load_pairs(images_dir: str | Path, labels_dir: str | Path, names: Sequence[str] | None = None) -> list[TrainingPair]:
-    """Read paired images and instance labels from two folders (optionally only the stems in `names`)."""
-    from nucseg.inference.source import as_rgb_uint8
+def load_pairs(images_dir: str | Path, labels_dir: str | Path, names: Sequence[str] | None = None,
+               reviewed_dir: str | Path | None = None) -> list[TrainingPair]:
+    """Read paired images and instance labels from two folders (optionally only the stems in `names`).
+
+    With `reviewed_dir`, a mask of the same stem there (white = reviewed) limits what each pair teaches;
+    a pair without one was reviewed as a whole.
+    """
+    from nucseg.io.base import as_rgb_uint8
     from nucseg.io.masks import read_labels
     from nucseg.io.slides import read_image
 
+    masks = {}
+    if reviewed_dir is not None:
+        from nucseg.io.slides import list_images
+
+        if not Path(reviewed_dir).is_dir():
+            raise InvalidInputError(f"{reviewed_dir} is not a folder")
+        masks = {_stem(p): p for p in list_images(Path(reviewed_dir))}
     out = []
     for image_path, label_path in pair_files(images_dir, labels_dir):
         if names is not None and _stem(image_path) not in names:
             continue
         image = as_rgb_uint8(read_image(image_path), name=str(image_path))
-        out.append(TrainingPair(image, read_labels(label_path), _stem(image_path), str(image_path)))
+        mask_path = masks.get(_stem(image_path))
+        reviewed = None
+        if mask_path is not None:
+            with Image.open(mask_path) as im:
+                reviewed = np.asarray(im.convert("L")) > 127
+        out.append(TrainingPair(image, read_labels(label_path), _stem(image_path), str(image_path), reviewed))
     return out
 
 

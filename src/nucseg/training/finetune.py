@@ -73,6 +73,7 @@ class FinetuneResult:
         candidate: a model was written (at least one epoch, or part of one, was validated).
         steps_done: training steps that ran; steps_planned: epochs x steps per epoch.
         best_epoch: the epoch the model comes from (0: none).
+        validation_images: how many images `before` and `after` were scored on.
     """
 
     model_dir: Path | None
@@ -86,6 +87,7 @@ class FinetuneResult:
     steps_done: int = 0
     steps_planned: int = 0
     best_epoch: int = 0
+    validation_images: int = 0
 
     @property
     def verdict(self) -> str:
@@ -116,7 +118,7 @@ def pending_result(run_dir: str | Path) -> FinetuneResult:
     return FinetuneResult(None, list(cfg.get("history") or []), dict(validation.get("before") or {}),
                           dict(validation.get("after") or {}), bool(run.get("stopped")), cfg.get("postprocess_tuning"),
                           run_dir, True, int(run.get("steps_done", 0)), int(run.get("steps_planned", 0)),
-                          int(cfg.get("best_epoch", 0)))
+                          int(cfg.get("best_epoch", 0)), int(run.get("validation_images", 0)))
 
 
 def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
@@ -307,9 +309,12 @@ def iter_finetune(
         release_device_memory(device)
     planned = config.epochs * config.steps_per_epoch
     if state["best_epoch"]:
-        _write_candidate(out_dir, base, config, state, info, best_partial, tuning, stopped, planned)
+        run = {"stopped": stopped, "steps_done": int(state["steps_done"]), "steps_planned": planned,
+               "validation_images": len(val)}
+        _write_candidate(out_dir, base, config, state, info, best_partial, tuning, run)
     result = FinetuneResult(None, state["history"], state["before"], _best_record(state), stopped, tuning, out_dir,
-                            bool(state["best_epoch"]), int(state["steps_done"]), planned, int(state["best_epoch"]))
+                            bool(state["best_epoch"]), int(state["steps_done"]), planned, int(state["best_epoch"]),
+                            len(val))
     return _apply_policy(result, keep)
 
 
@@ -360,7 +365,7 @@ def append_log(path: Path, record: dict[str, Any], fields: Sequence[str] = LOG_F
 
 def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
                      info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None,
-                     tuning: dict[str, Any] | None = None, stopped: bool = False, planned: int = 0) -> Path:
+                     tuning: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
     """Write model.safetensors + candidate.json from the best epoch (`weights`, else best.safetensors)."""
     import datetime as _dt
 
@@ -382,7 +387,7 @@ def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, sta
         "best_epoch": state["best_epoch"],
         "validation": {"before": state["before"], "after": _best_record(state),
                        "verdict": compare_with_base(state["before"], _best_record(state))},
-        "run": {"stopped": stopped, "steps_done": int(state["steps_done"]), "steps_planned": planned},
+        "run": run or {},
         "history": state["history"],
         "postprocess": tuning["chosen"] if tuning else base.postprocess_defaults,
         **({"postprocess_tuning": tuning} if tuning else {}),
