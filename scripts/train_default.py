@@ -107,7 +107,7 @@ def export(args) -> None:
     from safetensors.torch import load_file
 
     from nucseg.inference.postprocess import probabilities_to_instances
-    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.inference.predict import predict_probabilities
     from nucseg.metrics.report import evaluate_many
     from nucseg.models.build import build_network, load_weights, save_model
     from nucseg.models.device import select_device

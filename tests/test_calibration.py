@@ -12,7 +12,7 @@ from fake_models import blob_image  # noqa: E402
 from nucseg.config import InferenceConfig, TilingConfig  # noqa: E402
 from nucseg.inference.calibration import centre_crop, centre_window, tissue_window  # noqa: E402
 from nucseg.inference.forward import predict_batch  # noqa: E402
-from nucseg.inference.predict_array import predict_probabilities  # noqa: E402
+from nucseg.inference.predict import predict_probabilities  # noqa: E402
 from nucseg.models.build import build_network  # noqa: E402
 from nucseg.models.registry import DEFAULT_MODEL, resolve_model, shipped_models  # noqa: E402
 from nucseg.models.squeeze_excitation import se_blocks  # noqa: E402
@@ -70,7 +70,7 @@ def test_an_image_that_fits_one_window_keeps_its_one_tile_answer(trained):
 
 def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
     """For an image that fits one tile, the pass that measures the gates is the prediction."""
-    from nucseg.inference import predict, predict_array
+    from nucseg.inference import blocks, predict
 
     spec, net, image = trained
     calls = []
@@ -79,8 +79,7 @@ def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
         calls.append(1)
         return predict_batch(*args, **kwargs)
 
-    for module in (predict, predict_array):
-        monkeypatch.setattr(module, "predict_batch", counting)
+    monkeypatch.setattr(blocks, "predict_batch", counting)
     cfg = InferenceConfig(device="cpu", tiling=TilingConfig(512, 64, 1))
     with torch.inference_mode():
         reference = predict_batch(net, image[None], spec, CPU)[0]  # the sample is 512 x 512
@@ -118,7 +117,7 @@ def test_windows():
 
 def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
     """A multi-block run calibrates each block that has tissue on its window with most tissue, not on glass."""
-    from nucseg.inference import calibration, predict
+    from nucseg.inference import blocks, calibration, predict, source
 
     image = np.full((1600, 1600, 3), 245, np.uint8)
     image[1100:1500, 1100:1500] = blob_image((400, 400), n=30, seed=5)[0]
@@ -128,8 +127,8 @@ def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
         seen.append(window)
         return net, None
 
-    monkeypatch.setattr(predict, "with_image_gates", spy)
-    monkeypatch.setattr(predict.ScaledSource, "tissue_mask",
+    monkeypatch.setattr(blocks, "with_image_gates", spy)
+    monkeypatch.setattr(source.ScaledSource, "tissue_mask",
                         lambda self: (_square_of_tissue(self.shape), 16.0))
     cfg = InferenceConfig(model="unet-mobilenet_v2", device="cpu", tiling=TilingConfig(256, 32, 4), block_size=800)
     predict.predict(image, cfg)

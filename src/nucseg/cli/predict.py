@@ -1,27 +1,15 @@
-"""`nucseg predict`: segment nuclei in tiles and slides, headless, for batches."""
+"""`nucseg predict`: segment nuclei in tiles and slides, headless, for batches (in-process or on Dask workers)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 from nucseg.cli import EXIT_USER_ERROR
-from nucseg.cli.common import (
-    add_model_options,
-    add_tiling_options,
-    drive,
-    expand_inputs,
-    new_output_path,
-    parse_region,
-)
-from nucseg.errors import InvalidInputError, NucsegError
-
-FORMATS = ("tif", "zarr", "geojson", "csv")
-#: `mpp_from` in <stem>_predict.json for inputs that did not say their pixel size
-MPP_ASSUMED = "assumed: the model's"
+from nucseg.cli.common import add_model_options, add_tiling_options, expand_inputs, parse_region
+from nucseg.errors import InvalidInputError
+from nucseg.jobs.predict_file import FORMATS, MPP_UNKNOWN
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="segment nuclei in images or slides",
         description="Segment nuclei in each INPUT (SVS, OME-TIFF, TIFF, PNG, JPG, or folders of them). Writes "
         "DIR/<stem>_labels.tif (uint32 instance labels at the input's resolution) or the other --format choices, "
-        "and DIR/<stem>_predict.json with the settings and counts.",
+        "DIR/<stem>_predict.json with the settings, counts and worker, and DIR/batch_summary.csv. Outputs are "
+        "renamed into place only when complete, the JSON last.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if needed)")
@@ -38,11 +27,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_tiling_options(p)
     p.add_argument("--format", default="tif",
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default tif)")
+    p.add_argument("--block-size", type=int, default=2048, metavar="PX",
+                   help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
+                   "a slide of several blocks is spread over the workers block by block (default 2048)")
     p.add_argument("--region", help="y,x,height,width in level-0 pixels (default: everything)")
-    p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: the model's)")
+    p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: unknown: "
+                   "segmented as the model's resolution, outputs in pixels only)")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
+    p.add_argument("--allow-fluorescence", action="store_true", help="segment a slide that looks like fluorescence")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same name")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose outputs are complete (same input and settings); redo the others")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="run on a new local Dask cluster of N worker processes (one per GPU on a GPU machine)")
+    scale.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the workers of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (they need "
+                       "the inputs and --out at the same paths)")
+    p.add_argument("--threads-per-worker", type=int, metavar="T",
+                   help="torch threads per Dask worker (default: cores / N with --workers; the worker's own "
+                   "OMP_NUM_THREADS with --scheduler)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -53,59 +58,7 @@ def parse_formats(text: str) -> list[str]:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise InvalidInputError(f"--format {text!r}: choose among {', '.join(FORMATS)}")
-    return formats
-
-
-def output_paths(out: Path, stem: str, formats: list[str]) -> dict[str, Path]:
-    names = {"tif": f"{stem}_labels.tif", "zarr": f"{stem}_labels.zarr", "geojson": f"{stem}_nuclei.geojson",
-             "csv": f"{stem}_nuclei.csv"}
-    return {f: out / names[f] for f in formats}
-
-
-def predict_file(path: Path, args: argparse.Namespace, config, formats: list[str]) -> dict:
-    """Segment one input and write its outputs; returns the summary written to <stem>_predict.json."""
-    import numpy as np
-
-    from nucseg.inference.predict import iter_predict
-    from nucseg.io import export
-    from nucseg.io.slides import open_slide
-
-    stem = path.name.split(".")[0]
-    targets = output_paths(args.out, stem, formats)
-    summary_path = args.out / f"{stem}_predict.json"
-    for target in [*targets.values(), summary_path]:
-        new_output_path(target, args.overwrite)
-        if args.overwrite and target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with open_slide(path) as slide:
-        mpp = slide.mpp or args.mpp
-        mpp_from = "file" if slide.mpp else "--mpp" if args.mpp else MPP_ASSUMED
-        region = parse_region(args.region)
-        big = (region[2] * region[3] if region else slide.shape[0] * slide.shape[1]) > config.block_size**2
-        store = targets.get("zarr") or (args.out / f".{stem}.partial.zarr" if big else None)
-        if store is not None and store.exists():
-            shutil.rmtree(store)  # a previous crashed run's partial output
-        gen = iter_predict(slide, config, mpp=mpp, region=region, out=store)
-        result = drive(gen, desc=path.name, quiet=args.quiet)
-        labels = result.labels
-        offset = result.region[:2]
-        if "tif" in targets:
-            export.write_labels_ome_tiff(labels, targets["tif"], mpp=result.mpp)
-        if "geojson" in targets:
-            export.write_geojson(labels, targets["geojson"], offset=offset)
-        if "csv" in targets:
-            image = slide.read_region(0, *result.region) if not big else None
-            export.write_measurements_csv(labels, targets["csv"], image=image, mpp=result.mpp, offset=offset)
-        if store is not None and "zarr" not in targets:
-            shutil.rmtree(store, ignore_errors=True)
-    summary = {
-        "input": str(path), "outputs": {k: str(v) for k, v in targets.items()}, "nuclei": result.n_nuclei,
-        "region": list(result.region), "mpp": result.mpp, "mpp_from": mpp_from, "model": result.model_info,
-        "seconds": round(result.seconds, 2),
-        "config": config.to_dict(), "labels_dtype": str(np.dtype(labels.dtype)),
-    }
-    summary_path.write_text(json.dumps(summary, indent=2))
-    return summary
+    return list(dict.fromkeys(formats))
 
 
 def build_config(args: argparse.Namespace):
@@ -116,37 +69,124 @@ def build_config(args: argparse.Namespace):
     return InferenceConfig(
         model=args.model, device=args.device, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
-        postprocess=PostprocessConfig(**spec.postprocess_defaults),
+        postprocess=PostprocessConfig(**spec.postprocess_defaults), block_size=args.block_size,
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    formats = parse_formats(args.format)
-    inputs = expand_inputs(args.inputs)
-    config = build_config(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failed, unsized = 0, []
-    for path in inputs:
-        try:
-            summary = predict_file(path, args, config, formats)
-        except NucsegError as err:  # one bad slide must not stop a batch: report it and go on
-            if len(inputs) == 1:
-                raise
-            print(f"nucseg predict: error: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{path}: {summary['nuclei']} nuclei in {summary['seconds']} s -> "
-              f"{', '.join(summary['outputs'].values())}", file=sys.stdout)
-        if summary["mpp_from"] == MPP_ASSUMED:
-            unsized.append(path.name)
-    if unsized:  # a 20x tile taken for 40x gets nuclei half their size: say so once, not per tile
-        from nucseg.models.registry import resolve_model
+def build_settings(args: argparse.Namespace):
+    from nucseg.jobs.batch import BatchSettings
 
-        names = unsized[0] if len(unsized) == 1 else f"{len(unsized)} inputs (e.g. {unsized[0]})"
-        mpp = resolve_model(config.model).mpp
-        print(f"nucseg predict: note: {names} did not say their pixel size and were segmented as {mpp:g} µm/px "
-              f"(the model's own, about {10 / mpp:.0f}x); pass --mpp if they are another magnification (20x is "
-              "about 0.5)", file=sys.stderr)
-    if failed:
-        print(f"nucseg predict: {failed} of {len(inputs)} inputs failed (see above)", file=sys.stderr)
+    if args.mpp is not None and not args.mpp > 0:
+        raise InvalidInputError(f"--mpp {args.mpp}: give the microns per pixel as a positive number (20x is about 0.5)")
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
+    return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),
+                         region=parse_region(args.region), mpp=args.mpp,
+                         allow_fluorescence=args.allow_fluorescence)
+
+
+class BatchBars:
+    """Two tqdm bars on stderr: inputs finished of the batch, and tiles of the inputs started so far."""
+
+    def __init__(self, n_inputs: int, skipped: int, quiet: bool):
+        from tqdm import tqdm
+
+        disable = quiet or None  # None: off when stderr is not a terminal
+        self.inputs = tqdm(total=n_inputs, initial=skipped, desc="inputs", unit="input", file=sys.stderr,
+                           disable=disable, dynamic_ncols=True, position=0)
+        self.tiles = tqdm(total=0, desc="tiles", unit="tile", file=sys.stderr, disable=disable, dynamic_ncols=True,
+                          position=1)
+        self.progress: dict[str, tuple[int, int]] = {}
+
+    def update(self, event) -> None:
+        if event.kind == "tiles":
+            self.progress[event.item.stem] = (event.done, event.total)
+        elif event.outcome is not None:
+            done, total = self.progress.get(event.item.stem, (0, 0))
+            self.progress[event.item.stem] = (total, total)
+            self.inputs.update(1)
+        self.tiles.total = sum(t for _, t in self.progress.values())
+        self.tiles.n = sum(d for d, _ in self.progress.values())
+        self.tiles.refresh()
+
+    def write(self, text: str, err: bool = False) -> None:
+        self.inputs.write(text, file=sys.stderr if err else sys.stdout)
+
+    def close(self) -> None:
+        self.tiles.close()
+        self.inputs.close()
+
+
+def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
+    if outcome.status == "done":
+        summary = outcome.summary
+        blocks = summary.get("block_workers")
+        where = (f" in {summary['blocks']} blocks on workers {', '.join(blocks)}" if blocks
+                 else f" on worker {outcome.worker}" if distributed else "")
+        bars.write(f"{outcome.item.input}: {summary['nuclei']} nuclei in {summary['seconds']} s{where} -> "
+                   f"{', '.join(summary['outputs'].values())}")
+    else:
+        bars.write(f"nucseg predict: error: {outcome.error}" if outcome.item.input.name in (outcome.error or "")
+                   else f"nucseg predict: error: {outcome.item.input}: {outcome.error}", err=True)
+        if outcome.summary and "traceback" in outcome.summary:  # not one of our errors: a bug, show where
+            bars.write(outcome.summary["traceback"].rstrip(), err=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nucseg.jobs.batch import iter_batch, plan_batch
+
+    settings = build_settings(args)
+    inputs = expand_inputs(args.inputs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plan = plan_batch(inputs, args.out, settings, resume=args.resume, overwrite=args.overwrite)
+    distributed = bool(args.workers or args.scheduler)
+    if args.resume:
+        print(f"nucseg predict: resuming: skipped {len(plan.skipped)} of {len(plan.items)} inputs (finished "
+              f"earlier), {len(plan.todo)} to do" + (f"; {plan.replacing} unfinished outputs will be replaced"
+                                                     if plan.replacing else ""), file=sys.stderr)
+    if plan.duplicates:
+        print(f"nucseg predict: note: {plan.duplicates} input(s) given more than once, segmented once",
+              file=sys.stderr)
+    bars = BatchBars(len(plan.items), len(plan.skipped), args.quiet)
+    gen = iter_batch(plan, settings, workers=args.workers, scheduler=args.scheduler,
+                     threads_per_worker=args.threads_per_worker)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            bars.update(event)
+            if event.outcome is not None:
+                _report_outcome(event.outcome, bars, distributed)
+    except KeyboardInterrupt:
+        gen.close()  # cancels the tasks, releases the cluster, writes the summary
+        bars.close()
+        print(f"nucseg predict: stopped; finished inputs are kept ({args.out / 'batch_summary.csv'}); run the same "
+              "command with --resume to do the rest", file=sys.stderr)
+        raise
+    finally:
+        gen.close()
+        bars.close()
+    _note_unsized(report, settings)
+    failed = report.failed
+    if failed and len(report.outcomes) > 1:
+        print(f"nucseg predict: {len(failed)} of {len(report.outcomes)} inputs failed (see above and "
+              f"{report.summary_csv})", file=sys.stderr)
     return EXIT_USER_ERROR if failed else 0
+
+
+def _note_unsized(report, settings) -> None:
+    """A 20x tile taken for 40x gets nuclei half their size: say so once, not per tile."""
+    unsized = [o.item.input.name for o in report.outcomes
+               if o.status == "done" and o.summary and o.summary.get("mpp_from") == MPP_UNKNOWN]
+    if not unsized:
+        return
+    from nucseg.models.registry import resolve_model
+
+    names = unsized[0] if len(unsized) == 1 else f"{len(unsized)} inputs (e.g. {unsized[0]})"
+    mpp = resolve_model(settings.config.model).mpp
+    print(f"nucseg predict: note: {names} did not say their pixel size and were segmented as {mpp:g} µm/px "
+          f"(the model's own, about {10 / mpp:.0f}x); their outputs are in pixels only. Pass --mpp if they are "
+          "another magnification (20x is about 0.5) or to get µm measurements", file=sys.stderr)

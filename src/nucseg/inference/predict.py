@@ -1,7 +1,9 @@
 """`iter_predict`: segment an image or a slide region block by block, yielding progress; returns the result.
 
-Small inputs (up to one block) are predicted and post-processed whole, so the tiled result is the
-whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if their
+The run is planned first (`nucseg.inference.plan.plan_prediction`: blocks, tiles, calibration windows), then
+each block is run (`nucseg.inference.blocks.run_block`) and written in block order (`write_block`); a distributed
+runner calls the same three functions. Small inputs (up to one block) are predicted and post-processed whole, so
+the tiled result is the whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if their
 centre lies in the block's core, so a nucleus cut by a block border is taken whole from one block and
 never duplicated. Each block fixes its squeeze-excitation gates once, on one window (nucseg.inference.calibration),
 so its tiles agree with each other. Slides stream into chunked zarr, so memory does not grow with the slide.
@@ -9,38 +11,40 @@ so its tiles agree with each other. Slides stream into chunked zarr, so memory d
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.config import InferenceConfig, PostprocessConfig
+from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import StoreError
-from nucseg.inference.calibration import (
-    CALIBRATION_SIZE,
-    add_window_tile,
-    centre_window,
-    tissue_window,
-    with_image_gates,
+from nucseg.inference.blocks import (
+    BlockOutput,
+    Predictor,
+    block_core,
+    iter_block,
+    iter_block_probabilities,
+    keep_core_nuclei,
+    labels_at_level0,
+    load_predictor,
+    paste_labels,
+    run_block,
+    write_block,
 )
-from nucseg.inference.forward import predict_batch
+from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
-from nucseg.inference.source import ScaledSource
-from nucseg.inference.stitching import BlendCanvas
-from nucseg.inference.tiling import Tile, iter_batches, tile_grid
-from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
     from nucseg.io.slides import Slide
 
-#: context read around each block; nuclei are far smaller, so any nucleus touching a core is seen whole
-HALO = 64
+__all__ = ["BlockOutput", "PredictProgress", "PredictionPlan", "PredictionResult", "Predictor", "iter_predict",
+           "iter_probabilities", "load_predictor", "plan_prediction", "predict", "predict_probabilities", "reapply_postprocess", "run_block", "write_block"]
 
 
 @dataclasses.dataclass
@@ -83,39 +87,6 @@ class PredictionResult:
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _blocks(shape: tuple[int, int], block: int) -> list[tuple[int, int, int, int]]:
-    return [(y, x, min(block, shape[0] - y), min(block, shape[1] - x))
-            for y in range(0, shape[0], block) for x in range(0, shape[1], block)]
-
-
-def _block_tiles(box, tile: int, overlap: int, shape, halo: int):
-    """The padded read box around a block and its tile grid (coordinates relative to the region)."""
-    y, x, h, w = box
-    ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
-    ry1, rx1 = min(y + h + halo, shape[0]), min(x + w + halo, shape[1])
-    read = (ry0, rx0, max(ry1 - ry0, tile), max(rx1 - rx0, tile))
-    tiles = [Tile(t.y0 + ry0, t.x0 + rx0, t.y1 + ry0, t.x1 + rx0) for t in tile_grid(read[2:], tile, overlap)]
-    return read, tiles
-
-
-def _calibration_window(box: tuple[int, int, int, int], tissue) -> tuple[int, int]:
-    """Where a block's squeeze-excitation gates are measured: its centre, or on a slide its window with most
-    tissue (see nucseg.inference.calibration)."""
-    if tissue is None or max(box[2:]) <= CALIBRATION_SIZE:
-        return tuple(v + o for v, o in zip(centre_window(box[2:]), box[:2]))
-    return tissue_window(box, tissue[0], tissue[1])
-
-
-def _window_pixels(source: ScaledSource, pixels: np.ndarray, read, window: tuple[int, int]) -> np.ndarray:
-    """The calibration window's pixels: cut from the block's pixels when it lies inside them (the usual case: no
-    second read, and exactly the pixels its tiles see), else read (a block smaller than the window)."""
-    ry, rx, rh, rw = read
-    y, x = window[0] - ry, window[1] - rx
-    if y >= 0 and x >= 0 and y + CALIBRATION_SIZE <= rh and x + CALIBRATION_SIZE <= rw:
-        return pixels[y : y + CALIBRATION_SIZE, x : x + CALIBRATION_SIZE]
-    return source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE)
-
-
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
     if out is None:
         return np.zeros(label_shape, np.uint32), np.zeros((3, *prob_shape), np.float32)
@@ -137,7 +108,8 @@ def iter_predict(
     out: str | Path | None = None,
     stop: threading.Event | None = None,
 ) -> Generator[PredictProgress, None, PredictionResult]:
-    """Segment nuclei in an image or a slide region.
+    """Segment nuclei in an image or a slide region: `plan_prediction`, then `run_block` and `write_block` for
+    each block in turn.
 
     Args:
         image: an (H, W, 3) RGB array, or a `nucseg.io.slides.Slide`.
@@ -149,116 +121,59 @@ def iter_predict(
         stop: when set, the run ends after the current batch; the result holds what was done.
 
     Yields:
-        `PredictProgress` after every batch of tiles, and before each block's post-processing.
+        `PredictProgress` before each slow step (loading the model, finding tissue, reading and calibrating a
+        block, separating its nuclei) and after every batch of tiles.
 
     Returns:
         `PredictionResult`.
     """
-    from nucseg.models.build import load_network
-    from nucseg.models.device import select_device
-    from nucseg.models.registry import resolve_model
-
     config = config or InferenceConfig()
     if out is not None and Path(out).exists():
         raise StoreError(f"{out} already exists: predictions are never written over; choose a new output folder")
     t0 = time.perf_counter()
-    spec = resolve_model(config.model)
-    device = select_device(config.device)
-    net = load_network(spec, device)
-    source = ScaledSource(image, spec.mpp, mpp, region)
-    tiling = config.tiling
-    single = max(source.shape) <= config.block_size
-    blocks = [(0, 0, *source.shape)] if single else _blocks(source.shape, config.block_size)
-    halo = 0 if single else max(HALO, tiling.overlap)
-    tissue = source.tissue_mask() if config.skip_background else None
-    plan = []
-    for box in blocks:
-        read, tiles = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)
-        if tissue is not None:
-            tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
-        plan.append((box, read, tiles))
-    total = sum(len(p[2]) for p in plan)
-    label_shape = source.region0[2:]
-    labels_out, probs_out = _open_outputs(out, label_shape, source.shape)
+    yield PredictProgress(0, 0, "loading model")
+    # the model loads (seconds, the first time) while the tissue is found: the two overlap
+    loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucseg-load")
+    future = loading.submit(load_predictor, config)
+    loading.shutdown(wait=False)
+    try:
+        yield PredictProgress(0, 0, "finding tissue" if config.skip_background else "planning")
+        plan = plan_prediction(image, config, mpp=mpp, region=region)
+    finally:
+        if not future.done():
+            yield PredictProgress(0, 0, "loading model")
+        predictor = future.result()
+    total, blocks = plan.total, len(plan.blocks)
+    labels_out, probs_out = _open_outputs(out, plan.label_shape, plan.shape)
+    probs_dtype = probs_out.dtype
     done, next_id, stopped = 0, 1, False
-    yield PredictProgress(0, total, "starting", 0, len(plan))
-    for index, (box, read, tiles) in enumerate(plan, start=1):
-        if not tiles:
+    yield PredictProgress(0, total, "starting", 0, blocks)
+    for block in plan.blocks:
+        if not block.tiles:
             continue
-        ry, rx, rh, rw = read
-        pixels = source.read(ry, rx, rh, rw)
-        window = _calibration_window(box, tissue)
-        gated, window_probs = with_image_gates(net, _window_pixels(source, pixels, read, window), spec, device)
-        canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
-        todo = add_window_tile(canvas, tiles, window, window_probs, config.tta)
-        done += len(tiles) - len(todo)
-        for batch_tiles in iter_batches(todo, tiling.batch_size):
-            if stop is not None and stop.is_set():
-                stopped = True
-                break
-            batch = np.stack([pixels[t.y0 - ry : t.y1 - ry, t.x0 - rx : t.x1 - rx] for t in batch_tiles])
-            for t, p in zip(batch_tiles, predict_batch(gated, batch, spec, device, tta=config.tta)):
-                canvas.add(t, p)
-            done += len(batch_tiles)
-            yield PredictProgress(done, total, "predicting", index, len(plan))
-        if not stopped:
-            yield PredictProgress(done, total, "separating nuclei", index, len(plan))
-        # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
-        probs = canvas.result()[:, : min(rh, source.shape[0] - ry), : min(rw, source.shape[1] - rx)]
-        # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
-        y0, x0 = min(t.y0 for t in tiles) - ry, min(t.x0 for t in tiles) - rx
-        y1, x1 = max(t.y1 for t in tiles) - ry, max(t.x1 for t in tiles) - rx
-        inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], config.postprocess)
-        next_id = _write_block(inst, probs, box, read, (ry + y0, rx + x0), source, labels_out, probs_out, next_id,
-                               out is not None)
-        if stopped:
+        if stop is not None and stop.is_set():
+            stopped = True
             break
-    result = PredictionResult(
-        labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp0 if (mpp or source.slide) else None,
-        model_mpp=spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
-        stopped=stopped, model_info={"name": spec.name, "sha256": spec.sha256},
+        gen = iter_block(plan, block.index, predictor, stop=stop, probs_dtype=probs_dtype)
+        while True:
+            try:
+                stage, block_done = next(gen)
+            except StopIteration as finished:
+                output = finished.value
+                break
+            yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
+        done += output.tiles_done
+        next_id = write_block(plan, output, labels_out, probs_out, next_id)
+        if output.stopped:
+            stopped = True
+            break
+    source = plan.source
+    return PredictionResult(
+        labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp_given,
+        model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
+        stopped=stopped, model_info={"name": plan.spec.name, "sha256": plan.spec.sha256,
+                                     "runtime": predictor.runtime},
     )
-    return result
-
-
-def _write_block(inst, probs, box, read, inst_origin, source: ScaledSource, labels_out, probs_out, next_id: int,
-                 quantise: bool) -> int:
-    """Write a block's nuclei (`inst`, whose top-left is `inst_origin`; see `_write_labels`) and the core of
-    its probabilities (`probs`, which cover the read box)."""
-    by, bx, bh, bw = box
-    ry, rx = read[:2]
-    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
-    probs_out[:, by : by + bh, bx : bx + bw] = np.round(core * 255).astype(np.uint8) if quantise else core
-    return _write_labels(inst, box, inst_origin, source, labels_out, next_id)
-
-
-def _write_labels(inst, box, origin, source, labels_out, next_id: int) -> int:
-    """Keep the nuclei whose centre lies in the block's core, renumber them globally, write them at level 0."""
-    by, bx, bh, bw = box
-    ry, rx = origin
-    n = int(inst.max())
-    if n:
-        # all of `inst` inside the core (an image of one block): every centre is too, no need to measure them
-        if by <= ry and bx <= rx and ry + inst.shape[0] <= by + bh and rx + inst.shape[1] <= bx + bw:
-            keep = np.ones(n, bool)
-        else:
-            centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
-            cy, cx = centres[:, 0] + ry, centres[:, 1] + rx
-            keep = (cy >= by) & (cy < by + bh) & (cx >= bx) & (cx < bx + bw)
-        lut = np.zeros(n + 1, dtype=np.uint32)
-        lut[1:][keep] = np.arange(next_id, next_id + int(keep.sum()), dtype=np.uint32)
-        inst = lut[inst]
-        next_id += int(keep.sum())
-    # level-0 box of the read area; nuclei spilling over the core are written where no other block wrote
-    y0, x0 = source.to_level0(ry, rx)
-    y1, x1 = source.to_level0(ry + inst.shape[0], rx + inst.shape[1])
-    oy, ox = source.region0[:2]
-    if source.resampled:
-        inst = resize(inst, (y1 - y0, x1 - x0), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
-    sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
-    current = np.asarray(labels_out[sl])
-    labels_out[sl] = np.where(current == 0, inst, current)
-    return next_id
 
 
 def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig) -> PredictionResult:
@@ -284,17 +199,20 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
                                 fill_value=0, overwrite=True)
     halo = max(HALO, config.tiling.overlap)
     next_id = 1
-    for box in _blocks(shape, config.block_size):
+    for box in block_boxes(shape, config.block_size):
         y, x, h, w = box
         ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
         block_probs = np.asarray(probs[:, ry0 : min(y + h + halo, shape[0]), rx0 : min(x + w + halo, shape[1])])
         inst = probabilities_to_instances(block_probs, postprocess)
-        next_id = _write_labels(inst, box, (ry0, rx0), source, labels, next_id)
+        kept, n = keep_core_nuclei(inst, box, (ry0, rx0))
+        kept, labels_box = labels_at_level0(kept, (ry0, rx0), source)
+        paste_labels(labels, kept, labels_box, next_id)
+        next_id += n
     return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
 
 
 class _ResultGeometry:
-    """The mapping from model pixels to level-0 pixels of an earlier result (what `_write_labels` needs)."""
+    """The mapping from model pixels to level-0 pixels of an earlier result (what `labels_at_level0` needs)."""
 
     def __init__(self, result: PredictionResult, model_shape: tuple[int, int]):
         self.region0 = result.region
@@ -303,6 +221,60 @@ class _ResultGeometry:
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
         return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
+
+
+def iter_probabilities(
+    predictor: Predictor,
+    image: np.ndarray | Any,
+    tiling: TilingConfig,
+    *,
+    tta: bool = False,
+    mpp: float | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """The network's blended (C, H, W) float32 probabilities for an image, at the model's resolution: the plan
+    and the blocks of `iter_predict` (same tiles, calibration and background skipping), without post-processing.
+    Yields (tiles done, total) after every batch."""
+    config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
+    plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)
+    out = np.zeros((len(predictor.spec.heads), *plan.shape), np.float32)
+    done = 0
+    for block in plan.blocks:
+        if not block.tiles:
+            continue
+        gen = iter_block_probabilities(plan, block.index, predictor)
+        while True:
+            try:
+                stage, block_done = next(gen)
+            except StopIteration as finished:
+                probs, block_done, _ = finished.value
+                break
+            if stage == "predicting":
+                yield done + block_done, plan.total
+        by, bx, bh, bw = block.box
+        out[:, by : by + bh, bx : bx + bw] = block_core(plan, block.index, probs)
+        done += block_done
+    return out
+
+
+def predict_probabilities(
+    net: Any,
+    image: np.ndarray,
+    spec: Any,
+    device: Any,
+    tiling: TilingConfig,
+    tta: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(C, H, W) probabilities of a whole in-memory image with `net` (e.g. a network in training, in eval mode):
+    `iter_probabilities` run to its end."""
+    gen = iter_probabilities(Predictor(spec, device, net), image, tiling, tta=tta)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as finished:
+            return finished.value
+        if on_progress is not None:
+            on_progress(done, total)
 
 
 def predict(image, config: InferenceConfig | None = None, **kwargs) -> PredictionResult:

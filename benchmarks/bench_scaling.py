@@ -1,0 +1,105 @@
+"""Scaling of `nucseg predict` over Dask workers: the same batch on 1 and on 2 worker processes.
+
+Both clusters are started first (start-up is reported apart: it is paid once per batch, not per input), then the
+batch runs on each in turn, `--rounds` times (interleaved, so a busy spell of a shared machine hits both). The
+cores are the same for both: 1 worker x C torch threads against 2 workers x C/2 threads, so the figure says
+whether splitting the batch over processes beats splitting each tile's convolutions over threads.
+
+    python benchmarks/bench_scaling.py [--inputs 6] [--size 256] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import default_model_name, emit, he_tile
+
+
+def make_inputs(folder: Path, n: int, size: int) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for i in range(n):
+        tile = he_tile(i)
+        y = x = 500 - size // 2
+        path = folder / f"he{i}.png"
+        Image.fromarray(np.ascontiguousarray(tile[y : y + size, x : x + size])).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_batch(inputs: list[Path], out: Path, settings, scheduler: str, threads: int) -> tuple[float, int]:
+    from nucseg.jobs.batch import iter_batch, plan_batch
+
+    plan = plan_batch(inputs, out, settings)
+    t0 = time.perf_counter()
+    gen = iter_batch(plan, settings, scheduler=scheduler, threads_per_worker=threads)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            report = stop.value
+            break
+    seconds = time.perf_counter() - t0
+    if report.failed:
+        raise SystemExit(f"inputs failed: {[o.error for o in report.failed]}")
+    return seconds, sum(o.nuclei or 0 for o in report.outcomes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=6)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from distributed import Client, LocalCluster
+
+    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.jobs.batch import BatchSettings
+
+    cores = os.cpu_count() or 1
+    model = default_model_name()
+    settings = BatchSettings(InferenceConfig(model=model, device="cpu", tiling=TilingConfig(256, 32, 4)))
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = make_inputs(Path(tmp), args.inputs, args.size)
+        clusters, clients, startup = {}, [], {}
+        for n in (1, 2):
+            t0 = time.perf_counter()
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            clients.append(Client(cluster))
+            clients[-1].wait_for_workers(n)
+            clusters[n], startup[n] = cluster, round(time.perf_counter() - t0, 2)
+        times: dict[int, list[float]] = {1: [], 2: []}
+        nuclei: dict[int, int] = {}
+        for r in range(args.rounds):
+            for n in (1, 2):
+                seconds, nuclei[n] = run_batch(inputs, Path(tmp) / f"out-{n}-{r}", settings,
+                                               clusters[n].scheduler_address, max(1, cores // n))
+                times[n].append(round(seconds, 2))
+                print(f"round {r + 1}: {n} worker(s) x {max(1, cores // n)} threads: {seconds:.1f} s", flush=True)
+        for client in clients:
+            client.close()
+        for cluster in clusters.values():
+            cluster.close()
+    if nuclei[1] != nuclei[2]:
+        raise SystemExit(f"1 and 2 workers found different nuclei: {nuclei}")
+    speedups = [round(a / b, 3) for a, b in zip(times[1], times[2])]
+    print(f"speed-up of 2 workers over 1 on {cores} cores, per round: {speedups} (shared machine: load average "
+          f"{os.getloadavg()[0]:.1f})")
+    emit("scaling", {"model": model, "inputs": args.inputs, "size": args.size, "cores": cores,
+                     "seconds_1_worker": times[1], "seconds_2_workers": times[2], "speedup_per_round": speedups,
+                     "startup_seconds": startup, "nuclei": nuclei[1], "load_average": round(os.getloadavg()[0], 2),
+                     "note": "machine shared with other jobs: times vary from run to run"})
+
+
+if __name__ == "__main__":
+    main()

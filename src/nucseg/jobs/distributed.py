@@ -1,0 +1,307 @@
+"""Run a batch on Dask distributed: a new local cluster of worker processes, or an existing scheduler.
+
+One task per input; each task segments its input on a worker and writes the outputs there (through the same
+`iter_predict_file` as the in-process path, so the files are the same), which needs the inputs and the output
+folder at the same paths on every worker (one machine, or a shared file system on a cluster). A slide of several
+blocks becomes one task per block instead, written here in block order (`nucseg.jobs.block_tasks`).
+
+Each worker loads the model once, when `ModelPlugin` is registered (later tasks find it in the worker's model
+cache), and frees it when the batch ends. On a machine with several GPUs, run one worker per GPU: a local cluster's
+workers take GPU `worker index % GPUs`; external workers are pinned with ``CUDA_VISIBLE_DEVICES`` (docs/BATCH.md).
+Tile progress comes back to the client as worker events (`Worker.log_event` / `Client.subscribe_topic`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import time
+import uuid
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+
+from nucseg.errors import ModelError, NucsegError
+from nucseg.jobs.batch import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
+from nucseg.jobs.block_tasks import BlockAssembly, forget_plans, run_block_task
+from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file, local_worker
+
+#: seconds between two tile-progress events from one task
+PROGRESS_INTERVAL = 0.5
+#: how long to wait for the first worker of an existing scheduler
+WORKER_WAIT_S = 120
+
+
+class ModelPlugin(WorkerPlugin):
+    """Prepares each worker for segmentation: torch threads, its GPU, and the model loaded once.
+
+    Args:
+        model: registry name or model folder (a folder must exist at the same path on the workers).
+        device: "auto", "cpu", "cuda" or "mps", as in `InferenceConfig`.
+        torch_threads: threads for torch's CPU kernels; None keeps the worker's (Dask sets 1 unless the
+            worker's environment sets ``OMP_NUM_THREADS``).
+    """
+
+    def __init__(self, model: str, device: str, torch_threads: int | None = None):
+        self.model, self.device, self.torch_threads = model, device, torch_threads
+        self.name = f"nucseg-model-{uuid.uuid4().hex[:8]}"
+
+    def setup(self, worker) -> None:
+        import torch
+
+        from nucseg.models.build import load_network
+        from nucseg.models.device import select_device
+        from nucseg.models.registry import resolve_model
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        if (self.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+                and "CUDA_VISIBLE_DEVICES" not in os.environ and isinstance(worker.name, int)):
+            torch.cuda.set_device(worker.name % torch.cuda.device_count())  # local cluster: one GPU per worker
+        load_network(resolve_model(self.model), select_device(self.device))
+
+    def teardown(self, worker) -> None:
+        from nucseg.models.build import clear_cache
+
+        forget_plans()
+        clear_cache()
+        with contextlib.suppress(Exception):  # the accelerator may be gone already when a worker shuts down
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def worker_identity(settings: BatchSettings) -> dict[str, Any]:
+    """The worker running this task: Dask name and address, host, process, device (recorded in the JSON)."""
+    worker = get_worker()
+    info: dict[str, Any] = {"name": worker.name, "address": worker.address, "host": socket.gethostname(),
+                            "pid": os.getpid()}
+    with contextlib.suppress(Exception):
+        import torch
+
+        from nucseg.models.device import select_device
+
+        device = select_device(settings.config.device)
+        info["device"] = f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else device.type
+    return info
+
+
+def run_file_task(item: BatchItem, settings: BatchSettings, topic: str) -> InputOutcome:
+    """The task of one input, on a worker: segment it, write its outputs, send tile progress under `topic`.
+    Errors come back as a "failed" outcome (exceptions are not all picklable; the message always is)."""
+    worker = get_worker()
+    who = worker_identity(settings)
+    t0 = last = time.perf_counter()
+    gen = iter_predict_file(item, settings, who)
+    try:
+        while True:
+            record = next(gen)
+            now = time.perf_counter()
+            if now - last >= PROGRESS_INTERVAL or record.done == record.total:
+                worker.log_event(topic, {"stem": item.stem, "done": int(record.done), "total": int(record.total)})
+                last = now
+    except StopIteration as stop:
+        return done_outcome(item, stop.value)
+    except Exception as err:  # noqa: BLE001 - one failing input must not stop the batch; reported in full
+        return failed_outcome(item, err, time.perf_counter() - t0, who)
+
+
+def _check_workers(out: str) -> dict[str, Any]:
+    """Run on every worker before the batch: can it write the output folder, and which nucseg does it have."""
+    import nucseg
+
+    return {"version": nucseg.__version__, "out": os.path.isdir(out) and os.access(out, os.W_OK)}
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
+    """A client of a new local cluster (`workers` processes on 127.0.0.1) or of the scheduler at `scheduler`;
+    closed, with the cluster, on exit (also on Ctrl-C).
+
+    Raises:
+        NucsegError: the scheduler cannot be reached or has no workers.
+    """
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s", set_as_default=False)
+        except (OSError, TimeoutError) as err:
+            raise NucsegError(f"cannot reach the Dask scheduler at {scheduler}: {err}; start one with `dask "
+                              "scheduler` and workers with `dask worker ADDRESS`, or check the address") from err
+    else:
+        if not workers or workers < 1:
+            raise NucsegError(f"--workers {workers}: give a number of worker processes of at least 1")
+        # one task thread per worker (one model, one input at a time); torch gets the cores (ModelPlugin)
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=_dashboard_address(), silence_logs=logging.ERROR)
+        client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):  # closing after Ctrl-C or a lost scheduler must not mask the cause
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited through spawn): Ctrl-C in a terminal reaches the
+    whole process group, and it is the client's job to stop them (cancel, close the cluster), not theirs to die
+    with a traceback each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _dashboard_address() -> str | None:
+    """A free port for Dask's dashboard when bokeh is installed (it needs it), else no dashboard."""
+    import importlib.util
+
+    return "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
+
+
+def _prepare(client: Client, settings: BatchSettings, out: str, scheduler: str | None,
+             threads_per_worker: int | None) -> str:
+    """Check the workers, register the model plugin; returns its name."""
+    import nucseg
+
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError as err:
+        raise NucsegError(f"the Dask scheduler at {scheduler} has no workers after {WORKER_WAIT_S} s; start some "
+                          f"with `dask worker {scheduler}`") from err
+    for address, facts in client.run(_check_workers, out).items():
+        if facts["version"] != nucseg.__version__:
+            raise NucsegError(f"worker {address} has nucseg {facts['version']}, this client {nucseg.__version__}: "
+                              "install the same version everywhere")
+        if not facts["out"]:
+            raise NucsegError(f"worker {address} cannot write {out}: workers need the inputs and the output folder "
+                              "at the same paths (a shared file system)")
+    plugin = ModelPlugin(settings.config.model, settings.config.device, threads_per_worker)
+    try:
+        client.register_plugin(plugin)
+    except NucsegError:
+        raise
+    except Exception as err:  # a worker failed to set up (e.g. the model folder is missing there)
+        raise ModelError(f"the workers could not load model {settings.config.model!r}: {err}") from err
+    return plugin.name
+
+
+def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, workers: int | None = None,
+                     scheduler: str | None = None, threads_per_worker: int | None = None
+                     ) -> Generator[BatchEvent, None, None]:
+    """Run `items` as Dask tasks: one per input, or one per block for a slide of several blocks (written here, in
+    block order). Yields tile progress and each input's outcome as it ends. Closing the generator (Ctrl-C in the
+    caller) cancels what has not finished, removes its temporary files and releases the cluster."""
+    if not items:
+        return
+    if workers and not scheduler and not threads_per_worker:  # a local cluster shares this machine's cores
+        threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
+    with dask_client(workers, scheduler) as client:
+        plugin = _prepare(client, settings, str(items[0].out), scheduler, threads_per_worker)
+        topic = f"nucseg-progress-{uuid.uuid4().hex[:8]}"
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        client.subscribe_topic(topic, events.put)
+        by_stem = {item.stem: item for item in items}
+        pending: dict[Any, tuple[BatchItem, int | None]] = {}
+        assemblies: dict[str, BlockAssembly] = {}
+        try:
+            for item in items:  # planning a slide here overlaps with the workers' first tasks
+                t0 = time.perf_counter()
+                try:
+                    assembly = BlockAssembly.open(item, settings)
+                except Exception as err:  # noqa: BLE001 - e.g. a broken slide: reported, the batch goes on
+                    yield BatchEvent("input", item, outcome=failed_outcome(item, err, time.perf_counter() - t0,
+                                                                           local_worker()))
+                    continue
+                if assembly is None:
+                    future = client.submit(run_file_task, item, settings, topic, pure=False,
+                                           key=f"nucseg-{item.stem}-{topic[-8:]}")
+                    pending[future] = (item, None)
+                    continue
+                assemblies[item.stem] = assembly
+                for index in assembly.indices:
+                    future = client.submit(run_block_task, item, settings, index, topic, pure=False,
+                                           key=f"nucseg-{item.stem}-block{index}-{topic[-8:]}")
+                    pending[future] = (item, index)
+                yield BatchEvent("tiles", item, 0, assembly.total)
+            while pending:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        _, msg = events.get(timeout=0.2)
+                        item = by_stem[msg["stem"]]
+                        if "block" in msg:
+                            if item.stem in assemblies:
+                                assembly = assemblies[item.stem]
+                                yield BatchEvent("tiles", item, assembly.progress(msg["block"], msg["done"]),
+                                                 assembly.total)
+                        else:
+                            yield BatchEvent("tiles", item, msg["done"], msg["total"])
+                for future in [f for f in pending if f.done()]:
+                    item, index = pending.pop(future)
+                    if index is None:
+                        yield BatchEvent("input", item, outcome=_outcome(future, item))
+                    elif item.stem in assemblies:
+                        outcome = _add_block(assemblies[item.stem], future, item)
+                        if outcome is not None:
+                            assemblies.pop(item.stem).close()
+                            if outcome.status != "done":  # the slide failed: its other blocks are not needed
+                                rest = [f for f, (i, _) in pending.items() if i.stem == item.stem]
+                                client.cancel(rest)
+                                for f in rest:
+                                    pending.pop(f)
+                            yield BatchEvent("input", item, outcome=outcome)
+        finally:
+            if pending:
+                with contextlib.suppress(Exception):
+                    client.cancel(list(pending))
+            for assembly in assemblies.values():
+                assembly.close()
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(topic)
+                client.unregister_worker_plugin(plugin)  # frees the model on a shared cluster's workers
+
+
+def _add_block(assembly: BlockAssembly, future, item: BatchItem) -> InputOutcome | None:
+    """Take a finished block task; returns the slide's outcome when it is complete or has failed, else None."""
+    seconds = time.perf_counter() - assembly.t0
+    if future.status != "finished":
+        return _outcome(future, item)
+    result = future.result()
+    if result.error is not None:
+        outcome = InputOutcome(item, "failed", seconds=round(seconds, 2), worker=worker_label(result.worker),
+                               error=result.error)
+        if result.traceback:
+            outcome.summary = {"traceback": result.traceback}
+        return outcome
+    try:
+        assembly.add(result)
+        return done_outcome(item, assembly.finish()) if assembly.complete else None
+    except Exception as err:  # noqa: BLE001 - writing this slide failed (disk full...): reported, the batch goes on
+        return failed_outcome(item, err, seconds, local_worker())
+
+
+def _outcome(future, item: BatchItem) -> InputOutcome:
+    if future.status == "finished":
+        return future.result()
+    if future.status == "cancelled":
+        return InputOutcome(item, "failed", error="cancelled: the scheduler or the worker went away")
+    # the task itself never raises (run_file_task reports errors): this is the cluster (e.g. KilledWorker after
+    # the input killed several workers, usually by running out of memory)
+    return failed_outcome(item, future.exception(), 0.0, None)

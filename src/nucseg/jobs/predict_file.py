@@ -1,0 +1,238 @@
+"""Segment one input file and write its outputs atomically: the work unit of a batch, in-process or on a worker.
+
+Every output is first written under a hidden temporary name in the output folder and renamed into place only when
+all of them are complete, `<stem>_predict.json` last. So a run that fails (or is killed) never destroys earlier
+outputs, and an input whose JSON is present was finished: `nucseg predict --resume` relies on that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from nucseg.config import InferenceConfig
+from nucseg.errors import StoreError
+
+#: output formats and the names of their files
+OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
+                "csv": "{stem}_nuclei.csv"}
+FORMATS = tuple(OUTPUT_NAMES)
+#: `mpp_from` in <stem>_predict.json when neither the file nor --mpp gave the pixel size
+MPP_UNKNOWN = "unknown"
+#: version of the <stem>_predict.json layout (checked by --resume)
+SUMMARY_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSettings:
+    """What every input of a batch is segmented with (picklable: it travels to Dask workers).
+
+    Attributes:
+        config: model, device, tiling, thresholds.
+        formats: outputs to write, among `FORMATS`.
+        region: (y, x, h, w) in level-0 pixels, or None for everything.
+        mpp: microns per pixel for inputs whose file does not say (``--mpp``); None leaves them in pixel units.
+    """
+
+    config: InferenceConfig
+    formats: tuple[str, ...] = ("tif",)
+    region: tuple[int, int, int, int] | None = None
+    mpp: float | None = None
+    allow_fluorescence: bool = False  # slides that look like fluorescence are refused (the model is for H&E)
+
+    def request(self) -> dict[str, Any]:
+        """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
+        return json.loads(json.dumps({"config": self.config.to_dict(), "region": self.region, "mpp_option": self.mpp}))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchItem:
+    """One input of a batch and where its outputs go.
+
+    Attributes:
+        input: the input file (absolute).
+        stem: unique name its outputs start with.
+        out: the output folder.
+        stem_note: why `stem` differs from the file's own name, when it does (recorded in the JSON).
+        replace: outputs already there may be replaced (``--overwrite``, or leftovers of an unfinished run).
+    """
+
+    input: Path
+    stem: str
+    out: Path
+    stem_note: str | None = None
+    replace: bool = False
+
+    def outputs(self, formats: tuple[str, ...] | list[str]) -> dict[str, Path]:
+        return {f: self.out / OUTPUT_NAMES[f].format(stem=self.stem) for f in formats}
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / f"{self.stem}_predict.json"
+
+
+def local_worker() -> dict[str, Any]:
+    """Who runs an input in-process: this host and process."""
+    return {"name": "in-process", "address": None, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _temporary(path: Path, token: str) -> Path:
+    return path.with_name(f".{path.name}.{token}.partial")
+
+
+def leftovers(item: BatchItem) -> list[Path]:
+    """Temporary files of earlier, unfinished runs of this item (hidden `.NAME.TOKEN.partial` files)."""
+    names = [p.name for p in item.outputs(FORMATS).values()] + [item.summary_path.name, f"{item.stem}.scratch.zarr"]
+    return [p for name in names for p in item.out.glob(f".{name}.*.partial")]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], replace: bool) -> None:
+    """Rename complete temporary outputs into place, the summary JSON last.
+
+    When replacing, the old JSON goes first: an input caught between two renames has no JSON and counts as
+    unfinished (never as finished with a mix of old and new files)."""
+    targets = [final for _, final in [*pairs, summary]]
+    taken = [t for t in targets if t.exists()]
+    if taken and not replace:  # appeared while this input ran (another run into the same folder)
+        raise StoreError(f"{taken[0]} already exists; remove it, choose another --out, or pass --overwrite")
+    try:
+        if replace and summary[1].exists():
+            summary[1].unlink()
+        for tmp, final in [*pairs, summary]:
+            if final.is_dir() and not final.is_symlink():  # a zarr folder: move the old one aside, then swap
+                trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+    except OSError as err:
+        raise StoreError(f"cannot write {err.filename or targets[0]}: {err.strerror or err}; check the output "
+                         "folder is writable and has space") from err
+
+
+def input_units(slide, settings: BatchSettings) -> tuple[float | None, str]:
+    """Microns per pixel of an input and where they come from: the file, else --mpp, else unknown (outputs then
+    stay in pixels and say so)."""
+    if slide.mpp:
+        return slide.mpp, "file"
+    if settings.mpp:
+        return settings.mpp, "--mpp"
+    return None, MPP_UNKNOWN
+
+
+def is_big(slide, settings: BatchSettings) -> bool:
+    """More pixels than one block: labels stream into a zarr store rather than memory."""
+    region = settings.region
+    pixels = region[2] * region[3] if region else slide.shape[0] * slide.shape[1]
+    return pixels > settings.config.block_size**2
+
+
+class OutputSet:
+    """The temporary files of one input's outputs, written in full and then committed together (or removed).
+
+    Use as a context manager: on exit, whatever was not committed is removed.
+    """
+
+    def __init__(self, item: BatchItem, settings: BatchSettings):
+        self.item, self.settings = item, settings
+        token = uuid.uuid4().hex[:8]
+        self.targets = item.outputs(settings.formats)
+        self.temps = {f: _temporary(p, token) for f, p in self.targets.items()}
+        self.summary_tmp = _temporary(item.summary_path, token)
+        self.scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in [*self.temps.values(), self.summary_tmp, self.scratch]:
+            _remove(path)
+
+    def store(self, big: bool) -> Path | None:
+        """The zarr folder labels and probabilities stream into: the zarr output, scratch for a big input, or None
+        (in memory)."""
+        return self.temps.get("zarr") or (self.scratch if big else None)
+
+    def finish(self, result: Any, *, mpp: float | None, mpp_from: str, image: Any, worker: dict[str, Any],
+               seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the exports of `result` (a `PredictionResult`), the JSON, and rename them all into place.
+
+        Args:
+            image: the RGB pixels of the region for the CSV's intensity columns, or None.
+            seconds: time spent on this input so far (the export time is added).
+        """
+        import numpy as np
+
+        from nucseg.io import export
+        from nucseg.models.registry import resolve_model
+
+        t0 = time.perf_counter()
+        item, config, temps = self.item, self.settings.config, self.temps
+        labels, offset = result.labels, result.region[:2]
+        if "tif" in temps:
+            export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
+        if "geojson" in temps:
+            export.write_geojson(labels, temps["geojson"], offset=offset)
+        if "csv" in temps:
+            export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
+        if "zarr" in temps:
+            import zarr
+
+            zarr.open_group(str(temps["zarr"]), mode="a").attrs.update({"mpp": mpp, "mpp_from": mpp_from})
+        summary = {
+            "summary_version": SUMMARY_VERSION,
+            "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
+            **({"stem_note": item.stem_note} if item.stem_note else {}),
+            "outputs": {k: str(v) for k, v in self.targets.items()}, "nuclei": result.n_nuclei,
+            "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
+            **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
+            "model": result.model_info, "worker": worker, **(extra or {}),
+            "predict_seconds": round(result.seconds, 2), "seconds": round(seconds + time.perf_counter() - t0, 2),
+            "request": self.settings.request(), "config": config.to_dict(),
+            "labels_dtype": str(np.dtype(labels.dtype)),
+        }
+        self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        commit_outputs([(temps[f], self.targets[f]) for f in self.settings.formats],
+                       (self.summary_tmp, item.summary_path), item.replace)
+        return summary
+
+
+def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str, Any] | None = None
+                      ) -> Generator[Any, None, dict[str, Any]]:
+    """Segment `item.input` and write its outputs (see the module docstring).
+
+    Yields:
+        `nucseg.inference.predict.PredictProgress` records.
+
+    Returns:
+        The summary written to `<stem>_predict.json`.
+    """
+    from nucseg.inference.predict import iter_predict
+    from nucseg.io.slides import open_slide, require_brightfield
+
+    t0 = time.perf_counter()
+    with OutputSet(item, settings) as outputs, open_slide(item.input) as slide:
+        require_brightfield(slide, settings.allow_fluorescence)
+        mpp, mpp_from = input_units(slide, settings)
+        big = is_big(slide, settings)
+        result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
+                                         out=outputs.store(big))
+        image = slide.read_region(0, *result.region) if not big else None
+        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, worker=worker or local_worker(),
+                              seconds=time.perf_counter() - t0)
