@@ -448,3 +448,31 @@ def test_large_and_spread_out_ids_keep_their_values(tmp_path, ids):
         assert [r["id"] for r in measure_nuclei(source)] == list(ids)
         assert sorted(f["properties"]["nucseg_id"] for f in labels_to_geojson(source)["features"]) == list(ids)
         assert all(r["area_px"] == 100 for r in measure_nuclei(source))
+
+
+@pytest.mark.parametrize("block", [None, "128"])
+def test_nucseg_predict_geojson_carries_the_csv_numbers(tmp_path, monkeypatch, block):
+    """Through the CLI, on a tile in memory and on one streamed as a 'slide' (blocks of 128 px, lazy labels): the
+    GeoJSON's measurements are the CSV's, microns with --mpp and the H&E columns from the input's pixels."""
+    from PIL import Image
+
+    from fake_models import blob_image, install_blobnet
+    from nucseg.cli import main
+
+    install_blobnet(monkeypatch)
+    image, _ = blob_image((200, 260), n=25)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    out = tmp_path / "out"
+    extra = ["--block-size", block] if block else []
+    assert main(["predict", str(tmp_path / "tile.png"), "--out", str(out), "--model", "unet-efficientnet-b0",
+                 "--tile-size", "128", "--overlap", "32", "--format", "tif,csv,geojson", "--mpp", "0.5",
+                 "--quiet", *extra]) == 0
+    rows = {int(r["id"]): r for r in read_csv(out / "tile_nuclei.csv")}
+    features = json.loads((out / "tile_nuclei.geojson").read_text())["features"]
+    labels = tifffile.imread(out / "tile_labels.tif")
+    assert len(rows) == len(features) == len(np.unique(labels)) - 1 > 10
+    for feature in features:
+        m, row = feature["properties"]["measurements"], rows[feature["properties"]["nucseg_id"]]
+        assert m["area_um2"] == pytest.approx(float(row["area_px"]) * 0.25)
+        assert m["mean_r"] == pytest.approx(float(row["mean_r"]), rel=1e-5)
+    assert shapely.is_valid([shapely.geometry.shape(f["geometry"]) for f in features]).all()
