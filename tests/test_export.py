@@ -476,3 +476,29 @@ def test_nucseg_predict_geojson_carries_the_csv_numbers(tmp_path, monkeypatch, b
         assert m["area_um2"] == pytest.approx(float(row["area_px"]) * 0.25)
         assert m["mean_r"] == pytest.approx(float(row["mean_r"]), rel=1e-5)
     assert shapely.is_valid([shapely.geometry.shape(f["geometry"]) for f in features]).all()
+
+
+@pytest.mark.parametrize("block", [None, "128"])
+def test_nucseg_predict_zarr_is_ome_ngff(tmp_path, monkeypatch, block):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from PIL import Image
+
+    from fake_models import blob_image, install_blobnet
+    from nucseg.cli import main
+
+    install_blobnet(monkeypatch)
+    image, _ = blob_image((200, 260), n=25)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    out = tmp_path / "out"
+    extra = ["--block-size", block] if block else []
+    assert main(["predict", str(tmp_path / "tile.png"), "--out", str(out), "--model", "unet-efficientnet-b0",
+                 "--tile-size", "128", "--overlap", "32", "--format", "tif,zarr", "--mpp", "0.5", "--quiet",
+                 *extra]) == 0
+    node = list(Reader(parse_url(str(out / "tile_labels.zarr")))())[0]
+    assert node.metadata["axes"][0] == {"name": "y", "type": "space", "unit": "micrometer"}
+    assert node.metadata["coordinateTransformations"][0] == [{"type": "scale", "scale": [0.5, 0.5]}]
+    assert np.array_equal(np.asarray(node.data[0]), tifffile.imread(out / "tile_labels.tif"))
+    attrs = zarr.open_group(str(out / "tile_labels.zarr"), mode="r").attrs["nucseg"]
+    assert attrs["mpp"] == 0.5 and attrs["mpp_from"] == "--mpp"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no scratch left

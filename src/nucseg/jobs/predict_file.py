@@ -165,9 +165,9 @@ class OutputSet:
             _remove(path)
 
     def store(self, big: bool) -> Path | None:
-        """The zarr folder labels and probabilities stream into: the zarr output, scratch for a big input, or None
-        (in memory)."""
-        return self.temps.get("zarr") or (self.scratch if big else None)
+        """The zarr folder labels and probabilities stream into: scratch for a big input, or None (in memory).
+        The zarr output is written from the labels at the end, as an OME-NGFF label image."""
+        return self.scratch if big else None
 
     def finish(self, result: Any, *, mpp: float | None, mpp_from: str, image: Any, worker: dict[str, Any],
                seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,10 +191,12 @@ class OutputSet:
         if "geojson" in temps or "csv" in temps:  # one pass: the GeoJSON carries the CSV's numbers
             export.write_nuclei_tables(labels, csv_path=temps.get("csv"), geojson_path=temps.get("geojson"),
                                        image=image, mpp=mpp, offset=offset)
-        if "zarr" in temps:
+        if "zarr" in temps:  # OME-NGFF 0.5 labels (µm axes only when the size is known), copied block by block
             import zarr
 
-            zarr.open_group(str(temps["zarr"]), mode="a").attrs.update({"mpp": mpp, "mpp_from": mpp_from})
+            export.write_labels_zarr(labels, temps["zarr"], mpp=mpp)
+            group = zarr.open_group(str(temps["zarr"]), mode="a")
+            group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
         summary = {
             "summary_version": SUMMARY_VERSION,
             "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
