@@ -175,3 +175,41 @@ def test_csv_of_multiscale_labels_over_a_multiscale_slide(make_napari_viewer, tm
     rows = read_rows(path)
     assert float(rows[7]["mean_b"]) == 150 and float(rows[9]["mean_b"]) == 220
     assert float(rows[7]["area_um2"]) == pytest.approx(25.0) and float(rows[7]["centroid_x"]) == pytest.approx(145)
+
+
+@pytest.mark.gui
+def test_segment_widget_labels_name_their_image_for_the_csv(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A result's labels carry `nucseg_image`, so the CSV measures the image they came from even when two
+    images of the same size lie under them and the user renamed the labels layer."""
+    from test_widget_segment import fake_model_folder, make_widget, run_and_wait
+
+    from fake_models import BlobNet, blob_image
+    from nucseg.models import build
+
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path / "home"))
+    fake_model_folder(tmp_path / "home")
+    model = BlobNet().eval()
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": model)
+    viewer = make_napari_viewer()
+    image, truth = blob_image((200, 260), n=15, seed=2)
+    viewer.add_image(image, name="blobs", rgb=True)
+    viewer.add_image(np.full_like(image, 255), name="white", rgb=True)
+    viewer.layers.selection.active = viewer.layers["blobs"]
+    widget = make_widget(viewer)
+    run_and_wait(qtbot, widget)
+    labels = next(layer for layer in viewer.layers if layer._type_string == "labels")
+    assert labels.metadata[writers.IMAGE_KEY]["name"] == "blobs"
+    labels.name = "my nuclei"
+    labels.save(str(tmp_path / "n.csv"), plugin="napari-nucseg")
+    rows = read_rows(tmp_path / "n.csv")
+    assert len(rows) == truth.max()
+    mask = np.asarray(labels.data) == next(iter(rows))
+    assert float(rows[next(iter(rows))]["mean_r"]) == pytest.approx(image[mask][:, 0].mean(), rel=1e-4)
+
+
+def test_attributes_given_as_arrays(tmp_path):
+    """napari layers hold scale and translate as numpy arrays; callers pass them on as they are."""
+    attrs = {"metadata": {"mpp": 0.5}, "scale": np.array([0.5, 0.5]), "translate": np.array([50.0, 100.0])}
+    assert writers.layer_offset(attrs) == (100.0, 200.0)
+    (out,) = writers.write_measurements_csv(str(tmp_path / "n.csv"), square_labels(), attrs)
+    assert float(read_rows(out)[7]["area_um2"]) == pytest.approx(25.0)

@@ -70,7 +70,9 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
                             blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
     l_scale, l_translate = result_transform(scale, translate, result.region)
     labels = Labels(display.labels, name=title, scale=l_scale, translate=l_translate, units=units,
-                    multiscale=display.labels_multiscale, metadata=result_metadata(result), opacity=0.8)
+                    multiscale=display.labels_multiscale, opacity=0.8, metadata={
+                        **result_metadata(result),  # the writers' H&E columns come from this image
+                        "nucseg_image": {"name": image_layer.name, "path": image_layer.metadata.get("nucseg_path")}})
     labels.contour = 2 if contours else 0  # before it is added: the first slice is drawn once, with contours
     viewer.add_layer(labels)
     written = None if display.labels_multiscale else np.array(display.labels, copy=True)

@@ -24,7 +24,7 @@ Each is an npe2 single-layer writer, ``write_x(path, data, attributes) -> [path]
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,10 +61,16 @@ def layer_mpp(attributes: dict[str, Any]) -> float | None:
     if mpp:
         return float(mpp)
     scale, units = attributes.get("scale"), attributes.get("units")
-    if scale is None or len(scale) < 2 or not units or len(units) < 2:
+    if scale is None or len(scale) < 2 or units is None or len(units) < 2:
         return None
     sy, sx = (float(s) * (_microns(u) or 0.0) for s, u in zip(scale[-2:], tuple(units)[-2:], strict=True))
     return sy if sy > 0 and abs(sy - sx) <= 1e-9 * sy else None
+
+
+def _pair(attributes: dict[str, Any], key: str, default: float) -> np.ndarray:
+    """The last two values of a layer attribute (a list, tuple or array), or (default, default)."""
+    value = attributes.get(key)
+    return np.asarray((default, default) if value is None else value, float)[-2:]
 
 
 def layer_offset(attributes: dict[str, Any]) -> tuple[float, float]:
@@ -72,9 +78,8 @@ def layer_offset(attributes: dict[str, Any]) -> tuple[float, float]:
     region = (attributes.get("metadata") or {}).get("nucseg_region")
     if region is not None and len(region) == 4:
         return float(region[0]), float(region[1])
-    translate: Sequence[float] = attributes.get("translate") or (0.0, 0.0)
-    scale: Sequence[float] = attributes.get("scale") or (1.0, 1.0)
-    return tuple(float(t) / float(s) if s else 0.0 for t, s in zip(translate[-2:], scale[-2:]))  # type: ignore[return-value]
+    translate, scale = _pair(attributes, "translate", 0.0), _pair(attributes, "scale", 1.0)
+    return tuple(float(t) / float(s) if s else 0.0 for t, s in zip(translate, scale))  # type: ignore[return-value]
 
 
 def _overlay(layer: Any, shape: tuple[int, int], attributes: dict[str, Any]) -> Any:
@@ -83,8 +88,7 @@ def _overlay(layer: Any, shape: tuple[int, int], attributes: dict[str, Any]) -> 
     if getattr(layer, "_type_string", "") != "image" or not getattr(layer, "rgb", False):
         return None
     level0 = layer.data[0] if layer.multiscale else layer.data
-    scale = np.asarray(attributes.get("scale") or (1.0, 1.0), float)[-2:]
-    translate = np.asarray(attributes.get("translate") or (0.0, 0.0), float)[-2:]
+    scale, translate = _pair(attributes, "scale", 1.0), _pair(attributes, "translate", 0.0)
     if not np.allclose(np.asarray(layer.scale[-2:], float), scale, rtol=1e-6):
         return None
     offset = (translate - np.asarray(layer.translate[-2:], float)) / scale
