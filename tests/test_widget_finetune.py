@@ -393,7 +393,11 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     entry = store_with_pairs.entries()[0]
     image, labels = entry.load()
     viewer.add_image(image, name="correction image", rgb=True)
+    layer = viewer.layers["correction image"]
     viewer.add_labels(labels, name="corrected nuclei", opacity=0.5)
+    from nucseg._napari.reviewed_regions import reviewed_layer
+
+    reviewed_layer(viewer, layer).add_rectangles([np.array([[8, 8], [8, 80], [70, 80], [70, 8]])])
     corrections = viewer.window.add_dock_widget(CorrectionsWidget(viewer), name="Corrections")
     widget = FinetuneWidget(viewer)
     finetune = viewer.window.add_dock_widget(widget, name="Fine-tune")
