@@ -1,5 +1,7 @@
-"""The Corrections and Fine-tune widgets: add a correction from a viewer, fine-tune in a worker with live
-curves, Stop, resume, the versions panel, and the GUI event loop's longest stall while a model trains."""
+"""The Corrections and Fine-tune widgets: add a correction and its reviewed regions from a viewer, the
+corrected-labels default (never the truth), fine-tune in a worker with live curves, keep or discard (a worse
+model, a stopped run, after a restart), resume, the versions panel, the 1000-px layout, and the GUI event
+loop's longest stall while a model trains."""
 
 from __future__ import annotations
 
