@@ -437,3 +437,17 @@ def test_rehearsal_follows_the_base_models_replay_set(make_napari_viewer, base_v
         assert (widget.config().mix_original > 0) is rehearses
     assert errors == []
     assert widget.plots.wait_idle()  # no curve render left running when the test process ends
+
+
+def test_a_version_written_by_another_process_appears_in_the_open_widget(make_napari_viewer, qtbot, base_version,
+                                                                        errors):
+    """`nucseg finetune` in a terminal cannot emit the in-process signal: the widget's watcher polls the disk."""
+    from nucseg._napari.finetune_widget import FinetuneWidget
+
+    widget = FinetuneWidget(make_napari_viewer())
+    new = base_version.parent / "from-the-terminal"
+    assert widget.model_combo.findData(str(new)) < 0
+    shutil.copytree(base_version, new)  # what another process leaves behind
+    qtbot.waitUntil(lambda: widget.model_combo.findData(str(new)) >= 0, timeout=10000)
+    assert "from-the-terminal" in widget.versions_panel.names() and not widget.watcher.check()
+    assert errors == []
