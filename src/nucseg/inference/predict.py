@@ -39,6 +39,7 @@ from nucseg.inference.blocks import (
 )
 from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
     from nucseg.io.slides import Slide
@@ -147,6 +148,7 @@ def iter_predict(
     labels_out, probs_out = _open_outputs(out, plan.label_shape, plan.shape)
     probs_dtype = probs_out.dtype
     done, next_id, stopped = 0, 1, False
+    store = TileStore(plan, predictor)
     yield PredictProgress(0, total, "starting", 0, blocks)
     for block in plan.blocks:
         if not block.tiles:
@@ -154,7 +156,7 @@ def iter_predict(
         if stop is not None and stop.is_set():
             stopped = True
             break
-        gen = iter_block(plan, block.index, predictor, stop=stop, probs_dtype=probs_dtype)
+        gen = iter_block(plan, block.index, predictor, stop=stop, probs_dtype=probs_dtype, store=store)
         while True:
             try:
                 stage, block_done = next(gen)
@@ -163,6 +165,7 @@ def iter_predict(
                 break
             yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
         done += output.tiles_done
+        store.release(block.index)
         next_id = write_block(plan, output, labels_out, probs_out, next_id)
         if output.stopped:
             stopped = True
@@ -237,11 +240,12 @@ def iter_probabilities(
     config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
     plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)
     out = np.zeros((len(predictor.spec.heads), *plan.shape), np.float32)
+    store = TileStore(plan, predictor)
     done = 0
     for block in plan.blocks:
         if not block.tiles:
             continue
-        gen = iter_block_probabilities(plan, block.index, predictor)
+        gen = iter_block_probabilities(plan, block.index, predictor, store=store)
         while True:
             try:
                 stage, block_done = next(gen)
@@ -252,6 +256,7 @@ def iter_probabilities(
                 yield done + block_done, plan.total
         by, bx, bh, bw = block.box
         out[:, by : by + bh, bx : bx + bw] = block_core(plan, block.index, probs)
+        store.release(block.index)
         done += block_done
     return out
 
