@@ -99,3 +99,13 @@ def test_a_serial_run_computes_each_tile_once(monkeypatch):
     result = predict(image, config())
     assert sum(runs) == plan_prediction(image, config()).total
     assert result.n_nuclei == truth.max()
+
+
+def test_a_pool_of_two_post_processing_workers_gives_the_serial_labels(tmp_path):
+    image, truth = blob_image((300, 330), n=40, seed=6)
+    cfg = config()
+    serial = predict(image, cfg, workers=0)
+    pooled = predict(image, cfg, workers=2)
+    np.testing.assert_array_equal(pooled.labels, serial.labels)
+    np.testing.assert_array_equal(pooled.probabilities, serial.probabilities)
+    assert pooled.n_nuclei == serial.n_nuclei == truth.max()

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.inference.plan import Box, PredictionPlan
+from nucseg.inference.plan import BlockPlan, Box, PredictionPlan
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tile_store import TileStore
@@ -25,8 +25,8 @@ from nucseg.inference.tile_store import TileStore
 if TYPE_CHECKING:
     import torch
 
-    from nucseg.config import InferenceConfig
-    from nucseg.inference.source import ScaledSource
+    from nucseg.config import InferenceConfig, PostprocessConfig
+    from nucseg.inference.source import LevelGeometry, ScaledSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,15 +129,23 @@ def iter_block(
     probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop, store=store)
     if not stopped:
         yield "separating nuclei", done
+    return finish_block(block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, done, stopped)
+
+
+def finish_block(block: BlockPlan, probs: np.ndarray, postprocess: PostprocessConfig, geometry: LevelGeometry,
+                 probs_dtype: Any = np.float32, tiles_done: int = 0, stopped: bool = False) -> BlockOutput:
+    """Separate a block's nuclei from its read-box probabilities (CPU only: runs in worker processes too)."""
     ry, rx = block.read[:2]
     # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
     y0, x0 = max(min(t.y0 for t in block.tiles) - ry, 0), max(min(t.x0 for t in block.tiles) - rx, 0)
     y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
-    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], plan.config.postprocess)
+    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], postprocess)
     labels, n = keep_core_nuclei(inst, block.box, (ry + y0, rx + x0))
-    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), plan.source)
-    return BlockOutput(index, labels, labels_box, n, convert_probabilities(block_core(plan, index, probs), probs_dtype),
-                       done, stopped)
+    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), geometry)
+    by, bx, bh, bw = block.box
+    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
+    return BlockOutput(block.index, labels, labels_box, n, convert_probabilities(core, probs_dtype), tiles_done,
+                       stopped)
 
 
 def block_core(plan: PredictionPlan, index: int, probs: np.ndarray) -> np.ndarray:

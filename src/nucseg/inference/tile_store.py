@@ -8,6 +8,7 @@ if asked for), and so are the gated copies of the network (`max_gated`; a droppe
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections import OrderedDict
 from collections.abc import Generator
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 #: tile predictions kept for later blocks (a frontier one tile deep along the block border being written)
 TILE_CACHE_BYTES = 1 << 30
+#: batches whose pixels are read ahead of the network
+PREFETCH = 2
 
 
 class TileStore:
@@ -46,13 +49,15 @@ class TileStore:
         self.computed = 0  # tiles run through the network (for tests and benchmarks)
         self.calibrations = 0
 
-    def gates(self, owner: int) -> tuple[Any, np.ndarray | None]:
-        """The network with block `owner`'s gates, and its probabilities for the window (None without gates)."""
+    def gates(self, owner: int, pixels: np.ndarray | None = None) -> tuple[Any, np.ndarray | None]:
+        """The network with block `owner`'s gates, and its probabilities for the window (None without gates);
+        `pixels`: the window's, when already read."""
         if owner in self._gated:
             self._gated.move_to_end(owner)
             return self._gated[owner]
-        y, x = self.plan.blocks[owner].window
-        pixels = self.plan.source.read(y, x, CALIBRATION_SIZE, CALIBRATION_SIZE)
+        if pixels is None:
+            y, x = self.plan.blocks[owner].window
+            pixels = self.plan.source.read(y, x, CALIBRATION_SIZE, CALIBRATION_SIZE)
         p = self.predictor
         self._gated[owner] = with_image_gates(p.net, pixels, p.spec, p.device)
         self.calibrations += 1
@@ -76,28 +81,60 @@ class TileStore:
         have = {i: self._tiles[i] for i in ids if i in self._tiles}
         wanted = set(ids)
         run, stopped = 0, False
-        for k in sorted({plan.batch_of[i] for i in ids if i not in have}):
-            if stop is not None and stop.is_set():
-                stopped = True
-                break
-            batch = plan.batches[k]
-            owner = plan.owner[batch[0]]
-            if not self.has_gates(owner):
-                yield "calibrating", run
-            net, window_probs = self.gates(owner)
-            if window_probs is not None and not tta and len(batch) == 1 and plan.window_tile(owner) == batch[0]:
-                preds = window_probs[None]  # the calibration pass was this tile's prediction
-            else:
-                preds = predict_batch(net, self._pixels(batch), p.spec, p.device, tta=tta)
-            for i, pred in zip(batch, preds):
-                if i in wanted:
-                    have[i] = pred
-                if plan.last_use[i] > block:
-                    self._keep(i, pred)
-            run += len(batch)
-            self.computed += len(batch)
-            yield "predicting", run
+        todo = sorted({plan.batch_of[i] for i in ids if i not in have})
+        # reading runs PREFETCH batches ahead in a thread (decoding a slide's JPEG tiles releases the GIL), so the
+        # network does not wait for pixels; every read goes through that one thread (readers need not be
+        # thread-safe)
+        reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucseg-read")
+        ahead = [reader.submit(self._inputs, k) for k in todo[:PREFETCH]]
+        try:
+            for n, k in enumerate(todo):
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                if n + PREFETCH < len(todo):
+                    ahead.append(reader.submit(self._inputs, todo[n + PREFETCH]))
+                batch = plan.batches[k]
+                owner = plan.owner[batch[0]]
+                window_pixels, pixels = ahead[n].result()
+                if not self.has_gates(owner):
+                    yield "calibrating", run
+                    if window_pixels is None:  # its gates were kept when read ahead, and dropped since
+                        window_pixels = reader.submit(self._window, owner).result()
+                net, window_probs = self.gates(owner, window_pixels)
+                if window_probs is not None and not tta and len(batch) == 1 and plan.window_tile(owner) == batch[0]:
+                    preds = window_probs[None]  # the calibration pass was this tile's prediction
+                else:
+                    preds = predict_batch(net, pixels, p.spec, p.device, tta=tta)
+                self._store(batch, preds, wanted, have, block)
+                run += len(batch)
+                self.computed += len(batch)
+                yield "predicting", run
+        finally:
+            for future in ahead:
+                future.cancel()
+            reader.shutdown(wait=True)
         return have, run, stopped
+
+    def _inputs(self, k: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """The pixels batch `k` needs: its owner's calibration window (unless its gates are kept) and its tiles.
+        The window tile's own pixels are the window's."""
+        batch = self.plan.batches[k]
+        owner = self.plan.owner[batch[0]]
+        return (None if self.has_gates(owner) else self._window(owner)), self._pixels(batch)
+
+    def _window(self, owner: int) -> np.ndarray:
+        y, x = self.plan.blocks[owner].window
+        return self.plan.source.read(y, x, CALIBRATION_SIZE, CALIBRATION_SIZE)
+
+    def _store(self, batch: tuple[int, ...], preds: np.ndarray, wanted: set[int], have: dict[int, np.ndarray],
+               block: int) -> None:
+        """Hand the predictions to the asking block, and keep those a later block needs."""
+        for i, pred in zip(batch, preds):
+            if i in wanted:
+                have[i] = pred
+            if self.plan.last_use[i] > block:
+                self._keep(i, pred)
 
     def release(self, block: int) -> None:
         """Forget tiles no block after `block` needs."""
