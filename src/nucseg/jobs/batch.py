@@ -302,6 +302,7 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
     outcomes: dict[str, InputOutcome] = {item.stem: done_outcome(item, summary, "skipped")
                                         for item, summary in plan.skipped}
     finished = False
+    plan.out.mkdir(parents=True, exist_ok=True)
     try:
         if workers or scheduler:
             from nucseg.jobs.distributed import iter_distributed
