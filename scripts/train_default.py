@@ -33,7 +33,8 @@ DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
 TRAIN_ROOT = Path(os.environ.get("NUCSEG_TRAIN_DIR", Path.home() / ".nucseg" / "train"))
 SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-default"
 
-#: held out: breast, kidney, liver, prostate, bladder (organ groups of the MoNuSeg training set)
+#: validation tiles, never trained on but they choose the step and thresholds (so not a held-out test): breast,
+#: kidney, liver, prostate, bladder (organ groups of the MoNuSeg training set)
 VALIDATION = ["TCGA-E2-A14V-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-21-5786-01Z-00-DX1",
               "TCGA-G9-6362-01Z-00-DX1", "TCGA-DK-A2I6-01A-01-TS1"]
 
@@ -106,7 +107,7 @@ def export(args) -> None:
     from safetensors.torch import load_file
 
     from nucseg.inference.postprocess import probabilities_to_instances
-    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.inference.predict import predict_probabilities
     from nucseg.metrics.report import evaluate_many
     from nucseg.models.build import build_network, load_weights, save_model
     from nucseg.models.device import select_device

@@ -12,7 +12,7 @@ from fake_models import blob_image  # noqa: E402
 from nucseg.config import InferenceConfig, TilingConfig  # noqa: E402
 from nucseg.inference.calibration import centre_crop, centre_window, tissue_window  # noqa: E402
 from nucseg.inference.forward import predict_batch  # noqa: E402
-from nucseg.inference.predict_array import predict_probabilities  # noqa: E402
+from nucseg.inference.predict import predict_probabilities  # noqa: E402
 from nucseg.models.build import build_network  # noqa: E402
 from nucseg.models.registry import DEFAULT_MODEL, resolve_model, shipped_models  # noqa: E402
 from nucseg.models.squeeze_excitation import se_blocks  # noqa: E402
@@ -70,7 +70,7 @@ def test_an_image_that_fits_one_window_keeps_its_one_tile_answer(trained):
 
 def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
     """For an image that fits one tile, the pass that measures the gates is the prediction."""
-    from nucseg.inference import blocks, predict, predict_array
+    from nucseg.inference import blocks, predict
 
     spec, net, image = trained
     calls = []
@@ -79,8 +79,7 @@ def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
         calls.append(1)
         return predict_batch(*args, **kwargs)
 
-    for module in (blocks, predict_array):
-        monkeypatch.setattr(module, "predict_batch", counting)
+    monkeypatch.setattr(blocks, "predict_batch", counting)
     cfg = InferenceConfig(device="cpu", tiling=TilingConfig(512, 64, 1))
     with torch.inference_mode():
         reference = predict_batch(net, image[None], spec, CPU)[0]  # the sample is 512 x 512

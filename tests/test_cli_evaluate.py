@@ -55,7 +55,7 @@ def test_prob_gives_auc_and_table_output(files, capsys):
     assert 0.5 < json.loads(capsys.readouterr().out)["auc"] <= 1.0
     assert main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--iou", "0.3"]) == 0
     text = capsys.readouterr().out
-    for word in ("dice", "aji", "pq", "object_precision", "IoU > 0.3"):
+    for word in ("dice", "aji", "pq", "object_precision", "IoU >= 0.3"):
         assert word in text
 
 

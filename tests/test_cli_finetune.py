@@ -13,6 +13,8 @@ from nucseg.cli import main
 
 FAST = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2", "--device", "cpu", "--threads", "1",
         "--augment", "flips", "--quiet"]
+#: the tiny untrained model may well get worse in two steps: tests of other things keep whatever comes out
+KEEP = [*FAST, "--keep-worse"]
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def test_finetune_then_predict_with_the_new_model(tiny_model, folders, tmp_path,
     images, labels = folders
     out = tmp_path / "model"
     code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out),
-                 "--base", str(tiny_model), *FAST])
+                 "--base", str(tiny_model), *KEEP])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "epoch 1/1" in captured.out and "AJI" in captured.out and f"model: {out}" in captured.out
@@ -81,7 +83,7 @@ def test_resume_continues_with_the_saved_settings(tiny_model, folders, tmp_path,
             gen.close()
             break
     code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out), "--resume",
-                 "--quiet"])
+                 "--quiet", "--keep-worse"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "epoch 2/2" in captured.out and "epoch 1/2" not in captured.out
@@ -97,7 +99,7 @@ def test_mix_original_uses_the_base_models_replay_set(tiny_model, folders, tmp_p
     base = with_replay(tiny_model, tmp_path)
     out = tmp_path / "model"
     code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out),
-                 "--base", str(base), "--mix-original", "0.5", *FAST])
+                 "--base", str(base), "--mix-original", "0.5", *KEEP])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"{base.name}'s replay set at 50% of each batch" in captured.err
@@ -112,9 +114,58 @@ def test_mpp_resamples_the_images_to_the_base_models_resolution(tiny_model, fold
 
     images, labels = folders
     args = argparse.Namespace(images=images, labels=labels, val_images=images, val_labels=labels,
-                              original_images=None, original_labels=None, mix_original=0.0, mpp=None)
+                              original_images=None, original_labels=None, mix_original=0.0, mpp=None, reviewed=None)
     config = FinetuneConfig(base_model=str(tiny_model), mix_original=0.0)
     assert {p.labels.shape for p in load_data(args, config)[0]} == {(96, 128)}
     args.mpp = 0.5  # 20x images for the tiny model's 0.25 um/px
     train, val, _ = load_data(args, config)
     assert {p.labels.shape for p in train + val} == {(192, 256)}
+
+
+def test_a_worse_model_is_not_registered_unless_keep_worse(tiny_model, folders, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from test_finetune import scripted_validation
+
+    from nucseg.cli.finetune import NOT_KEPT
+    from nucseg.models.registry import resolve_model
+
+    images, labels = folders
+    out = tmp_path / "model"
+    scripted_validation(monkeypatch, [0.988, 0.857])
+    args = ["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out), "--base",
+            str(tiny_model), "--val-fraction", "0.5", *FAST]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == NOT_KEPT, captured.err
+    assert "NOT better than its base model on the 1 validation image: AJI 0.988 -> 0.857" in captured.out
+    assert "NOT registered" in captured.err and "--keep-worse" in captured.err
+    assert not (out / "config.json").exists() and (out / "model.safetensors").is_file()
+    from nucseg.errors import NucsegError
+
+    with pytest.raises(NucsegError):
+        resolve_model(out)  # nothing loads it as a model
+    code = main([*args, "--resume", "--keep-worse"])  # the person keeps it after all: no training again
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "epoch" not in captured.out and f"model: {out}" in captured.out
+    assert resolve_model(out).trained and not (out / "checkpoints").exists()
+
+
+def test_reviewed_masks_from_a_store_export_limit_what_the_cli_learns(tiny_model, folders, tmp_path, capsys):  # noqa: F811
+    from nucseg.cli.finetune import load_data
+    from nucseg.config import FinetuneConfig
+
+    images, labels = folders
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    mask = np.zeros((96, 128), np.uint8)
+    mask[:, :64] = 255
+    Image.fromarray(mask).save(reviewed / "tile0.png")
+    import argparse
+
+    args = argparse.Namespace(images=images, labels=labels, val_images=None, val_labels=None, reviewed=reviewed,
+                              original_images=None, original_labels=None, mpp=None, mix_original=None)
+    train, _, _ = load_data(args, FinetuneConfig(base_model=str(tiny_model), mix_original=0.0,
+                                                 validation_fraction=0.0))
+    by_name = {p.name: p for p in train}
+    assert by_name["tile0"].reviewed[:, :64].all() and not by_name["tile0"].reviewed[:, 64:].any()
+    assert by_name["tile1"].reviewed is None  # no mask: reviewed as a whole

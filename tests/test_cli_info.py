@@ -50,12 +50,13 @@ def test_info_folder_and_unknown_mpp(tmp_path, capsys):
     assert "unknown" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "unsupported", "empty_folder"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "unsupported", "empty_folder", "bad_dcm", "bad_ndpi"])
 def test_info_errors_are_one_line(tmp_path, capsys, kind):
     path = {"missing": tmp_path / "nope.svs", "empty": tmp_path / "e.tif", "unsupported": tmp_path / "a.czi",
-            "empty_folder": tmp_path / "dir"}[kind]
-    if kind in ("empty", "unsupported"):
-        path.write_bytes(b"" if kind == "empty" else b"x")
+            "empty_folder": tmp_path / "dir", "bad_dcm": tmp_path / "x.dcm", "bad_ndpi": tmp_path / "x.ndpi"}[kind]
+    if kind in ("empty", "unsupported", "bad_dcm", "bad_ndpi"):
+        path.write_bytes({"empty": b"", "unsupported": b"x", "bad_dcm": b"\0" * 128 + b"DICM" + b"x" * 50,
+                          "bad_ndpi": b"II*\x00" + b"\0" * 60}[kind])
     if kind == "empty_folder":
         path.mkdir()
     assert main(["info", str(path)]) == 2
@@ -83,3 +84,26 @@ def test_console_script(shared_data):
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert "unreadable.svs" in bad.stderr and bad.stdout == ""
+
+
+@pytest.mark.shared_data
+def test_info_ndpi_and_dicom_folder(shared_data, capsys):
+    formats = shared_data / "slides" / "formats"
+    assert main(["info", str(formats / "hamamatsu_dapi_fluorescence.ndpi")]) == 0
+    out = capsys.readouterr().out
+    assert "3968 x 4864" in out and "0.228 µm/px" in out and "microns/pixel  0.228 " in out
+    assert "reader         openslide" in out and "level 6        62 x 76" in out and "macro 1188 x 406" in out
+    assert "modality       fluorescence" in out and "--allow-fluorescence" in out
+    assert main(["info", str(formats / "dicom_cmu1_small_region")]) == 0  # the folder is one slide
+    out = capsys.readouterr().out
+    assert out.count("format         dicom") == 1 and "reader         wsidicom" in out
+    assert "2220 x 2967" in out and "0.499 µm/px" in out and "level 1" not in out
+    assert "associated     label 387 x 463, macro 1280 x 431, thumbnail 574 x 768" in out
+    assert 'ICC profile "sRGB built-in" (sRGB already: pixels unchanged)' in out
+    assert "modality       brightfield (DICOM illumination: Brightfield illumination)" in out
+    assert main(["info", str(formats), "--json"]) == 0  # a folder of slides: each DICOM folder is one entry
+    infos = json.loads(capsys.readouterr().out)
+    assert [Path(i["path"]).name for i in infos] == ["dicom_bone_marrow", "dicom_cmu1_small_region",
+                                                    "hamamatsu_dapi_fluorescence.ndpi"]
+    assert [i["reader"] for i in infos] == ["wsidicom", "wsidicom", "openslide"]
+    assert infos[2]["mpp"] == pytest.approx(0.228175) and infos[2]["modality"] == "fluorescence"

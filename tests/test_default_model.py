@@ -65,7 +65,7 @@ def test_real_architecture_tiles_like_one_tile(sample, name):
     """With untrained weights (short effective context) the real networks tile to within float noise."""
     import torch
 
-    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.inference.predict import predict_probabilities
     from nucseg.models.build import build_network
 
     image, _ = sample

@@ -1,4 +1,5 @@
-"""Exports: QuPath GeoJSON geometry and structure, measurements CSV, OME-TIFF and zarr round trips, no-overwrite."""
+"""Exports: QuPath GeoJSON geometry (valid shapely outlines) and measurements, CSV, OME-TIFF and OME-NGFF zarr
+round trips, units only when known, block-by-block streaming, no-overwrite."""
 
 import csv
 import functools
@@ -7,6 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 import zarr
 from scipy import ndimage as ndi
@@ -14,7 +16,6 @@ from scipy import ndimage as ndi
 from nucseg.errors import InvalidInputError, StoreError
 from nucseg.io import export
 from nucseg.io.export import (
-    iter_label_chunks,
     labels_to_geojson,
     measure_nuclei,
     write_geojson,
@@ -58,6 +59,8 @@ def test_geojson_structure():
         assert props["objectType"] == "detection"
         assert props["classification"]["name"] == "Nucleus" and len(props["classification"]["color"]) == 3
         assert props["measurements"]["Label"] == props["nucseg_id"]
+        assert props["measurements"]["area_px"] > 0 and "area_um2" not in props["measurements"]  # no mpp given
+    assert gj["nucseg"]["mpp"] is None and gj["nucseg"]["count"] == 2
     assert sorted(f["properties"]["nucseg_id"] for f in gj["features"]) == [12, 40_000]
     json.dumps(gj)  # plain JSON types only
 
@@ -79,17 +82,41 @@ def test_geojson_exact_vertices_of_a_diamond():
     assert sorted(map(tuple, xy[:-1].tolist())) == [(3.0, 4.5), (3.5, 4.0), (3.5, 5.0), (4.0, 4.5)]
 
 
-def test_geojson_area_close_to_pixels_and_holes_ignored():
+def test_geojson_area_close_to_pixels_with_its_hole():
     from skimage.draw import disk
 
     labels = np.zeros((40, 40), np.int32)
     labels[disk((15, 15), 10)] = 1
-    filled = int((labels == 1).sum())
-    labels[13:18, 13:18] = 0  # a hole: exterior only
+    labels[13:18, 13:18] = 0  # a hole: an interior ring, not filled in
     labels[30:31, 34:35] = 2  # a single pixel still gives a valid ring
-    feats = {f["properties"]["nucseg_id"]: ring_of(f) for f in labels_to_geojson(labels)["features"]}
-    assert signed_area(feats[1]) == pytest.approx(filled, rel=0.02)
-    assert len(feats[2]) >= 4 and signed_area(feats[2]) == pytest.approx(0.5)
+    feats = {f["properties"]["nucseg_id"]: shapely.geometry.shape(f["geometry"])
+             for f in labels_to_geojson(labels)["features"]}
+    assert feats[1].geom_type == "Polygon" and len(feats[1].interiors) == 1
+    assert feats[1].area == pytest.approx((labels == 1).sum(), rel=0.03)
+    assert feats[2].area == pytest.approx(0.5)
+    assert all(shapely.is_valid(list(feats.values())))
+
+
+def test_geojson_multipart_and_nested_parts_are_valid():
+    labels = np.zeros((30, 30), np.uint16)
+    labels[2:6, 2:6] = 5
+    labels[10:14, 2:6] = 5  # the same id twice, apart: one MultiPolygon
+    labels[20:28, 12:20] = 6
+    labels[22:26, 14:18] = 0
+    labels[23:25, 15:17] = 6  # an island of 6 inside its own hole
+    labels[2:4, 20:22] = 7
+    labels[4:6, 22:24] = 7  # two squares touching at a corner: 8-connected, one Polygon
+    feats = {f["properties"]["nucseg_id"]: f for f in labels_to_geojson(labels)["features"]}
+    shapes = {k: shapely.geometry.shape(f["geometry"]) for k, f in feats.items()}
+    assert all(shapely.is_valid(list(shapes.values())))
+    assert shapes[5].geom_type == "MultiPolygon" and len(shapes[5].geoms) == 2
+    assert shapes[6].geom_type == "MultiPolygon" and sorted(len(p.interiors) for p in shapes[6].geoms) == [0, 1]
+    assert shapes[7].geom_type == "Polygon"
+    for k, shape in shapes.items():
+        assert shape.area == pytest.approx((labels == k).sum(), rel=0.25)
+        assert feats[k]["properties"]["measurements"]["area_px"] == (labels == k).sum()
+    for polygon in shapes[6].geoms:  # RFC 7946: exteriors counter-clockwise (in x/y), holes clockwise
+        assert polygon.exterior.is_ccw and all(not ring.is_ccw for ring in polygon.interiors)
 
 
 def test_geojson_with_measurements_and_class():
@@ -138,17 +165,41 @@ def test_measure_nuclei_values():
 def test_measurements_csv(tmp_path):
     labels = wide_box()
     labels[10:13, 3:6] = 3
-    path = write_measurements_csv(labels, tmp_path / "m.csv", mpp=0.25)
+    path = write_measurements_csv(labels, tmp_path / "m.csv", mpp=0.25)  # the model's own value is as good as any
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["id"]) for r in rows] == [3, 12]
     for column in ("centroid_x", "centroid_y", "area_px", "area_um2", "perimeter_um", "eccentricity", "solidity",
-                   "major_axis_um", "minor_axis_um"):
+                   "major_axis_um", "minor_axis_um", "mpp"):
         assert column in rows[0]
     assert float(rows[0]["area_um2"]) == pytest.approx(9 * 0.0625)
     assert float(rows[1]["area_um2"]) == pytest.approx(12 * 0.0625)
+    assert {r["mpp"] for r in rows} == {"0.25"}
     with pytest.raises(StoreError, match="m.csv"):
         write_measurements_csv(labels, path)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_units_only_when_the_pixel_size_is_known(tmp_path):
+    labels = wide_box()
+    rows = read_csv(write_measurements_csv(labels, tmp_path / "px.csv"))
+    assert not [c for c in rows[0] if c.endswith(("_um", "_um2"))] and rows[0]["mpp"] == ""  # unknown, and says so
+    gj = json.loads(write_geojson(labels, tmp_path / "px.geojson").read_text())
+    assert gj["nucseg"]["mpp"] is None and "unknown" in gj["nucseg"]["pixel_size"]
+    assert not [m for m in gj["features"][0]["properties"]["measurements"] if m.endswith(("_um", "_um2"))]
+    with tifffile.TiffFile(write_labels_ome_tiff(labels, tmp_path / "px.tif")) as tif:
+        assert "PhysicalSize" not in tif.ome_metadata
+    axes = zarr.open_group(str(write_labels_zarr(labels, tmp_path / "px.zarr")), mode="r").attrs["ome"][
+        "multiscales"][0]["axes"]
+    assert all("unit" not in a for a in axes)
+    half = read_csv(write_measurements_csv(labels, tmp_path / "half.csv", mpp=0.5))[0]
+    assert float(half["area_um2"]) == pytest.approx(float(half["area_px"]) * 0.25) and half["mpp"] == "0.5"
+    with pytest.raises(InvalidInputError, match="positive"):
+        write_measurements_csv(labels, tmp_path / "bad.csv", mpp=0.0)
 
 
 def test_ome_tiff_round_trip_with_pyramid(tmp_path):
@@ -188,17 +239,52 @@ def test_ome_tiff_from_lazy_zarr(tmp_path):
         assert np.array_equal(tif.series[0].levels[1].asarray(), labels[::2, ::2])
 
 
-def test_zarr_round_trip_and_overwrite(tmp_path):
+def test_zarr_is_ome_ngff_and_round_trips(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
     labels = wide_box()
     path = write_labels_zarr(labels, tmp_path / "l.zarr", chunks=16, mpp=0.25)
-    arr = zarr.open_array(str(path), mode="r")
-    assert arr.metadata.zarr_format == 3 and arr.dtype == np.uint32 and arr.chunks == (16, 16)
-    assert np.array_equal(arr[...], labels) and arr.attrs["mpp"] == 0.25
+    nodes = list(Reader(parse_url(str(path)))())
+    node = nodes[0]
+    assert {type(s) for s in node.specs} >= {Label, Multiscales}  # an image-label with multiscales
+    assert node.metadata["axes"] == [{"name": "y", "type": "space", "unit": "micrometer"},
+                                     {"name": "x", "type": "space", "unit": "micrometer"}]
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[0.25, 0.25], [0.5, 0.5]]  # 20 x 30 px in chunks of 16: a second, half-size level
+    assert np.array_equal(np.asarray(node.data[0]), labels) and node.data[0].dtype == np.uint32
+    assert np.array_equal(np.asarray(node.data[1]), labels[::2, ::2])
+    group = zarr.open_group(str(path), mode="r")
+    assert group.metadata.zarr_format == 3 and group.attrs["ome"]["version"] == "0.5"
+    assert group.attrs["ome"]["image-label"]["version"] == "0.5" and group.attrs["nucseg"]["mpp"] == 0.25
+    assert list(group["0"].metadata.dimension_names) == ["y", "x"]
+    from nucseg.io.ngff import read_labels_ngff
+
+    levels, mpp = read_labels_ngff(path)
+    assert mpp == 0.25 and np.array_equal(levels[0][...], labels)
     with pytest.raises(StoreError, match="l.zarr"):
         write_labels_zarr(labels, path)
     write_labels_zarr(labels * 2, path, overwrite=True)
-    assert zarr.open_array(str(path), mode="r")[2, 10] == 24
+    assert zarr.open_group(str(path), mode="r")["0"][2, 10] == 24
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.zarr"]
+
+
+def test_zarr_validates_as_ngff_image_label(tmp_path):
+    models = pytest.importorskip("ome_zarr_models.v05.image_label")
+    path = write_labels_zarr(blobs((70, 50), 3), tmp_path / "b.zarr", chunks=32)
+    image_label = models.ImageLabel.from_zarr(zarr.open_group(str(path), mode="r"))
+    assert len(image_label.attributes.ome.multiscales[0].datasets) == 3  # 70, 35, 18 rows in chunks of 32
+
+
+def test_zarr_from_lazy_labels_block_by_block(tmp_path):
+    labels = blobs((300, 260), 4)
+    lazy = zarr.create_array(store=str(tmp_path / "in.zarr"), shape=labels.shape, chunks=(64, 64), dtype="uint32")
+    lazy[...] = labels
+    path = write_labels_zarr(lazy, tmp_path / "out.zarr", chunks=64)
+    group = zarr.open_group(str(path), mode="r")
+    assert [group[str(k)].shape for k in range(4)] == [(300, 260), (150, 130), (75, 65), (38, 33)]
+    for k in range(4):
+        assert np.array_equal(group[str(k)][...], labels[::2**k, ::2**k])
 
 
 def blobs(shape, seed):
@@ -210,32 +296,118 @@ def blobs(shape, seed):
     return label(ndi.binary_dilation(seeds, iterations=4)).astype(np.uint32)
 
 
-def test_chunks_own_each_object_once(tmp_path):
-    labels = blobs((200, 170), 0)
-    lazy = zarr.create_array(store=str(tmp_path / "b.zarr"), shape=labels.shape, chunks=(50, 50), dtype="uint32")
+def lazy_copy(labels, path, chunks=50):
+    lazy = zarr.create_array(store=str(path), shape=labels.shape, chunks=(chunks, chunks), dtype="uint32")
     lazy[...] = labels
+    return lazy
+
+
+def test_blocks_hand_out_each_nucleus_once_and_whole(tmp_path):
+    from nucseg.io.label_blocks import iter_label_blocks
+
+    labels = blobs((200, 170), 0)
+    labels[5:190, 100:104] = labels.max() + 1  # a long nucleus crossing three blocks, longer than the margin
+    lazy = lazy_copy(labels, tmp_path / "b.zarr")
     seen = []
-    for part in iter_label_chunks(lazy, chunk=64, margin=20):
-        for index, box in enumerate(ndi.find_objects(part.window.astype(np.intp)), start=1):
-            if box is not None and part.owned(np.array(box[0].start), np.array(box[1].start)):
-                seen.append(index)
-    assert sorted(seen) == list(range(1, labels.max() + 1))
+    for block in iter_label_blocks(lazy, chunk=64, margin=20):
+        (y, x), (h, w) = block.origin, block.labels.shape
+        for k, label in enumerate(block.ids, start=1):
+            assert (block.labels == k).sum() == (labels == label).sum()  # whole
+            assert np.array_equal(block.labels == k, labels[y:y + h, x:x + w] == label)
+            seen.append(int(label))
+    assert sorted(seen) == list(range(1, labels.max() + 1))  # once each
 
 
 def test_lazy_geojson_and_measurements_equal_in_memory(tmp_path, monkeypatch):
     labels = blobs((200, 170), 1)
-    lazy = zarr.create_array(store=str(tmp_path / "b.zarr"), shape=labels.shape, chunks=(50, 50), dtype="uint32")
-    lazy[...] = labels
-    whole = {f["properties"]["nucseg_id"]: f["geometry"] for f in labels_to_geojson(labels)["features"]}
+    lazy = lazy_copy(labels, tmp_path / "b.zarr")
+    whole = {f["properties"]["nucseg_id"]: f for f in labels_to_geojson(labels)["features"]}
     rows = measure_nuclei(labels)
-    monkeypatch.setattr(export, "iter_label_chunks",
-                        functools.partial(iter_label_chunks, chunk=64, margin=30))
-    chunked = {f["properties"]["nucseg_id"]: f["geometry"] for f in labels_to_geojson(lazy)["features"]}
-    assert chunked == whole
+    monkeypatch.setattr(export, "iter_label_blocks", functools.partial(export.iter_label_blocks, margin=30))
+    monkeypatch.setattr(export, "CHUNK", 64)
+    monkeypatch.setattr(export.iter_nuclei, "__defaults__", export.iter_nuclei.__defaults__[:-1] + (64,))
+    chunked = {f["properties"]["nucseg_id"]: f for f in labels_to_geojson(lazy)["features"]}
+    assert sorted(chunked) == sorted(whole)
+    for label, feature in chunked.items():
+        assert feature["geometry"] == whole[label]["geometry"]
+        assert feature["properties"]["measurements"] == pytest.approx(whole[label]["properties"]["measurements"])
     lazy_rows = measure_nuclei(lazy)
     assert [r["id"] for r in lazy_rows] == [r["id"] for r in rows]
     for a, b in zip(lazy_rows, rows, strict=True):
         assert a == pytest.approx(b, abs=1e-6)  # eccentricity of round blobs ~ sqrt(rounding noise)
+
+
+def test_geojson_and_csv_are_streamed_block_by_block(tmp_path, monkeypatch):
+    """While the nuclei of the second block are measured, the first block's are already in the file."""
+    labels = blobs((200, 170), 2)
+    lazy = lazy_copy(labels, tmp_path / "b.zarr")
+    real = export.iter_nuclei
+    written = []
+
+    def spy(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs, chunk=64)):
+            if n:
+                written.append(sum(p.stat().st_size for p in tmp_path.glob(".out.*.tmp")))
+            yield item
+
+    monkeypatch.setattr(export, "iter_nuclei", spy)
+    for target in (tmp_path / "out.geojson", tmp_path / "out.csv"):
+        written.clear()
+        writer = write_geojson if target.suffix == ".geojson" else write_measurements_csv
+        writer(lazy, target)
+        assert len(written) >= 4 and written == sorted(written) and written[-1] > written[0] > 0
+    assert len(read_csv(tmp_path / "out.csv")) == labels.max()
+    assert len(json.loads((tmp_path / "out.geojson").read_text())["features"]) == labels.max()
+
+
+def test_csv_geojson_and_labels_count_the_same_nuclei_on_a_real_tile(shared_data, tmp_path):
+    from nucseg.io.masks import read_labels
+    from nucseg.io.slides import read_image
+
+    name = "TCGA-18-5592-01Z-00-DX1.png"
+    labels = read_labels(shared_data / "monuseg-train" / "labels" / name)
+    image = read_image(shared_data / "monuseg-train" / "images" / name)
+    ids = set(np.unique(labels[labels > 0]).tolist())
+    rows = read_csv(write_measurements_csv(labels, tmp_path / "n.csv", image=image, mpp=0.25))
+    features = json.loads(write_geojson(labels, tmp_path / "n.geojson", image=image, mpp=0.25).read_text())[
+        "features"]
+    tif = tifffile.imread(write_labels_ome_tiff(labels, tmp_path / "n.tif"))
+    assert len(ids) > 300
+    assert {int(r["id"]) for r in rows} == {f["properties"]["nucseg_id"] for f in features} == ids
+    assert len(rows) == len(features) == len(np.unique(tif)) - 1
+    shapes = [shapely.geometry.shape(f["geometry"]) for f in features]
+    assert shapely.is_valid(shapes).all()
+    by_id = {int(r["id"]): r for r in rows}
+    for feature in features:  # the GeoJSON carries the CSV's numbers, H&E intensities included
+        m, row = feature["properties"]["measurements"], by_id[feature["properties"]["nucseg_id"]]
+        assert set(m) == {"Label", *row} - {"id", "mpp"}
+        assert m["mean_hematoxylin_od"] == pytest.approx(float(row["mean_hematoxylin_od"]), rel=1e-5)
+        assert m["area_um2"] == pytest.approx(float(row["area_um2"]), rel=1e-5)
+
+
+class FakeSlide:
+    """What `iter_nuclei` needs of a `Slide`: level-0 shape and read_region."""
+
+    def __init__(self, rgb):
+        self.rgb, self.shape, self.reads = rgb, rgb.shape[:2], []
+
+    def read_region(self, level, y, x, h, w):
+        self.reads.append((level, y, x, h, w))
+        return self.rgb[y:y + h, x:x + w]
+
+
+def test_stain_columns_from_a_slide_region(tmp_path):
+    rgb = np.zeros((100, 120, 3), np.uint8)
+    rgb[...] = (90, 40, 160)
+    rgb[30:40, 50:60] = (200, 100, 50)
+    labels = np.zeros((30, 40), np.uint16)
+    labels[10:20, 20:30] = 4  # at (30, 50) in the slide once the region's offset (20, 30) is added
+    slide = FakeSlide(rgb)
+    (row,) = measure_nuclei(labels, slide, offset=(20, 30))
+    assert (row["mean_r"], row["mean_g"], row["mean_b"]) == pytest.approx((200, 100, 50))
+    assert slide.reads and all(r[0] == 0 for r in slide.reads)
+    with pytest.raises(InvalidInputError, match="slide"):
+        measure_nuclei(labels, slide, offset=(90, 0))
 
 
 def test_bad_labels_rejected():

@@ -245,3 +245,79 @@ def test_sampler_draws_the_mixed_share_from_the_original_data():
     sampler = PatchSampler(new, 64, (), extra=(old, 0.25))
     images, _ = sampler.sample_batch(np.random.default_rng(0), 8)
     assert [int(im.max()) for im in images] == [0] * 6 + [255] * 2
+
+
+def scripted_validation(monkeypatch, ajis):
+    """`validate` in iter_finetune returns these AJIs in turn: the base model's first, then one per epoch."""
+    from nucseg.training import finetune
+
+    scores = iter(ajis)
+
+    def fake(*args, **kwargs):
+        aji = next(scores)
+        return {"val_loss": 1 - aji, "val_iou": aji, "val_f1": aji, "val_aji": aji}
+
+    monkeypatch.setattr(finetune, "validate", fake)
+
+
+def test_a_version_worse_than_its_base_is_not_registered_unless_asked(tiny_model, tmp_path, monkeypatch):
+    """Seen: AJI 0.988 -> 0.857 was saved as a new version without a word. The best epoch is compared with the
+    base on the same validation images; "if_better" leaves a worse model as a candidate, never a version."""
+    from nucseg.models.registry import resolve_model
+    from nucseg.models.versions import is_candidate, register_candidate
+    from nucseg.training.finetune import NOT_BETTER, iter_finetune
+
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path / "home"))
+    scripted_validation(monkeypatch, [0.988, 0.80, 0.857])
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **TINY)
+    out = tmp_path / "run"
+    _, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, keep="if_better"))
+    assert result.verdict == NOT_BETTER and result.best_epoch == 2 and result.after["val_aji"] == 0.857
+    assert result.model_dir is None and result.pending and is_candidate(out)
+    assert not (out / "config.json").exists()  # nothing loads it as a model by accident
+    assert json.loads((out / "candidate.json").read_text())["validation"]["verdict"] == NOT_BETTER
+    # resuming the finished run trains nothing and returns the same decision; keep="always" keeps it
+    records, again = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True, keep="always"))
+    assert [r["kind"] for r in records] == ["baseline"] and again.model_dir == out and not again.pending
+    assert resolve_model(out).trained and again.before["val_aji"] == 0.988
+    with pytest.raises(Exception, match="no model waiting"):
+        register_candidate(out)
+
+
+def test_a_better_version_is_registered_and_the_best_epoch_kept(tiny_model, tmp_path, monkeypatch):
+    from nucseg.training.finetune import BETTER, iter_finetune
+
+    scripted_validation(monkeypatch, [0.5, 0.6, 0.7, 0.65])
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 3})
+    records, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run", keep="if_better"))
+    assert result.verdict == BETTER and result.model_dir == tmp_path / "run" and result.best_epoch == 2
+    assert json.loads((result.model_dir / "config.json").read_text())["best_epoch"] == 2
+    assert result.steps_done == result.steps_planned == 6
+
+
+def test_stop_leaves_the_choice_and_says_how_many_steps_ran(tiny_model, tmp_path, monkeypatch):
+    from nucseg.models import versions
+    from nucseg.training.finetune import iter_finetune
+
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path / "home"))
+    pairs = tiny_pairs()
+    config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 5, "steps_per_epoch": 4})
+    out = versions.new_version_dir(tiny_model)
+    stop = threading.Event()
+    gen = iter_finetune(pairs[:2], pairs[2:], config, out, stop=stop, keep="ask")
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as done:
+            result = done.value
+            break
+        if record["kind"] == "step" and record["step"] == 2:
+            stop.set()  # Stop after two steps
+    assert result.stopped and result.steps_done == 2 and result.steps_planned == 20 and result.pending
+    assert versions.list_versions() == [] and versions.pending_candidates() == [out]
+    assert versions.unfinished_runs() == []  # over: not offered for resuming, only for the decision
+    trashed = versions.discard_candidate(out)
+    assert not out.exists() and (trashed / "model.safetensors").is_file() and not (trashed / "checkpoints").exists()
+    assert versions.pending_candidates() == [] and versions.list_versions() == []

@@ -25,7 +25,7 @@ def test_cuda_inference_matches_the_cpu():
 
     from nucseg.config import TilingConfig
     from nucseg.inference.postprocess import probabilities_to_instances
-    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.inference.predict import predict_probabilities
     from nucseg.io.sample import sample_paths
     from nucseg.metrics.matching import object_metrics
     from nucseg.models.build import load_network

@@ -288,13 +288,19 @@ def test_broken_inputs_raise_one_line_slide_read_error(tmp_path, kind):
 
 
 def test_unsupported_suffix(tmp_path):
-    path = tmp_path / "slide.ndpi"
-    path.write_bytes(b"II*\x00")
-    with pytest.raises(UnsupportedFileError, match=r"\.ndpi"):
+    path = tmp_path / "slide.czi"
+    path.write_bytes(b"ZISRAWFILE")
+    with pytest.raises(UnsupportedFileError, match=r"\.czi"):
         open_slide(path)
     assert not is_supported(path) and not is_supported("notes.txt")
-    for name in ("a.svs", "a.TIF", "a.tiff", "a.ome.tif", "a.OME.TIFF", "a.png", "a.jpg", "a.JPEG"):
+    for name in ("a.svs", "a.TIF", "a.tiff", "a.ome.tif", "a.OME.TIFF", "a.png", "a.jpg", "a.JPEG", "a.ndpi",
+                 "a.mrxs", "a.scn", "a.bif", "a.vms", "a.dcm"):
         assert is_supported(name), name
+    fake = tmp_path / "slide.ndpi"  # a suffix OpenSlide handles, but not a slide: one clear line
+    fake.write_bytes(b"II*\x00")
+    with pytest.raises(SlideReadError) as err:
+        open_slide(fake)
+    assert_one_line_naming(err, fake)
 
 
 def test_list_images(tmp_path):

@@ -49,17 +49,31 @@ def test_low_threshold_matches_more():
     assert m.sq == pytest.approx((0.6 + 1 / 3) / 2)
 
 
-def test_split_object_aji_and_strict_threshold():
-    """One truth split in two equal halves: IoU exactly 0.5 with each, so no match at 0.5 (strictly above)."""
+def test_split_object_matches_at_exactly_half():
+    """One truth split in two equal halves: IoU exactly 0.5 with each. "F1 at IoU >= 0.5" counts one of them as a
+    match (one-to-one: the other half is a false positive); a threshold just above 0.5 matches neither."""
     truth = np.zeros((6, 10), np.int32)
     truth[0:4, 0:8] = 1
     pred = np.zeros_like(truth)
     pred[0:4, 0:4] = 1
     pred[0:4, 4:8] = 2
     m = match_instances(truth, pred)
-    assert (m.tp, m.fp, m.fn) == (0, 2, 1)
-    assert m.pq == 0.0 and m.f1 == 0.0 and m.sq == 0.0
+    assert (m.tp, m.fp, m.fn) == (1, 1, 0)
+    assert m.ious.tolist() == [0.5] and m.pairs[0, 0] == 1
+    assert m.f1 == pytest.approx(2 / 3) and m.pq == pytest.approx(0.5 * 2 / 3)
     assert m.aji == pytest.approx(16 / 48)  # one half paired (16 / 32), the other half only in the union
+    above = match_instances(truth, pred, 0.5 + 1e-9)
+    assert (above.tp, above.fp, above.fn) == (0, 2, 1) and above.f1 == 0.0 and above.sq == 0.0
+
+
+def test_pair_at_exactly_the_threshold_matches():
+    truth = np.zeros((4, 10), np.int32)
+    truth[0, 0:7] = 3
+    pred = np.zeros_like(truth)
+    pred[0, 0:10] = 8  # IoU 7 / 10
+    assert match_instances(truth, pred, 0.7).tp == 1
+    assert match_instances(truth, pred, 0.71).tp == 0
+    assert match_instances(truth, truth, 1.0).tp == 1  # identical objects match at 1.0
 
 
 def test_merged_prediction_aji_over_penalises_and_matching_stays_one_to_one():
@@ -140,7 +154,7 @@ def reference_metrics(truth, pred, thr):
     u = union[paired, best[paired]].sum() + sum((truth == t).sum() for t in t_ids[~paired])
     u += sum((pred == p).sum() for j, p in enumerate(p_ids) if j not in set(best[paired]))
     rows, cols = linear_sum_assignment(-iou)
-    ok = iou[rows, cols] > thr
+    ok = iou[rows, cols] >= thr
     return c / u, int(ok.sum()), iou[rows[ok], cols[ok]].sum()
 
 
@@ -165,7 +179,9 @@ def test_against_slow_reference(seed, thr):
 def test_threshold_and_shape_validation():
     truth, pred = two_squares()
     with pytest.raises(InvalidInputError, match="threshold"):
-        match_instances(truth, pred, 1.0)
+        match_instances(truth, pred, 1.5)
+    with pytest.raises(InvalidInputError, match="threshold"):
+        match_instances(truth, pred, 0.0)
     with pytest.raises(InvalidInputError, match="shape"):
         match_instances(truth, pred[:10])
 

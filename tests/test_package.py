@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,41 @@ def test_cli_lists_subcommands():
     assert out.returncode == 0
     for sub in ("info", "predict", "evaluate", "finetune", "demo", "models"):
         assert sub in out.stdout
+
+
+def test_licence_metadata_covers_the_shipped_data():
+    """Code BSD-3, but the wheel ships CC BY-NC-SA weights, replay set and sample: the metadata says both, and
+    the licence texts travel with them (tests/test_wheel_install.py checks the built wheel)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "BSD-3-Clause AND CC-BY-NC-SA-4.0"
+    assert set(project["license-files"]) >= {"LICENSE", "LICENSE-DATA"}
+    assert not [c for c in project["classifiers"] if c.startswith("License ::")]  # PEP 639: the expression only
+    for path in ("LICENSE-DATA", "src/nucseg/models/weights/LICENSE", "sample_data/LICENSE"):
+        text = (ROOT / path).read_text()
+        assert "CC BY-NC-SA 4.0" in text and "creativecommons.org/licenses/by-nc-sa/4.0/legalcode" in text
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "models/weights/LICENSE" in package_data["nucseg"] and "sample_data/*" in package_data["nucseg"]
+
+
+def test_hub_listing_and_release_workflow():
+    config = yaml.safe_load((ROOT / ".napari-hub" / "config.yml").read_text())
+    assert config["visibility"] == "public" and config["labels"]["terms"]
+    assert "CC BY-NC-SA" in (ROOT / ".napari-hub" / "DESCRIPTION.md").read_text()
+    release = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    assert release[True]["push"]["tags"] == ["v*"]  # YAML reads the key `on` as True
+    steps = " ".join(str(s.get("run", "")) + str(s.get("uses", "")) for s in release["jobs"]["build"]["steps"])
+    assert "python -m build" in steps
+    publish = release["jobs"]["publish"]
+    assert publish["permissions"] == {"id-token": "write"}  # trusted publishing, no stored token
+    assert any(s.get("uses", "").startswith("pypa/gh-action-pypi-publish") for s in publish["steps"])
+    test = yaml.safe_load((ROOT / ".github" / "workflows" / "test.yml").read_text())
+    assert any("make test" in s.get("run", "") for s in test["jobs"]["test"]["steps"])
+
+
+def test_demo_says_what_its_scores_are():
+    env = {**os.environ, "COLUMNS": "400"}  # argparse wraps help text, at hyphens too
+    out = subprocess.run([str(Path(sys.executable).parent / "nucseg"), "demo", "--help"], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0 and "validation" in out.stdout and "held-out" in out.stdout

@@ -75,14 +75,16 @@ def test_stop_ends_within_one_batch():
     progress = next(gen)
     while progress.stage != "predicting":
         progress = next(gen)
-    assert progress.done == 2
+    assert progress.done == 1  # the run's first batch is one tile, so the bar moves early
+    progress = next(gen)
+    assert progress.done == 3
     stop.set()
     with pytest.raises(StopIteration) as done:
         next(gen)
     result = done.value.value
     assert result.stopped
-    # the two tiles done (the top-left 64 x 128 px) are kept, the rest is left empty
-    assert not result.labels[72:].any() and not result.labels[:, 136:].any()
+    # the three tiles done (the top-left 64 x 192 px) are kept, the rest is left empty
+    assert not result.labels[72:].any() and not result.labels[:, 200:].any()
     assert result.probabilities[0, :50, :120].max() > 0.5
 
 
@@ -155,3 +157,26 @@ def test_skipping_glass_on_a_slide_keeps_every_nucleus(tmp_path):
     assert skipped_tiles < full_tiles / 2
     assert skipped.n_nuclei == full.n_nuclei == truth.max()
     assert same_partition(full.labels, skipped.labels)
+
+
+def test_first_records_come_before_the_model_is_loaded_and_after_one_tile(monkeypatch):
+    """A slow model load (seconds, the first time) and a whole batch no longer keep the bar at 'starting'."""
+    from fake_models import BlobNet
+    from nucseg.models import build
+
+    loaded, release = threading.Event(), threading.Event()
+
+    def slow_load(spec, device="cpu"):
+        assert release.wait(10)
+        loaded.set()
+        return BlobNet().eval()
+
+    monkeypatch.setattr(build, "load_network", slow_load)
+    image, _ = blob_image((256, 256))
+    gen = iter_predict(image, config(tile=64, overlap=0, batch=4))
+    stages = [next(gen).stage, next(gen).stage]
+    assert stages == ["loading model", "planning"] and not loaded.is_set()  # planning overlaps the loading
+    release.set()
+    records = list(gen)
+    assert [r.done for r in records if r.stage == "predicting"][:3] == [1, 5, 9]
+    assert {"reading block", "calibrating", "separating nuclei"} <= {r.stage for r in records}

@@ -68,8 +68,7 @@ def test_in_memory_and_slide_paths_pad_alike(tmp_path):
     import torch
 
     from nucseg.config import InferenceConfig, TilingConfig
-    from nucseg.inference.predict import predict
-    from nucseg.inference.predict_array import predict_probabilities
+    from nucseg.inference.predict import predict, predict_probabilities
     from nucseg.models.build import load_network
     from nucseg.models.device import select_device
     from nucseg.models.registry import resolve_model

@@ -53,7 +53,7 @@ def test_patches_from_images_smaller_than_a_patch():
     image[labels > 0] = 80
     pair = TrainingPair(image, labels, "tiny")
     img, tgt = sample_patch(np.random.default_rng(0), pair, 64, ("flips", "rot90", "stain", "scale"))
-    assert img.shape == (64, 64, 3) and tgt.shape == (3, 64, 64)
+    assert img.shape == (64, 64, 3) and tgt.shape == (4, 64, 64) and (tgt[3] == 1).all()
     dark = img.mean(axis=2) < 140
     assert (tgt[0] > 0).sum() > 0 and np.mean(dark == (tgt[0] > 0)) > 0.9  # targets follow the pixels
 
@@ -127,7 +127,7 @@ def test_patch_dataset_depends_only_on_seed_and_index():
         a[10]
     images, targets = next(iter(torch.utils.data.DataLoader(a, batch_size=4)))
     assert images.shape == (4, 64, 64, 3) and images.dtype == torch.uint8
-    assert targets.shape == (4, 3, 64, 64) and targets.dtype == torch.float32
+    assert targets.shape == (4, 4, 64, 64) and targets.dtype == torch.float32
 
 
 def test_pairs_at_another_resolution_are_resampled_to_the_models():
@@ -143,3 +143,77 @@ def test_pairs_at_another_resolution_are_resampled_to_the_models():
     assert at_model_resolution(pair, 0.125, 0.25).labels.shape == (30, 45)
     assert at_model_resolution(pair, None, 0.25) is pair  # unknown: taken as the model's
     assert at_model_resolution(pair, 0.26, 0.25) is pair  # within inference's tolerance: pixels as they are
+
+
+def test_pixels_outside_the_reviewed_mask_add_no_loss_and_get_no_gradient():
+    """Unreviewed labels (an uncorrected prediction) must not teach the model, whatever they say."""
+    from nucseg.config import LOSSES
+
+    labels = two_touching_squares()
+    target = torch.from_numpy(instance_targets(labels))[None]
+    weight = torch.zeros(1, 1, *labels.shape)
+    weight[..., :, : labels.shape[1] // 2] = 1  # the left half was reviewed
+    targets = torch.cat([target, weight], dim=1)
+    outside = weight[0, 0] == 0
+    rng = torch.Generator().manual_seed(0)
+    for loss_name in LOSSES:
+        base = torch.randn(1, 3, *labels.shape, generator=rng)
+        logits = base.clone().requires_grad_(True)
+        loss = nucseg_loss(logits, targets, loss_name)["loss"]
+        loss.backward()
+        assert logits.grad[:, :, outside].abs().max() == 0  # no gradient outside
+        assert logits.grad[:, :, ~outside].abs().max() > 0
+        # anything outside (other predictions, other "truth") leaves the loss as it is
+        changed_logits = base.clone()
+        changed_logits[:, :, outside] = torch.randn(int(outside.sum()), generator=rng)
+        changed_targets = targets.clone()
+        changed_targets[:, :3][:, :, outside] = 1 - changed_targets[:, :3][:, :, outside]
+        again = nucseg_loss(changed_logits, changed_targets, loss_name)["loss"]
+        assert torch.allclose(loss.detach(), again, atol=1e-6), loss_name
+        # and a full weight is the plain loss
+        plain = nucseg_loss(base, target, loss_name)["loss"]
+        full = nucseg_loss(base, torch.cat([target, torch.ones_like(weight)], dim=1), loss_name)["loss"]
+        assert torch.allclose(plain, full, atol=1e-6)
+
+
+def test_patches_are_drawn_around_reviewed_pixels_and_weigh_only_them():
+    from fake_models import blob_image
+
+    image, labels = blob_image((300, 300), n=30, seed=3)
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[200:260, 20:90] = True  # one small reviewed rectangle in a large prediction
+    pair = TrainingPair(image, labels, "tile", reviewed=reviewed)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        _, targets = sample_patch(rng, pair, 64, ("flips", "rot90", "scale"))
+        assert targets[3].any()  # every patch holds reviewed pixels: none is wasted on unchecked labels
+        assert set(np.unique(targets[3])) <= {0.0, 1.0}
+    without = sample_patch(np.random.default_rng(0), TrainingPair(image, labels, "tile"), 64, ())[1]
+    assert (without[3] == 1).all()
+    # images are picked by reviewed area: a tile with a tiny reviewed corner is drawn less often
+    other = TrainingPair(image, labels, "full")
+    picks = [PatchSampler._pick(rng, [pair, other]).name for _ in range(400)]
+    assert 0.02 < picks.count("tile") / 400 < 0.12  # 4,200 of 94,200 reviewed pixels: 4.5 %
+
+
+def test_reviewed_masks_follow_resampling_and_validation_scores_only_reviewed_pixels():
+    from fake_models import blob_image
+    from nucseg.config import PostprocessConfig
+    from nucseg.training.dataset import at_model_resolution
+    from nucseg.training.validation import score_probabilities
+
+    image, labels = blob_image((64, 96), n=6, seed=5)
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[:, :48] = True
+    pair = TrainingPair(image, labels, "tile", reviewed=reviewed)
+    assert at_model_resolution(pair, 0.5, 0.25).reviewed[:, :96].all()
+    assert not at_model_resolution(pair, 0.5, 0.25).reviewed[:, 96:].any()
+    prob = instance_targets(labels)  # a perfect prediction...
+    wrong = prob.copy()
+    wrong[:, :, 48:] = 1 - wrong[:, :, 48:]  # ...wrong only where nobody reviewed the labels
+    post = PostprocessConfig()
+    perfect = score_probabilities([prob], [pair], post)
+    assert score_probabilities([wrong], [pair], post) == pytest.approx(perfect)
+    assert score_probabilities([wrong], [TrainingPair(image, labels, "tile")], post)["val_iou"] < 0.8
+    with pytest.raises(Exception, match="no pixel is marked"):
+        TrainingPair(image, labels, "tile", reviewed=np.zeros_like(reviewed))

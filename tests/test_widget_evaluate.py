@@ -92,9 +92,9 @@ def test_numbers_equal_core_and_cli(make_napari_viewer, qtbot, tmp_path, capsys)
     assert np.array_equal(pixels.data, pixel_confusion_map(truth, pred)) and not pixels.visible
     colors = objects.colormap.map(np.array([0, 1, 2, 3]))
     assert np.allclose(colors, [[0, 0, 0, 0], [0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1]])
-    assert widget.errors_list.count() == 4
-    texts = [widget.errors_list.item(i).text() for i in range(4)]
-    assert sum(t.startswith("FN") for t in texts) == 2 and sum(t.startswith("FP") for t in texts) == 2
+    assert widget.errors_table.rowCount() == 4
+    kinds = [widget.errors_table.item(i, 0).text() for i in range(4)]
+    assert kinds.count("FN") == 2 and kinds.count("FP") == 2
     assert widget.truth_combo.findText(OBJECTS_LAYER) < 0  # overlays are not offered as truth
 
     out = widget.export_csv(tmp_path / "metrics.csv")
@@ -104,10 +104,12 @@ def test_numbers_equal_core_and_cli(make_napari_viewer, qtbot, tmp_path, capsys)
     widget.export_csv(tmp_path / "metrics.csv")  # replacing is allowed: the dialog asked
 
 
-def test_clicking_an_fn_item_moves_the_camera_and_selects_it(make_napari_viewer, qtbot):
+def test_clicking_an_fn_item_moves_the_camera_and_keeps_the_prediction_active(make_napari_viewer, qtbot):
+    """Going to a missed nucleus selects it in the truth, but the brush must keep editing the prediction: before,
+    the truth became the active layer and the next stroke edited the ground truth."""
     from qtpy.QtCore import Qt
 
-    from nucseg._napari.evaluate_widget import HIGHLIGHT_LAYER
+    from nucseg._napari.evaluate_widget import HIGHLIGHT_LAYER, OBJECTS_LAYER
 
     viewer = make_napari_viewer()
     _, truth, pred, _ = truth_and_prediction()
@@ -118,18 +120,20 @@ def test_clicking_an_fn_item_moves_the_camera_and_selects_it(make_napari_viewer,
     widget.show()
     viewer.reset_view()
     zoom_before = viewer.scene.camera.zoom
-    row = next(i for i, e in enumerate(widget.evaluation.errors) if e.kind == "FN")
-    error = widget.evaluation.errors[row]
-    item = widget.errors_list.item(row)
-    widget.errors_list.scrollToItem(item)
-    qtbot.mouseClick(widget.errors_list.viewport(), Qt.MouseButton.LeftButton,
-                     pos=widget.errors_list.visualItemRect(item).center())
+    assert viewer.layers.selection.active is viewer.layers["pred"]  # after Evaluate: not the overlay
+    assert not viewer.layers[OBJECTS_LAYER].editable
+    index = next(i for i, e in enumerate(widget.evaluation.errors) if e.kind == "FN")
+    error = widget.evaluation.errors[index]
+    table = widget.errors_table
+    item = table.item(table.row_of(index), 2)
+    table.scrollToItem(item)
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=table.visualItemRect(item).center())
     ys, xs = np.nonzero(truth == error.label)
     assert error.label in (1, 2)
     assert np.allclose(viewer.scene.camera.center[-2:], (ys.mean() * 0.5, xs.mean() * 0.5), atol=1e-6)
     assert viewer.scene.camera.zoom > zoom_before
     assert viewer.layers["truth"].selected_label == error.label
-    assert viewer.layers.selection.active is viewer.layers["truth"]
+    assert viewer.layers.selection.active is viewer.layers["pred"]  # the brush still edits the prediction
     (box,) = viewer.layers[HIGHLIGHT_LAYER].data  # a white box around the nucleus, in the same pixel frame
     assert box[:, 0].min() < ys.min() and box[:, 0].max() > ys.max() and box[:, 1].min() < xs.min()
 
@@ -149,13 +153,40 @@ def test_stack_of_tiles_gives_one_row_per_image(make_napari_viewer, qtbot):
     mean = widget.table_values(2)
     assert same(mean["f1"], float(np.mean([widget.table_values(j)["f1"] for j in (0, 1)])))
     assert mean["fn"] == 4
-    row = next(i for i, e in enumerate(widget.evaluation.errors) if e.plane == (1,))
-    widget.errors_list.setCurrentRow(row)
+    index = next(i for i, e in enumerate(widget.evaluation.errors) if e.plane == (1,))
+    widget.errors_table.setCurrentCell(widget.errors_table.row_of(index), 0)
     assert viewer.dims.current_step[0] == 1
 
 
+def test_error_list_sorts_and_exports_in_the_order_shown(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtCore import Qt
+
+    from nucseg.jobs.evaluate import ERROR_COLUMNS, sort_errors
+
+    viewer = make_napari_viewer()
+    _, truth, pred, _ = truth_and_prediction()
+    widget = evaluated_widget(viewer, qtbot, truth, pred)
+    table = widget.errors_table
+    area_column = 5
+    table.sortByColumn(area_column, Qt.SortOrder.DescendingOrder)
+    shown = table.shown()
+    assert [e.area for e in shown] == sorted((e.area for e in widget.evaluation.errors), reverse=True)
+    assert shown == sort_errors(widget.evaluation.errors, "area_px", descending=True)
+    table.setCurrentCell(0, 0)  # the biggest error: the camera goes to it, whatever row it was before sorting
+    biggest = shown[0]
+    layer = viewer.layers["truth" if biggest.kind == "FN" else "pred"]
+    assert layer.selected_label == biggest.label
+    out = table.export_csv(tmp_path / "errors.csv")
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(ERROR_COLUMNS)
+    assert [int(r["area_px"]) for r in rows] == [e.area for e in shown]
+    assert {(r["kind"], int(r["label"])) for r in rows} == {(e.kind, e.label) for e in widget.evaluation.errors}
+
+
 def test_side_by_side_shows_three_panels_and_restores(make_napari_viewer, qtbot):
-    from nucseg._napari.layers import SideBySide
+    from nucseg._napari.evaluation_layers import CELL_VIEW_PX
+    from nucseg._napari.side_by_side import SideBySide
 
     viewer = make_napari_viewer()
     image, truth, pred, _ = truth_and_prediction()
@@ -172,6 +203,8 @@ def test_side_by_side_shows_three_panels_and_restores(make_napari_viewer, qtbot)
     prefix = SideBySide.PREFIX
     assert panels == {(0, 0): [f"{prefix}image"], (0, 1): [f"{prefix}image under truth", f"{prefix}truth"],
                       (0, 2): [f"{prefix}image under pred", f"{prefix}pred"]}, (panels, names)
+    height, width = viewer.canvas.viewbox_size(viewer.layers)  # one panel
+    assert viewer.scene.camera.zoom == pytest.approx(min(height, width) / CELL_VIEW_PX)  # cells, not the image
     widget.side_button.click()
     assert not grid.enabled
     assert [(layer.name, layer.visible) for layer in viewer.layers] == before
@@ -214,7 +247,7 @@ def test_screenshot_evaluate_widget(make_napari_viewer, qtbot, monkeypatch):
                              postprocess=PostprocessConfig(**resolve_model(DEFAULT_MODEL).postprocess_defaults))
     result = predict(image, config)
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1500, 1000)
     kwargs = {"scale": (0.25, 0.25), "units": "um"}
     viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, metadata={"mpp": 0.25}, **kwargs)
     viewer.add_labels(truth, name="ground truth", visible=False, **kwargs)
@@ -230,12 +263,11 @@ def test_screenshot_evaluate_widget(make_napari_viewer, qtbot, monkeypatch):
     out = root / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out / "evaluate_widget.png"), canvas_only=False)
-    row = next(i for i, e in enumerate(widget.evaluation.errors) if e.kind == "FN")
-    widget.errors_list.setCurrentRow(row)
+    index = next(i for i, e in enumerate(widget.evaluation.errors) if e.kind == "FN")
+    widget.errors_table.setCurrentCell(widget.errors_table.row_of(index), 0)
     qtbot.wait(300)
     viewer.screenshot(str(out / "evaluate_fn_zoom.png"), canvas_only=False)
-    widget.side_button.click()
-    viewer.reset_view()
+    widget.side_button.click()  # centred on the chosen FN, at cell level
     qtbot.wait(500)
     viewer.screenshot(str(out / "side_by_side.png"), canvas_only=False)
     widget.side_button.click()

@@ -3,6 +3,7 @@ curves, Stop, resume, the versions panel, and the GUI event loop's longest stall
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import time
@@ -31,10 +32,17 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def errors(monkeypatch):
-    from nucseg._napari import _workers, corrections_widget, finetune_widget, versions_panel
+    from nucseg._napari import (
+        _workers,
+        corrections_list,
+        corrections_widget,
+        finetune_decision,
+        finetune_widget,
+        versions_panel,
+    )
 
     seen: list[str] = []
-    for module in (_workers, corrections_widget, finetune_widget, versions_panel):
+    for module in (_workers, corrections_widget, corrections_list, finetune_widget, finetune_decision, versions_panel):
         monkeypatch.setattr(module, "show_error", seen.append)
     return seen
 
@@ -43,7 +51,7 @@ def errors(monkeypatch):
 def store_with_pairs(home):
     store = CorrectionStore()
     for seed in range(3):
-        store.add(*blob_image((96, 128), n=8, seed=seed), {"source": f"tile{seed}.png", "model": "test"})
+        store.add(*blob_image((96, 128), n=8, seed=seed), {"source": f"tile{seed}.png", "model": "test"}, reviewed=True)
     return store
 
 
@@ -56,7 +64,7 @@ def base_version(home, tiny_model):  # noqa: F811
 
 
 def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewer, qtbot, home, errors):
-    from nucseg._napari.corrections_widget import FIELD_OF_VIEW, SHAPES, CorrectionsWidget
+    from nucseg._napari.corrections_widget import FIELD_OF_VIEW, SHAPES, WHOLE, CorrectionsWidget
 
     viewer = make_napari_viewer()
     image, labels = blob_image((120, 160), n=10, seed=4)
@@ -67,39 +75,118 @@ def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewe
     widget = CorrectionsWidget(viewer)
     assert widget.image_combo.currentText() == "tile" and widget.labels_combo.currentText() == "tile nuclei"
 
+    widget.region_combo.setCurrentText(WHOLE)
+    widget.add_correction()  # nothing marked as reviewed: refused, nothing written
+    assert len(errors) == 1 and "marked as reviewed" in errors[0] and len(widget.store) == 0
+    errors.clear()
+    widget.whole_check.setChecked(True)
     widget.add_correction()
-    qtbot.waitUntil(lambda: widget._worker is None and widget.list.count() == 1, timeout=20000)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.entries.list.count() == 1, timeout=20000)
     entry = widget.store.entries()[0]
     assert entry.provenance["region"] == [20, 30, 80, 100] and entry.provenance["model"] == "nucseg-default"
     assert entry.provenance["source"] == "/data/tile.png" and entry.provenance["mpp"] == 0.25
+    assert entry.reviewed == "all"
     img, lab = entry.load()
     assert np.array_equal(img, image[20:100, 30:130]) and np.array_equal(lab, labels[20:100, 30:130])
-    assert "1 corrections" in widget.count_label.text()
+    assert "1 corrections" in widget.entries.count_label.text()
 
+    widget.whole_check.setChecked(False)
     shapes = viewer.add_shapes([np.array([[30, 40], [30, 90], [70, 90], [70, 40]])], shape_type="rectangle")
     widget.region_combo.setCurrentText(SHAPES)
     widget.shapes_combo.set_layer(shapes)
+    viewer.reset_view()
+    assert widget.mark_view() == (0, 0, 120, 160)  # the whole image is in view
     widget.add_correction()
-    qtbot.waitUntil(lambda: widget._worker is None and widget.list.count() == 2, timeout=20000)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.entries.list.count() == 2, timeout=20000)
     assert widget.store.entries()[1].provenance["region"][2:] == [41, 51]
 
     widget.region_combo.setCurrentText(FIELD_OF_VIEW)
-    viewer.reset_view()
     widget.add_correction()
-    qtbot.waitUntil(lambda: widget._worker is None and widget.list.count() == 3, timeout=20000)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.entries.list.count() == 3, timeout=20000)
 
-    widget.list.item(0).setSelected(True)
-    widget.remove_selected()
-    assert widget.list.count() == 2 and (widget.store.trash_dir / entry.id).is_dir()
-    widget.undo()
-    assert widget.list.count() == 3
+    widget.entries.list.item(0).setSelected(True)
+    widget.entries.remove_selected()
+    assert widget.entries.list.count() == 2 and (widget.store.trash_dir / entry.id).is_dir()
+    widget.entries.undo()
+    assert widget.entries.list.count() == 3
     assert errors == []
 
     viewer.add_labels(np.zeros((120, 160), np.uint32), name="empty")
     widget.labels_combo.set_layer("empty")
-    widget.region_combo.setCurrentText("whole labelled area")
+    widget.region_combo.setCurrentText(WHOLE)
     widget.add_correction()
     assert len(errors) == 1 and "no nucleus" in errors[0] and len(widget.store) == 3
+
+
+def test_corrected_labels_default_to_the_prediction_never_to_the_truth(make_napari_viewer, home, errors):
+    """The widget used to pick the first Labels layer (here the ground truth) as "corrected labels"."""
+    from nucseg._napari.corrections_widget import CorrectionsWidget
+    from nucseg._napari.layer_roles import layer_role
+
+    viewer = make_napari_viewer()
+    image, labels = blob_image((64, 64), n=4, seed=1)
+    viewer.add_image(image, name="tile", rgb=True)
+    viewer.add_labels(labels, name="tile_labels", metadata={"nucseg": {"role": "truth"}})  # opened as truth
+    viewer.add_labels(labels, name="ground truth")
+    widget = CorrectionsWidget(viewer)
+    # only truth layers: one is shown (the combo cannot be empty), with a warning that says what it is
+    assert layer_role(widget.labels_combo.current_layer()) == "truth" and "ground truth" in widget.truth_warning.text()
+    viewer.add_labels(labels, name="tile nuclei", metadata={"nucseg_result": object()})  # a Segment result
+    assert widget.labels_combo.currentText() == "tile nuclei"
+    viewer.add_labels(labels, name="tile nuclei [2]", metadata={"nucseg": {"role": "prediction"}})
+    assert widget.labels_combo.currentText() == "tile nuclei [2]"  # the newest prediction
+    widget.labels_combo.set_layer("tile nuclei")
+    widget.labels_combo.activated.emit(widget.labels_combo.currentIndex())  # the person's own choice...
+    viewer.add_labels(labels, name="tile nuclei [3]", metadata={"nucseg": {"role": "prediction"}})
+    assert widget.labels_combo.currentText() == "tile nuclei"  # ...is kept
+    widget.labels_combo.set_layer("ground truth")
+    assert "ground truth" in widget.truth_warning.text()
+    assert errors == []
+
+
+def test_reviewed_regions_become_the_mask_of_each_correction(make_napari_viewer, qtbot, home, errors):
+    from nucseg._napari.corrections_widget import REVIEWED_AREAS, CorrectionsWidget
+    from nucseg._napari.reviewed_regions import REVIEWED_LAYER, reviewed_layer
+
+    viewer = make_napari_viewer()
+    image, labels = blob_image((120, 160), n=10, seed=4)
+    layer = viewer.add_image(image, name="tile", rgb=True)
+    viewer.add_labels(labels, name="tile nuclei", metadata={"nucseg": {"role": "prediction"}})
+    widget = CorrectionsWidget(viewer)
+    assert widget.region_combo.currentText() == REVIEWED_AREAS  # the default
+    widget.add_correction()
+    assert errors and "nothing is marked as reviewed" in errors[-1] and len(widget.store) == 0
+    reviewed = reviewed_layer(viewer, layer)
+    assert reviewed.name == REVIEWED_LAYER
+    reviewed.add_polygons([np.array([[10, 10], [10, 70], [60, 10]])])  # a triangle the pathologist checked
+    reviewed.add_rectangles([np.array([[80, 100], [80, 150], [110, 150], [110, 100]])])
+    widget.add_correction()
+    qtbot.waitUntil(lambda: widget._worker is None and widget.entries.list.count() == 2, timeout=20000)
+    triangle, box = widget.store.entries()
+    assert triangle.reviewed == "mask" and 0.4 < triangle.reviewed_fraction < 0.6  # half of its bounding box
+    mask = triangle.load_reviewed()
+    y, x = triangle.provenance["region"][:2]
+    assert mask[12 - y, 12 - x] and not mask[58 - y, 68 - x]  # inside / outside the triangle
+    assert box.reviewed == "all" and box.provenance["region"] == [80, 100, 31, 51]
+    assert "reviewed: 5" in widget.entries.list.item(0).text() or "reviewed: 4" in widget.entries.list.item(0).text()
+    # an entry from before reviewed regions: listed as not reviewed until the person says so
+    widget.store.add(image[:40, :40], labels[:40, :40], {"source": "old"})
+    widget.entries.refresh()
+    assert "NOT reviewed" in widget.entries.list.item(2).text() and "1 not reviewed" in widget.entries.count_label.text()
+    widget.entries.list.item(2).setSelected(True)
+    widget.entries.mark_selected_reviewed()
+    assert widget.store.unreviewed() == [] and "reviewed: all" in widget.entries.list.item(2).text()
+    assert errors[1:] == []
+
+
+def assert_in_window(viewer, *widgets):
+    """Each widget is shown and lies wholly inside the main window (no scrolling needed to reach it)."""
+    from qtpy.QtCore import QPoint
+
+    window = viewer.window._qt_window
+    for w in widgets:
+        top = w.mapTo(window, QPoint(0, 0)).y()
+        assert w.isVisible() and 0 <= top and top + w.height() <= window.height(), (w.text(), top, window.height())
 
 
 def run_widget(qtbot, widget, timeout=240000):
@@ -109,27 +196,32 @@ def run_widget(qtbot, widget, timeout=240000):
 
 
 def set_tiny(widget, epochs=1, steps=2):
-    widget.epochs_spin.setValue(epochs)
-    widget.steps_spin.setValue(steps)
-    widget.batch_spin.setValue(2)
-    widget.patch_spin.setValue(64)
-    widget.threads_spin.setValue(1)
-    widget.val_spin.setValue(0.34)
+    settings = widget.settings
+    settings.epochs_spin.setValue(epochs)
+    settings.steps_spin.setValue(steps)
+    settings.batch_spin.setValue(2)
+    settings.patch_spin.setValue(64)
+    settings.threads_spin.setValue(1)
+    settings.val_spin.setValue(0.34)
     widget.device_combo.setCurrentText("cpu")
-    for name, check in widget.aug_checks.items():
+    for name, check in settings.aug_checks.items():
         check.setChecked(name == "flips")
 
 
 def test_finetune_in_a_worker_with_live_curves_and_a_responsive_gui(
-        make_napari_viewer, qtbot, store_with_pairs, base_version, errors):
+        make_napari_viewer, qtbot, store_with_pairs, base_version, errors, monkeypatch):
+    from test_finetune import scripted_validation
+
     from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.models import versions
+
+    scripted_validation(monkeypatch, [0.5, 0.6])  # better than its base: kept without asking
 
     viewer = make_napari_viewer(show=True)
     viewer.add_image(blob_image((96, 128), n=8, seed=0)[0], name="tile", rgb=True)
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
-    assert "3 corrections" in widget.data_label.text()
+    assert "3 reviewed corrections" in widget.data_label.text()
     index = widget.model_combo.findData(str(base_version))
     assert index >= 0 and "tiny-base (fine-tuned)" == widget.model_combo.itemText(index)
     widget.model_combo.setCurrentIndex(index)
@@ -161,34 +253,91 @@ def test_finetune_in_a_worker_with_live_curves_and_a_responsive_gui(
     assert result.model_dir.name in widget.versions_panel.names()
     assert widget.model_combo.findData(str(result.model_dir)) >= 0 and announced
     assert not (result.model_dir / "checkpoints").exists()
-    assert "before" in widget.result_label.text() and "after" in widget.result_label.text()
+    text = widget.decision.text.text()
+    assert "before" in text and "after" in text and "Better than its base model" in text
+    assert not widget.decision.asking
     assert stall <= MAX_STALL_MS, f"the GUI thread stalled {stall:.0f} ms during training"
 
 
-def test_stop_keeps_the_best_epoch(make_napari_viewer, qtbot, store_with_pairs, base_version, errors):
+def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewer, qtbot, store_with_pairs,
+                                                               base_version, errors):
+    """Stop after two steps used to save a new version without a word."""
     from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg.models import versions
 
     viewer = make_napari_viewer()
     widget = FinetuneWidget(viewer)
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))
-    set_tiny(widget, epochs=20, steps=2)
-    stop_after_epoch = widget.plots.add_epoch
+    set_tiny(widget, epochs=20, steps=4)
+    records = []
+    on_record = widget._on_record
 
-    def add_epoch(record):
-        stop_after_epoch(record)
-        widget.stop()
+    def record_then_stop(record):
+        on_record(record)
+        records.append(record)
+        if record.get("kind") == "step" and record["step"] == 2:
+            widget.stop()
 
-    widget.plots.add_epoch = add_epoch
+    widget._on_record = record_then_stop
     run_widget(qtbot, widget)
     assert errors == []
-    assert widget.result.stopped and widget.result.model_dir is not None
-    assert len(widget.result.history) < 20 and "stopped" in widget.result_label.text()
+    result = widget.result
+    assert result.stopped and result.pending and widget.decision.asking
+    assert result.model_dir is None and versions.list_versions()[-1].name == base_version.name  # not registered
+    text = widget.decision.text.text()
+    assert f"Stopped after {result.steps_done} of 80 training steps" in text and result.steps_done >= 2
+    assert not widget.decision.keep_button.isHidden() and not widget.decision.discard_button.isHidden()
+    widget.start()  # a new run waits until this one is decided
+    assert not widget.running and "keep or discard" in errors[-1]
+    errors.clear()
+    kept = widget.decision.keep()
+    assert kept == result.run_dir and kept.name in widget.versions_panel.names()
+    assert widget.model_combo.findData(str(kept)) >= 0 and not widget.decision.asking
+    assert "kept as new version" in widget.decision.text.text()
 
 
-def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pairs, base_version, errors):
-    from nucseg._napari.finetune_widget import FinetuneWidget, corrections_finetune
-    from nucseg.config import FinetuneConfig
+def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
+        make_napari_viewer, qtbot, store_with_pairs, base_version, errors, monkeypatch):
+    """Seen: AJI 0.988 -> 0.857 saved as a new version without a warning."""
+    from test_finetune import scripted_validation
+
+    from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.models import versions
+
+    scripted_validation(monkeypatch, [0.988, 0.857])
+    widget = FinetuneWidget(make_napari_viewer())
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))
+    set_tiny(widget, epochs=1, steps=2)
+    run_widget(qtbot, widget)
+    assert errors == [] and widget.decision.asking
+    run_dir = widget.result.run_dir
+    assert "NOT better than its base model on the 1 validation image: AJI 0.988 -> 0.857" in \
+        html.unescape(widget.decision.text.text())
+    assert run_dir.name not in widget.versions_panel.names()
+    # the viewer is closed without a decision; the next Fine-tune widget asks again, in sight on a 1000 px screen
+    viewer = make_napari_viewer(show=True)
+    again = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(again, name="Fine-tune")
+    viewer.window._qt_window.resize(1500, 1000)
+    qtbot.wait(300)
+    assert again.decision.asking and again.result.run_dir == run_dir and again.result.verdict == "not better"
+    assert_in_window(viewer, again.start_button, again.decision.keep_button, again.decision.discard_button)
+    trashed = again.decision.discard()
+    assert trashed.parent == versions.trash_dir() and (trashed / "model.safetensors").is_file()
+    assert not run_dir.exists() and versions.pending_candidates() == [] and "discarded" in again.decision.text.text()
+    assert errors == []
+
+
+def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pairs, base_version, errors,
+                                        monkeypatch):
+    from test_finetune import scripted_validation
+
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg.config import FinetuneConfig
+    from nucseg.jobs.finetune import corrections_finetune
+    from nucseg.models import versions
+
+    scripted_validation(monkeypatch, [0.5, 0.6, 0.7])
 
     config = FinetuneConfig(base_model=str(base_version), epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64,
                             augmentations=("flips",), device="cpu", num_threads=1, validation_fraction=0.34)
@@ -202,7 +351,7 @@ def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pa
     widget = FinetuneWidget(viewer)
     assert widget.resume_check.isEnabled() and out.name in widget.resume_check.text()
     widget.resume_check.setChecked(True)
-    assert not widget.epochs_spin.isEnabled()
+    assert not widget.settings.epochs_spin.isEnabled()
     run_widget(qtbot, widget)
     assert errors == []
     assert widget.result.model_dir == out and [r["epoch"] for r in widget.result.history] == [1, 2]
@@ -251,12 +400,13 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     viewer.window._qt_window.tabifyDockWidget(corrections, finetune)  # one tab each, as a user arranges them
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))
     set_tiny(widget, epochs=6, steps=3)
-    widget.lr_spin.setValue(0.003)
+    widget.settings.lr_spin.setValue(0.003)
     run_widget(qtbot, widget)
     assert widget.plots.epochs == list(range(1, 7))
     viewer.window._qt_window.resize(1500, 1000)
     finetune.raise_()
     qtbot.wait(500)
+    assert_in_window(viewer, widget.start_button, widget.decision)
     # docs/ is refreshed on request only (NUCSEG_SCREENSHOTS=1), like the other widgets' screenshots
     shot = SCREENSHOT if os.environ.get("NUCSEG_SCREENSHOTS") else tmp_path / SCREENSHOT.name
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -276,8 +426,8 @@ def test_rehearsal_follows_the_base_models_replay_set(make_napari_viewer, base_v
     widget = FinetuneWidget(make_napari_viewer())
     for folder, rehearses in ((base_version.parent / f"{base_version.name}-replay", True), (base_version, False)):
         widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(folder)))
-        assert widget.mix_check.isChecked() is rehearses
-        assert ("replay set" in widget.original_edit.placeholderText()) is rehearses
+        assert widget.settings.mix_check.isChecked() is rehearses
+        assert ("replay set" in widget.settings.original_edit.placeholderText()) is rehearses
         assert (widget.config().mix_original > 0) is rehearses
     assert errors == []
     assert widget.plots.wait_idle()  # no curve render left running when the test process ends

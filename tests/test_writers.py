@@ -22,10 +22,16 @@ ATTRS = {"name": "nuclei", "scale": (0.5, 0.5), "translate": (50.0, 100.0), "met
 
 
 def test_mpp_and_offset_from_attributes():
-    assert writers.layer_mpp(ATTRS) == 0.5
+    import pint
+
+    um, px = pint.get_application_registry()("micrometer").units, pint.get_application_registry()("pixel").units
+    assert writers.layer_mpp(ATTRS) is None  # a scale in napari's default units is not a pixel size
+    assert writers.layer_mpp({**ATTRS, "units": (px, px)}) is None
+    assert writers.layer_mpp({**ATTRS, "units": (um, um)}) == 0.5
+    assert writers.layer_mpp({**ATTRS, "units": ("nm", "nm"), "scale": (250.0, 250.0)}) == pytest.approx(0.25)
     assert writers.layer_mpp({**ATTRS, "metadata": {"mpp": 0.25}}) == 0.25
-    assert writers.layer_mpp({"scale": (1.0, 1.0), "metadata": {}}) is None
-    assert writers.layer_mpp({"scale": (0.5, 0.6), "metadata": {}}) is None
+    assert writers.layer_mpp({"scale": (1.0, 1.0), "units": (um, um), "metadata": {}}) == 1.0  # 10x is a size too
+    assert writers.layer_mpp({"scale": (0.5, 0.6), "units": (um, um), "metadata": {}}) is None
     assert writers.layer_offset(ATTRS) == (100.0, 200.0)
     assert writers.layer_offset({**ATTRS, "metadata": {"nucseg_region": (7, 8, 60, 80)}}) == (7.0, 8.0)
 
@@ -35,7 +41,7 @@ def test_ome_tiff_round_trip_and_overwrite(tmp_path):
 
     labels = square_labels()
     path = str(tmp_path / "nuclei.ome.tif")
-    assert writers.write_labels_ome_tiff(path, labels, ATTRS) == [path]
+    assert writers.write_labels_ome_tiff(path, labels, {**ATTRS, "metadata": {"mpp": 0.5}}) == [path]
     with tifffile.TiffFile(path) as tif:
         assert np.array_equal(tif.asarray(), labels)
         assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
@@ -51,8 +57,9 @@ def test_multiscale_layers_write_their_finest_level(tmp_path):
     levels = [da.from_array(labels, chunks=32), da.from_array(labels[::2, ::2], chunks=32)]
     path = str(tmp_path / "nuclei.zarr")
     assert writers.write_labels_zarr(path, levels, {**ATTRS, "multiscale": True, "metadata": {"mpp": 0.25}}) == [path]
-    array = zarr.open_array(path, mode="r")
-    assert np.array_equal(array[:], labels) and array.attrs["mpp"] == 0.25
+    group = zarr.open_group(path, mode="r")
+    assert np.array_equal(group["0"][:], labels) and group.attrs["nucseg"]["mpp"] == 0.25
+    assert group.attrs["ome"]["multiscales"][0]["axes"][0]["unit"] == "micrometer"
 
 
 def test_geojson_is_in_full_resolution_pixels(tmp_path):
@@ -68,12 +75,72 @@ def test_geojson_is_in_full_resolution_pixels(tmp_path):
 
 def test_measurements_csv(tmp_path):
     path = str(tmp_path / "nuclei.csv")
-    writers.write_measurements_csv(path, square_labels(), ATTRS)
+    writers.write_measurements_csv(path, square_labels(), {**ATTRS, "metadata": {"mpp": 0.5}})
     with open(path) as fh:
         rows = {int(r["id"]): r for r in csv.DictReader(fh)}
     assert set(rows) == {7, 9}
     assert float(rows[7]["area_px"]) == 100 and float(rows[7]["area_um2"]) == pytest.approx(25.0)
     assert float(rows[7]["centroid_x"]) == pytest.approx(200 + 25) and float(rows[7]["centroid_y"]) == pytest.approx(115)
+    writers.write_measurements_csv(path, square_labels(), ATTRS)  # no pixel size: pixels only, and it says so
+    with open(path) as fh:
+        row = next(csv.DictReader(fh))
+    assert "area_um2" not in row and row["mpp"] == ""
+
+
+def he_image(shape=(60, 80)):
+    image = np.zeros((*shape, 3), np.uint8)
+    image[...] = (230, 200, 220)
+    return image
+
+
+def read_rows(path):
+    with open(path) as fh:
+        return {int(r["id"]): r for r in csv.DictReader(fh)}
+
+
+@pytest.mark.gui
+def test_csv_from_napari_has_the_h_and_e_columns_of_the_image_under_the_labels(make_napari_viewer, tmp_path):
+    """The writer gets only the labels: it finds the image they were segmented from (named in the labels'
+    metadata, or the one RGB layer they overlay) and measures its pixels under each nucleus."""
+    viewer = make_napari_viewer()
+    image = he_image((100, 140))
+    image[40:50, 70:80] = (80, 40, 150)  # nucleus 7 of a region at (30, 50): rows 10..19, columns 20..29
+    viewer.add_image(image, name="tile", rgb=True, metadata={"mpp": 0.5})
+    viewer.add_image(he_image((100, 140)) // 2, name="other", rgb=True, visible=False)
+    labels = viewer.add_labels(square_labels(), name="tile nuclei", translate=(30, 50),
+                               metadata={"mpp": 0.5, "nucseg_region": (30, 50, 60, 80), writers.IMAGE_KEY: "tile"})
+    path = tmp_path / "n.csv"
+    labels.save(str(path), plugin="napari-nucseg")
+    rows = read_rows(path)
+    assert (float(rows[7]["mean_r"]), float(rows[7]["mean_g"]), float(rows[7]["mean_b"])) == (80, 40, 150)
+    assert float(rows[9]["mean_r"]) == 230 and float(rows[7]["centroid_x"]) == pytest.approx(50 + 25)
+    del labels.metadata[writers.IMAGE_KEY]  # no name: the labels' name starts with the image's
+    labels.save(str(path), plugin="napari-nucseg")
+    assert float(read_rows(path)[7]["mean_b"]) == 150
+    viewer.layers.remove("other")
+    labels.name = "edited"  # one image left under the labels: that one
+    geo = tmp_path / "n.geojson"
+    labels.save(str(geo), plugin="napari-nucseg")
+    features = {f["properties"]["nucseg_id"]: f for f in json.loads(geo.read_text())["features"]}
+    assert features[7]["properties"]["measurements"]["mean_b"] == 150
+
+
+@pytest.mark.gui
+def test_csv_from_the_image_file_when_its_layer_is_gone(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    make_napari_viewer()
+    image = he_image((100, 120))
+    image[10:20, 20:30] = (80, 40, 150)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    attrs = {**ATTRS, "translate": (0.0, 0.0), "scale": (1.0, 1.0), "name": "tile nuclei",
+             "metadata": {"nucseg_region": (0, 0, 60, 80), writers.IMAGE_KEY: {"name": "tile",
+                                                                                "path": str(tmp_path / "tile.png")}}}
+    writers.write_measurements_csv(str(tmp_path / "n.csv"), square_labels(), attrs)
+    assert float(read_rows(tmp_path / "n.csv")[7]["mean_g"]) == 40
+    attrs["metadata"] = {}
+    writers.write_measurements_csv(str(tmp_path / "bare.csv"), square_labels(), attrs)  # nothing to measure
+    assert "mean_r" not in read_rows(tmp_path / "bare.csv")[7]
 
 
 @pytest.mark.gui

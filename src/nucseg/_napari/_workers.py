@@ -221,7 +221,7 @@ def start_generator_worker(
 
     def returned(value: Any) -> None:
         if isinstance(value, _Failure):
-            log.info("job %s failed:\n%s", desc, value.traceback)
+            log.error("job %s failed:\n%s", desc, value.traceback)
             (on_error or _show)(value.error)
         elif on_return is not None:
             try:

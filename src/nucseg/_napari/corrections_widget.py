@@ -1,10 +1,14 @@
-"""The "Corrections" dock widget: save corrected nuclei as training pairs for fine-tuning.
+"""The "Corrections" dock widget: save corrected nuclei, and what of them was reviewed, as training pairs.
 
-Correct a prediction in its Labels layer (paint, erase, fill, split), choose what part of the image to keep
-(the whole labelled area, the current field of view, or rectangles drawn in a Shapes layer) and press
-"Add to training set": the image pixels and the labels of that region go into the `CorrectionStore` with
-their provenance (source file, region, mpp, the model that made the first prediction). The list shows what is
-stored; Remove moves an entry to the store's trash and Undo brings it back.
+Correct a prediction in its Labels layer (paint, erase, fill, split), then say what you checked: press *Mark
+current view as reviewed* (screen by screen), or draw rectangles or polygons in the "reviewed regions" layer
+(`reviewed_regions`). *Add to training set* stores each reviewed region (or the whole labelled area, the field
+of view, or rectangles of another Shapes layer) with its image pixels, labels, reviewed mask and provenance
+in the `CorrectionStore`; fine-tuning learns only inside the reviewed mask. *the whole region was reviewed*
+says you checked all of what is stored.
+
+The corrected-labels choice defaults to the newest prediction (or corrected prediction), never to a layer
+marked or named as ground truth (`layer_roles`).
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
+    QFrame,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -33,84 +37,27 @@ from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.training.corrections import CorrectionEntry, CorrectionStore, corrections_changed
 
 from ._workers import error_message, start_generator_worker
-from .layers import LayerCombo, Region, field_of_view_region, image_input, layer_mpp, shapes_to_regions
+from .correction_regions import crop_pair, provenance_of
+from .corrections_list import CorrectionsList
+from .layer_roles import OVERLAY, REVIEWED, TRUTH, layer_role, preferred_correction_layer
+from .layers import LayerCombo, Region, field_of_view_region, image_input, shapes_to_regions
+from .reviewed_regions import find_reviewed_layer, mark_view_reviewed, reviewed_boxes, reviewed_mask
 
-WHOLE, FIELD_OF_VIEW, SHAPES = "whole labelled area", "current field of view", "drawn rectangles"
-
-
-def _level0(layer: Any) -> Any:
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def labels_offset(image: Image, labels: Labels) -> tuple[int, int]:
-    """Where pixel (0, 0) of `labels` lies in level-0 pixels of `image` (the two must share a pixel grid).
-
-    Raises:
-        InvalidInputError: different pixel sizes, or a shift by a fraction of a pixel.
-    """
-    i_scale, l_scale = np.asarray(image.scale[-2:], float), np.asarray(labels.scale[-2:], float)
-    if not np.allclose(i_scale, l_scale, rtol=1e-3):
-        raise InvalidInputError(
-            f"labels {labels.name!r} (pixel size {tuple(l_scale)}) and image {image.name!r} ({tuple(i_scale)}) are "
-            "not on the same pixel grid: correct the labels produced for this image by the Segment widget")
-    offset = (np.asarray(labels.translate[-2:], float) - np.asarray(image.translate[-2:], float)) / i_scale
-    if not np.allclose(offset, np.round(offset), atol=1e-3):
-        raise InvalidInputError(f"labels {labels.name!r} are shifted from image {image.name!r} by a fraction of a pixel")
-    return int(round(offset[0])), int(round(offset[1]))
+REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES = ("reviewed regions", "whole labelled area", "current field of view",
+                                                "drawn rectangles")
+Item = tuple[np.ndarray, np.ndarray, dict[str, Any], "np.ndarray | bool"]
 
 
-def crop_pair(image: Image, labels: Labels, region: Region | None) -> tuple[np.ndarray, np.ndarray, Region]:
-    """Image pixels and labels of `region` (level-0 image pixels; None = all), clipped to the labelled area.
-
-    Returns:
-        (image (h, w, 3|4) or (h, w), labels (h, w), the region actually cropped).
-
-    Raises:
-        InvalidInputError: the layers do not share a pixel grid or the region does not overlap the labels.
-    """
-    img0, lab0 = _level0(image), _level0(labels)
-    if lab0.ndim != 2:
-        raise InvalidInputError(f"labels {labels.name!r} have shape {tuple(lab0.shape)}; one 2-D label image is needed")
-    H, W = int(img0.shape[0]), int(img0.shape[1])
-    oy, ox = labels_offset(image, labels)
-    y, x, h, w = region if region is not None else (0, 0, H, W)
-    y0, x0 = max(y, oy, 0), max(x, ox, 0)
-    y1, x1 = min(y + h, oy + int(lab0.shape[0]), H), min(x + w, ox + int(lab0.shape[1]), W)
-    if y1 <= y0 or x1 <= x0:
-        raise InvalidInputError(f"the chosen region does not overlap the labels {labels.name!r}: move the view or "
-                                "draw the rectangle over the corrected nuclei")
-    pixels = np.asarray(img0[y0:y1, x0:x1])
-    return pixels, np.asarray(lab0[y0 - oy : y1 - oy, x0 - ox : x1 - ox]), (y0, x0, y1 - y0, x1 - x0)
-
-
-def provenance_of(image: Image, labels: Labels, region: Region, how: str) -> dict[str, Any]:
-    """Where a correction came from: source file, level, region, mpp and the model of the first prediction."""
-    config = labels.metadata.get("nucseg_config") or {}
-    model_info = labels.metadata.get("nucseg_model")
-    return {
-        "source": image.metadata.get("nucseg_path") or image.name,
-        "image_layer": image.name,
-        "labels_layer": labels.name,
-        "level": 0,
-        "region": list(region),
-        "region_from": how,
-        "mpp": layer_mpp(image),
-        "model": config.get("model") if isinstance(config, dict) else None,
-        "model_info": model_info if isinstance(model_info, (dict, str)) else None,
-    }
-
-
-def _add_job(store: CorrectionStore, items: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]
-             ) -> Generator[None, None, list[CorrectionEntry]]:
+def _add_job(store: CorrectionStore, items: list[Item]) -> Generator[None, None, list[CorrectionEntry]]:
     entries = []
-    for image, labels, prov in items:
-        entries.append(store.add(image, labels, prov))
+    for image, labels, prov, reviewed in items:
+        entries.append(store.add(image, labels, prov, reviewed=reviewed))
         yield None
     return entries
 
 
 class CorrectionsWidget(QWidget):
-    """Add corrected regions to the training set; list, remove and restore them.
+    """Add corrected, reviewed regions to the training set; list, remove and restore them.
 
     Args:
         napari_viewer: the viewer.
@@ -125,53 +72,88 @@ class CorrectionsWidget(QWidget):
         self.viewer = napari_viewer
         self.store = store or CorrectionStore()
         self._worker: Any = None
-        self.image_combo = LayerCombo(napari_viewer, (Image,))
+        self._labels_chosen = False  # the person picked the labels layer: keep it
+        self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda layer: layer_role(layer) != OVERLAY)
         self.labels_combo = LayerCombo(napari_viewer, (Labels,),
-                                       predicate=lambda layer: not layer.metadata.get("nucseg_overlay"))
+                                       predicate=lambda layer: layer_role(layer) not in (OVERLAY, REVIEWED))
+        self.truth_warning = QLabel()
+        self.truth_warning.setWordWrap(True)
+        self.truth_warning.setStyleSheet("color: #ffb74d")
         self.region_combo = QComboBox()
-        self.region_combo.addItems([WHOLE, FIELD_OF_VIEW, SHAPES])
-        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,))
+        self.region_combo.addItems([REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES])
+        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,), predicate=lambda layer: layer_role(layer) != REVIEWED)
+        self.mark_view_button = QPushButton("Mark current view as reviewed")
+        self.mark_view_button.setToolTip("adds the visible field to the 'reviewed regions' layer; you can also draw "
+                                         "rectangles or polygons there around the nuclei you checked")
+        self.whole_check = QCheckBox("the whole region was reviewed")
+        self.whole_check.setToolTip("all nuclei in what is stored were checked, reviewed regions or not")
         self.add_button = QPushButton("Add to training set")
-        self.add_button.setToolTip("save the image and the corrected labels of the chosen region as a training pair")
-        self.list = QListWidget()
-        self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("move the selected corrections to the store's trash (Undo brings them back)")
-        self.undo_button = QPushButton("Undo")
-        self.count_label = QLabel()
-        self.count_label.setWordWrap(True)
+        self.add_button.setToolTip("save the image, the corrected labels and the reviewed mask of the chosen "
+                                   "region as a training pair")
+        self.entries = CorrectionsList(self.store, self)
+        self._build_layout()
+        self.add_button.clicked.connect(self.add_correction)
+        self.mark_view_button.clicked.connect(self.mark_view)
+        self.region_combo.currentTextChanged.connect(self._update_enabled)
+        self.labels_combo.currentTextChanged.connect(self._labels_changed)
+        self.labels_combo.activated.connect(self._person_chose_labels)
+        napari_viewer.layers.events.inserted.connect(self._guess_labels)
+        napari_viewer.layers.events.removed.connect(self._guess_labels)
+        self._store_changed_qt.connect(self._store_changed)
+        corrections_changed.connect(self._relay_store_changed)
+        self._guess_labels()
+        self._update_enabled()
+        self.entries.refresh()
 
+    def _build_layout(self) -> None:
         form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("corrected labels", self.labels_combo)
+        form.addRow(self.truth_warning)
         form.addRow("region", self.region_combo)
         form.addRow("shapes layer", self.shapes_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.remove_button)
-        buttons.addWidget(self.undo_button)
-        layout = QVBoxLayout(self)
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         layout.addLayout(form)
+        layout.addWidget(self.mark_view_button)
+        layout.addWidget(self.whole_check)
         layout.addWidget(self.add_button)
-        layout.addWidget(self.count_label)
-        layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
-
-        self.add_button.clicked.connect(self.add_correction)
-        self.remove_button.clicked.connect(self.remove_selected)
-        self.undo_button.clicked.connect(self.undo)
-        self.region_combo.currentTextChanged.connect(self._update_enabled)
-        self.labels_combo.currentTextChanged.connect(self._match_image)
-        self._store_changed_qt.connect(self._store_changed)
-        corrections_changed.connect(self._relay_store_changed)
-        self._match_image()
-        self._update_enabled()
-        self.refresh()
+        layout.addWidget(self.entries, 1)
+        scroll = QScrollArea()  # fits a small screen: scrolls rather than squashing the list
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     # -- inputs ------------------------------------------------------------------------------------------
     def _update_enabled(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
 
-    def _match_image(self, *_: Any) -> None:
+    def _person_chose_labels(self, *_: Any) -> None:
+        self._labels_chosen = True
+
+    def _guess_labels(self, *_: Any) -> None:
+        """The newest prediction unless the person chose a layer that still exists (never a truth layer)."""
+        if self._labels_chosen and self.labels_combo.current_layer() is not None:
+            return
+        self._labels_chosen = False
+        preferred = preferred_correction_layer(self.labels_combo.layers())
+        if preferred is not None:
+            self.labels_combo.set_layer(preferred)
+        self._labels_changed()
+
+    def _labels_changed(self, *_: Any) -> None:
+        labels = self.labels_combo.current_layer()
+        is_truth = labels is not None and layer_role(labels) == TRUTH
+        self.truth_warning.setText(f"{labels.name!r} is marked as ground truth: corrections are normally made on a "
+                                   "prediction" if is_truth else "")
+        self.truth_warning.setVisible(is_truth)
+        self._match_image()
+
+    def _match_image(self) -> None:
         """Pick the image a result layer was made from (segment results are named '<image> nuclei')."""
         labels = self.labels_combo.current_layer()
         if labels is None:
@@ -181,9 +163,31 @@ class CorrectionsWidget(QWidget):
                 self.image_combo.set_layer(layer)
                 return
 
+    def _image(self) -> Image:
+        image = self.image_combo.current_layer()
+        if image is None:
+            raise InvalidInputError("no image layer: open the H&E image the labels belong to")
+        return image
+
+    def mark_view(self) -> Region | None:
+        """Add the current field of view to the reviewed regions."""
+        try:
+            region = mark_view_reviewed(self.viewer, self._image())
+        except NucsegError as err:
+            show_error(error_message(err))
+            return None
+        self.viewer.layers.selection.active = self.labels_combo.current_layer() or self._image()
+        return region
+
     def regions(self, image: Image) -> list[Region | None]:
         """The regions chosen, in level-0 image pixels (None = the whole labelled area)."""
         choice = self.region_combo.currentText()
+        if choice == REVIEWED_AREAS:
+            layer = find_reviewed_layer(self.viewer)
+            if layer is None:
+                raise InvalidInputError("nothing is marked as reviewed yet: press 'Mark current view as reviewed' "
+                                        "or draw the checked areas in a 'reviewed regions' layer")
+            return list(reviewed_boxes(layer, image))
         if choice == FIELD_OF_VIEW:
             return [field_of_view_region(self.viewer, image)]
         if choice == SHAPES:
@@ -193,18 +197,30 @@ class CorrectionsWidget(QWidget):
             return list(shapes_to_regions(shapes, image))
         return [None]
 
-    def collect(self) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-        """(image, labels, provenance) of each chosen region, read from the layers on the GUI thread."""
-        image, labels = self.image_combo.current_layer(), self.labels_combo.current_layer()
-        if image is None:
-            raise InvalidInputError("no image layer: open the H&E image the labels belong to")
+    def collect(self) -> list[Item]:
+        """(image, labels, provenance, reviewed) of each chosen region, read from the layers on the GUI thread.
+
+        Raises:
+            InvalidInputError: a layer is missing, or a region holds nothing marked as reviewed.
+        """
+        image, labels = self._image(), self.labels_combo.current_layer()
         if labels is None:
             raise InvalidInputError("no Labels layer: segment the image first (Segment widget) and correct the result")
         image_input(image)  # refuses stacks and non-2-D images with a readable message
-        items = []
+        reviewed_layer = find_reviewed_layer(self.viewer)
+        items: list[Item] = []
         for region in self.regions(image):
             pixels, lab, cropped = crop_pair(image, labels, region)
-            items.append((pixels, lab.copy(), provenance_of(image, labels, cropped, self.region_combo.currentText())))
+            reviewed: np.ndarray | bool = True
+            if not self.whole_check.isChecked():
+                reviewed = reviewed_mask(reviewed_layer, image, cropped)
+                if not reviewed.any():
+                    raise InvalidInputError(
+                        f"nothing in the region {cropped[2]}x{cropped[3]} px at ({cropped[0]}, {cropped[1]}) is "
+                        "marked as reviewed: press 'Mark current view as reviewed', draw the checked area in the "
+                        "'reviewed regions' layer, or tick 'the whole region was reviewed'")
+            prov = provenance_of(image, labels, cropped, self.region_combo.currentText())
+            items.append((pixels, lab.copy(), prov, reviewed))
         return items
 
     # -- actions -----------------------------------------------------------------------------------------
@@ -214,10 +230,11 @@ class CorrectionsWidget(QWidget):
             return
         try:
             items = self.collect()
-            from nucseg.training.corrections import check_pair
+            from nucseg.training.corrections import check_pair, check_reviewed
 
-            for pixels, lab, _ in items:
+            for pixels, lab, _, reviewed in items:
                 check_pair(pixels, lab)  # refuse at once, with the reason, before anything is written
+                check_reviewed(reviewed, lab.shape)
         except NucsegError as err:
             show_error(error_message(err))
             return
@@ -233,34 +250,7 @@ class CorrectionsWidget(QWidget):
     def _add_finished(self) -> None:
         self._worker = None
         self.add_button.setEnabled(True)
-        self.refresh()
-
-    def selected_ids(self) -> list[str]:
-        return [item.data(256) for item in self.list.selectedItems()]  # 256 = Qt.UserRole
-
-    def remove_selected(self) -> None:
-        """Move the selected entries to the trash."""
-        ids = self.selected_ids()
-        if not ids:
-            show_info("select corrections in the list to remove them")
-            return
-        try:
-            for entry_id in ids:
-                self.store.remove(entry_id)
-        except NucsegError as err:
-            show_error(error_message(err))
-        self.refresh()
-
-    def undo(self) -> None:
-        """Restore the last removed entry."""
-        try:
-            entry = self.store.undo()
-        except NucsegError as err:
-            show_error(error_message(err))
-            return
-        if entry is None:
-            show_info("nothing to undo")
-        self.refresh()
+        self.entries.refresh()
 
     def _relay_store_changed(self, root: Any) -> None:
         try:
@@ -270,24 +260,4 @@ class CorrectionsWidget(QWidget):
 
     def _store_changed(self, root: Any) -> None:
         if str(root) == str(self.store.root):
-            self.refresh()
-
-    def refresh(self) -> None:
-        """Re-list the stored entries and the count."""
-        try:
-            entries = self.store.entries()
-        except NucsegError as err:
-            show_error(error_message(err))
-            entries = []
-        self.list.clear()
-        for entry in entries:
-            src = str(entry.source).replace("\\", "/").rsplit("/", 1)[-1]
-            region = entry.provenance.get("region")
-            text = f"{entry.id}  {src}  {entry.shape[0]}x{entry.shape[1]} px  {entry.n_nuclei} nuclei"
-            item = QListWidgetItem(text)
-            item.setData(256, entry.id)
-            item.setToolTip(f"region (y, x, h, w) {region}, model {entry.provenance.get('model')}, "
-                            f"saved {entry.created}")
-            self.list.addItem(item)
-        nuclei = sum(e.n_nuclei for e in entries)
-        self.count_label.setText(f"{len(entries)} corrections, {nuclei} nuclei in {self.store.root}")
+            self.entries.refresh()

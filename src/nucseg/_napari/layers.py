@@ -20,6 +20,8 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 from nucseg.errors import InvalidInputError
 
+from .layer_source import ImageInput, LayerPyramid, image_input, layer_mpp  # noqa: F401  (re-exported)
+
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
@@ -30,101 +32,6 @@ Region = tuple[int, int, int, int]
 
 #: multiscale levels of zarr-backed results stop when the longer side is below this many pixels
 PYRAMID_MIN_SIZE = 1024
-
-
-class LayerPyramid:
-    """A multiscale image layer's level arrays seen as a `nucseg.io.slides.Slide` (what `iter_predict` reads).
-
-    Args:
-        levels: (H, W, 3|4) arrays (numpy, dask or zarr), finest first.
-        mpp: microns per pixel of level 0, or None when unknown.
-    """
-
-    def __init__(self, levels: Sequence[Any], mpp: float | None):
-        self.levels = list(levels)
-        self.mpp = mpp
-        self.shape = tuple(int(s) for s in self.levels[0].shape[:2])
-        self.downsamples = [self.shape[0] / int(level.shape[0]) for level in self.levels]
-
-    def best_level_for_mpp(self, target_mpp: float) -> int:
-        """The coarsest level whose pixels are still at least as fine as `target_mpp` (1% slack)."""
-        if not self.mpp:
-            return 0
-        fine = [i for i, d in enumerate(self.downsamples) if self.mpp * d <= target_mpp * 1.01]
-        return max(fine, key=lambda i: self.downsamples[i]) if fine else 0
-
-    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
-        from nucseg.inference.predict_array import as_rgb_uint8
-
-        array = self.levels[level]
-        H, W = int(array.shape[0]), int(array.shape[1])
-        out = np.full((h, w, 3), 255, np.uint8)
-        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
-        if y1 > y0 and x1 > x0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = as_rgb_uint8(np.asarray(array[y0:y1, x0:x1]))
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInput:
-    """What a segmentation run needs from an image layer, captured on the GUI thread.
-
-    Attributes:
-        name: layer name.
-        data: the layer's data (an array, or a list of level arrays when multiscale).
-        multiscale: whether `data` is a pyramid.
-        mpp: microns per pixel of level 0 (from the layer's metadata), or None when unknown.
-        path: the file the plugin's reader opened it from, if any.
-        shape: level-0 (height, width).
-    """
-
-    name: str
-    data: Any
-    multiscale: bool
-    mpp: float | None
-    path: str | None
-    shape: tuple[int, int]
-
-    def load(self) -> Any:
-        """The image to segment: an (H, W, 3) uint8 array, or a Slide for pyramids. Call it in a worker."""
-        from nucseg.inference.predict_array import as_rgb_uint8
-
-        if not self.multiscale:
-            return as_rgb_uint8(np.asarray(self.data), self.name)
-        if self.path:
-            try:
-                from nucseg.io.slides import open_slide
-            except ModuleNotFoundError as err:
-                if err.name != "nucseg.io.slides":
-                    raise
-            else:
-                return open_slide(self.path)
-        return LayerPyramid(self.data, self.mpp)
-
-
-def image_input(layer: Layer) -> ImageInput:
-    """Capture an image layer for `iter_predict`.
-
-    Raises:
-        InvalidInputError: the layer is not a 2-D (RGB or grey) image.
-    """
-    data = layer.data
-    multiscale = bool(getattr(layer, "multiscale", False))
-    level0 = data[0] if multiscale else data
-    rgb = bool(getattr(layer, "rgb", False))
-    if level0.ndim - (1 if rgb else 0) != 2:
-        raise InvalidInputError(
-            f"layer {layer.name!r} has shape {tuple(level0.shape)}; segmentation needs one 2-D RGB image "
-            "(for a stack, open the plane you want as its own layer)")
-    return ImageInput(name=layer.name, data=data, multiscale=multiscale, mpp=layer_mpp(layer),
-                      path=layer.metadata.get("nucseg_path"), shape=(int(level0.shape[0]), int(level0.shape[1])))
-
-
-def layer_mpp(layer: Layer) -> float | None:
-    """Microns per pixel of a layer: ``metadata["mpp"]`` (set by the plugin's reader and by results), else None."""
-    mpp = layer.metadata.get("mpp")
-    return float(mpp) if mpp else None
 
 
 def field_of_view_region(viewer: napari.viewer.Viewer, layer: Layer) -> Region:
@@ -201,37 +108,46 @@ def probability_transform(image_scale: Sequence[float], image_translate: Sequenc
     return scale, translate  # type: ignore[return-value]
 
 
-def lazy_pyramid(array: Any, min_size: int | None = None) -> list[Any]:
-    """Dask levels ``[a, a[::2, ::2], a[::4, ::4], ...]`` of a (zarr) array, down to `min_size` pixels
-    (default `PYRAMID_MIN_SIZE`)."""
-    import dask.array as da
+@dataclasses.dataclass
+class ResultDisplay:
+    """What the layers of one result show, prepared in the worker (reading zarr on the GUI thread stalls it).
 
-    min_size = min_size or PYRAMID_MIN_SIZE
-    base = array if isinstance(array, da.Array) else da.from_zarr(array)
-    levels, k = [base], 1
-    while max(base.shape[-2:]) / 2**k >= min_size:
-        levels.append(base[..., :: 2**k, :: 2**k])
-        k += 1
-    return levels
+    Attributes:
+        labels: numpy labels (editable), or zarr level arrays (a multiscale slide result, read-only in napari).
+        labels_multiscale: whether `labels` is a list of levels.
+        probability: the foreground probability (numpy, or level arrays), at the model's resolution.
+        probability_multiscale: whether `probability` is a list of levels.
+        contrast_limits: of the probability (0..1 float, or 0..255 for quantised zarr).
+    """
 
-
-def labels_data(result: PredictionResult) -> tuple[Any, bool]:
-    """(data, multiscale) for a Labels layer: numpy labels as they are, zarr labels as a lazy pyramid."""
-    if isinstance(result.labels, np.ndarray):
-        return result.labels, False
-    levels = lazy_pyramid(result.labels)
-    return (levels, True) if len(levels) > 1 else (levels[0], False)
+    labels: Any
+    labels_multiscale: bool
+    probability: Any
+    probability_multiscale: bool
+    contrast_limits: tuple[float, float]
 
 
-def probability_data(result: PredictionResult) -> tuple[Any, bool, tuple[float, float]]:
-    """(data, multiscale, contrast limits) of the foreground probability channel."""
-    probs = result.probabilities
+def result_display(result: PredictionResult, reuse_pyramid: bool = True) -> ResultDisplay:
+    """Prepare a result for its layers (call it in a worker): numpy as it is; zarr as a stored pyramid
+    (`nucseg.jobs.segment.zarr_pyramid`), and a zarr result small enough for one level is read into memory so that
+    it can be edited (the run's array on disk stays as it was written)."""
+    from nucseg.jobs.segment import zarr_pyramid
+
+    labels, probs = result.labels, result.probabilities
+    if isinstance(labels, np.ndarray):
+        label_levels: Any = labels
+    else:
+        label_levels = zarr_pyramid(labels, PYRAMID_MIN_SIZE, reuse=reuse_pyramid)
+        label_levels = label_levels if len(label_levels) > 1 else np.asarray(label_levels[0])
     if isinstance(probs, np.ndarray):
-        return probs[0], False, (0.0, 1.0)
-    import dask.array as da
-
-    levels = lazy_pyramid(da.from_zarr(probs)[0])
-    return (levels if len(levels) > 1 else levels[0]), len(levels) > 1, (0.0, 255.0)
+        prob_levels: Any = probs[0]
+        limits = (0.0, 1.0)
+    else:
+        prob_levels = zarr_pyramid(probs, PYRAMID_MIN_SIZE, channel=0)
+        prob_levels = prob_levels if len(prob_levels) > 1 else np.asarray(prob_levels[0])
+        limits = (0.0, 255.0)
+    return ResultDisplay(label_levels, isinstance(label_levels, list), prob_levels, isinstance(prob_levels, list),
+                         limits)
 
 
 def plane_index(layer: Layer, viewer: napari.viewer.Viewer) -> tuple[int, ...]:
@@ -305,77 +221,3 @@ class LayerCombo(QComboBox):
         """Choose a layer (or a layer name)."""
         self.refresh()
         self.setCurrentText(layer if isinstance(layer, str) else layer.name)
-
-
-class SideBySide:
-    """Image | truth | prediction in napari's grid mode, each labels panel drawn over its own copy of the image.
-
-    Grid mode puts each group of ``|stride|`` consecutive visible layers in its own view box. With stride -2 the
-    groups are counted from the TOP of the layer list, so appending, bottom to top, ``image copy, prediction
-    copy, image copy, truth copy, image copy, overlay copy (hidden)`` gives three panels, left to right: the
-    image (with the TP/FP/FN overlay, hidden, a click away), the truth over the image, the prediction over the
-    image. Copies share the originals' data (no memory), every other layer is hidden while the view is on,
-    and `disable` removes the copies and restores visibility and the grid settings.
-
-    Args:
-        viewer: the napari viewer.
-    """
-
-    PREFIX = "[side by side] "
-
-    def __init__(self, viewer: napari.viewer.Viewer):
-        self.viewer = viewer
-        self.copies: list[Layer] = []
-        self._saved: dict[str, Any] | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self._saved is not None
-
-    def enable(self, image: Layer, truth: Layer, pred: Layer, overlay: Layer | None = None) -> None:
-        """Show the three panels (replacing an earlier side-by-side view)."""
-        from napari.layers import Image, Labels
-
-        self.disable()
-        grid = self.viewer.canvas.grid
-        self._saved = {"visible": {layer: layer.visible for layer in self.viewer.layers},
-                       "grid": (grid.enabled, grid.stride, grid.shape)}
-        for layer in self.viewer.layers:
-            layer.visible = False
-
-        def image_copy(title: str) -> Layer:
-            return Image(image.data, name=f"{self.PREFIX}{title}", rgb=image.rgb, multiscale=image.multiscale,
-                         scale=image.scale, translate=image.translate, units=image.units,
-                         contrast_limits=image.contrast_limits, metadata={"nucseg_overlay": True})
-
-        def labels_copy(layer: Layer, title: str, visible: bool = True, **kwargs: Any) -> Layer:
-            return Labels(layer.data, name=f"{self.PREFIX}{title}", multiscale=layer.multiscale, scale=layer.scale,
-                          translate=layer.translate, units=layer.units, visible=visible,
-                          metadata={"nucseg_overlay": True}, **kwargs)
-
-        partner = overlay if overlay is not None else truth
-        self.copies = [
-            image_copy(f"image under {pred.name}"), labels_copy(pred, pred.name, opacity=0.6),
-            image_copy(f"image under {truth.name}"), labels_copy(truth, truth.name, opacity=0.6),
-            image_copy(image.name),
-            labels_copy(partner, partner.name, visible=False, opacity=0.6, colormap=partner.colormap),
-        ]
-        for layer in self.copies:
-            self.viewer.add_layer(layer)
-        grid.stride, grid.shape, grid.enabled = -2, (1, 3), True
-        self.viewer.reset_view()
-
-    def disable(self) -> None:
-        """Remove the copies, restore the layers' visibility and the grid settings."""
-        for layer in self.copies:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.copies = []
-        if self._saved is None:
-            return
-        for layer, visible in self._saved["visible"].items():
-            if layer in self.viewer.layers:
-                layer.visible = visible
-        grid = self.viewer.canvas.grid
-        grid.enabled, grid.stride, grid.shape = self._saved["grid"]
-        self._saved = None

@@ -1,11 +1,18 @@
-"""napari writer contributions for Labels layers: OME-TIFF, zarr, QuPath GeoJSON and per-nucleus measurements CSV.
+"""napari writer contributions for Labels layers: OME-TIFF, OME-NGFF zarr, QuPath GeoJSON and measurements CSV.
 
 Each is an npe2 single-layer writer, ``write_x(path, data, attributes) -> [path]``, over `nucseg.io.export`.
 
-* Resolution: microns per pixel come from ``attributes["metadata"]["mpp"]`` (set by the plugin's reader and its
-  results), else from the layer's scale when it is square and not 1 (napari scale in microns), else unknown.
+* Resolution: microns per pixel come from ``attributes["metadata"]["mpp"]`` (set by the plugin's reader, by the
+  segment widget's results and by the user's pixel-size field), else from the layer's scale when its units are a
+  length (napari ``units``, e.g. micrometer) and square; a scale in napari's default "pixel" units says nothing
+  about microns, so the size is then unknown and every output stays in pixels and says so.
 * Position: GeoJSON and CSV coordinates are in full-resolution pixels of the slide. The label map's origin is the
   region the plugin segmented (``metadata["nucseg_region"]``), else ``translate / scale``.
+* H&E intensities (the CSV's and GeoJSON's stain columns) need the image, which npe2 does not hand a writer. The
+  writer finds it (`source_image`): the image layer named by ``metadata["nucseg_image"]`` (``{"name": layer name,
+  "path": file or None}``, or just the name), else the one RGB image layer whose pixels the labels overlay exactly
+  (same scale, whole-pixel offset; the one whose name starts the labels' name when several do), else the file at
+  ``metadata["nucseg_image"]["path"]``. With none, the stain columns are left out and napari says why.
 * Multiscale layers are written from their finest level (lazy arrays are read window by window).
 * Overwriting: these writers REPLACE an existing file or folder. napari's Save dialog already asks the user
   before it returns an existing path, the npe2 writer contract has no "overwrite" flag to pass that answer on, and
@@ -16,12 +23,19 @@ Each is an npe2 single-layer writer, ``write_x(path, data, attributes) -> [path]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from nucseg.io import export
 
-__all__ = ["write_geojson", "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv"]
+__all__ = ["IMAGE_KEY", "source_image", "write_geojson", "write_labels_ome_tiff", "write_labels_zarr",
+           "write_measurements_csv"]
+
+#: labels-layer metadata naming the image the labels were segmented from: {"name": ..., "path": ...} or a name
+IMAGE_KEY = "nucseg_image"
 
 
 def _level0(data: Any, attributes: dict[str, Any]) -> Any:
@@ -30,17 +44,27 @@ def _level0(data: Any, attributes: dict[str, Any]) -> Any:
     return data
 
 
+def _microns(unit: Any) -> float | None:
+    """How many microns one `unit` is (a pint unit or its name), or None when it is not a length."""
+    try:
+        import pint
+
+        quantity = pint.get_application_registry().Quantity(1, str(unit))
+        return float(quantity.to("micrometer").magnitude)
+    except Exception:  # pint raises several unrelated types for "pixel" and unknown names
+        return None
+
+
 def layer_mpp(attributes: dict[str, Any]) -> float | None:
-    """Microns per pixel of a layer from its metadata, else from a square, non-unit scale; None when unknown."""
+    """Microns per pixel of a layer: its metadata's "mpp", else a square scale in length units; None if unknown."""
     mpp = (attributes.get("metadata") or {}).get("mpp")
     if mpp:
         return float(mpp)
-    scale = attributes.get("scale")
-    if scale is not None and len(scale) >= 2:
-        sy, sx = float(scale[-2]), float(scale[-1])
-        if sy == sx and sy > 0 and sy != 1.0:
-            return sy
-    return None
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or len(scale) < 2 or not units or len(units) < 2:
+        return None
+    sy, sx = (float(s) * (_microns(u) or 0.0) for s, u in zip(scale[-2:], tuple(units)[-2:], strict=True))
+    return sy if sy > 0 and abs(sy - sx) <= 1e-9 * sy else None
 
 
 def layer_offset(attributes: dict[str, Any]) -> tuple[float, float]:
@@ -53,26 +77,102 @@ def layer_offset(attributes: dict[str, Any]) -> tuple[float, float]:
     return tuple(float(t) / float(s) if s else 0.0 for t, s in zip(translate[-2:], scale[-2:]))  # type: ignore[return-value]
 
 
+def _overlay(layer: Any, shape: tuple[int, int], attributes: dict[str, Any]) -> Any:
+    """The pixels of RGB image `layer` under a label map of `shape` placed by `attributes`, or None if the labels
+    do not overlay that image pixel for pixel."""
+    if getattr(layer, "_type_string", "") != "image" or not getattr(layer, "rgb", False):
+        return None
+    level0 = layer.data[0] if layer.multiscale else layer.data
+    scale = np.asarray(attributes.get("scale") or (1.0, 1.0), float)[-2:]
+    translate = np.asarray(attributes.get("translate") or (0.0, 0.0), float)[-2:]
+    if not np.allclose(np.asarray(layer.scale[-2:], float), scale, rtol=1e-6):
+        return None
+    offset = (translate - np.asarray(layer.translate[-2:], float)) / scale
+    start = np.round(offset).astype(int)
+    height, width = (int(s) for s in level0.shape[:2])
+    if not np.allclose(offset, start, atol=1e-3) or start.min() < 0 or start[0] + shape[0] > height \
+            or start[1] + shape[1] > width:
+        return None
+    return level0[start[0]:start[0] + shape[0], start[1]:start[1] + shape[1]]
+
+
+def _reference(attributes: dict[str, Any]) -> dict[str, Any]:
+    ref = (attributes.get("metadata") or {}).get(IMAGE_KEY) or {}
+    return {"name": ref} if isinstance(ref, str) else dict(ref)
+
+
+@contextlib.contextmanager
+def source_image(labels: Any, attributes: dict[str, Any]) -> Iterator[tuple[Any, str]]:
+    """Yield (the RGB pixels under `labels`: an array aligned with them, a `Slide`, or None; how they were found)."""
+    import napari
+
+    from nucseg.errors import NucsegError
+
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    ref, viewer = _reference(attributes), napari.current_viewer()
+    layers = list(viewer.layers) if viewer is not None else []
+    fits = [(layer, pixels) for layer in layers if (pixels := _overlay(layer, shape, attributes)) is not None]
+    chosen = next((f for f in fits if ref.get("name") and f[0].name == ref["name"]), None)
+    if chosen is None and len(fits) > 1:  # the widget names its labels "<image> nuclei..."
+        prefixed = [f for f in fits if str(attributes.get("name", "")).startswith(f[0].name)]
+        chosen = max(prefixed, key=lambda f: len(f[0].name)) if prefixed else None
+    if chosen is None and len(fits) == 1:
+        chosen = fits[0]
+    if chosen is not None:
+        yield chosen[1], f"image layer {chosen[0].name!r}"
+        return
+    if ref.get("path"):
+        from nucseg.io.slides import open_slide
+
+        try:
+            slide = open_slide(ref["path"])
+        except NucsegError:
+            slide = None
+        if slide is not None:
+            with slide:
+                yield slide, f"file {ref['path']}"
+            return
+    yield None, ("several image layers fit these labels" if fits else "no image layer under these labels")
+
+
+def _stains_note(how: str, path: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(f"{path}: no H&E intensity columns ({how}); open or keep the image these labels were segmented "
+              "from in the viewer, aligned with them, and save again")
+
+
 def write_labels_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer as a tiled (and, when large, pyramidal) OME-TIFF with its pixel size."""
+    """Save a Labels layer as a tiled (and, when large, pyramidal) OME-TIFF with its pixel size when known."""
     export.write_labels_ome_tiff(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True)
     return [path]
 
 
 def write_labels_zarr(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer as a chunked zarr array (attrs: mpp)."""
+    """Save a Labels layer as an OME-NGFF label image (zarr v3, multiscale; µm axes when the size is known)."""
     export.write_labels_zarr(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True)
     return [path]
 
 
 def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer as QuPath detections (one polygon per nucleus, full-resolution pixel coordinates)."""
-    export.write_geojson(_level0(data, attributes), path, offset=layer_offset(attributes), overwrite=True)
+    """Save a Labels layer as QuPath detections (outline + the CSV's measurements, full-resolution pixels)."""
+    labels = _level0(data, attributes)
+    with source_image(labels, attributes) as (image, how):
+        export.write_geojson(labels, path, offset=layer_offset(attributes), image=image,
+                             mpp=layer_mpp(attributes), overwrite=True)
+    if image is None:
+        _stains_note(how, path)
     return [path]
 
 
 def write_measurements_csv(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save per-nucleus shape measurements (centroid, area, perimeter, axes...; microns when the mpp is known)."""
-    export.write_measurements_csv(_level0(data, attributes), path, mpp=layer_mpp(attributes),
-                                  offset=layer_offset(attributes), overwrite=True)
+    """Save per-nucleus measurements (centroid, area, axes...; microns when the size is known; H&E intensities
+    when the image is found)."""
+    labels = _level0(data, attributes)
+    with source_image(labels, attributes) as (image, how):
+        export.write_measurements_csv(labels, path, image=image, mpp=layer_mpp(attributes),
+                                      offset=layer_offset(attributes), overwrite=True)
+    if image is None:
+        _stains_note(how, path)
     return [path]
+

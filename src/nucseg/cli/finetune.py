@@ -1,4 +1,7 @@
-"""`nucseg finetune`: fine-tune a model on corrected image / label pairs into a new model folder."""
+"""`nucseg finetune`: fine-tune a model on corrected image / label pairs into a new model folder.
+
+The data loading, the run and the verdict come from `nucseg.jobs.finetune`, which the Fine-tune widget uses too.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from typing import Any
 
 from nucseg.config import DEVICES, LOSSES, FinetuneConfig, read_config_json
 from nucseg.errors import InvalidInputError, StoreError
+from nucseg.jobs.finetune import folder_pairs, scores_rows, verdict_lines
 
-METRICS = (("val_aji", "AJI"), ("val_iou", "IoU"), ("val_f1", "F-score"), ("val_loss", "loss"))
+#: exit status of a run that finished but registered no model (not better than its base, no --keep-worse)
+NOT_KEPT = 1
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "tile1.png or tile1_labels.tif). Writes a new model folder OUT (config.json + model.safetensors) that "
         "`nucseg predict --model OUT` loads. Every epoch is checkpointed: after a crash or Ctrl-C, run the "
         "same command with --resume to continue. Validation scores (AJI, IoU, F-score) of the base model and "
-        "of the new one are printed at the end.",
+        "of the new one are printed at the end; a model that is not better than its base on them is not "
+        f"registered (exit status {NOT_KEPT}; its weights stay in OUT) unless --keep-worse.",
     )
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of training images")
     p.add_argument("--labels", required=True, type=Path, metavar="DIR", help="folder of their instance labels")
+    p.add_argument("--reviewed", type=Path, metavar="DIR",
+                   help="folder of reviewed-region masks paired by name (white = checked; as the corrections store "
+                   "exports them): training learns only inside them; images without one count as reviewed whole")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the new model folder (must not exist)")
     p.add_argument("--mpp", type=float, metavar="UM",
                    help="microns per pixel of the training and validation images (e.g. 0.5 for 20x): they are "
@@ -62,7 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, help="makes sampling and augmentation reproducible")
     p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in OUT (its saved settings apply unless given again)")
+                   help="continue the unfinished run in OUT (its saved settings apply unless given again); on a "
+                   "finished run whose model was not kept, decide again (with --keep-worse: keep it)")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="register the new model even when it is not better than its base on validation")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep OUT/checkpoints after a finished run (by default only the model is kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -95,30 +107,13 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list | None]:
     """(train, val, original) pairs from the folders given."""
     from nucseg.models.registry import resolve_model
-    from nucseg.training.dataset import at_model_resolution, load_pairs, split_pairs
 
-    if (args.val_images is None) != (args.val_labels is None):
-        raise InvalidInputError("give both --val-images and --val-labels, or neither (then --val-fraction applies)")
-    if (args.original_images is None) != (args.original_labels is None):
-        raise InvalidInputError("give both --original-images and --original-labels, or neither")
     if args.mix_original and args.original_images is None and resolve_model(config.base_model).replay_dir is None:
         raise InvalidInputError(f"{config.base_model} carries no replay set: --mix-original needs --original-images "
                                 "and --original-labels")
-    if args.mpp is not None and args.mpp <= 0:
-        raise InvalidInputError(f"--mpp {args.mpp:g}: microns per pixel must be positive (40x is about 0.25)")
-    model_mpp = resolve_model(config.base_model).mpp
-
-    def load(images: Path, labels: Path):
-        return [at_model_resolution(p, args.mpp, model_mpp) for p in load_pairs(images, labels)]
-
-    pairs = load(args.images, args.labels)
-    if args.val_images is not None:
-        train, val = pairs, load(args.val_images, args.val_labels)
-    else:
-        train, val = split_pairs(pairs, config.validation_fraction, config.seed)
-    # None: the base model's replay set (if it carries one) is mixed in at config.mix_original
-    original = load_pairs(args.original_images, args.original_labels) if args.original_images else None
-    return train, val, original
+    return folder_pairs(args.images, args.labels, val_images=args.val_images, val_labels=args.val_labels,
+                        reviewed=getattr(args, "reviewed", None), original_images=args.original_images,
+                        original_labels=args.original_labels, mpp=args.mpp, config=config)
 
 
 def _fmt(record: dict[str, Any]) -> str:
@@ -138,19 +133,17 @@ def scores_table(before: dict[str, float], after: dict[str, float]) -> list[str]
     if not after:
         return ["no validation images: the best epoch was chosen by training loss"]
     lines = [f"{'validation':<10} {'before':>8} {'after':>8}"]
-    for key, label in METRICS:
-        if key in after:
-            b = f"{before[key]:.4f}" if key in before else "-"
-            lines.append(f"{label:<10} {b:>8} {after[key]:>8.4f}")
+    for label, b, a in scores_rows(before, after):
+        lines.append(f"{label:<10} {'-' if b is None else f'{b:.4f}':>8} {a:>8.4f}")
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
-    from nucseg.models.versions import discard_training_state
-    from nucseg.training.finetune import iter_finetune
+    from nucseg.models.versions import is_candidate
     from nucseg.training.postprocess_tuning import describe_tuning
 
     if args.out.exists() and not args.resume and any(args.out.iterdir()):
@@ -158,16 +151,22 @@ def run(args: argparse.Namespace) -> int:
                          "or pass --resume to continue an unfinished run there")
     config = build_config(args)
     base = resolve_model(config.base_model)  # an unknown model fails before any data is read
-    train, val, original = load_data(args, config)
-    mixed = ""
-    if config.mix_original > 0 and (original or base.replay_dir):
-        source = f"{len(original)} original images" if original else f"{base.name}'s replay set"
-        mixed = f", {source} at {config.mix_original:.0%} of each batch"
-    print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation{mixed}"
-          + f"): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
-          f"{config.patch_size} px", file=sys.stderr)
-    info = {"description": f"fine-tuned from {Path(config.base_model).name} on {len(train)} images"}
-    gen = iter_finetune(train, val, config, args.out, original=original, resume=args.resume, info=info)
+    if args.resume and is_candidate(args.out):  # the run is over: only the decision is left
+        train, val, original = [], [], None
+        print(f"{args.out}: the run finished earlier; its model was not kept", file=sys.stderr)
+    else:
+        train, val, original = load_data(args, config)
+        mixed = ""
+        if config.mix_original > 0 and (original or base.replay_dir):
+            source = f"{len(original)} original images" if original else f"{base.name}'s replay set"
+            mixed = f", {source} at {config.mix_original:.0%} of each batch"
+        reviewed = [p for p in train if p.reviewed is not None]
+        partly = f"; {len(reviewed)} learn only inside their reviewed regions" if reviewed else ""
+        print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation{mixed}"
+              + f"{partly}): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
+              f"{config.patch_size} px", file=sys.stderr)
+    gen = folder_finetune(train, val, config, args.out, original=original, resume=args.resume,
+                          keep_worse=args.keep_worse)
     total = config.epochs * config.steps_per_epoch
     bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr, disable=args.quiet or None,
                dynamic_ncols=True)
@@ -198,13 +197,19 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-    if result.model_dir is None:
+    if not result.candidate:
         raise StoreError("no epoch finished, so no model was written; run again with more steps")
-    if not args.keep_checkpoints:
-        discard_training_state(result.model_dir)
     for line in scores_table(result.before, result.after):
         print(line)
     if result.postprocess_tuning:
         print(describe_tuning(result.postprocess_tuning))
-    print(f"model: {result.model_dir}  (use it with: nucseg predict --model {result.model_dir} ...)")
+    for line in verdict_lines(result):
+        print(line)
+    model_dir = finished_version(result, keep_checkpoints=args.keep_checkpoints)
+    if model_dir is None:
+        print(f"nucseg finetune: the new model was NOT registered, because it is not better than its base on "
+              f"validation; its weights stay in {args.out} (candidate.json, not config.json). To keep it anyway: "
+              f"nucseg finetune --images ... --labels ... --out {args.out} --resume --keep-worse", file=sys.stderr)
+        return NOT_KEPT
+    print(f"model: {model_dir}  (use it with: nucseg predict --model {model_dir} ...)")
     return 0

@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "segmented as the model's resolution, outputs in pixels only)")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
+    p.add_argument("--allow-fluorescence", action="store_true", help="segment a slide that looks like fluorescence")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same name")
     p.add_argument("--resume", action="store_true",
                    help="skip inputs whose outputs are complete (same input and settings); redo the others")
@@ -80,7 +81,8 @@ def build_settings(args: argparse.Namespace):
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
     return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),
-                         region=parse_region(args.region), mpp=args.mpp)
+                         region=parse_region(args.region), mpp=args.mpp,
+                         allow_fluorescence=args.allow_fluorescence)
 
 
 class BatchBars:

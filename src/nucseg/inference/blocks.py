@@ -84,6 +84,50 @@ class BlockOutput:
     stopped: bool = False
 
 
+def iter_block_probabilities(
+    plan: PredictionPlan,
+    index: int,
+    predictor: Predictor,
+    *,
+    stop: threading.Event | None = None,
+) -> Generator[tuple[str, int], None, tuple[np.ndarray, int, bool]]:
+    """The blended probabilities of block `index` over its read box (clipped to the region), without
+    post-processing. Yields (stage, tiles done in this block) before each slow step and after each batch;
+    returns (probabilities, tiles done, stopped).
+
+    The first tile of the plan's first block with tiles runs alone, so a run's progress moves after one tile, not
+    a whole batch; that is part of the plan (a batch's make-up can change the last bits of a convolution), so
+    every runner batches alike."""
+    block = plan.blocks[index]
+    config, source = plan.config, plan.source
+    spec, device = predictor.spec, predictor.device
+    tiling = config.tiling
+    ry, rx, rh, rw = block.read
+    yield "reading block", 0
+    pixels = source.read(ry, rx, rh, rw)
+    yield "calibrating", 0
+    gated, window_probs = with_image_gates(predictor.net, _window_pixels(source, pixels, block.read, block.window),
+                                           spec, device)
+    canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
+    todo = add_window_tile(canvas, list(block.tiles), block.window, window_probs, config.tta)
+    done, stopped = len(block.tiles) - len(todo), False
+    batches = list(iter_batches(todo, tiling.batch_size))
+    if index == plan.first_block and len(todo) > 1 and tiling.batch_size > 1:
+        batches = [todo[:1], *iter_batches(todo[1:], tiling.batch_size)]
+    for batch_tiles in batches:
+        if stop is not None and stop.is_set():
+            stopped = True
+            break
+        batch = np.stack([pixels[t.y0 - ry : t.y1 - ry, t.x0 - rx : t.x1 - rx] for t in batch_tiles])
+        for t, p in zip(batch_tiles, predict_batch(gated, batch, spec, device, tta=config.tta)):
+            canvas.add(t, p)
+        done += len(batch_tiles)
+        yield "predicting", done
+    # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
+    H, W = source.shape
+    return canvas.result()[:, : min(rh, H - ry), : min(rw, W - rx)], done, stopped
+
+
 def iter_block(
     plan: PredictionPlan,
     index: int,
@@ -97,41 +141,26 @@ def iter_block(
     block = plan.blocks[index]
     if not block.tiles:
         return BlockOutput(index)
-    config, source = plan.config, plan.source
-    spec, device = predictor.spec, predictor.device
-    tiling = config.tiling
-    ry, rx, rh, rw = block.read
-    yield "reading block", 0
-    pixels = source.read(ry, rx, rh, rw)
-    yield "calibrating", 0
-    gated, window_probs = with_image_gates(predictor.net, _window_pixels(source, pixels, block.read, block.window),
-                                           spec, device)
-    canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
-    todo = add_window_tile(canvas, list(block.tiles), block.window, window_probs, config.tta)
-    done, stopped = len(block.tiles) - len(todo), False
-    for batch_tiles in iter_batches(todo, tiling.batch_size):
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
-        batch = np.stack([pixels[t.y0 - ry : t.y1 - ry, t.x0 - rx : t.x1 - rx] for t in batch_tiles])
-        for t, p in zip(batch_tiles, predict_batch(gated, batch, spec, device, tta=config.tta)):
-            canvas.add(t, p)
-        done += len(batch_tiles)
-        yield "predicting", done
+    probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop)
     if not stopped:
         yield "separating nuclei", done
-    # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
-    H, W = source.shape
-    probs = canvas.result()[:, : min(rh, H - ry), : min(rw, W - rx)]
+    ry, rx = block.read[:2]
     # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
     y0, x0 = min(t.y0 for t in block.tiles) - ry, min(t.x0 for t in block.tiles) - rx
     y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
-    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], config.postprocess)
+    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], plan.config.postprocess)
     labels, n = keep_core_nuclei(inst, block.box, (ry + y0, rx + x0))
-    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), source)
+    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), plan.source)
+    return BlockOutput(index, labels, labels_box, n, convert_probabilities(block_core(plan, index, probs), probs_dtype),
+                       done, stopped)
+
+
+def block_core(plan: PredictionPlan, index: int, probs: np.ndarray) -> np.ndarray:
+    """The part of a block's read-box probabilities that is its core."""
+    block = plan.blocks[index]
     by, bx, bh, bw = block.box
-    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
-    return BlockOutput(index, labels, labels_box, n, convert_probabilities(core, probs_dtype), done, stopped)
+    ry, rx = block.read[:2]
+    return probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
 
 
 def run_block(

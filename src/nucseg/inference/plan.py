@@ -13,7 +13,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from nucseg.config import InferenceConfig
-from nucseg.inference.calibration import CALIBRATION_SIZE, centre_window, tissue_window
+from nucseg.inference.calibration import block_window
 from nucseg.inference.source import ScaledSource
 from nucseg.inference.tiling import Tile, tile_grid
 from nucseg.inference.tissue import tile_has_tissue
@@ -58,7 +58,8 @@ class PredictionPlan:
         spec: the model's spec (`nucseg.models.registry.ModelSpec`).
         blocks: the blocks, in writing order.
         total: tiles to run over all blocks.
-        tissue: (mask, downsample relative to model pixels) when glass is skipped, else None.
+        tissue: (mask, downsample relative to model pixels) when glass is skipped, else None (also when the mask
+            finds no tissue at all: then every tile runs).
     """
 
     source: ScaledSource
@@ -67,6 +68,11 @@ class PredictionPlan:
     blocks: list[BlockPlan]
     total: int
     tissue: tuple[np.ndarray, float] | None
+
+    @property
+    def first_block(self) -> int:
+        """Index of the first block with tiles (its first tile runs alone: see `iter_block_probabilities`)."""
+        return next((b.index for b in self.blocks if b.tiles), -1)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,29 +104,23 @@ def _block_tiles(read: Box, tile: int, overlap: int) -> list[Tile]:
     return [Tile(t.y0 + ry0, t.x0 + rx0, t.y1 + ry0, t.x1 + rx0) for t in tile_grid(read[2:], tile, overlap)]
 
 
-def calibration_window(box: Box, tissue: tuple[np.ndarray, float] | None) -> tuple[int, int]:
-    """Where a block's squeeze-excitation gates are measured: its centre, or on a slide its window with most
-    tissue (see nucseg.inference.calibration)."""
-    if tissue is None or max(box[2:]) <= CALIBRATION_SIZE:
-        oy, ox = centre_window(box[2:])
-        return box[0] + oy, box[1] + ox
-    return tissue_window(box, tissue[0], tissue[1])
-
-
 def plan_prediction(
     image: np.ndarray | Slide,
     config: InferenceConfig | None = None,
     *,
     mpp: float | None = None,
     region: Box | None = None,
+    spec: Any = None,
 ) -> PredictionPlan:
     """Plan the segmentation of an image or a slide region: cheap (a low-resolution tissue mask at most).
 
     Args:
-        image: an (H, W, 3) RGB array, or a `nucseg.io.slides.Slide`.
+        image: an (H, W, 3) RGB array, or a region source (`nucseg.inference.source.RegionSource`: a
+            `nucseg.io.slides.Slide`, a napari layer's pyramid).
         config: model, tiling, block size, background skipping.
         mpp: microns per pixel of `image` (slides know theirs); None assumes the model's resolution.
         region: (y, x, h, w) in level-0 pixels; None = everything.
+        spec: the model's spec, when the caller has it (a network in training); else from `config.model`.
 
     Returns:
         `PredictionPlan`; the same inputs give the same plan in any process.
@@ -128,18 +128,20 @@ def plan_prediction(
     from nucseg.models.registry import resolve_model
 
     config = config or InferenceConfig()
-    spec = resolve_model(config.model)
+    spec = spec if spec is not None else resolve_model(config.model)
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
     single = max(source.shape) <= config.block_size
     boxes = [(0, 0, *source.shape)] if single else block_boxes(source.shape, config.block_size)
     halo = 0 if single else max(HALO, tiling.overlap)
     tissue = source.tissue_mask() if config.skip_background else None
+    if tissue is not None and not tissue[0].any():
+        tissue = None  # nothing looks like stained tissue (e.g. a grey or fluorescence image): skip nothing
     blocks = []
     for index, box in enumerate(boxes):
         read = read_box(box, halo, source.shape, tiling.tile_size)
         tiles = _block_tiles(read, tiling.tile_size, tiling.overlap)
         if tissue is not None:
             tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
-        blocks.append(BlockPlan(index, box, read, tuple(tiles), calibration_window(box, tissue)))
+        blocks.append(BlockPlan(index, box, read, tuple(tiles), block_window(box, tissue)))
     return PredictionPlan(source, config, spec, blocks, sum(len(b.tiles) for b in blocks), tissue)

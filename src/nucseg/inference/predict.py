@@ -11,22 +11,25 @@ so its tiles agree with each other. Slides stream into chunked zarr, so memory d
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from skimage.transform import resize
 
-from nucseg.config import InferenceConfig, PostprocessConfig
+from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import StoreError
 from nucseg.inference.blocks import (
     BlockOutput,
     Predictor,
+    block_core,
     iter_block,
+    iter_block_probabilities,
     keep_core_nuclei,
     labels_at_level0,
     load_predictor,
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from nucseg.io.slides import Slide
 
 __all__ = ["BlockOutput", "PredictProgress", "PredictionPlan", "PredictionResult", "Predictor", "iter_predict",
-           "load_predictor", "plan_prediction", "predict", "reapply_postprocess", "run_block", "write_block"]
+           "iter_probabilities", "load_predictor", "plan_prediction", "predict", "predict_probabilities", "reapply_postprocess", "run_block", "write_block"]
 
 
 @dataclasses.dataclass
@@ -129,9 +132,17 @@ def iter_predict(
         raise StoreError(f"{out} already exists: predictions are never written over; choose a new output folder")
     t0 = time.perf_counter()
     yield PredictProgress(0, 0, "loading model")
-    predictor = load_predictor(config)
-    yield PredictProgress(0, 0, "finding tissue" if config.skip_background else "planning")
-    plan = plan_prediction(image, config, mpp=mpp, region=region)
+    # the model loads (seconds, the first time) while the tissue is found: the two overlap
+    loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucseg-load")
+    future = loading.submit(load_predictor, config)
+    loading.shutdown(wait=False)
+    try:
+        yield PredictProgress(0, 0, "finding tissue" if config.skip_background else "planning")
+        plan = plan_prediction(image, config, mpp=mpp, region=region)
+    finally:
+        if not future.done():
+            yield PredictProgress(0, 0, "loading model")
+        predictor = future.result()
     total, blocks = plan.total, len(plan.blocks)
     labels_out, probs_out = _open_outputs(out, plan.label_shape, plan.shape)
     probs_dtype = probs_out.dtype
@@ -158,7 +169,7 @@ def iter_predict(
             break
     source = plan.source
     return PredictionResult(
-        labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp0 if (mpp or source.slide) else None,
+        labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp_given,
         model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
         stopped=stopped, model_info={"name": plan.spec.name, "sha256": plan.spec.sha256,
                                      "runtime": predictor.runtime},
@@ -210,6 +221,60 @@ class _ResultGeometry:
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
         return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
+
+
+def iter_probabilities(
+    predictor: Predictor,
+    image: np.ndarray | Any,
+    tiling: TilingConfig,
+    *,
+    tta: bool = False,
+    mpp: float | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """The network's blended (C, H, W) float32 probabilities for an image, at the model's resolution: the plan
+    and the blocks of `iter_predict` (same tiles, calibration and background skipping), without post-processing.
+    Yields (tiles done, total) after every batch."""
+    config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
+    plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)
+    out = np.zeros((len(predictor.spec.heads), *plan.shape), np.float32)
+    done = 0
+    for block in plan.blocks:
+        if not block.tiles:
+            continue
+        gen = iter_block_probabilities(plan, block.index, predictor)
+        while True:
+            try:
+                stage, block_done = next(gen)
+            except StopIteration as finished:
+                probs, block_done, _ = finished.value
+                break
+            if stage == "predicting":
+                yield done + block_done, plan.total
+        by, bx, bh, bw = block.box
+        out[:, by : by + bh, bx : bx + bw] = block_core(plan, block.index, probs)
+        done += block_done
+    return out
+
+
+def predict_probabilities(
+    net: Any,
+    image: np.ndarray,
+    spec: Any,
+    device: Any,
+    tiling: TilingConfig,
+    tta: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """(C, H, W) probabilities of a whole in-memory image with `net` (e.g. a network in training, in eval mode):
+    `iter_probabilities` run to its end."""
+    gen = iter_probabilities(Predictor(spec, device, net), image, tiling, tta=tta)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as finished:
+            return finished.value
+        if on_progress is not None:
+            on_progress(done, total)
 
 
 def predict(image, config: InferenceConfig | None = None, **kwargs) -> PredictionResult:

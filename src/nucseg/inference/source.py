@@ -1,40 +1,130 @@
-"""A uniform view of what is being segmented, at the model's resolution: an in-memory image or a region of a
-lazy slide pyramid, read block by block (slides never enter memory whole, DESIGN.md rule 6)."""
+"""What the engine reads: one small region-source protocol, its in-memory implementation, the one RGB check for
+arrays, and `ScaledSource`, the view of a source's region at the model's resolution that every run reads through.
+
+A region source (`RegionSource`) is anything with a level-0 ``shape``, an ``mpp`` (None when unknown), the
+``downsamples`` of its pyramid levels and ``read_region(level, y, x, h, w)``: `nucseg.io.slides.Slide`,
+`ArraySource` (an in-memory image, one level) and the napari plugin's multiscale layer source all are. The engine
+needs nothing else: the tissue mask comes from a coarse level read through ``read_region``, so every kind of
+source gets the same background skipping and the same calibration, and a PNG passed as an array gives the labels
+it gives opened as a slide. Slides never enter memory whole (DESIGN.md rule 6): regions are read block by block.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from nucseg.io.slides import Slide
+from nucseg.io.base import as_rgb_uint8  # the one RGB rule; re-exported for the engine's callers
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
+#: a tissue-mask pixel covers this many model pixels along each side (2 um at 0.25 um/px: a 512-px tile is 64 mask
+#: pixels), or more where the mask would otherwise exceed TISSUE_MAX_PIXELS
+TISSUE_MASK_DOWNSAMPLE = 8
+TISSUE_MAX_PIXELS = 4096 * 4096
+
+
+@runtime_checkable
+class RegionSource(Protocol):
+    """What `iter_predict` reads: a lazy, possibly multiscale RGB image.
+
+    Attributes:
+        shape: level-0 (height, width).
+        mpp: microns per pixel of level 0, or None when unknown.
+        downsamples: level-0 pixels per pixel of each level, finest (1.0) first.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def mpp(self) -> float | None: ...
+
+    @property
+    def downsamples(self) -> Sequence[float]: ...
+
+    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 pixels of `level` with top-left (y, x) in that level's pixels; white outside."""
+        ...
+
+
+class ArraySource:
+    """An in-memory (H, W, 3) image as a one-level `RegionSource`.
+
+    Args:
+        image: (H, W, 3|4) or (H, W) array (converted by `as_rgb_uint8`).
+        mpp: microns per pixel, or None when unknown.
+    """
+
+    def __init__(self, image: np.ndarray, mpp: float | None = None, name: str = "image"):
+        self.array = as_rgb_uint8(image, name)
+        self.mpp = mpp
+        self.shape = (int(self.array.shape[0]), int(self.array.shape[1]))
+        self.downsamples = [1.0]
+
+    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if level != 0:
+            raise InvalidInputError(f"level {level} does not exist; an in-memory image has level 0 only")
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        H, W = self.shape
+        ys, xs = max(y, 0), max(x, 0)
+        ye, xe = min(y + h, H), min(x + w, W)
+        if ye > ys and xe > xs:
+            out[ys - y : ye - y, xs - x : xe - x] = self.array[ys:ye, xs:xe]
+        return out
+
+
+def as_source(image: np.ndarray | RegionSource) -> RegionSource:
+    """`image` as a `RegionSource`: arrays are wrapped in `ArraySource`, sources are returned as they are.
+
+    Raises:
+        InvalidInputError: neither an array nor a region source.
+    """
+    if isinstance(image, np.ndarray):
+        return ArraySource(image)
+    if not isinstance(image, RegionSource):
+        raise InvalidInputError(f"cannot segment a {type(image).__name__}: pass an (H, W, 3) array or a slide "
+                                "(nucseg.io.slides.open_slide)")
+    return image
+
+
+def best_level(source: RegionSource, target_mpp: float) -> int:
+    """The coarsest level whose pixels are at least as fine as `target_mpp` (the source's own rule if it has one)."""
+    own = getattr(source, "best_level_for_mpp", None)
+    if own is not None:
+        return int(own(target_mpp))
+    if not source.mpp or target_mpp <= 0:
+        return 0
+    fine = [i for i, d in enumerate(source.downsamples) if source.mpp * d <= target_mpp * 1.05]
+    return max(fine, key=lambda i: source.downsamples[i]) if fine else 0
 
 
 class ScaledSource:
     """An image region seen at the model's resolution.
 
     Args:
-        image: an (H, W, 3) array (a tile) or a `Slide`.
+        image: an (H, W, 3) array (a tile) or a `RegionSource` (a `Slide`).
         model_mpp: microns per pixel the model was trained at.
-        mpp: microns per pixel of `image` at level 0; None means "assume the model's".
+        mpp: microns per pixel of `image` at level 0; None means the source's own, or if it has none, "assume
+            the model's".
         region: (y, x, h, w) in level-0 pixels; None means the whole image.
+
+    Attributes:
+        mpp_given: the pixel size the caller or the file stated, None when assumed (results must not claim it).
     """
 
-    def __init__(self, image: np.ndarray | Slide, model_mpp: float, mpp: float | None = None,
+    def __init__(self, image: np.ndarray | RegionSource, model_mpp: float, mpp: float | None = None,
                  region: tuple[int, int, int, int] | None = None):
-        self.slide = None if isinstance(image, np.ndarray) else image
-        self.array = image if isinstance(image, np.ndarray) else None
-        full = self.array.shape[:2] if self.array is not None else self.slide.shape  # type: ignore[union-attr]
-        if mpp is None and self.slide is not None:
-            mpp = self.slide.mpp
+        self.image = as_source(image)
+        full = tuple(int(v) for v in self.image.shape[:2])
+        if not mpp:
+            mpp = self.image.mpp
+        self.mpp_given = float(mpp) if mpp else None
         self.mpp0 = float(mpp) if mpp else float(model_mpp)
         self.model_mpp = float(model_mpp)
         y, x, h, w = region if region is not None else (0, 0, *full)
@@ -44,10 +134,8 @@ class ScaledSource:
             raise InvalidInputError(f"region {region} lies outside the image of size {full[0]} x {full[1]}")
         self.region0 = (y0, x0, y1 - y0, x1 - x0)
         # level to read from: the coarsest whose pixels are still at least as fine as the model's
-        self.level = 0
-        if self.slide is not None:
-            self.level = self.slide.best_level_for_mpp(self.model_mpp)
-        self.level_down = self.slide.downsamples[self.level] if self.slide is not None else 1.0
+        self.level = best_level(self.image, self.model_mpp) if len(self.image.downsamples) > 1 else 0
+        self.level_down = float(self.image.downsamples[self.level])
         factor = self.model_mpp / self.mpp0  # level-0 pixels per model pixel
         self.factor = 1.0 if abs(factor - 1.0) < RESAMPLE_TOLERANCE else factor
         self.shape = (max(1, round(self.region0[2] / self.factor)), max(1, round(self.region0[3] / self.factor)))
@@ -69,35 +157,33 @@ class ScaledSource:
         lx0 = (self.region0[1] + x * self.factor) / self.level_down
         lh = max(1, math.ceil(h * self.factor / self.level_down))
         lw = max(1, math.ceil(w * self.factor / self.level_down))
-        if self.slide is not None:
-            raw = self.slide.read_region(self.level, int(ly0), int(lx0), lh, lw)
-        else:
-            raw = self._read_level0(int(ly0), int(lx0), lh, lw)
+        raw = self.image.read_region(self.level, int(ly0), int(lx0), lh, lw)
         if raw.shape[:2] == (h, w):
             return raw
         return resize(raw, (h, w), order=1, preserve_range=True, anti_aliasing=raw.shape[0] > h).astype(np.uint8)
 
     def _read_level0(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        if self.slide is not None:
-            return self.slide.read_region(0, y, x, h, w)
-        assert self.array is not None
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
-        H, W = self.array.shape[:2]
-        ys, xs = max(y, 0), max(x, 0)
-        ye, xe = min(y + h, H), min(x + w, W)
-        if ye > ys and xe > xs:
-            out[ys - y : ye - y, xs - x : xe - x] = self.array[ys:ye, xs:xe, :3]
-        return out
+        return self.image.read_region(0, y, x, h, w)
 
-    def tissue_mask(self) -> tuple[np.ndarray, float] | None:
-        """A low-resolution tissue mask of the region and its downsample relative to model pixels (slides only)."""
-        if self.slide is None:
-            return None
+    def tissue_mask(self) -> tuple[np.ndarray, float]:
+        """A low-resolution tissue mask of the region and its downsample relative to model pixels.
+
+        One mask pixel covers about `TISSUE_MASK_DOWNSAMPLE` model pixels: read from the coarsest level that is
+        still finer, then averaged down in blocks, so a flat image and a pyramid are handled alike (and a flat
+        image's mask costs little).
+        """
+        from skimage.measure import block_reduce
+
         from nucseg.inference.tissue import tissue_mask
 
-        level = len(self.slide.levels) - 1
-        down = self.slide.downsamples[level]
         y0, x0, h, w = self.region0
-        thumb = self.slide.read_region(level, int(y0 / down), int(x0 / down),
+        target = max(TISSUE_MASK_DOWNSAMPLE * self.factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
+        downs = [float(d) for d in self.image.downsamples]
+        level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
+        down = downs[level]
+        thumb = self.image.read_region(level, int(y0 / down), int(x0 / down),
                                        max(1, math.ceil(h / down)), max(1, math.ceil(w / down)))
-        return tissue_mask(thumb), down / self.factor
+        k = max(1, int(target / down + 0.01))
+        if k > 1:  # white beyond the edge, like glass
+            thumb = block_reduce(thumb, (k, k, 1), np.mean, cval=255).astype(np.uint8)
+        return tissue_mask(thumb), down * k / self.factor

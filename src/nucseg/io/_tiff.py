@@ -1,8 +1,10 @@
-"""TIFF-based slides (Aperio SVS, OME-TIFF, pyramidal and plain TIFF) for `nucseg.io.slides`.
+"""TIFF-based slides read with tifffile (Aperio SVS, OME-TIFF, pyramidal and plain TIFF) for `nucseg.io.slides`.
 
 Levels come from tifffile's series (SVS pyramids, OME SubIFDs, generic page pyramids) and are read through its
 Zarr store one tile at a time. Microns per pixel: SVS ``MPP = ...`` in the ImageDescription, OME
 ``PhysicalSizeX`` (+ unit), else the TIFF resolution tags when their unit is inch or cm (or ImageJ's micron).
+Colour: the page's InterColorProfile (ICC) tag is applied; 16-bit data is scaled by its BitsPerSample or OME
+SignificantBits when the file gives fewer bits than the samples hold (`nucseg.io.base.as_rgb_uint8`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from nucseg.errors import SlideReadError, UnsupportedFileError
+from nucseg.io._color import icc_of, icc_transform
+from nucseg.io.base import Slide, one_line, plausible_mpp, read_errors, rgb_converter
 
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
                "Å": 1e-4, "pm": 1e-6}
@@ -139,14 +143,38 @@ def check_not_truncated(path: Path, pages: list[Any]) -> None:
                                  f"has {size} bytes", "the download or copy is incomplete; copy it again")
 
 
-def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
-    """Open a TIFF-based file as `slide_class` (see `nucseg.io.slides.Slide`).
+def ome_significant_bits(xml: str) -> int | None:
+    """SignificantBits of the first OME Pixels element, or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    try:
+        return int(pixels.get("SignificantBits", "")) if pixels is not None else None
+    except ValueError:
+        return None
 
-    Args:
-        path: the file.
-        slide_class: the Slide dataclass.
-        converter: ``converter(dtype, sample) -> convert(block)`` building the block-to-RGB-uint8 function.
-    """
+
+def ome_modality(xml: str) -> str | None:
+    """"fluorescence" / "brightfield" from the first OME Channel's IlluminationType or ContrastMethod, or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    channel = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Channel"), None)
+    if channel is None:
+        return None
+    said = f"{channel.get('IlluminationType', '')} {channel.get('ContrastMethod', '')}".lower()
+    if "fluorescence" in said:
+        return "fluorescence"
+    if "brightfield" in said or "transmitted" in said:
+        return "brightfield"
+    return None
+
+
+def open_tiff(path: Path) -> Slide:
+    """Open a TIFF-based file with tifffile as a `Slide` (the file handle is kept until `Slide.close`)."""
     import tifffile
     import zarr
 
@@ -158,7 +186,7 @@ def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
         main = series[0]
         key = main.levels[0].keyframe
         meta: dict[str, Any] = {"dtype": str(main.dtype), "axes": main.axes}
-        mpp = None
+        mpp, bits, modality = None, None, None
         if tif.is_svs:
             fmt = "aperio-svs"
             mpp, svs_meta = svs_metadata(key.description)
@@ -168,20 +196,26 @@ def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
         elif tif.is_ome:
             fmt = "ome-tiff"
             mpp = ome_mpp(tif.ome_metadata or "")
+            bits = ome_significant_bits(tif.ome_metadata or "")
+            modality = ome_modality(tif.ome_metadata or "")
         else:
             fmt = "tiff-pyramid" if len(main.levels) > 1 else "tiff"
         if mpp is None:
             mpp = resolution_mpp(tif, key)
+        if bits is None and key.bitspersample < 8 * np.dtype(key.dtype).itemsize:
+            bits = int(key.bitspersample)  # e.g. 12-bit samples unpacked into uint16
         meta.update(compression=getattr(key.compression, "name", str(key.compression)),
                     tile=list(key.tile) if key.is_tiled else None, photometric=getattr(key.photometric, "name", None))
         check_not_truncated(path, [lvl.keyframe for lvl in main.levels])
         index, planar = plane_index(path, main.levels[0].axes, main.levels[0].shape)
         sample = np.zeros(0)
-        if key.dtype != np.uint8:  # the coarsest level's range decides how to scale to 8 bits
+        if key.dtype != np.uint8 and bits is None:  # the coarsest level's range decides how to scale to 8 bits
             coarsest = zarr.open_array(main.aszarr(level=len(main.levels) - 1), mode="r")
             if coarsest.size <= 2**24:
                 sample = np.asarray(coarsest[index])
-        convert = converter(np.dtype(key.dtype), sample)
+        icc_tag = key.tags.get("InterColorProfile")
+        colour, icc = icc_of(icc_transform(icc_tag.value if icc_tag is not None else None))
+        convert = rgb_converter(np.dtype(key.dtype), sample, bits, colour)
         fill = 255 if key.dtype == np.uint8 else 0  # missing tiles of 8-bit slides show as glass
         tag = f"nucseg-{id(tif):x}-{path.name}"
         levels, readers = [], []
@@ -198,21 +232,20 @@ def open_tiff(path: Path, slide_class: Any, converter: Any) -> Any:
             except UnsupportedFileError:
                 continue
             z = zarr.open_array(other.aszarr(level=0), mode="r")
-            oconvert = converter(np.dtype(other.dtype), np.zeros(0))
+            oconvert = rgb_converter(np.dtype(other.dtype), None, None, colour)
             associated[name] = lazy_level(z, oindex, oplanar, oconvert, f"{tag}-{name}")
         h0, w0 = levels[0].shape[:2]
         downsamples = [1.0] + [round((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2, 6) for lvl in levels[1:]]
         meta["levels"] = len(levels)
-        slide = slide_class(path, fmt, levels, downsamples, mpp, associated, meta, readers, [tif])
-        from nucseg.io.slides import READ_ERRORS
-
+        slide = Slide(path, fmt, levels, downsamples, plausible_mpp(mpp), associated, meta, readers, [tif],
+                      reader="tifffile", icc=icc, modality=modality,
+                      modality_reason="the OME metadata says so" if modality else "")
         for i, read in enumerate(readers):  # decode one tile per level now, so that a corrupt file fails at open
             try:
                 read(0, 1, 0, 1)
-            except READ_ERRORS as err:
-                raise SlideReadError(path, f"the first tile of level {i} cannot be decoded "
-                                     f"({' '.join(str(err).split())[:200]})", "the file is damaged; export or copy "
-                                     "it again") from err
+            except read_errors() as err:
+                raise SlideReadError(path, f"the first tile of level {i} cannot be decoded ({one_line(err)})",
+                                     "the file is damaged; export or copy it again") from err
         return slide
     except BaseException:
         tif.close()

@@ -1,21 +1,23 @@
-"""Export instance labels: QuPath GeoJSON, per-nucleus measurement CSV, OME-TIFF (pyramidal) and zarr.
+"""Export instance labels: QuPath GeoJSON, per-nucleus measurement CSV, OME-TIFF (pyramidal) and OME-NGFF zarr.
 
 Coordinates follow QuPath: origin at the top-left CORNER of the full-resolution image, x right, y down; pixel (row r,
-column c) covers [c, c+1) x [r, r+1). So a centroid is the mean pixel index + 0.5, and a `find_contours` polygon
-(which runs on the grid of pixel centres) is shifted by +0.5: its edges lie on pixel borders along straight runs and
-cut the corners of boundary pixels diagonally. ``offset`` = (y0, x0) is the label map's origin and ``downsample``
-the size of one label pixel, both in full-resolution pixels.
+column c) covers [c, c+1) x [r, r+1). ``offset`` = (y0, x0) is the label map's origin and ``downsample`` the size of
+one label pixel, both in full-resolution pixels. Outlines: `nucseg.io.polygons`; measurements: `nucseg.io.measure`.
 
-Writers refuse to replace an existing file unless ``overwrite=True`` (`StoreError`) and write to a temporary name in
-the same folder, renamed into place when complete. Labels may be numpy (the main path) or lazy zarr / dask arrays,
-read in windows of `CHUNK` pixels (`iter_label_chunks`).
+Units: ``mpp`` (microns per label pixel) is whatever the caller knows: the file's, the user's, ``--mpp``; any
+positive value counts, the model's own 0.25 included. Without it every output stays in pixels and says the size is
+unknown (CSV column ``mpp`` empty, GeoJSON ``"nucseg": {"mpp": null}``, no OME PhysicalSize, zarr axes unitless).
+
+Labels may be numpy or lazy zarr / dask arrays. The CSV and GeoJSON are streamed block by block
+(`nucseg.io.label_blocks`): features are written as they are made, each nucleus once and whole, so a slide's
+measurements never sit in memory together. Writers refuse to replace an existing file unless ``overwrite=True``
+(`StoreError`) and write to a temporary name in the same folder, renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -28,13 +30,12 @@ from typing import Any
 import numpy as np
 
 from nucseg.errors import InvalidInputError, StoreError
+from nucseg.io.label_blocks import CHUNK, LabelBlock, iter_label_blocks
+from nucseg.io.measure import finite_or_none, measure_block, measurement_columns, rows_of
 
-__all__ = ["CHUNK", "LabelChunk", "atomic_output", "iter_label_chunks", "labels_to_geojson", "measure_nuclei",
-           "write_geojson", "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv"]
+__all__ = ["CHUNK", "atomic_output", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "write_geojson",
+           "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv"]
 
-CHUNK = 2048
-#: nuclei are assumed smaller than this (pixels) when lazy labels are read in windows
-MARGIN = 256
 NUCLEUS_COLOR = (220, 50, 50)
 
 
@@ -79,192 +80,81 @@ def _check_labels(labels: Any) -> Any:
     return labels
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelChunk:
-    """A numpy `window` of labels whose top-left is at `origin` (y, x) in the label map, read for the chunk
-    `core` (y0, x0, y1, x1). The chunk owns the objects whose bounding-box top-left lies in its core, so every
-    object belongs to exactly one chunk."""
-
-    window: np.ndarray
-    origin: tuple[int, int]
-    core: tuple[int, int, int, int]
-
-    def owned(self, top: np.ndarray, left: np.ndarray) -> np.ndarray:
-        """Which objects (bounding-box top/left in window coordinates) this chunk owns."""
-        y, x = top + self.origin[0], left + self.origin[1]
-        y0, x0, y1, x1 = self.core
-        return (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
+def _check_mpp(mpp: float | None) -> float | None:
+    """A known pixel size (any positive number), or None."""
+    if mpp is None:
+        return None
+    if not (isinstance(mpp, (int, float, np.floating)) and math.isfinite(mpp) and mpp > 0):
+        raise InvalidInputError(f"pixel size {mpp!r} µm/px is not a positive number; give the microns per pixel "
+                                "(about 0.25 at 40x, 0.5 at 20x) or leave it unknown")
+    return float(mpp)
 
 
-def iter_label_chunks(labels: Any, chunk: int = CHUNK, margin: int = MARGIN) -> Iterator[LabelChunk]:
-    """Windows over a label map, each reaching `margin` pixels around a `chunk` x `chunk` core.
-
-    An in-memory numpy array, or any array no larger than one chunk, comes whole in one window. Objects larger
-    than `margin` may be cut at window edges of lazy arrays.
-    """
+def _image_reader(image: Any, labels: Any, offset: Sequence[float], downsample: float):
+    """A function (y0, y1, x0, x1) -> RGB pixels of that window of the label map, from an array aligned with the
+    labels (H, W, 3) or from a `Slide` (anything with ``read_region(level, y, x, h, w)``) at full resolution."""
     h, w = (int(s) for s in labels.shape)
-    if isinstance(labels, np.ndarray) or (h <= chunk and w <= chunk):
-        yield LabelChunk(np.asarray(labels), (0, 0), (0, 0, h, w))
-        return
-    for y in range(0, h, chunk):
-        for x in range(0, w, chunk):
-            wy, wx = max(0, y - margin), max(0, x - margin)
-            window = np.asarray(labels[wy:min(h, y + chunk + margin), wx:min(w, x + chunk + margin)])
-            yield LabelChunk(window, (wy, wx), (y, x, min(h, y + chunk), min(w, x + chunk)))
+    if hasattr(image, "read_region"):
+        oy, ox = (int(round(v)) for v in offset)
+        height, width = image.shape
+        if downsample != 1.0 or oy < 0 or ox < 0 or oy + h > height or ox + w > width:
+            raise InvalidInputError(f"labels of {h} x {w} px at (y, x) = ({oy}, {ox}), downsample {downsample:g} "
+                                    f"do not lie on the full-resolution slide of {height} x {width} px")
+        return lambda y0, y1, x0, x1: image.read_region(0, oy + y0, ox + x0, y1 - y0, x1 - x0)
+    shape = tuple(getattr(image, "shape", np.shape(image)))
+    if len(shape) != 3 or shape[2] < 3 or shape[:2] != (h, w):
+        raise InvalidInputError(f"image for measurements must be RGB (H, W, 3) matching the labels {(h, w)}, "
+                                f"got {shape}")
+    return lambda y0, y1, x0, x1: np.asarray(image[y0:y1, x0:x1])
 
 
-def _compact(window: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels safe for `find_objects` / `regionprops` (small ids), and the original id of each new id if remapped."""
-    top = int(window.max()) if window.size else 0
-    if top <= 4 * window.size + 1024:
-        return window.astype(np.intp, copy=False), None
-    uniq, inverse = np.unique(window, return_inverse=True)
-    if uniq[0] != 0:
-        uniq, inverse = np.r_[0, uniq], inverse + 1
-    return inverse.reshape(window.shape).astype(np.intp), uniq.astype(np.int64)
-
-
-def _simplify(rings: list[np.ndarray], tol: float = 0.5) -> list[np.ndarray]:
-    """Douglas-Peucker (tolerance `tol` px, distance to the segment) on closed rings, all rings and all segments
-    split in the same vectorised rounds: what `skimage.measure.approximate_polygon` does, without its ~4 ms of Python
-    per nucleus. Rings that would drop below a triangle are kept whole."""
-    if not rings:
-        return []
-    lengths, pts = np.array([len(r) for r in rings]), np.concatenate(rings)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    ring_of = np.repeat(np.arange(len(rings)), lengths)
-    far = ((pts - pts[starts][ring_of]) ** 2).sum(1)
-    order = np.lexsort((-far, ring_of))
-    keep = np.zeros(len(pts), bool)
-    keep[np.r_[starts, ends - 1, order[np.r_[True, ring_of[order][1:] != ring_of[order][:-1]]]]] = True
-    while True:
-        idx = np.flatnonzero(keep)
-        seg = np.clip(np.searchsorted(idx, np.arange(len(pts)), side="right") - 1, 0, idx.size - 2)
-        a, ab = pts[idx[seg]], pts[idx[seg + 1]] - pts[idx[seg]]
-        ap, length2 = pts - a, (ab**2).sum(1)
-        t = np.clip((ap * ab).sum(1) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
-        dist = np.hypot(*(ap - t[:, None] * ab).T)
-        dist[keep] = 0.0
-        order = np.lexsort((-dist, seg))
-        first = order[np.r_[True, seg[order][1:] != seg[order][:-1]]]  # farthest point of each segment
-        split = first[dist[first] > tol]
-        if not split.size:
-            break
-        keep[split] = True
-    out = [pts[s:e][keep[s:e]] for s, e in zip(starts, ends, strict=True)]
-    return [o if len(o) >= 4 else r for o, r in zip(out, rings, strict=True)]
-
-
-def _exterior_ring(mask: np.ndarray) -> np.ndarray | None:
-    """(N, 2) closed (row, col) exterior ring of a boolean crop, centre convention; the largest part if several."""
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours
-
-    filled = ndi.binary_fill_holes(np.pad(mask, 1)).astype(np.float32)  # exterior only
-    rings = find_contours(filled, 0.5)
-    return max(rings, key=lambda r: abs(_signed_area(r))) - 1.0 if rings else None  # - 1: undo the pad
-
-
-def _signed_area(ring: np.ndarray) -> float:
-    y, x = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
-
-
-def _extra_measurements(measurements: Any) -> dict[int, dict[str, Any]]:
-    """{id: {name: JSON-safe value}} from `measure_nuclei` rows (with "id") or a {id: {name: value}} mapping."""
-    items = measurements.items() if isinstance(measurements, Mapping) else [(r["id"], r) for r in measurements or ()]
-    out = {}
-    for key, row in items:
-        values = {n: v.item() if isinstance(v, np.generic) else v for n, v in row.items() if n != "id"}
-        out[int(key)] = {n: None if isinstance(v, float) and not math.isfinite(v) else v for n, v in values.items()}
-    return out
-
-
-def labels_to_geojson(labels: Any, *, offset: Sequence[float] = (0, 0), downsample: float = 1.0,
-                      measurements: Any = None, classification: str = "Nucleus",
-                      color: Sequence[int] = NUCLEUS_COLOR) -> dict[str, Any]:
-    """A QuPath-compatible GeoJSON FeatureCollection with one Polygon detection per nucleus.
+def iter_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, offset: Sequence[float] = (0, 0),
+                downsample: float = 1.0, outlines: bool = False,
+                chunk: int = CHUNK) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+    """Measurements (and outlines) of every nucleus, block by block: what the CSV and GeoJSON writers stream.
 
     Args:
-        labels: instance labels (H, W), 0 = background; numpy, or lazy zarr / dask for slides.
-        offset: (y0, x0) of the label map's top-left in full-resolution pixels.
-        downsample: full-resolution pixels per label pixel.
-        measurements: optional per-nucleus numbers: `measure_nuclei` rows (with "id") or {id: {name: value}}.
-        classification: QuPath class name; color: its colour (r, g, b).
+        labels: instance labels (H, W), 0 = background; numpy, zarr or dask.
+        image: RGB pixels for the stain columns: an (H, W, 3) array aligned with `labels`, or a `Slide` whose
+            full-resolution pixels the labels cover from `offset` (downsample 1); None leaves those columns out.
+        mpp: microns per label pixel when known: adds the micron columns.
+        offset: (y0, x0) of the label map in full-resolution pixels; downsample: full-resolution px per label px.
+        outlines: also trace each nucleus (shapely geometry in full-resolution pixels).
+        chunk: block side in label pixels.
 
-    Returns:
-        ``{"type": "FeatureCollection", "features": [...]}``; each feature has a random uuid ``id``, a closed exterior
-        ring of >= 4 [x, y] points in full-resolution pixels (orientation: positive signed area in x/y, i.e.
-        RFC 7946 counter-clockwise in a y-up frame), and properties objectType "detection", classification
-        {name, color}, nucseg_id and measurements (always with "Label" = the id).
+    Yields:
+        (columns, geometries) per block: columns as `nucseg.io.measure.measure_block`, geometries an object array
+        in the same order (None without `outlines`).
     """
     from scipy import ndimage as ndi
 
-    labels = _check_labels(labels)
-    y0, x0 = float(offset[0]), float(offset[1])
-    extra = _extra_measurements(measurements)
-    klass = {"name": classification, "color": [int(c) for c in color]}
-    found: list[tuple[int, np.ndarray]] = []
-    for part in iter_label_chunks(labels):
-        compact, original = _compact(part.window)
-        for index, box in enumerate(ndi.find_objects(compact), start=1):
-            if box is None or not part.owned(np.array(box[0].start), np.array(box[1].start)):
-                continue
-            ring = _exterior_ring(compact[box] == index)
-            if ring is not None:
-                origin = (box[0].start + part.origin[0] + 0.5, box[1].start + part.origin[1] + 0.5)
-                found.append((int(original[index]) if original is not None else index, ring + origin))
-    features = []
-    for (label, _), ring in zip(found, _simplify([r for _, r in found]), strict=True):
-        xy = np.round(np.stack([x0 + ring[:, 1] * downsample, y0 + ring[:, 0] * downsample], axis=1), 3)
-        if _signed_area(xy[:, ::-1]) < 0:
-            xy = xy[::-1]
-        features.append({
-            "type": "Feature",
-            "id": str(uuid.uuid4()),
-            "geometry": {"type": "Polygon", "coordinates": [xy.tolist()]},
-            "properties": {"objectType": "detection", "classification": dict(klass), "nucseg_id": label,
-                           "measurements": {"Label": label, **extra.get(label, {})}},
-        })
-    return {"type": "FeatureCollection", "features": features}
+    from nucseg.io.polygons import finish_geometries, mask_geometry
 
-
-def write_geojson(labels: Any, path: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
-    """Write `labels_to_geojson(labels, **kwargs)` to `path` (atomically; refuses to overwrite by default)."""
-    collection = labels_to_geojson(labels, **kwargs)
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(collection, separators=(",", ":")))
-    return Path(path)
-
-
-class _Moments:
-    """Per-object area, centroid and second-moment eigenvalues (as regionprops' inertia tensor), by bincount."""
-
-    def __init__(self, flat: np.ndarray, width: int, index: np.ndarray):
-        self.flat, self.index = flat, index
-        self.size = int(index.max(initial=0)) + 1
-        self.area = np.bincount(flat, minlength=self.size)[index]
-        rr, cc = np.divmod(np.arange(flat.size, dtype=np.float64), width)
-        self.my, self.mx = self.mean(rr), self.mean(cc)
-        vyy, vxx = self.mean(rr * rr) - self.my**2, self.mean(cc * cc) - self.mx**2
-        vxy = self.mean(rr * cc) - self.my * self.mx
-        half, root = (vyy + vxx) / 2, np.sqrt(((vyy - vxx) / 2) ** 2 + vxy**2)
-        self.l1, self.l2 = np.maximum(half + root, 0), np.maximum(half - root, 0)
-
-    def mean(self, values: np.ndarray) -> np.ndarray:
-        return np.bincount(self.flat, values, minlength=self.size)[self.index] / np.maximum(self.area, 1)
+    labels, mpp = _check_labels(labels), _check_mpp(mpp)
+    read_image = None if image is None else _image_reader(image, labels, offset, downsample)
+    block: LabelBlock
+    for block in iter_label_blocks(labels, chunk=chunk):
+        (wy, wx), (h, w) = block.origin, block.labels.shape
+        pixels = None if read_image is None else read_image(wy, wy + h, wx, wx + w)
+        cols = measure_block(block, pixels, mpp, offset=offset, downsample=downsample)
+        geometries = None
+        if outlines:
+            boxes = ndi.find_objects(block.labels)
+            raw = [mask_geometry(block.labels[box] == k, (box[0].start + wy, box[1].start + wx))
+                   for k, box in enumerate(boxes, start=1)]
+            geometries = finish_geometries(raw, downsample, offset)
+        yield cols, geometries
 
 
 def measure_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, offset: Sequence[float] = (0, 0),
                    downsample: float = 1.0) -> list[dict[str, Any]]:
-    """Shape and stain measurements of each nucleus.
+    """Shape and stain measurements of each nucleus, in memory (the CSV writer streams the same rows).
 
     Args:
         labels: instance labels (H, W).
-        image: optional RGB image (H, W, 3) aligned with `labels`, for mean R, G, B (0-255) and the mean hematoxylin
-            and eosin optical densities (`skimage.color.rgb2hed`).
-        mpp: microns per pixel of `labels`; adds the ``*_um`` / ``*_um2`` columns.
+        image: optional RGB pixels (an (H, W, 3) array aligned with `labels`, or a `Slide`, see `iter_nuclei`), for
+            mean R, G, B (0-255) and the mean hematoxylin and eosin optical densities (`skimage.color.rgb2hed`).
+        mpp: microns per pixel of `labels` when known; adds the ``*_um`` / ``*_um2`` columns.
         offset: (y0, x0) of the label map in full-resolution pixels.
         downsample: full-resolution pixels per label pixel.
 
@@ -274,67 +164,130 @@ def measure_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, 
         from second moments as regionprops), with `mpp` centroid_x_um, centroid_y_um, area_um2, perimeter_um,
         major_axis_um, minor_axis_um, and with an image mean_r, mean_g, mean_b, mean_hematoxylin_od, mean_eosin_od.
     """
-    from skimage.measure import regionprops_table
-
-    labels = _check_labels(labels)
-    if image is not None:
-        shape = tuple(getattr(image, "shape", np.shape(image)))
-        if len(shape) != 3 or shape[2] < 3 or shape[:2] != tuple(labels.shape):
-            raise InvalidInputError(f"image for measurements must be RGB (H, W, 3) matching the labels "
-                                    f"{tuple(labels.shape)}, got {shape}")
-    columns: dict[str, list[Any]] = {}
-    for part in iter_label_chunks(labels):
-        compact, original = _compact(part.window)
-        table = regionprops_table(compact, properties=["label", "bbox", "perimeter", "solidity"])
-        index = table["label"]
-        keep = part.owned(table["bbox-0"], table["bbox-1"])
-        stats = _Moments(compact.ravel(), compact.shape[1], index)
-        l1, l2 = stats.l1, stats.l2
-        cy = offset[0] + (stats.my + part.origin[0] + 0.5) * downsample
-        cx = offset[1] + (stats.mx + part.origin[1] + 0.5) * downsample
-        cols: dict[str, np.ndarray] = {
-            "id": index if original is None else original[index], "centroid_x": cx, "centroid_y": cy,
-            "area_px": stats.area, "perimeter_px": table["perimeter"],
-            "eccentricity": np.where(l1 > 0, np.sqrt(1 - l2 / np.where(l1 > 0, l1, 1)), 0.0),
-            "solidity": table["solidity"], "major_axis_px": 4 * np.sqrt(l1), "minor_axis_px": 4 * np.sqrt(l2)}
-        if mpp:
-            cols.update(centroid_x_um=cx * mpp / downsample, centroid_y_um=cy * mpp / downsample,
-                        area_um2=stats.area * mpp * mpp, perimeter_um=table["perimeter"] * mpp,
-                        major_axis_um=cols["major_axis_px"] * mpp, minor_axis_um=cols["minor_axis_px"] * mpp)
-        if image is not None:
-            (wy, wx), (h, w) = part.origin, part.window.shape
-            stains = _stain_channels(np.asarray(image[wy:wy + h, wx:wx + w]))
-            for k, name in enumerate(("mean_r", "mean_g", "mean_b", "mean_hematoxylin_od", "mean_eosin_od")):
-                cols[name] = stats.mean(stains[..., k].ravel())
-        for name, values in cols.items():
-            columns.setdefault(name, []).extend(np.asarray(values)[keep].tolist())
-    names = list(columns)
-    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    rows = [row for cols, _ in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample)
+            for row in rows_of(cols)]
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _stain_channels(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 5): R, G, B (0-255) and the hematoxylin and eosin optical densities of `skimage.color.rgb2hed`."""
-    from skimage.color import rgb2hed
+def _given_measurements(measurements: Any) -> dict[int, dict[str, Any]]:
+    """{id: {name: value}} from `measure_nuclei` rows (with "id") or a {id: {name: value}} mapping."""
+    items = measurements.items() if isinstance(measurements, Mapping) else [(r["id"], r) for r in measurements]
+    return {int(key): {n: v.item() if isinstance(v, np.generic) else v for n, v in row.items() if n != "id"}
+            for key, row in items}
 
-    rgb = rgb[..., :3]
-    if rgb.dtype != np.uint8:  # floats in [0, 1] or other integer ranges to 0-255
-        top = 1.0 if np.issubdtype(rgb.dtype, np.floating) and rgb.size and float(rgb.max()) <= 1.0 else 255.0
-        rgb = np.clip(rgb.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
-    return np.concatenate([rgb.astype(np.float64), rgb2hed(rgb)[..., :2]], axis=-1)
+
+def _qupath_measurements(label: int, values: Mapping[str, Any]) -> dict[str, float]:
+    """QuPath's ``measurements`` map (read by QuPath 0.4+ as {name: number}): "Label" = the id, then every
+    finite number of `values`; missing or non-finite values are left out (QuPath reads them as numbers)."""
+    out: dict[str, Any] = {"Label": label}
+    for name, value in values.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name != "id" and number and finite_or_none(value) is not None:
+            out[name] = value
+    return out
+
+
+def _collection_info(mpp: float | None, downsample: float) -> dict[str, Any]:
+    """What the numbers of a FeatureCollection are in (a foreign member, which GeoJSON readers and QuPath skip)."""
+    return {"mpp": mpp, "pixel_size": "known" if mpp else "unknown: measurements in pixels only",
+            "coordinates": "full-resolution pixels, origin at the top-left corner of the image",
+            "downsample": downsample}
+
+
+def _feature_blocks(labels: Any, *, offset: Sequence[float] = (0, 0), downsample: float = 1.0,
+                    measurements: Any = None, classification: str = "Nucleus",
+                    color: Sequence[int] = NUCLEUS_COLOR, image: Any = None,
+                    mpp: float | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The GeoJSON Features of each block in turn (see `labels_to_geojson` for the arguments)."""
+    from shapely.geometry import mapping
+
+    klass = {"name": classification, "color": [int(c) for c in color]}
+    given = None if measurements is None or measurements is False else _given_measurements(measurements)
+    for cols, geometries in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample, outlines=True):
+        features = []
+        for row, geometry in zip(rows_of(cols), geometries, strict=True):
+            label = int(row["id"])
+            values = {} if measurements is False else given.get(label, {}) if given is not None else row
+            shape = mapping(geometry)
+            features.append({
+                "type": "Feature", "id": str(uuid.uuid4()),
+                "geometry": {"type": shape["type"], "coordinates": shape["coordinates"]},
+                "properties": {"objectType": "detection", "classification": dict(klass), "nucseg_id": label,
+                               "measurements": _qupath_measurements(label, values)}})
+        yield features
+
+
+def iter_geojson_features(labels: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """One GeoJSON Feature per nucleus, made block by block (keyword arguments as `labels_to_geojson`)."""
+    for features in _feature_blocks(labels, **kwargs):
+        yield from features
+
+
+def labels_to_geojson(labels: Any, *, offset: Sequence[float] = (0, 0), downsample: float = 1.0,
+                      measurements: Any = None, classification: str = "Nucleus",
+                      color: Sequence[int] = NUCLEUS_COLOR, image: Any = None,
+                      mpp: float | None = None) -> dict[str, Any]:
+    """A QuPath-compatible GeoJSON FeatureCollection with one detection per nucleus, in memory (`write_geojson`
+    streams the same features to a file).
+
+    Args:
+        labels: instance labels (H, W), 0 = background; numpy, or lazy zarr / dask for slides.
+        offset: (y0, x0) of the label map's top-left in full-resolution pixels.
+        downsample: full-resolution pixels per label pixel.
+        measurements: None (default) measures every nucleus as the CSV does (`measure_nuclei`, with `image` and
+            `mpp`); or given numbers: `measure_nuclei` rows (with "id") or {id: {name: value}}; False: only "Label".
+        classification: QuPath class name; color: its colour (r, g, b).
+        image: RGB pixels for the stain measurements (see `iter_nuclei`); mpp: microns per label pixel if known.
+
+    Returns:
+        ``{"type": "FeatureCollection", "features": [...], "nucseg": {"mpp": ..., ...}}``; each feature has a
+        random uuid ``id``, a valid Polygon (with holes) or MultiPolygon in full-resolution pixels (exterior rings
+        counter-clockwise in x/y as RFC 7946 asks), and properties objectType "detection", classification
+        {name, color}, nucseg_id and measurements ({name: number}, as QuPath 0.4+ reads them; "Label" = the id).
+    """
+    features = list(iter_geojson_features(labels, offset=offset, downsample=downsample, measurements=measurements,
+                                          classification=classification, color=color, image=image, mpp=mpp))
+    mpp = _check_mpp(mpp)
+    return {"type": "FeatureCollection", "features": features,
+            "nucseg": {**_collection_info(mpp, downsample), "count": len(features)}}
+
+
+def write_geojson(labels: Any, path: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
+    """Stream `labels_to_geojson(labels, **kwargs)` to `path`, feature by feature (atomically; refuses to
+    overwrite by default). Pass ``mpp=`` and ``image=`` for the micron and stain measurements."""
+    mpp, downsample = _check_mpp(kwargs.get("mpp")), float(kwargs.get("downsample", 1.0))
+    count = 0
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"type":"FeatureCollection","features":[')
+        for features in _feature_blocks(labels, **kwargs):
+            for feature in features:
+                fh.write(("," if count else "") + json.dumps(feature, separators=(",", ":"), ensure_ascii=False))
+                count += 1
+            fh.flush()  # a block done is a block on disk
+        info = {**_collection_info(mpp, downsample), "count": count}
+        fh.write('],"nucseg":' + json.dumps(info, ensure_ascii=False) + "}")
+    return Path(path)
 
 
 def write_measurements_csv(labels: Any, path: str | Path, image: Any = None, mpp: float | None = None,
                            offset: Sequence[float] = (0, 0), *, downsample: float = 1.0,
                            overwrite: bool = False) -> Path:
-    """Write `measure_nuclei` as CSV, one row per nucleus (atomically; refuses to overwrite by default)."""
-    rows = measure_nuclei(labels, image, mpp, offset=offset, downsample=downsample)
-    columns = list(rows[0]) if rows else ["id", "centroid_x", "centroid_y", "area_px"]
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    """Write `measure_nuclei` as CSV, one row per nucleus, streamed block by block (rows sorted by id within a
+    block; a map no larger than one block is sorted by id throughout), atomically; refuses to overwrite by default.
+
+    The last column, ``mpp``, holds the microns per label pixel the micron columns used (area_um2 = area_px x
+    mpp²), and is empty when the pixel size is unknown (then there are no micron columns)."""
+    labels, mpp = _check_labels(labels), _check_mpp(mpp)
+    columns = [*measurement_columns(mpp is not None, image is not None), "mpp"]
+    size = "" if mpp is None else repr(mpp)
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for cols, _ in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample):
+            order = np.argsort(cols["id"], kind="stable")
+            for row in rows_of({name: np.asarray(v)[order] for name, v in cols.items()}):
+                writer.writerow([*(f"{v:.6g}" if isinstance(v, float) else v for v in row.values()), size])
+            fh.flush()
     return Path(path)
 
 
@@ -382,17 +335,10 @@ def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = Non
 
 def write_labels_zarr(labels: Any, path: str | Path, chunks: int = 1024, mpp: float | None = None,
                       *, overwrite: bool = False) -> Path:
-    """Write uint32 labels to a new zarr v3 array folder `path` with `chunks` x `chunks` chunks and attrs mpp (None
-    when unknown) and axes "yx"; lazy inputs are copied chunk by chunk. Refuses to overwrite unless asked to."""
-    import zarr
+    """Write uint32 labels as an OME-NGFF 0.5 label image (zarr v3): see `nucseg.io.ngff.write_labels_ngff`."""
+    from nucseg.io.ngff import write_labels_ngff
 
     labels = _check_labels(labels)
-    h, w = (int(s) for s in labels.shape)
     with atomic_output(path, overwrite) as tmp:
-        arr = zarr.create_array(store=str(tmp), shape=(h, w), chunks=(min(chunks, max(h, 1)), min(chunks, max(w, 1))),
-                                dtype="uint32", fill_value=0, zarr_format=3)
-        arr.attrs.update({"mpp": mpp, "axes": "yx", "content": "nuclei instance labels, 0 = background"})
-        step = max(h, w, 1) if isinstance(labels, np.ndarray) else chunks  # numpy in one go, lazy chunk by chunk
-        for y, x in ((y, x) for y in range(0, h, step) for x in range(0, w, step)):
-            arr[y:y + step, x:x + step] = np.asarray(labels[y:y + step, x:x + step]).astype(np.uint32, copy=False)
+        write_labels_ngff(labels, tmp, chunks=chunks, mpp=_check_mpp(mpp))
     return Path(path)

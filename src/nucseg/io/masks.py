@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError, UnsupportedFileError
-from nucseg.io.slides import READ_ERRORS, suffix_of
+from nucseg.io.base import read_errors, read_failure
+from nucseg.io.slides import suffix_of
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
 _FIX_RGB = ("save the labels as a single-channel 16- or 32-bit integer image (0 = background, 1..N = nuclei), "
@@ -54,15 +55,12 @@ def read_labels(path: str | Path) -> np.ndarray:
         raise UnsupportedFileError(f"{path}: label images must be PNG or TIFF ({', '.join(LABEL_SUFFIXES)})")
     if path.stat().st_size == 0:
         raise SlideReadError(path, "the file is empty (0 bytes)", "the download or copy failed; copy it again")
-    from PIL import Image
-
     try:
         labels = _read_array(path)
     except SlideReadError:
         raise
-    except (*READ_ERRORS, Image.DecompressionBombError) as err:
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise SlideReadError(path, reason, "the file is damaged or not an image; export it again") from err
+    except (*read_errors(), MemoryError) as err:
+        raise read_failure(path, err) from err
     return as_label_image(labels, name=str(path))
 
 

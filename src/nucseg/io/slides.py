@@ -1,153 +1,56 @@
-"""Open H&E slides and tiles as lazy, multiscale RGB images that know their microns per pixel.
+"""Open slides and tiles as lazy, multiscale RGB images that know their microns per pixel.
 
-Formats: Aperio SVS, OME-TIFF (SubIFD pyramids), generic pyramidal TIFF (SubIFDs or pages that shrink),
-plain TIFF, PNG and JPEG. TIFF-based files are read through tifffile's Zarr store, one tile at a time, so a
-slide never enters memory whole (DESIGN.md rule 6); PNG and JPEG tiles are decoded whole.
+`open_slide` picks the reader by the file's content, not only its name:
 
-Every level, whatever the file holds (grey, RGBA, 16-bit...), is seen as (H, W, 3) uint8: grey is repeated
-into three channels, an alpha channel is dropped, and other dtypes are scaled to 0..255 (16-bit data by the
-smallest of 8, 10, 12, 14 or 16 bits that holds the coarsest level's maximum, floats in [0, 1] by 255).
+- Aperio SVS, OME-TIFF, pyramidal and plain TIFF: tifffile (its Zarr store, one tile at a time);
+- Hamamatsu NDPI / VMS, 3DHISTECH MRXS, Leica SCN, Ventana BIF, Philips TIFF, Sakura SVSLIDE, and a generic
+  tiled TIFF that tifffile cannot serve: OpenSlide (whatever the file's suffix, when OpenSlide recognises it);
+- DICOM WSI, given as the folder of its series or any one of its .dcm files: wsidicom;
+- PNG and JPEG tiles: Pillow (decoded whole).
 
-Errors: a file whose suffix is not handled raises `UnsupportedFileError`; a file that should be readable but is
-not (missing, empty, truncated, corrupt) raises `SlideReadError` at `open_slide`, with one line naming the file.
+A slide never enters memory whole (DESIGN.md rule 6). Every level is seen as (H, W, 3) uint8 by the one RGB
+rule of `nucseg.io.base.as_rgb_uint8`, with the file's ICC profile applied (`nucseg.io._color`).
+
+Errors: a file no reader handles raises `UnsupportedFileError`; a file that should be readable but is not
+(missing, empty, truncated, corrupt) raises `SlideReadError` at `open_slide`, with one line naming the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nucseg.errors import InvalidInputError, SlideReadError, UnsupportedFileError
+from nucseg.errors import SlideReadError, UnsupportedFileError
+from nucseg.io._color import icc_of, icc_transform, slide_modality
+from nucseg.io._dicom import DICOM_SUFFIXES, folder_dicom_files, is_dicom_file
+from nucseg.io.base import (
+    FIX_DAMAGED,
+    PLAUSIBLE_MPP,
+    READ_ERRORS,
+    Slide,
+    as_rgb_uint8,
+    plausible_mpp,
+    read_errors,
+    read_failure,
+)
 
-#: file name endings the readers handle (".ome.tif" files end in ".tif" too)
-SUPPORTED_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg")
+__all__ = ["PLAUSIBLE_MPP", "READ_ERRORS", "SUPPORTED_SUFFIXES", "Slide", "as_rgb_uint8", "is_supported",
+           "list_images", "open_slide", "read_image", "require_brightfield", "slide_modality", "suffix_of"]
+
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff")
 PIL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+#: formats only OpenSlide reads (by suffix; TIFF-based ones with another suffix are found by content)
+OPENSLIDE_SUFFIXES = (".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide")
+#: vendors whose TIFF-like files go to OpenSlide even with a .tif / .tiff / .svs suffix
+OPENSLIDE_VENDORS = ("hamamatsu", "mirax", "leica", "ventana", "philips", "sakura")
+#: file name endings the readers handle (".ome.tif" files end in ".tif" too)
+SUPPORTED_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg",
+                      *OPENSLIDE_SUFFIXES, *DICOM_SUFFIXES)
 #: `read_image` refuses images with more pixels than this (use `open_slide` and `read_region` instead)
 MAX_WHOLE_IMAGE_PIXELS = 12000 * 12000
-#: microns per pixel outside this range come from a screen / print resolution, not a microscope: ignored
-PLAUSIBLE_MPP = (0.05, 20.0)
-#: what tifffile, imagecodecs, Pillow and zarr raise on files they cannot parse or decode
-READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, KeyError, IndexError, TypeError,
-                                                EOFError, struct.error, zlib.error, MemoryError)
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    from PIL import Image
-
-    return (*READ_ERRORS, Image.DecompressionBombError)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) < 200 else text[:197] + "..."
-
-
-@dataclasses.dataclass
-class Slide:
-    """A slide or tile: lazy pyramid levels seen as (H, W, 3) uint8, with microns per pixel when known.
-
-    Attributes:
-        path: the file.
-        format: "aperio-svs", "ome-tiff", "tiff-pyramid", "tiff", "png" or "jpeg".
-        levels: lazy (dask) arrays of shape (H, W, 3) uint8, level 0 at full resolution (numpy for PNG / JPEG).
-        downsamples: level-0 pixels per pixel of each level (1.0 for level 0).
-        mpp: microns per pixel at level 0, or None when the file does not say (plausibly).
-        associated: images that are not pyramid levels (SVS "thumbnail", "label", "macro"; other OME images),
-            lazy (H, W, 3) uint8.
-        metadata: JSON-able facts from the file (scanner magnification, compression, tile size, ...).
-    """
-
-    path: Path
-    format: str
-    levels: list[Any]
-    downsamples: list[float]
-    mpp: float | None = None
-    associated: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
-    _readers: list[Any] = dataclasses.field(default_factory=list, repr=False, compare=False)
-    _handles: list[Any] = dataclasses.field(default_factory=list, repr=False, compare=False)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Level-0 (height, width)."""
-        return self.level_shape(0)
-
-    @property
-    def is_pyramid(self) -> bool:
-        """Whether the file holds more than one resolution level."""
-        return len(self.levels) > 1
-
-    def level_shape(self, level: int) -> tuple[int, int]:
-        """(height, width) of `level`."""
-        shape = self.levels[self._check_level(level)].shape
-        return int(shape[0]), int(shape[1])
-
-    def level_mpp(self, level: int) -> float | None:
-        """Microns per pixel of `level`, or None when the slide's mpp is unknown."""
-        return None if self.mpp is None else self.mpp * self.downsamples[self._check_level(level)]
-
-    def best_level_for_mpp(self, target_mpp: float) -> int:
-        """The coarsest level whose pixels are at least as fine as `target_mpp`, with 5% slack.
-
-        A level qualifies when its mpp is at most ``target_mpp * 1.05``, so a model trained at 0.5 µm/px reads
-        a 0.52 µm/px level rather than one four times finer. Level 0 when no level qualifies (the slide is
-        coarser than the target) or when the slide's mpp is unknown.
-        """
-        if not self.mpp or target_mpp <= 0:
-            return 0
-        fine = [i for i, d in enumerate(self.downsamples) if self.mpp * d <= target_mpp * 1.05]
-        return max(fine, key=lambda i: self.downsamples[i]) if fine else 0
-
-    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """Pixels of `level` in rows y..y+h and columns x..x+w (level coordinates), as (h, w, 3) uint8.
-
-        Parts outside the image are white (255), like glass.
-
-        Raises:
-            InvalidInputError: a level that does not exist or an empty region.
-            SlideReadError: the file's pixels there cannot be decoded (a corrupt tile).
-        """
-        level = self._check_level(level)
-        if h <= 0 or w <= 0:
-            raise InvalidInputError(f"region height and width must be positive, got {h} x {w}")
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
-        H, W = self.level_shape(level)
-        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
-        if y1 > y0 and x1 > x0:
-            try:
-                if self._readers:
-                    pixels = self._readers[level](y0, y1, x0, x1)
-                else:
-                    pixels = np.asarray(self.levels[level][y0:y1, x0:x1])
-            except READ_ERRORS as err:
-                raise SlideReadError(self.path, f"pixels at level {level}, y={y0} x={x0} cannot be decoded: "
-                                     f"{_one_line(err)}", "the file is corrupt; export it again") from err
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = pixels
-        return out
-
-    def close(self) -> None:
-        """Close the file; the lazy levels cannot be read afterwards."""
-        for handle in self._handles:
-            handle.close()
-        self._handles.clear()
-
-    def __enter__(self) -> Slide:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_level(self, level: int) -> int:
-        if not 0 <= int(level) < len(self.levels):
-            raise InvalidInputError(f"level {level} does not exist; {self.path.name} has levels 0..{len(self.levels) - 1}")
-        return int(level)
+FLUORESCENCE_FIX = "--allow-fluorescence"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -163,12 +66,23 @@ def suffix_of(path: str | Path) -> str:
 
 
 def is_supported(path: str | Path) -> bool:
-    """Whether the file name ends in a suffix the readers handle (the file itself is not opened)."""
+    """Whether a reader handles the path by its name (a folder: whether it holds DICOM files); nothing is decoded."""
+    path = Path(path)
+    if path.is_dir():
+        return bool(folder_dicom_files(path))
     return suffix_of(path) in SUPPORTED_SUFFIXES
 
 
+def is_dicom_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder holding DICOM files: one DICOM WSI, one input (not a folder of tiles)."""
+    path = Path(path)
+    return path.is_dir() and bool(folder_dicom_files(path))
+
+
 def list_images(folder: str | Path) -> list[Path]:
-    """Files in `folder` (not its sub-folders) with a supported suffix, sorted by name; hidden files are skipped.
+    """The inputs in `folder`, sorted by name: files with a supported suffix (hidden files skipped), and DICOM WSI
+    as one input each: the folder itself when it holds .dcm files (they are one series, not separate images),
+    and each sub-folder that does. Other sub-folders are not searched.
 
     Raises:
         SlideReadError: `folder` is not a folder.
@@ -176,50 +90,27 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SlideReadError(folder, "not a folder", "pass a folder of image tiles")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
+    found = [p for p in folder.iterdir() if not p.name.startswith(".") and (
+        (p.is_file() and is_supported(p) and suffix_of(p) not in DICOM_SUFFIXES) or is_dicom_folder(p))]
+    if any(p.is_file() and is_dicom_file(p) for p in folder.iterdir() if suffix_of(p) in DICOM_SUFFIXES):
+        found.append(folder)
+    return sorted(found)
 
 
-def _plausible(mpp: float | None) -> float | None:
-    if mpp is None or not np.isfinite(mpp) or not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
-        return None
-    return round(float(mpp), 6)
+def require_brightfield(slide: Slide, allow_fluorescence: bool = False) -> None:
+    """Refuse a fluorescence slide, for which the default (brightfield H&E) model would find nonsense.
 
+    Raises:
+        InvalidInputError: the slide is fluorescence and `allow_fluorescence` is False.
+    """
+    from nucseg.errors import InvalidInputError
 
-def _output_scale(dtype: np.dtype, sample: np.ndarray) -> float:
-    """Factor that maps this dtype's values into 0..255 (see the module docstring)."""
-    if dtype == np.uint8:
-        return 1.0
-    if not sample.size:  # not sampled (too large): assume the dtype's full range, floats in [0, 1]
-        return 255.0 if np.issubdtype(dtype, np.floating) else 255.0 / (2 ** (8 * dtype.itemsize) - 1)
-    vmax = float(np.nanmax(sample))
-    if np.issubdtype(dtype, np.floating) and vmax <= 1.0:
-        return 255.0
-    bits = next((b for b in (8, 10, 12, 14, 16, 32) if vmax < 2**b), 64)
-    return 255.0 / (2**bits - 1)
-
-
-def _to_rgb_uint8(block: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """(h, w) or (h, w, c) of any dtype -> (h, w, 3) uint8 (grey repeated, alpha and extra channels dropped)."""
-    if block.ndim == 2:
-        block = block[..., None]
-    block = block[..., :3] if block.shape[2] >= 3 else block[..., :1]
-    if block.dtype != np.uint8:
-        block = np.clip(np.nan_to_num(block.astype(np.float32)) * scale + 0.5, 0, 255).astype(np.uint8)
-    if block.shape[2] == 1:
-        block = np.repeat(block, 3, axis=2)
-    return block
-
-
-def _converter(dtype: np.dtype, sample: np.ndarray) -> Any:
-    return functools.partial(_to_rgb_uint8, scale=_output_scale(dtype, sample))
-
-
-def _open_tiff(path: Path) -> Slide:
-    from nucseg.io._tiff import open_tiff
-
-    slide = open_tiff(path, Slide, _converter)
-    slide.mpp = _plausible(slide.mpp)
-    return slide
+    kind, reason = slide_modality(slide)
+    if kind == "fluorescence" and not allow_fluorescence:
+        raise InvalidInputError(
+            f"{slide.path} looks like a fluorescence slide ({reason}); the default model segments nuclei in "
+            f"brightfield H&E - pass {FLUORESCENCE_FIX} to segment it anyway, or use a model fine-tuned on "
+            "fluorescence")
 
 
 # ------------------------------------------------------------------------------------------- PNG / JPEG
@@ -232,27 +123,32 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
         im = Image.open(path)
     except UnidentifiedImageError as err:
         raise SlideReadError(path, f"not a {PIL_FORMATS[suffix_of(path)].upper()} image (Pillow cannot identify it)",
-                             "the file is damaged or not what its name says; export or copy it again") from err
+                             FIX_DAMAGED) from err
     with im:
         if max_pixels is not None and im.width * im.height > max_pixels:
             raise SlideReadError(path, f"{im.width} x {im.height} px is too large to read whole",
                                  "open it with open_slide and read regions, or convert it to a pyramidal TIFF")
         im.load()
-        meta = {"mode": im.mode, "pil_format": im.format}
+        meta: dict[str, Any] = {"mode": im.mode, "pil_format": im.format}
         dpi = im.info.get("dpi")
         mpp = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+        icc_bytes = im.info.get("icc_profile")
         if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
             im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
         array = np.asarray(im)
     if im.mode == "LA":
         array = array[..., 0]
-    scale = _output_scale(array.dtype, array)
-    return _to_rgb_uint8(array, scale), meta, _plausible(mpp)
+    rgb = as_rgb_uint8(array, str(path))
+    colour, icc = icc_of(icc_transform(icc_bytes))
+    if icc is not None:
+        meta["icc"] = icc
+    return (colour.apply(rgb) if colour is not None else rgb), meta, plausible_mpp(mpp)
 
 
 def _open_pil(path: Path) -> Slide:
     array, meta, mpp = _pil_array(path)
-    return Slide(path, PIL_FORMATS[suffix_of(path)], [array], [1.0], mpp, {}, meta)
+    return Slide(path, PIL_FORMATS[suffix_of(path)], [array], [1.0], mpp, {}, meta, reader="pillow",
+                 icc=meta.pop("icc", None))
 
 
 # ------------------------------------------------------------------------------------------------ entry
@@ -262,37 +158,74 @@ def _check_path(path: Path) -> None:
     if not path.exists():
         raise SlideReadError(path, "no such file", "check the path")
     if path.is_dir():
+        if is_dicom_folder(path):
+            return
         n = len(list_images(path))
         reason = f"is a folder of {n} image files, not one image" if n else "is a folder with no image files"
         raise SlideReadError(path, reason, "pass one image file (folders: nucseg.io.slides.list_images)")
-    if not is_supported(path):
-        raise UnsupportedFileError(
-            f"{path}: files ending in {suffix_of(path) or '(no suffix)'} are not supported; nucseg reads "
-            f"{', '.join(SUPPORTED_SUFFIXES)} (convert other formats to OME-TIFF, e.g. with QuPath or bfconvert)")
     if path.stat().st_size == 0:
         raise SlideReadError(path, "the file is empty (0 bytes)", "the download or copy failed; copy it again")
 
 
+def _unsupported(path: Path) -> UnsupportedFileError:
+    return UnsupportedFileError(
+        f"{path}: files ending in {suffix_of(path) or '(no suffix)'} are not supported and no reader recognises "
+        f"its content; nucseg reads {', '.join(SUPPORTED_SUFFIXES)} and DICOM WSI folders (convert other formats "
+        "to OME-TIFF, e.g. with QuPath or bfconvert)")
+
+
+def _open_by_content(path: Path) -> Slide:
+    from nucseg.io._openslide import detect_vendor, open_openslide
+
+    if path.is_dir() or is_dicom_file(path):
+        from nucseg.io._dicom import open_dicom
+
+        return open_dicom(path)
+    suffix = suffix_of(path)
+    if suffix in PIL_FORMATS:
+        return _open_pil(path)
+    if suffix in OPENSLIDE_SUFFIXES:
+        return open_openslide(path)
+    vendor = detect_vendor(path)
+    if suffix not in TIFF_SUFFIXES and suffix not in (".ome.tif", ".ome.tiff"):
+        if vendor is None:
+            raise _unsupported(path)
+        return open_openslide(path)
+    if vendor in OPENSLIDE_VENDORS:
+        return open_openslide(path)
+    from nucseg.io._tiff import open_tiff
+
+    try:
+        return open_tiff(path)
+    except (SlideReadError, *read_errors()) as err:
+        if vendor is None:  # OpenSlide does not know it either: tifffile's reason stands
+            raise
+        try:  # a tiled TIFF that tifffile cannot decode but OpenSlide recognises
+            return open_openslide(path)
+        except (SlideReadError, *read_errors()):
+            raise err from None
+
+
 def open_slide(path: str | Path) -> Slide:
-    """Open a slide or tile lazily; one tile per level is decoded now so that broken files fail here.
+    """Open a slide, tile or DICOM WSI folder lazily; one tile per level is decoded now so that broken files fail
+    here. Close it (or use it as a context manager) to release the file.
 
     Raises:
-        UnsupportedFileError: the suffix is not one of `SUPPORTED_SUFFIXES`, or the image is a stack.
-        SlideReadError: the file is missing, empty, truncated or cannot be decoded.
+        UnsupportedFileError: no reader handles the file, or the image is a stack.
+        SlideReadError: the file is missing, empty, truncated or cannot be decoded, or memory ran out.
     """
     path = Path(path)
     _check_path(path)
-    fix = "the file is damaged or not what its name says; export or copy it again"
     try:
-        return _open_pil(path) if suffix_of(path) in PIL_FORMATS else _open_tiff(path)
+        return _open_by_content(path)
     except (SlideReadError, UnsupportedFileError):
         raise
-    except _read_errors() as err:
-        raise SlideReadError(path, _one_line(err), fix) from err
+    except (*read_errors(), MemoryError) as err:
+        raise read_failure(path, err) from err
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read a whole tile (PNG, JPEG or TIFF) as (H, W, 3) uint8; level 0 for pyramids.
+    """Read a whole tile (PNG, JPEG, TIFF, or a small slide's level 0) as (H, W, 3) uint8.
 
     Raises:
         UnsupportedFileError: the suffix is not handled.
@@ -306,8 +239,8 @@ def read_image(path: str | Path) -> np.ndarray:
             return _pil_array(path, MAX_WHOLE_IMAGE_PIXELS)[0]
         except SlideReadError:
             raise
-        except _read_errors() as err:
-            raise SlideReadError(path, _one_line(err), "the file is damaged; export or copy it again") from err
+        except (*read_errors(), MemoryError) as err:
+            raise read_failure(path, err) from err
     with open_slide(path) as slide:
         h, w = slide.shape
         if h * w > MAX_WHOLE_IMAGE_PIXELS:

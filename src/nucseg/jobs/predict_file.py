@@ -46,6 +46,7 @@ class BatchSettings:
     formats: tuple[str, ...] = ("tif",)
     region: tuple[int, int, int, int] | None = None
     mpp: float | None = None
+    allow_fluorescence: bool = False  # slides that look like fluorescence are refused (the model is for H&E)
 
     def request(self) -> dict[str, Any]:
         """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
@@ -223,10 +224,11 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
         The summary written to `<stem>_predict.json`.
     """
     from nucseg.inference.predict import iter_predict
-    from nucseg.io.slides import open_slide
+    from nucseg.io.slides import open_slide, require_brightfield
 
     t0 = time.perf_counter()
     with OutputSet(item, settings) as outputs, open_slide(item.input) as slide:
+        require_brightfield(slide, settings.allow_fluorescence)
         mpp, mpp_from = input_units(slide, settings)
         big = is_big(slide, settings)
         result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,

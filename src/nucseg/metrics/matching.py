@@ -5,11 +5,11 @@ over the pixels, so a 1000x1000 tile with hundreds of nuclei is scored in millis
 the FP / FN ids are kept for overlays and tables (DESIGN.md rule 7).
 
 Conventions:
-    * A truth and a predicted object match when their IoU is strictly above the threshold (as in Kirillov et al.
-      and HoVer-Net's ``get_fast_pq``). For thresholds >= 0.5 a match is unique by construction (a pixel set cannot
-      overlap two disjoint sets by more than half of each union); at exactly ``>= 0.5`` it would not be, which is
-      why the comparison is strict. Below 0.5, the pairs above the threshold are assigned one-to-one by the
-      Hungarian algorithm (maximum total IoU), solved independently on each connected group of overlapping objects.
+    * A truth and a predicted object match when their IoU is at least the threshold: "F1 at IoU >= 0.5" means
+      what it says. Above 0.5 a match is unique by construction (a pixel set cannot overlap two disjoint sets by
+      more than half of each union); at exactly 0.5 it is not (a truth cut into two equal halves has IoU 0.5 with
+      each), so at thresholds <= 0.5 the candidate pairs are assigned one-to-one by the Hungarian algorithm (maximum
+      total IoU), solved independently on each connected group of overlapping objects; isolated pairs skip it.
     * Zero division: a ratio with denominator 0 is 1.0 ("nothing to get wrong"), so two empty label maps score 1.0
       everywhere. SQ is 0.0 when nothing matched but there were objects.
 """
@@ -134,7 +134,7 @@ class MatchResult:
         fn_ids: ids of truth nuclei without a match (false negatives), sorted.
         n_truth: number of truth nuclei.
         n_pred: number of predicted nuclei.
-        iou_threshold: pairs match when their IoU is strictly above this.
+        iou_threshold: pairs match when their IoU is at least this.
         aji: Aggregated Jaccard Index (Kumar et al. 2017), independent of the threshold.
         aji_intersection: AJI's numerator C (pixels), for pooling over images.
         aji_union: AJI's denominator U (pixels), for pooling over images.
@@ -219,8 +219,8 @@ def _aji_parts(ov: _Overlaps) -> tuple[int, int]:
 
 def _check_threshold(iou_threshold: float) -> float:
     thr = float(iou_threshold)
-    if not 0.0 <= thr < 1.0:
-        raise InvalidInputError(f"IoU threshold {iou_threshold} must lie in [0, 1) (0.5 is the usual choice)")
+    if not 0.0 < thr <= 1.0:
+        raise InvalidInputError(f"IoU threshold {iou_threshold} must lie in (0, 1] (0.5 is the usual choice)")
     return thr
 
 
@@ -230,20 +230,20 @@ def match_instances(truth: Any, pred: Any, iou_threshold: float = 0.5) -> MatchR
     Args:
         truth: ground-truth instance labels (H, W), 0 = background; ids need not be consecutive.
         pred: predicted instance labels, same shape.
-        iou_threshold: a pair matches when its IoU is strictly above this; below 0.5 the Hungarian algorithm makes
-            the matching one-to-one (maximum total IoU).
+        iou_threshold: a pair matches when its IoU is at least this (in (0, 1]); at 0.5 and below the Hungarian
+            algorithm makes the matching one-to-one (maximum total IoU).
 
     Returns:
         The `MatchResult` with pairs, their IoUs, FP / FN ids and AJI.
 
     Raises:
-        InvalidInputError: shapes differ, inputs are not label maps, or the threshold is outside [0, 1).
+        InvalidInputError: shapes differ, inputs are not label maps, or the threshold is outside (0, 1].
     """
     thr = _check_threshold(iou_threshold)
     ov = _overlaps(truth, pred)
     iou = ov.iou
-    cand = np.flatnonzero(iou > thr)
-    if thr < 0.5 and cand.size:
+    cand = np.flatnonzero(iou >= thr)
+    if thr <= 0.5 and cand.size:
         cand = cand[_hungarian(ov.pt[cand], ov.pp[cand], iou[cand], ov.truth_ids.size)]
     pt, pp = ov.pt[cand], ov.pp[cand]
     matched_t = np.zeros(ov.truth_ids.size, bool)
@@ -289,7 +289,7 @@ def object_metrics(truth: Any, pred: Any, iou_threshold: float = 0.5) -> dict[st
     Args:
         truth: ground-truth instance labels (H, W).
         pred: predicted instance labels, same shape.
-        iou_threshold: matching threshold (strictly above).
+        iou_threshold: matching threshold (IoU at least this).
 
     Returns:
         Dict with keys f1, precision, recall, aji, pq, sq, dq, tp, fp, fn.

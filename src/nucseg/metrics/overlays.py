@@ -64,23 +64,6 @@ def object_overlay(truth: Any, pred: Any, match: MatchResult) -> np.ndarray:
     return out
 
 
-def _as_rgb_uint8(image: Any) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise InvalidInputError(f"image for the overlay must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
-    img = img[..., :3]
-    if img.dtype == np.uint8:
-        return img
-    if np.issubdtype(img.dtype, np.floating):
-        top = 1.0 if img.size == 0 or float(np.nanmax(img)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(img) * (255.0 / top), 0, 255).round().astype(np.uint8)
-    if img.dtype == np.uint16:
-        return (img >> 8).astype(np.uint8)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def blend_overlay(image_rgb: Any, confusion_map: Any, alpha: float = 0.5) -> np.ndarray:
     """Tint `image_rgb` with the confusion colours: TP cyan, FP magenta, FN yellow; TN pixels show the image.
 
@@ -94,7 +77,9 @@ def blend_overlay(image_rgb: Any, confusion_map: Any, alpha: float = 0.5) -> np.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidInputError(f"alpha {alpha} must lie in [0, 1]")
-    img = _as_rgb_uint8(image_rgb)
+    from nucseg.io.base import as_rgb_uint8
+
+    img = as_rgb_uint8(image_rgb, "image for the overlay")
     codes = np.asarray(confusion_map)
     if codes.shape != img.shape[:2]:
         raise InvalidInputError(f"confusion map has shape {codes.shape} but the image has {img.shape[:2]}")

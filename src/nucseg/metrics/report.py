@@ -56,7 +56,7 @@ def evaluate_labels(truth: Any, pred: Any, prob: Any | None = None, iou_threshol
         truth: ground-truth instance labels (H, W), 0 = background.
         pred: predicted instance labels, same shape.
         prob: optional foreground probability map (H, W) for the ROC AUC.
-        iou_threshold: object matching threshold (IoU strictly above it) for f1 / pq / tp / fp / fn.
+        iou_threshold: object matching threshold (IoU at least this) for f1 / pq / tp / fp / fn.
 
     Returns:
         Dict with keys dice, iou, precision, recall, accuracy (pixel), f1, aji, pq, tp, fp, fn, object_precision,

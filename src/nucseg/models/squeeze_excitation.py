@@ -11,7 +11,7 @@ nearby pixels only:
   image's staining, as it did in training; an image that fits one window gets exactly the gates a one-tile run
   gives it.
 - ``"constant"``: the gates frozen to their mean over training patches and folded into the weights (the 1x1
-  projection after them). Measured on the default model: held-out MoNuSeg AJI 0.578 -> 0.592, but DSB cell smears
+  projection after them). Measured on the default model: MoNuSeg validation AJI 0.578 -> 0.592, but DSB cell smears
   0.498 -> 0.426 and pink H&E 0.431 -> 0.215: without the per-image gates the network stops adapting to unseen
   stains, so the shipped model uses "image".
 """

@@ -7,11 +7,19 @@ has not finished yet (no model.safetensors, a checkpoint) is an *unfinished run*
 
 The shipped models inside the package (`nucseg.models.registry.SHIPPED_DIR`) are never renamed or deleted.
 
-`versions_changed` is a psygnal signal emitted (with no arguments) whenever versions appear, are renamed or
-deleted; model lists (the segment widget's, the fine-tune widget's) connect to it to refresh at once::
+A finished run whose model was not (yet) kept is a *candidate*: model.safetensors with ``candidate.json``
+instead of config.json. It is not listed as a version and loads nowhere by name; `register_candidate` makes it
+one (the user chose to keep it, or it beat its base on validation), `discard_candidate` moves it to the trash.
 
-    from nucseg.models.versions import versions_changed
+`versions_changed` is a psygnal signal emitted (with no arguments) whenever versions appear, are renamed or
+deleted in this process; model lists (the segment widget's, the fine-tune widget's) connect to it to refresh at
+once. Versions written by another process (``nucseg finetune`` in a terminal) are seen by polling
+`versions_token`, a cheap listing of the models folder that changes whenever a version appears, is renamed,
+kept or deleted::
+
+    from nucseg.models.versions import versions_changed, versions_token
     versions_changed.connect(self.refresh_models)
+    token = versions_token()  # later, e.g. from a 2 s QTimer: if versions_token() != token: refresh
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ versions_changed = SignalInstance((), name="versions_changed")
 #: files and folders of a run that only training needs (left out of exports, removed by `discard_training_state`)
 TRAINING_STATE = ("checkpoints", "best.safetensors")
 RUN_CONFIG = "finetune_config.json"
+#: the config of a finished run's model until it is kept (renamed to config.json) or discarded
+CANDIDATE_CONFIG = "candidate.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -122,13 +132,81 @@ def list_versions() -> list[ModelVersion]:
 
 
 def unfinished_runs() -> list[Path]:
-    """Run folders in `user_models_dir()` with training state but no finished model, newest first."""
+    """Run folders in `user_models_dir()` with training state but no finished model or candidate, newest first."""
     root = user_models_dir()
     if not root.is_dir():
         return []
     runs = [f for f in root.iterdir() if f.is_dir() and (f / RUN_CONFIG).is_file()
-            and not ((f / WEIGHTS_FILE).is_file() and (f / CONFIG_FILE).is_file())]
+            and not ((f / WEIGHTS_FILE).is_file() and (f / CONFIG_FILE).is_file()) and not is_candidate(f)]
     return sorted(runs, key=lambda f: (f / RUN_CONFIG).stat().st_mtime, reverse=True)
+
+
+def is_candidate(folder: str | Path) -> bool:
+    """Whether `folder` holds a finished run's model that was neither kept nor discarded."""
+    folder = Path(folder)
+    return (folder / CANDIDATE_CONFIG).is_file() and (folder / WEIGHTS_FILE).is_file() \
+        and not (folder / CONFIG_FILE).is_file()
+
+
+def pending_candidates() -> list[Path]:
+    """Candidates in `user_models_dir()` waiting for a keep / discard decision, newest first."""
+    root = user_models_dir()
+    if not root.is_dir():
+        return []
+    found = [f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".") and is_candidate(f)]
+    return sorted(found, key=lambda f: (f / CANDIDATE_CONFIG).stat().st_mtime, reverse=True)
+
+
+def register_candidate(folder: str | Path) -> Path:
+    """Keep a candidate: its candidate.json becomes config.json (atomically), so it is a version from now on.
+
+    Raises:
+        StoreError: `folder` is not a candidate (already kept, discarded, or never finished).
+    """
+    folder = Path(folder)
+    if not is_candidate(folder):
+        raise StoreError(f"{folder} holds no model waiting to be kept (already kept, discarded, or unfinished)")
+    try:
+        os.replace(folder / CANDIDATE_CONFIG, folder / CONFIG_FILE)  # config.json is absent: checked above
+    except OSError as err:
+        raise StoreError(f"cannot keep {folder}: {err}") from err
+    versions_changed.emit()
+    return folder
+
+
+def discard_candidate(folder: str | Path) -> Path:
+    """Move a candidate to ``$NUCSEG_HOME/trash/models`` without its training state (nothing is erased but
+    the checkpoints, which only served resuming a run that is over).
+
+    Returns:
+        Where it now lies in the trash.
+    """
+    folder = Path(folder)
+    if not is_candidate(folder):
+        raise StoreError(f"{folder} holds no model waiting for a decision (already kept, discarded, or unfinished)")
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    (folder / "best.safetensors").unlink(missing_ok=True)
+    target = _move_to_trash(folder)
+    versions_changed.emit()
+    return target
+
+
+def versions_token() -> tuple[tuple[str, int], ...]:
+    """A cheap fingerprint of the versions on disk: (name, config.json mtime in ns) of every folder that holds a
+    config.json in `user_models_dir()`. It changes when a version appears (in any process), is renamed, kept or
+    deleted; poll it where `versions_changed` cannot reach (versions made by another process)."""
+    root = user_models_dir()
+    try:
+        folders = list(os.scandir(root))
+    except OSError:
+        return ()
+    out = []
+    for entry in folders:
+        try:
+            out.append((entry.name, os.stat(os.path.join(entry.path, CONFIG_FILE)).st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(sorted(out))
 
 
 def run_epochs_done(run: Path) -> int:
@@ -235,6 +313,12 @@ def delete(name: str | Path, confirm: bool = False) -> Path:
     folder = _user_folder(name, "deleted")
     if not confirm:
         raise StoreError(f"deleting {folder.name} needs confirmation (confirm=True); it is moved to {trash_dir()}")
+    target = _move_to_trash(folder)
+    versions_changed.emit()
+    return target
+
+
+def _move_to_trash(folder: Path) -> Path:
     trash = trash_dir()
     trash.mkdir(parents=True, exist_ok=True)
     target = trash / folder.name
@@ -246,7 +330,6 @@ def delete(name: str | Path, confirm: bool = False) -> Path:
     except OSError as err:
         raise StoreError(f"cannot move {folder} to {trash}: {err}") from err
     _forget_cached(folder)
-    versions_changed.emit()
     return target
 
 

@@ -4,12 +4,21 @@ Layout under the store's root (default ``$NUCSEG_HOME/corrections``, NUCSEG_HOME
 
     entries/<id>/image.png      RGB uint8 pixels
     entries/<id>/labels.tif     uint32 instance labels (0 = background), zlib-compressed TIFF
+    entries/<id>/reviewed.png   the pixels whose labels the person checked (255) and the others (0), when marked
     entries/<id>/entry.json     provenance (source file, level, region, mpp, model, time, nuclei, sha256 of files)
+                                and "reviewed": "mask" (reviewed.png), "all" (the whole region) or absent
+    entries/<id>/review.json    written when an entry saved without a reviewed region is later marked as
+                                reviewed as a whole by the person (entry.json itself is never rewritten)
     trash/<id>/...              removed entries (never deleted), restored by `CorrectionStore.undo`
     trash/removed.json          the order of removals, for undo
 
 Every entry is written in a temporary folder and renamed into place in one step, so a crash never leaves a
 half-written entry, and an id is never reused: nothing is ever overwritten.
+
+Reviewed regions: fine-tuning learns only from labels a person checked. An entry saved with a reviewed mask
+trains inside the mask only; one saved as reviewed as a whole trains everywhere; an entry with neither (saved
+before reviewed regions existed, or added through the API without saying) is *unreviewed*: `pairs` leaves it
+out until the person marks it reviewed (`mark_reviewed`) — it is never taken as truth by default.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from nucseg.errors import InvalidInputError, StoreError
 from nucseg.training.dataset import TrainingPair
 
 IMAGE_FILE, LABELS_FILE, ENTRY_FILE = "image.png", "labels.tif", "entry.json"
+REVIEWED_FILE, REVIEW_MARK_FILE = "reviewed.png", "review.json"
+#: `CorrectionEntry.reviewed`: a mask of the checked pixels, or the whole region checked
+REVIEWED_MASK, REVIEWED_ALL = "mask", "all"
 #: the smallest and largest corrected regions accepted (sides in pixels, pixels in all)
 MIN_SIDE, MAX_PIXELS = 16, 4096 * 4096
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -87,7 +99,9 @@ class CorrectionEntry:
         shape: (height, width) of image and labels.
         n_nuclei: number of distinct nuclei in the labels.
         provenance: source, level, region (y, x, h, w), mpp, model... as given to `CorrectionStore.add`.
-        sha256: hashes of the image and labels files.
+        sha256: hashes of the image and labels files (and of the reviewed mask).
+        reviewed: REVIEWED_MASK, REVIEWED_ALL, or None when nobody said what was checked (not trained on).
+        reviewed_fraction: share of the region marked as reviewed (None when unknown).
     """
 
     id: str
@@ -97,6 +111,8 @@ class CorrectionEntry:
     n_nuclei: int
     provenance: dict[str, Any]
     sha256: dict[str, str]
+    reviewed: str | None = None
+    reviewed_fraction: float | None = None
 
     @property
     def image_path(self) -> Path:
@@ -105,6 +121,32 @@ class CorrectionEntry:
     @property
     def labels_path(self) -> Path:
         return self.folder / LABELS_FILE
+
+    @property
+    def reviewed_path(self) -> Path:
+        return self.folder / REVIEWED_FILE
+
+    def load_reviewed(self, verify: bool = True) -> np.ndarray | None:
+        """The (H, W) bool mask of reviewed pixels; None when the whole region was reviewed.
+
+        Raises:
+            StoreError: the entry is unreviewed, or its mask is missing or damaged.
+        """
+        from PIL import Image
+
+        if self.reviewed is None:
+            raise StoreError(f"correction {self.id} has no reviewed region: mark it reviewed (Corrections widget: "
+                             "Mark fully reviewed) or add the region again with its reviewed part marked")
+        if self.reviewed == REVIEWED_ALL:
+            return None
+        path = self.reviewed_path
+        if not path.is_file():
+            raise StoreError(f"correction {self.id}: {path.name} is missing; remove the entry and add it again")
+        if verify and self.sha256.get("reviewed") and _sha256(path) != self.sha256["reviewed"]:
+            raise StoreError(f"correction {self.id}: {path.name} was changed or damaged since it was saved "
+                             "(sha256 differs); remove the entry and add it again")
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L")) > 127
 
     @property
     def source(self) -> str:
@@ -141,17 +183,24 @@ class CorrectionEntry:
         known (see `nucseg.training.dataset.at_model_resolution`)."""
         from nucseg.training.dataset import at_model_resolution
 
+        reviewed = self.load_reviewed()
         image, labels = self.load()
-        pair = TrainingPair(image, labels, self.id, self.source)
+        pair = TrainingPair(image, labels, self.id, self.source, reviewed)
         return at_model_resolution(pair, self.mpp, model_mpp) if model_mpp else pair
 
     @classmethod
     def read(cls, folder: Path) -> CorrectionEntry:
         try:
             data = json.loads((folder / ENTRY_FILE).read_text())
+            reviewed, fraction = data.get("reviewed"), data.get("reviewed_fraction")
+            if reviewed is None and (folder / REVIEW_MARK_FILE).is_file():
+                reviewed, fraction = json.loads((folder / REVIEW_MARK_FILE).read_text())["reviewed"], 1.0
+            if reviewed not in (None, REVIEWED_MASK, REVIEWED_ALL):
+                raise ValueError(f"reviewed is {reviewed!r}")
             return cls(id=data["id"], folder=folder, created=data["created"], shape=tuple(data["shape"]),
                        n_nuclei=int(data["n_nuclei"]), provenance=dict(data.get("provenance", {})),
-                       sha256=dict(data.get("sha256", {})))
+                       sha256=dict(data.get("sha256", {})), reviewed=reviewed,
+                       reviewed_fraction=None if fraction is None else float(fraction))
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise StoreError(f"cannot read correction {folder}: {err}") from err
 
@@ -162,7 +211,7 @@ def check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     Raises:
         InvalidInputError: wrong shapes or dtypes, a region too small or too large, or no nucleus at all.
     """
-    from nucseg.inference.predict_array import as_rgb_uint8
+    from nucseg.io.base import as_rgb_uint8
     from nucseg.io.masks import as_label_image
 
     image = as_rgb_uint8(np.asarray(image), name="the corrected image")
@@ -183,6 +232,23 @@ def check_pair(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
         raise InvalidInputError("the labels hold no nucleus: paint or correct the nuclei in the Labels layer first "
                                 "(a region without any nucleus teaches nothing)")
     return image, as_label_image(labels, name="the corrected labels")
+
+
+def check_reviewed(reviewed: np.ndarray | bool | None, shape: tuple[int, ...]) -> np.ndarray | bool:
+    """A reviewed mask as (H, W) bool (or True: all reviewed, False: not said), checked against `shape`.
+
+    Raises:
+        InvalidInputError: another shape, or no pixel marked.
+    """
+    if reviewed is None or isinstance(reviewed, (bool, np.bool_)):
+        return bool(reviewed)
+    mask = np.asarray(reviewed).astype(bool)
+    if mask.shape != tuple(shape):
+        raise InvalidInputError(f"the reviewed mask {mask.shape} and the labels {tuple(shape)} differ in size")
+    if not mask.any():
+        raise InvalidInputError("no part of this region is marked as reviewed: mark what you checked (draw it in "
+                                "the 'reviewed regions' layer, or press 'Mark current view as reviewed')")
+    return True if mask.all() else mask
 
 
 class CorrectionStore:
@@ -224,11 +290,35 @@ class CorrectionStore:
             raise StoreError(f"no correction {entry_id!r} in {self.root} (removed ones are in its trash: use undo)")
         return CorrectionEntry.read(folder)
 
+    def unreviewed(self) -> list[CorrectionEntry]:
+        """Entries nobody marked as reviewed (left out of training until `mark_reviewed`)."""
+        return [e for e in self.entries() if e.reviewed is None]
+
     def pairs(self, ids: Sequence[str] | None = None, model_mpp: float | None = None) -> list[TrainingPair]:
-        """Training pairs of the entries with these ids (default: all), read and sha256-checked; with
-        `model_mpp`, each at that resolution (a model learns nuclei at the size it segments them)."""
-        chosen = self.entries() if ids is None else [self.get(i) for i in ids]
+        """Training pairs (with their reviewed masks) of the entries with these ids (default: every reviewed
+        entry), read and sha256-checked; with `model_mpp`, each at that resolution (a model learns nuclei at
+        the size it segments them).
+
+        Raises:
+            StoreError: an id names an unreviewed entry, or a file is missing or damaged.
+        """
+        chosen = [e for e in self.entries() if e.reviewed] if ids is None else [self.get(i) for i in ids]
         return [entry.to_pair(model_mpp) for entry in chosen]
+
+    def mark_reviewed(self, entry_id: str) -> CorrectionEntry:
+        """Record that the person reviewed the whole region of an entry saved without a reviewed region
+        (in a new review.json beside it; entry.json is not rewritten).
+
+        Raises:
+            StoreError: no such entry, or it already says what was reviewed.
+        """
+        entry = self.get(entry_id)
+        if entry.reviewed is not None:
+            raise StoreError(f"correction {entry_id} already records its reviewed region ({entry.reviewed})")
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _atomic_write_text(entry.folder / REVIEW_MARK_FILE, json.dumps({"reviewed": REVIEWED_ALL, "marked": stamp}))
+        corrections_changed.emit(self.root)
+        return CorrectionEntry.read(entry.folder)
 
     # -- writing -----------------------------------------------------------------------------------------
     def _new_id(self) -> str:
@@ -238,22 +328,27 @@ class CorrectionStore:
             if not (self.entries_dir / entry_id).exists() and not (self.trash_dir / entry_id).exists():
                 return entry_id
 
-    def add(self, image: np.ndarray, labels: np.ndarray, provenance: dict[str, Any] | None = None) -> CorrectionEntry:
+    def add(self, image: np.ndarray, labels: np.ndarray, provenance: dict[str, Any] | None = None,
+            reviewed: np.ndarray | bool | None = None) -> CorrectionEntry:
         """Save a corrected pair as a new entry (atomically; never overwriting).
 
         Args:
             image: (H, W, 3) RGB pixels (uint8; other dtypes are converted).
             labels: (H, W) instance labels, 0 = background.
             provenance: source file, level, region (y, x, h, w), mpp, model that made the first prediction...
+            reviewed: an (H, W) mask of the pixels whose labels the person checked; True when all were; None
+                (or False) when nobody said: the entry is then not trained on until `mark_reviewed`.
 
         Raises:
-            InvalidInputError: shapes differ, the labels are empty, the region is too small or too large.
+            InvalidInputError: shapes differ, the labels are empty, the region is too small or too large, or
+                the reviewed mask has another shape or marks no pixel.
             StoreError: the store cannot be written.
         """
         import tifffile
         from PIL import Image
 
         image, labels = check_pair(image, labels)
+        mask = check_reviewed(reviewed, labels.shape)
         entry_id = self._new_id()
         target = self.entries_dir / entry_id
         try:
@@ -264,15 +359,25 @@ class CorrectionStore:
         try:
             Image.fromarray(image).save(tmp / IMAGE_FILE, format="PNG")
             tifffile.imwrite(tmp / LABELS_FILE, labels, compression="zlib", photometric="minisblack")
+            hashes = {"image": _sha256(tmp / IMAGE_FILE), "labels": _sha256(tmp / LABELS_FILE)}
+            review: dict[str, Any] = {}
+            if isinstance(mask, np.ndarray):
+                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / REVIEWED_FILE, format="PNG")
+                hashes["reviewed"] = _sha256(tmp / REVIEWED_FILE)
+                review = {"reviewed": REVIEWED_MASK, "reviewed_fraction": round(float(mask.mean()), 6)}
+            elif mask:
+                review = {"reviewed": REVIEWED_ALL, "reviewed_fraction": 1.0}
             record = {
                 "id": entry_id,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "shape": list(labels.shape),
                 "n_nuclei": int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)),
                 "provenance": _json_safe(dict(provenance or {})),
-                "sha256": {"image": _sha256(tmp / IMAGE_FILE), "labels": _sha256(tmp / LABELS_FILE)},
-                "files": {"image": IMAGE_FILE, "labels": LABELS_FILE},
-                "format": 1,
+                "sha256": hashes,
+                "files": {"image": IMAGE_FILE, "labels": LABELS_FILE,
+                          **({"reviewed": REVIEWED_FILE} if "reviewed" in hashes else {})},
+                **review,
+                "format": 2 if review else 1,
             }
             (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=1))
             if target.exists():  # never overwrite (ids are unique; this guards against the impossible)
@@ -331,9 +436,12 @@ class CorrectionStore:
         return None
 
     def export(self, dest: str | Path) -> Path:
-        """Copy every entry to `dest` as ``images/<id>.png``, ``labels/<id>.tif`` and ``corrections.json``.
+        """Copy every reviewed entry to `dest` as ``images/<id>.png``, ``labels/<id>.tif``,
+        ``reviewed/<id>.png`` (its reviewed mask; all white when the whole region was reviewed) and
+        ``corrections.json`` (every entry's record; unreviewed ones are listed there, not copied).
 
-        That layout is what ``nucseg finetune --images dest/images --labels dest/labels`` reads.
+        That layout is what ``nucseg finetune --images dest/images --labels dest/labels --reviewed
+        dest/reviewed`` reads.
 
         Raises:
             StoreError: `dest` exists and is not empty (exports never overwrite), or the store is empty.
@@ -341,17 +449,26 @@ class CorrectionStore:
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()):
             raise StoreError(f"{dest} is not empty: exports never overwrite; choose a new folder")
-        entries = self.entries()
+        from PIL import Image
+
+        entries = [e for e in self.entries() if e.reviewed]
         if not entries:
-            raise StoreError(f"the corrections store {self.root} is empty: add corrected images first")
+            raise StoreError(f"the corrections store {self.root} holds no reviewed correction: add corrected "
+                             "images with their reviewed regions first")
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:6]}.tmp")
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "labels").mkdir()
+        for sub in ("images", "labels", "reviewed"):
+            (tmp / sub).mkdir(parents=True)
         for entry in entries:
             entry.load()  # sha256 check: never export a damaged pair
+            mask = entry.load_reviewed()
             shutil.copy2(entry.image_path, tmp / "images" / f"{entry.id}.png")
             shutil.copy2(entry.labels_path, tmp / "labels" / f"{entry.id}.tif")
-        summary = [json.loads((e.folder / ENTRY_FILE).read_text()) for e in entries]
+            if mask is None:
+                Image.new("L", (entry.shape[1], entry.shape[0]), 255).save(tmp / "reviewed" / f"{entry.id}.png")
+            else:
+                shutil.copy2(entry.reviewed_path, tmp / "reviewed" / f"{entry.id}.png")
+        summary = [{**json.loads((e.folder / ENTRY_FILE).read_text()), "reviewed": e.reviewed}
+                   for e in self.entries()]
         (tmp / "corrections.json").write_text(json.dumps(summary, indent=1))
         if dest.exists():
             dest.rmdir()  # empty, checked above

@@ -1,8 +1,12 @@
 """`iter_finetune`: train or fine-tune a model on image / instance-label pairs, as a generator.
 
 It yields small progress records (one per step, one per epoch) and returns a `FinetuneResult`. Every epoch
-ends with a checkpoint, so a stopped or killed run resumes where it was; the best epoch by validation AJI
-(or by training loss without validation data) becomes a new model folder that never overwrites another.
+ends with a checkpoint, so a killed run resumes where it was. When the run ends (all epochs, early stopping, or
+Stop), the best epoch by validation AJI (or by training loss without validation data) is written as a
+*candidate* (model.safetensors + candidate.json) and compared with the base model's AJI on the same validation
+images (`verdict`). Whether it becomes a version (config.json) is the caller's `keep` policy: always, only when
+it is better, or not before the user chose (`nucseg.models.versions.register_candidate` / `discard_candidate`).
+Nothing overwrites another folder.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from nucseg.inference.forward import normalise
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
+from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
 from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from nucseg.training.dataset import PatchSampler, TrainingPair
 from nucseg.training.losses import nucseg_loss
@@ -37,10 +42,39 @@ BEST_WEIGHTS = "best.safetensors"
 FINETUNE_CONFIG = "finetune_config.json"
 LOG_CSV = "log.csv"
 
+#: `FinetuneResult.verdict`: the best epoch against the base model, by AJI on the same validation images
+BETTER, NOT_BETTER, NOT_COMPARED = "better", "not better", "not compared"
+#: `iter_finetune(keep=...)`: register the candidate always, only when it beat its base (or could not be
+#: compared: no validation images or an untrained base), or never (the caller asks the user)
+KEEP_POLICIES = ("always", "if_better", "ask")
+
+
+def compare_with_base(before: dict[str, float], after: dict[str, float]) -> str:
+    """BETTER when the new model's validation AJI is above the base model's, NOT_BETTER when it is equal or
+    below, NOT_COMPARED without both scores."""
+    if "val_aji" not in before or "val_aji" not in after:
+        return NOT_COMPARED
+    return BETTER if after["val_aji"] > before["val_aji"] else NOT_BETTER
+
 
 @dataclasses.dataclass
 class FinetuneResult:
-    """What a run produced: the model folder (None if no epoch finished), its history and scores."""
+    """What a run produced.
+
+    Attributes:
+        model_dir: the new version's folder once it is kept (registered); None while it waits for a decision,
+            when it was not kept, or when no epoch finished.
+        history: the epoch records.
+        before: the base model's validation scores.
+        after: the best epoch's validation scores (same images, same thresholds).
+        stopped: Stop ended the run.
+        postprocess_tuning: the watershed re-tuning, when asked.
+        run_dir: the run's folder (the candidate lies there until it is kept or discarded).
+        candidate: a model was written (at least one epoch, or part of one, was validated).
+        steps_done: training steps that ran; steps_planned: epochs x steps per epoch.
+        best_epoch: the epoch the model comes from (0: none).
+        validation_images: how many images `before` and `after` were scored on.
+    """
 
     model_dir: Path | None
     history: list[dict[str, Any]]
@@ -48,6 +82,43 @@ class FinetuneResult:
     after: dict[str, float]
     stopped: bool
     postprocess_tuning: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    candidate: bool = False
+    steps_done: int = 0
+    steps_planned: int = 0
+    best_epoch: int = 0
+    validation_images: int = 0
+
+    @property
+    def verdict(self) -> str:
+        return compare_with_base(self.before, self.after)
+
+    @property
+    def pending(self) -> bool:
+        """A candidate waits for the keep / discard decision."""
+        return self.candidate and self.model_dir is None and self.run_dir is not None and is_candidate(self.run_dir)
+
+    def keep(self) -> Path:
+        """Register the candidate as a version (the user chose to keep it); returns its folder."""
+        if self.run_dir is None:
+            raise StoreError("this run wrote no model: nothing to keep")
+        self.model_dir = register_candidate(self.run_dir)
+        return self.model_dir
+
+
+def pending_result(run_dir: str | Path) -> FinetuneResult:
+    """The result of a finished run whose candidate waits for a decision, read back from its candidate.json."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / CANDIDATE_CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise StoreError(f"cannot read {run_dir / CANDIDATE_CONFIG}: {err}") from err
+    run = cfg.get("run") or {}
+    validation = cfg.get("validation") or {}
+    return FinetuneResult(None, list(cfg.get("history") or []), dict(validation.get("before") or {}),
+                          dict(validation.get("after") or {}), bool(run.get("stopped")), cfg.get("postprocess_tuning"),
+                          run_dir, True, int(run.get("steps_done", 0)), int(run.get("steps_planned", 0)),
+                          int(cfg.get("best_epoch", 0)), int(run.get("validation_images", 0)))
 
 
 def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
@@ -75,6 +146,9 @@ def load_replay(base: ModelSpec, mix: float) -> list[TrainingPair]:
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
     if (out_dir / WEIGHTS_FILE).exists() and (out_dir / CONFIG_FILE).exists():  # weights alone: a crash in _finalise
         raise StoreError(f"{out_dir} already holds a finished model: versions are never overwritten; choose a new --out")
+    if is_candidate(out_dir) and not resume:
+        raise StoreError(f"{out_dir} holds a finished run's model waiting to be kept or discarded: pass --resume "
+                         "to decide on it, or choose a new --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise StoreError(f"{out_dir} already holds an unfinished run: pass --resume to continue it, or choose a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +165,7 @@ def iter_finetune(
     postprocess: PostprocessConfig | None = None,
     stop: threading.Event | None = None,
     info: dict[str, Any] | None = None,
+    keep: str = "always",
 ) -> Generator[dict[str, Any], None, FinetuneResult]:
     """Fine-tune `config.base_model` on `train`, validating on `val` after every epoch.
 
@@ -103,16 +178,26 @@ def iter_finetune(
             None takes the replay set the base model carries (if any).
         resume: continue from the last checkpoint in `out_dir`.
         postprocess: thresholds for the AJI computed during validation (default: the base model's).
-        stop: when set, the run ends after the current step and keeps the best epoch so far.
+        stop: when set, the run ends after the current step; the best epoch so far becomes the candidate.
         info: extra fields for the new model's config.json (description, name...).
+        keep: "always" registers the candidate as a version; "if_better" only when its verdict is BETTER or
+            NOT_COMPARED; "ask" never (the caller shows the verdict and calls `FinetuneResult.keep` or
+            `nucseg.models.versions.discard_candidate`). A candidate left waiting is returned again, without
+            training, by a resumed run.
 
     Yields:
         {"kind": "baseline", ...metrics of the base model}, then per step {"kind": "step", "epoch", "step",
         "steps", "loss"} and per epoch {"kind": "epoch", "epoch", "epochs", "train_loss", "train_iou",
         "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr", "best", "seconds"}.
     """
+    if keep not in KEEP_POLICIES:
+        raise ValueError(f"keep must be one of {KEEP_POLICIES}, not {keep!r}")
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, resume)
+    if resume and is_candidate(out_dir):  # the run is over; only the decision on its model is left
+        result = pending_result(out_dir)
+        yield {"kind": "baseline", **result.before}
+        return _apply_policy(result, keep)
     device = select_device(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -133,9 +218,11 @@ def iter_finetune(
         original, original_source = load_replay(base, config.mix_original), f"replay set of {base.name}"
     sampler = PatchSampler(train, config.patch_size, config.augmentations, extra=(original, config.mix_original))
     ckpt_dir = out_dir / CHECKPOINTS
-    state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {}}
+    state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {},
+                             "steps_done": 0}
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, net, optimizer, device)
+        state.setdefault("steps_done", int(state["epoch"]) * config.steps_per_epoch)  # checkpoints before 0.x
         config.write_json(out_dir / FINETUNE_CONFIG)  # the settings that finish the run (e.g. more epochs)
         if state["best_epoch"] == state["epoch"]:  # a kill between the checkpoint and the best weights' write
             save_weights(out_dir / BEST_WEIGHTS, net)
@@ -183,6 +270,7 @@ def iter_finetune(
                 ious.append(iou)
                 f1s.append(f1)
                 yield {"kind": "step", "epoch": epoch, "step": step, "steps": config.steps_per_epoch, "loss": losses[-1]}
+            state["steps_done"] += len(losses)
             if stopped and not losses:
                 break
             scores = validate(net, base, val, device, post, config.loss)
@@ -219,9 +307,21 @@ def iter_finetune(
             tuning = _tune_on_validation(net, base, val, device, post, out_dir, best_partial)
     finally:
         release_device_memory(device)
-    model_dir = _finalise(out_dir, base, config, state, info, best_partial, tuning) if state["best_epoch"] else None
-    return FinetuneResult(model_dir, state["history"], state["before"],
-                          _best_record(state), stopped, tuning)
+    planned = config.epochs * config.steps_per_epoch
+    if state["best_epoch"]:
+        run = {"stopped": stopped, "steps_done": int(state["steps_done"]), "steps_planned": planned,
+               "validation_images": len(val)}
+        _write_candidate(out_dir, base, config, state, info, best_partial, tuning, run)
+    result = FinetuneResult(None, state["history"], state["before"], _best_record(state), stopped, tuning, out_dir,
+                            bool(state["best_epoch"]), int(state["steps_done"]), planned, int(state["best_epoch"]),
+                            len(val))
+    return _apply_policy(result, keep)
+
+
+def _apply_policy(result: FinetuneResult, keep: str) -> FinetuneResult:
+    if result.candidate and (keep == "always" or (keep == "if_better" and result.verdict != NOT_BETTER)):
+        result.keep()
+    return result
 
 
 def _tune_on_validation(net, base: ModelSpec, val, device, post: PostprocessConfig, out_dir: Path,
@@ -263,10 +363,10 @@ def append_log(path: Path, record: dict[str, Any], fields: Sequence[str] = LOG_F
         writer.writerow(record)
 
 
-def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
-              info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None,
-              tuning: dict[str, Any] | None = None) -> Path:
-    """Write model.safetensors + config.json from the best epoch (`weights`, else best.safetensors)."""
+def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
+                     info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None,
+                     tuning: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
+    """Write model.safetensors + candidate.json from the best epoch (`weights`, else best.safetensors)."""
     import datetime as _dt
 
     from safetensors.torch import load_file, save_file
@@ -285,7 +385,9 @@ def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dic
         "base_model": {"name": base.name, "sha256": base.sha256},
         "finetune": config.to_dict(),
         "best_epoch": state["best_epoch"],
-        "validation": {"before": state["before"], "after": _best_record(state)},
+        "validation": {"before": state["before"], "after": _best_record(state),
+                       "verdict": compare_with_base(state["before"], _best_record(state))},
+        "run": run or {},
         "history": state["history"],
         "postprocess": tuning["chosen"] if tuning else base.postprocess_defaults,
         **({"postprocess_tuning": tuning} if tuning else {}),
@@ -296,7 +398,7 @@ def _finalise(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dic
     if base.replay_dir is not None and not (out_dir / REPLAY_DIR).exists():
         # the lineage keeps rehearsing the original data when this version is fine-tuned in turn
         shutil.copytree(base.replay_dir, out_dir / REPLAY_DIR)
-    cfg_tmp = out_dir / f".{CONFIG_FILE}.tmp"
+    cfg_tmp = out_dir / f".{CANDIDATE_CONFIG}.tmp"
     cfg_tmp.write_text(json.dumps(cfg, indent=2))
-    cfg_tmp.replace(out_dir / CONFIG_FILE)
+    cfg_tmp.replace(out_dir / CANDIDATE_CONFIG)
     return out_dir

@@ -9,7 +9,7 @@ import torch
 
 from nucseg.config import ENCODER_STRIDE, PostprocessConfig, TilingConfig
 from nucseg.inference.postprocess import probabilities_to_instances
-from nucseg.inference.predict_array import predict_probabilities
+from nucseg.inference.predict import predict_probabilities
 from nucseg.models.registry import ModelSpec
 from nucseg.training.dataset import TrainingPair
 from nucseg.training.losses import nucseg_loss
@@ -41,21 +41,31 @@ def score_probabilities(
     postprocess: PostprocessConfig,
     fg_loss: str = "focal+jaccard",
 ) -> dict[str, float]:
-    """Mean loss, pixel IoU and F-score (Dice) of the foreground, and AJI of the instances, over images."""
+    """Mean loss, pixel IoU and F-score (Dice) of the foreground, and AJI of the instances, over images.
+
+    A pair with a reviewed mask is scored inside it only: its other pixels hold labels nobody checked.
+    """
     from nucseg.metrics.matching import aji
 
     losses, ious, f1s, ajis = [], [], [], []
     for prob, pair in zip(probs, pairs):
-        target = torch.from_numpy(instance_targets(pair.labels))[None]
+        mask = pair.reviewed
+        target = instance_targets(pair.labels)
+        if mask is not None:
+            target = np.concatenate([target, mask[None].astype(np.float32)])  # the weight channel
+        target = torch.from_numpy(target)[None]
         logits = torch.logit(torch.from_numpy(prob).clamp(1e-4, 1 - 1e-4))[None]
         losses.append(float(nucseg_loss(logits, target, fg_loss)["loss"]))
         pred_fg, true_fg = prob[0] > postprocess.foreground_threshold, pair.labels > 0
+        truth, pred = pair.labels, probabilities_to_instances(prob, postprocess)
+        if mask is not None:
+            pred_fg, true_fg, truth, pred = pred_fg & mask, true_fg & mask, truth * mask, pred * mask
         inter = np.logical_and(pred_fg, true_fg).sum()
         union = np.logical_or(pred_fg, true_fg).sum()
         total = pred_fg.sum() + true_fg.sum()
         ious.append(inter / union if union else 1.0)
         f1s.append(2 * inter / total if total else 1.0)
-        ajis.append(aji(pair.labels, probabilities_to_instances(prob, postprocess)))
+        ajis.append(aji(truth, pred))
     return {
         "val_loss": float(np.mean(losses)),
         "val_iou": float(np.mean(ious)),

@@ -1,0 +1,40 @@
+"""Small Qt input helpers shared by the dock widgets: number fields and a scroll area that keeps a dock usable
+on a 1000-px-high screen."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QDoubleSpinBox, QFrame, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(lo, hi)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    return spin
+
+
+def _dspin(lo: float, hi: float, value: float) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(lo, hi)
+    spin.setDecimals(2)
+    spin.setSingleStep(0.05)
+    spin.setValue(value)
+    return spin
+
+
+def scrolled(owner: QWidget) -> QVBoxLayout:
+    """Give `owner` a vertical scroll area and return the layout to fill: when the dock is shorter than its
+    content (a laptop screen, several docks stacked), the content scrolls instead of being squeezed or cut."""
+    content = QWidget()
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    owner.scroll_area = scroll  # type: ignore[attr-defined]  # tests and callers reach it here
+    return QVBoxLayout(content)

@@ -1,0 +1,179 @@
+"""The segment widget's model list: trained models only, kept in step with the versions folder while it is open.
+
+Entries are the shipped models and the fine-tuned versions in `user_models_dir()` (untrained architectures are
+not offered: they segment nothing; the fine-tune widget offers them as a starting point), plus folders the user
+browsed to. The list refreshes when `nucseg.models.versions.versions_changed` fires (a version made, renamed or
+deleted in this process), when a `QFileSystemWatcher` sees the versions folder change (``nucseg finetune`` in a
+terminal), when it is opened, and before every run. A chosen version that was renamed is followed by its weights'
+sha256; one that was deleted is reported, never silently swapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
+from qtpy.QtWidgets import QComboBox, QWidget
+
+from nucseg.errors import NucsegError
+from nucseg.models.registry import DEFAULT_MODEL, resolve_model, shipped_models, user_models_dir
+from nucseg.models.versions import list_versions, versions_changed
+
+BROWSE = "Browse folder…"
+_KEY = Qt.ItemDataRole.UserRole
+
+
+def _display_name(key: str, spec_info: dict[str, Any], name: str) -> str:
+    version = spec_info.get("version")
+    label = name if Path(key).name == key else Path(key).name  # a version: its folder name
+    return f"{label} (v{version})" if version not in (None, "") else label
+
+
+class ModelCombo(QComboBox):
+    """Trained models to segment with; `current_model()` is what `resolve_model` takes.
+
+    Signals:
+        model_chosen(str): a model was chosen (by the user, or followed after a rename).
+        model_lost(str): the chosen model disappeared (deleted); the text says which.
+        browse_requested(): the "Browse folder…" entry was picked.
+    """
+
+    model_chosen = Signal(str)
+    model_lost = Signal(str)
+    browse_requested = Signal()
+    _versions_changed = Signal()  # psygnal may fire in any thread; a Qt signal brings it to this one
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._extra: list[str] = []  # folders the user browsed to
+        self._current: str | None = None
+        self._sha: dict[str, str | None] = {}
+        self._watcher = QFileSystemWatcher(self)
+        self._watcher.directoryChanged.connect(self._soon)
+        self._debounce = QTimer(self)  # a copy or a rename fires several events; refresh once they settle
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(200)
+        self._debounce.timeout.connect(self.refresh)
+        self._versions_changed.connect(self.refresh)
+        versions_changed.connect(self._on_versions_changed)
+        self.currentIndexChanged.connect(self._on_index)
+        self.refresh()
+        self.set_model(DEFAULT_MODEL)
+
+    def _on_versions_changed(self) -> None:
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the combo's Qt object is gone (dock closed)
+            self._versions_changed.emit()  # queued to the GUI thread when called from a worker
+
+    # -- the list ----------------------------------------------------------------------------------------
+    def _entries(self) -> list[tuple[str, str, str, str | None]]:
+        """(key, text, tooltip, sha256) of every trained model, shipped first, then versions, then browsed."""
+        keys = list(shipped_models()) + [str(v.folder.resolve()) for v in list_versions()]
+        out = []
+        for key in keys + [k for k in self._extra if k not in keys]:
+            try:
+                spec = resolve_model(key)
+            except NucsegError:
+                continue
+            description = spec.info.get("description", "")
+            out.append((key, _display_name(key, spec.info, spec.name), f"{description}\n{spec.folder}", spec.sha256))
+        return out
+
+    def _watch(self) -> None:
+        root = user_models_dir()
+        paths = [str(p) for p in (root, root.parent) if p.is_dir()]  # the parent: until models/ exists
+        stale = [p for p in self._watcher.directories() if p not in paths]
+        if stale:
+            self._watcher.removePaths(stale)
+        new = [p for p in paths if p not in self._watcher.directories()]
+        if new:
+            self._watcher.addPaths(new)
+
+    def _soon(self, *_: Any) -> None:
+        self._debounce.start()
+
+    def refresh(self) -> None:
+        """Re-list the models; keep the choice, follow it across a rename, report it when it was deleted."""
+        self._watch()
+        entries = self._entries()
+        keys = [e[0] for e in entries]
+        chosen = self._current
+        followed = None
+        if chosen is not None and chosen not in keys:
+            sha = self._sha.get(chosen)
+            followed = next((e[0] for e in entries if sha and e[3] == sha), None)
+        self.blockSignals(True)
+        self.clear()
+        for key, text, tip, sha in entries:
+            self.addItem(text, key)
+            self.setItemData(self.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+            self._sha[key] = sha
+        self.addItem(BROWSE, None)
+        self.blockSignals(False)
+        if chosen is not None and chosen in keys:
+            self._select(chosen)
+        elif followed is not None:
+            self._extra = [followed if k == chosen else k for k in self._extra]
+            self._select(followed)
+            self.model_chosen.emit(followed)
+        elif chosen is not None:
+            self._current = None
+            fallback = DEFAULT_MODEL if DEFAULT_MODEL in keys else (keys[0] if keys else None)
+            if fallback is not None:
+                self._select(fallback)
+            self.model_lost.emit(f"the model {Path(chosen).name!r} is gone (deleted or moved); "
+                                 f"{'now ' + repr(Path(fallback).name) if fallback else 'choose another'}")
+            if fallback is not None:
+                self.model_chosen.emit(fallback)
+
+    def _select(self, key: str) -> None:
+        index = self.findData(key)
+        if index >= 0:
+            self.blockSignals(True)
+            self.setCurrentIndex(index)
+            self.blockSignals(False)
+            self._current = key
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self.refresh()
+        super().showPopup()
+
+    # -- choosing ----------------------------------------------------------------------------------------
+    def _on_index(self, index: int) -> None:
+        key = self.itemData(index)
+        if key is None:
+            if index >= 0 and self.itemText(index) == BROWSE:
+                if self._current is not None:
+                    self._select(self._current)  # back to the chosen model until a folder is picked
+                self.browse_requested.emit()
+            return
+        self._current = key
+        self.model_chosen.emit(key)
+
+    def current_model(self) -> str | None:
+        """The chosen model as `resolve_model` takes it (registry name or folder), None when there is none."""
+        return self._current
+
+    def model_keys(self) -> list[str]:
+        """Every model offered, as `current_model` would give it."""
+        return [self.itemData(i) for i in range(self.count()) if self.itemData(i) is not None]
+
+    def set_model(self, key: str | Path) -> bool:
+        """Choose a model by registry name or folder; a folder not yet listed is added. False if not a model."""
+        key = str(key)
+        if key not in self.model_keys():
+            try:
+                resolve_model(key)
+            except NucsegError:
+                return False
+            if Path(key).expanduser().is_dir():
+                key = str(Path(key).expanduser().resolve())
+                if key not in self._extra:
+                    self._extra.append(key)
+                self.refresh()
+        if key not in self.model_keys():
+            return False
+        self._select(key)
+        self.model_chosen.emit(key)
+        return True

@@ -1,0 +1,138 @@
+"""Segmentation results as layers, and threshold changes that keep what the user corrected.
+
+A `ResultView` ties a result to its two layers (labels, hidden foreground probability) and remembers, for a labels
+layer the user can edit, what the widget last wrote there. A threshold change then goes: `snapshot` (GUI thread,
+a copy of the labels as they are now) -> `reapply_views` (worker: post-processing again, then
+`nucseg.jobs.segment.keep_user_edits`, so every nucleus the user painted, erased or filled stays as it is) ->
+`apply_update` (GUI thread; refused when the user painted again meanwhile, and the change is re-applied on top).
+Slide results in zarr are multiscale, which napari does not let anyone paint; they are re-done into a new array
+beside the run's own (never written over) and shown from a pyramid built in the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Labels
+
+from nucseg.jobs.segment import count_nuclei, keep_user_edits
+
+from .layers import ResultDisplay, probability_transform, result_display, result_transform
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+    from nucseg.config import PostprocessConfig
+    from nucseg.inference.predict import PredictionResult, PredictProgress
+
+#: labels-layer metadata key of the pixels the user edited (bool mask), kept across threshold changes
+EDITED_KEY = "nucseg_edited"
+
+
+@dataclasses.dataclass
+class ResultView:
+    """One result on screen.
+
+    Attributes:
+        labels: its Labels layer.
+        probability: its (hidden) probability Image layer.
+        result: the result shown (after the last threshold change).
+        written: a copy of what the widget last wrote into `labels` (None: not editable, a multiscale slide).
+        edited: the pixels the user edited so far (None: none yet).
+    """
+
+    labels: Labels
+    probability: Image | None
+    result: PredictionResult
+    written: np.ndarray | None
+    edited: np.ndarray | None = None
+
+
+def result_metadata(result: PredictionResult) -> dict[str, Any]:
+    """What other parts of the plugin read from a result's labels layer (writers, corrections, evaluate)."""
+    return {"nucseg_result": result, "nucseg_config": result.config.to_dict(), "mpp": result.mpp,
+            "nucseg_region": result.region, "nucseg_model": result.model_info}
+
+
+def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, display: ResultDisplay, title: str,
+                      image_layer: Any, contours: bool) -> ResultView:
+    """Add the probability (hidden) and labels layers of a result, overlaid on `image_layer`."""
+    scale, translate, units = image_layer.scale, image_layer.translate, tuple(image_layer.units)[-2:]
+    prob_shape = result.probabilities.shape[-2:]
+    p_scale, p_translate = probability_transform(scale, translate, result.region, prob_shape)
+    prob = viewer.add_image(display.probability, name=f"{title} foreground probability", colormap="magma",
+                            visible=False, scale=p_scale, translate=p_translate, units=units,
+                            contrast_limits=display.contrast_limits, multiscale=display.probability_multiscale,
+                            blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
+    l_scale, l_translate = result_transform(scale, translate, result.region)
+    labels = Labels(display.labels, name=title, scale=l_scale, translate=l_translate, units=units,
+                    multiscale=display.labels_multiscale, metadata=result_metadata(result), opacity=0.8)
+    labels.contour = 2 if contours else 0  # before it is added: the first slice is drawn once, with contours
+    viewer.add_layer(labels)
+    written = None if display.labels_multiscale else np.array(display.labels, copy=True)
+    return ResultView(labels, prob, result, written)
+
+
+def prewarm_layer_modules() -> None:
+    """Import in the worker what napari imports on the GUI thread when the first Labels layer is added (pandas for
+    layer features, the vispy overlays of labels): 0.5 s of GUI time on a shared 2-core machine."""
+    import napari._vispy.overlays.labels_polygon  # noqa: F401
+    import pandas  # noqa: F401
+
+
+def snapshot(view: ResultView) -> np.ndarray | None:
+    """A copy of an editable labels layer as it is now (taken on the GUI thread, compared in the worker)."""
+    if view.written is None:
+        return None
+    return np.array(view.labels.data, copy=True)
+
+
+@dataclasses.dataclass
+class Update:
+    """A re-applied result for one view: new labels (merged with the user's), the user's pixels, their nuclei."""
+
+    result: PredictionResult
+    display: ResultDisplay
+    edited: np.ndarray | None
+    kept_nuclei: int
+    before: np.ndarray | None  # the snapshot it was merged with
+
+
+def reapply_views(jobs: list[tuple[ResultView, np.ndarray | None]], postprocess: PostprocessConfig
+                  ) -> Generator[PredictProgress, None, list[Update]]:
+    """In a worker: post-process each result again and keep the user's edits (see `keep_user_edits`)."""
+    from nucseg.inference.predict import PredictProgress, reapply_postprocess
+
+    updates = []
+    for k, (view, current) in enumerate(jobs):
+        yield PredictProgress(k, len(jobs), "re-applying thresholds")
+        fresh = reapply_postprocess(view.result, postprocess)
+        if current is None:  # not editable: a multiscale slide result
+            updates.append(Update(fresh, result_display(fresh, reuse_pyramid=False), None, 0, None))
+            continue
+        merged, edited, kept = keep_user_edits(current, view.written, view.edited, np.asarray(fresh.labels))
+        merged = merged.astype(current.dtype, copy=False)
+        result = dataclasses.replace(fresh, labels=merged, n_nuclei=count_nuclei(merged))
+        display = dataclasses.replace(result_display(fresh, reuse_pyramid=False), labels=merged,
+                                      labels_multiscale=False)
+        updates.append(Update(result, display, edited if edited.any() else None, kept, current))
+    return updates
+
+
+def apply_update(view: ResultView, update: Update) -> bool:
+    """Show a re-applied result; False (nothing changed) when the user edited the layer after its snapshot."""
+    if update.before is not None and not np.array_equal(np.asarray(view.labels.data), update.before):
+        return False
+    view.labels.metadata.update(result_metadata(update.result))
+    if update.edited is not None:
+        view.labels.metadata[EDITED_KEY] = update.edited
+    view.labels.data = update.display.labels
+    if update.before is not None:
+        view.written = np.array(update.display.labels, copy=True)
+    view.edited = update.edited
+    view.result = update.result
+    return True

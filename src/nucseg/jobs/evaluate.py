@@ -1,0 +1,278 @@
+"""Evaluate job: score predicted labels against ground truth, list the errors, pair label files by name.
+
+Shared by `nucseg evaluate` (files and folders: `pair_label_files`, `evaluate_files`) and the napari Evaluate widget
+(arrays and stacks: `evaluate_planes`, which also builds the TP / FP / FN overlays and the list of errors). Both
+score with `nucseg.metrics.report`, so the two faces give the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import uuid
+from collections.abc import Generator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.errors import InvalidInputError, SlideReadError, StoreError
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+PROB_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+STEM_TAGS = ("_labels", "_label", "_prob", "_probabilities")
+#: columns of `errors_to_csv`, in order
+ERROR_COLUMNS = ("kind", "label", "plane", "centroid_y", "centroid_x", "y0", "x0", "y1", "x1", "area_px")
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorObject:
+    """A false positive (predicted, unmatched) or false negative (missed truth) nucleus.
+
+    Attributes:
+        kind: "FP" or "FN".
+        label: its id in the prediction (FP) or the truth (FN).
+        plane: index of its plane in a stack, () for a single image.
+        centroid: (y, x) in data pixels of its plane.
+        box: (y0, x0, y1, x1) bounding box in pixels (end exclusive).
+        area: pixels.
+    """
+
+    kind: str
+    label: int
+    plane: tuple[int, ...]
+    centroid: tuple[float, float]
+    box: tuple[int, int, int, int]
+    area: int
+
+    def text(self) -> str:
+        where = f"image {self.plane[0]}: " if self.plane else ""
+        side = "missed truth" if self.kind == "FN" else "extra prediction"
+        return (f"{self.kind}  {where}{side} #{self.label}  at (y {self.centroid[0]:.0f}, x {self.centroid[1]:.0f}), "
+                f"{self.area} px")
+
+    def row(self) -> dict[str, Any]:
+        """The error as one CSV row (see `ERROR_COLUMNS`)."""
+        return {"kind": self.kind, "label": self.label, "plane": "/".join(map(str, self.plane)),
+                "centroid_y": round(self.centroid[0], 2), "centroid_x": round(self.centroid[1], 2),
+                "y0": self.box[0], "x0": self.box[1], "y1": self.box[2], "x1": self.box[3], "area_px": self.area}
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything one evaluation shows: per-image metric rows, a summary, overlay maps and the error list."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    object_map: np.ndarray
+    pixel_map: np.ndarray
+    errors: list[ErrorObject]
+    iou_threshold: float
+
+
+def error_objects(kind: str, labels: np.ndarray, ids: np.ndarray, plane: tuple[int, ...]) -> list[ErrorObject]:
+    """The nuclei `ids` of `labels` as `ErrorObject`s (centroid, box, area), in id order."""
+    from scipy import ndimage as ndi
+
+    if not len(ids):
+        return []
+    ids = np.sort(np.asarray(ids))  # compact index k + 1 <-> ids[k], whatever the ids' range
+    position = np.searchsorted(ids, labels)
+    hit = (position < len(ids)) & (ids[np.minimum(position, len(ids) - 1)] == labels)
+    compact = np.where(hit, position + 1, 0).astype(np.int32)
+    boxes = ndi.find_objects(compact, max_label=len(ids))
+    centres = ndi.center_of_mass(np.ones(labels.shape), compact, np.arange(1, len(ids) + 1))
+    areas = np.bincount(compact.ravel(), minlength=len(ids) + 1)[1:]
+    return [ErrorObject(kind, int(ids[k]), plane, (float(c[0]), float(c[1])),
+                        (b[0].start, b[1].start, b[0].stop, b[1].stop), int(areas[k]))
+            for k, (b, c) in enumerate(zip(boxes, centres)) if b is not None]
+
+
+def probability_like(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A foreground probability map in [0, 1], resampled to the labels' shape when it is at another resolution
+    (the widget's probability layers are at the model's resolution; uint8 maps are scaled from 0..255)."""
+    prob = prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob.astype(np.float32)
+    if prob.shape != shape:
+        if prob.ndim != len(shape):
+            raise InvalidInputError(f"probability map {prob.shape} does not match the labels {shape}")
+        from skimage.transform import resize
+
+        prob = resize(prob, shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    return prob
+
+
+def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: float
+                    ) -> Generator[tuple[int, int, str], None, Evaluation]:
+    """Score `pred` against `truth` (2-D, or stacks scored plane by plane); yields (done, total, text).
+
+    Each row is `nucseg.metrics.report.evaluate_labels` of a plane (what ``nucseg evaluate`` prints for it), the
+    summary the mean over planes as in `evaluate_many`; the overlays are `object_overlay` / `pixel_confusion_map`;
+    the errors are the FN then FP nuclei of each plane.
+    """
+    from nucseg.metrics.matching import match_instances
+    from nucseg.metrics.overlays import object_overlay, pixel_confusion_map
+    from nucseg.metrics.report import evaluate_labels
+
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise InvalidInputError(f"truth {truth.shape} and prediction {pred.shape} differ in shape; pick layers of the "
+                                "same image (a region's prediction covers only that region)")
+    prob = None if prob is None else probability_like(np.asarray(prob), truth.shape)
+    planes = list(np.ndindex(truth.shape[:-2]))
+    rows: list[dict[str, Any]] = []
+    errors: list[ErrorObject] = []
+    object_map, pixel_map = np.zeros(truth.shape, np.uint8), np.zeros(truth.shape, np.uint8)
+    for k, plane in enumerate(planes):
+        yield k, len(planes), f"scoring image {k + 1} of {len(planes)}"
+        t, p = truth[plane], pred[plane]
+        metrics = evaluate_labels(t, p, None if prob is None else prob[plane], iou_threshold)
+        match = match_instances(t, p, iou_threshold)
+        object_map[plane] = object_overlay(t, p, match)
+        pixel_map[plane] = pixel_confusion_map(t, p)
+        errors += error_objects("FN", t, match.fn_ids, plane) + error_objects("FP", p, match.fp_ids, plane)
+        rows.append({"image": f"image {plane[0]}" if plane else "value", **metrics, "n_truth": match.n_truth,
+                     "n_pred": match.n_pred})
+    summary = {"image": "MEAN", **_summary(rows)} if len(rows) > 1 else None
+    yield len(planes), len(planes), "done"
+    return Evaluation(rows, summary, object_map, pixel_map, errors, iou_threshold)
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The MEAN over images of every ratio (NaN skipped) and the sums of the counts, as in `evaluate_many`."""
+    from nucseg.metrics.report import COUNT_KEYS, RATIO_KEYS
+
+    summary: dict[str, Any] = {}
+    for key in RATIO_KEYS:
+        if any(key in r for r in rows):
+            values = [float(r[key]) for r in rows if key in r and not math.isnan(float(r[key]))]
+            summary[key] = float(np.mean(values)) if values else float("nan")
+    summary.update({key: int(sum(r[key] for r in rows)) for key in (*COUNT_KEYS, "n_truth", "n_pred")})
+    return summary
+
+
+def sort_errors(errors: list[ErrorObject], key: str, descending: bool = False) -> list[ErrorObject]:
+    """`errors` sorted by one of `ERROR_COLUMNS` (ties keep their order)."""
+    if key not in ERROR_COLUMNS:
+        raise InvalidInputError(f"cannot sort errors by {key!r}; choose one of {', '.join(ERROR_COLUMNS)}")
+    return sorted(errors, key=lambda e: e.row()[key], reverse=descending)
+
+
+def errors_to_csv(errors: Iterable[ErrorObject], path: str | Path, overwrite: bool = False) -> Path:
+    """Write the FP / FN list as CSV (columns `ERROR_COLUMNS`; pixels of the label images), atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} already exists; choose another name or allow replacing it")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ERROR_COLUMNS))
+        writer.writeheader()
+        for error in errors:
+            writer.writerow(error.row())
+    os.replace(tmp, path)
+    return path
+
+
+# -- label files (nucseg evaluate) ------------------------------------------------------------------------
+
+def file_stem(path: Path) -> str:
+    """The name two files pair by: without extension, ``.ome`` and a trailing ``_labels`` / ``_prob`` tag."""
+    name = path.name
+    for suffix in (*PROB_SUFFIXES, ".ome"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    for tag in STEM_TAGS:
+        if name.endswith(tag) and len(name) > len(tag):
+            return name[: -len(tag)]
+    return name
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InvalidInputError(f"{path} does not exist or is not a file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise SlideReadError(path, str(err) or type(err).__name__, "check that the file is a complete image") from err
+    raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use PNG or TIFF label images")
+
+
+def read_label_file(path: Path) -> np.ndarray:
+    """A label image as a 2-D integer array, via `nucseg.io.masks.read_labels`."""
+    from nucseg.io.masks import read_labels
+
+    return np.asarray(read_labels(path))
+
+
+def read_prob_file(path: Path) -> np.ndarray:
+    """A foreground probability map (H, W); (C, H, W) or (H, W, C) stacks give their first channel."""
+    arr = _read_array(path)
+    if arr.ndim == 3:
+        arr = arr[0] if arr.shape[0] <= 4 else arr[..., 0]
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{path}: a probability map must be (H, W) or (C, H, W), got shape {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes:
+            found.setdefault(file_stem(path), path)
+    return found
+
+
+FilePair = tuple[str, Path, Path, "Path | None"]
+
+
+def pair_label_files(truth: Path, pred: Path, prob: Path | None = None) -> tuple[list[FilePair], list[str]]:
+    """(name, truth file, prediction file, probability file or None) for two files or two folders.
+
+    Folders pair by `file_stem`. Returns the pairs and the names found on one side only.
+
+    Raises:
+        InvalidInputError: a path is missing, a file is paired with a folder, or nothing pairs.
+    """
+    for name, value in (("truth", truth), ("pred", pred), ("prob", prob)):
+        if value is not None and not value.exists():
+            raise InvalidInputError(f"--{name} {value} does not exist")
+    if truth.is_dir() != pred.is_dir():
+        raise InvalidInputError("--truth and --pred must both be files or both be folders")
+    if not truth.is_dir():
+        if prob is not None and prob.is_dir():
+            raise InvalidInputError("--prob must be a file when --truth and --pred are files")
+        return [(file_stem(pred), truth, pred, prob)], []
+    if prob is not None and not prob.is_dir():
+        raise InvalidInputError("--prob must be a folder when --truth and --pred are folders")
+    truths, preds = _files(truth, LABEL_SUFFIXES), _files(pred, LABEL_SUFFIXES)
+    probs = _files(prob, PROB_SUFFIXES) if prob is not None else {}
+    common = sorted(set(truths) & set(preds))
+    if not common:
+        raise InvalidInputError(f"no file names in common between {truth} ({len(truths)} label images) and "
+                                f"{pred} ({len(preds)}); pairs need the same name, e.g. a.png and a_labels.tif")
+    if prob is not None and set(common) - set(probs):
+        raise InvalidInputError(f"--prob {prob} has no probability map for {sorted(set(common) - set(probs))[:5]}")
+    return [(name, truths[name], preds[name], probs.get(name)) for name in common], sorted(set(truths) ^ set(preds))
+
+
+def evaluate_files(pairs: list[FilePair], iou_threshold: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`evaluate_many` over label files read one pair at a time (memory holds one pair)."""
+    from nucseg.metrics.report import evaluate_many
+
+    def load() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+        for name, truth, pred, prob in pairs:
+            yield name, read_label_file(truth), read_label_file(pred), read_prob_file(prob) if prob else None
+
+    return evaluate_many(load(), iou_threshold=iou_threshold)

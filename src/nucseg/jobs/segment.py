@@ -1,0 +1,268 @@
+"""Segment job: run `iter_predict` over regions, re-apply thresholds, keep the user's edits, store slide results.
+
+What a segmentation face (the napari widget, a script) needs around the engine, free of Qt:
+
+* `segment_regions` runs `iter_predict` on each region in turn and yields its progress records;
+* `reapply_all` re-runs post-processing of finished results with other thresholds (no network);
+* `keep_user_edits` merges such a re-application with a labels map the user has corrected, so that a threshold
+  change never replaces what the user painted, erased or filled;
+* `predictions_dir` / `new_prediction_path` / `streams_to_disk` decide where slide results stream (zarr), and
+  `clean_predictions` removes old runs there on a stated policy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Generator, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.config import InferenceConfig, PostprocessConfig
+from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict, reapply_postprocess
+
+Region = tuple[int, int, int, int]
+
+#: `clean_predictions` removes runs older than this many days...
+KEEP_DAYS = 14
+#: ...and then the oldest runs until the folder holds at most this many bytes
+KEEP_BYTES = 20 * 1024**3
+
+#: runs written by this process (never cleaned while it runs)
+_SESSION_RUNS: set[Path] = set()
+
+
+def predictions_dir() -> Path:
+    """Where slide predictions are streamed: ``$NUCSEG_HOME/predictions`` (default ``~/.nucseg/predictions``)."""
+    return Path(os.environ.get("NUCSEG_HOME", Path.home() / ".nucseg")) / "predictions"
+
+
+def new_prediction_path(stem: str, suffix: str = "") -> Path:
+    """A new, unused ``<stem>-<timestamp><suffix>.zarr`` folder name under `predictions_dir`.
+
+    The name is remembered as this session's, so `clean_predictions` leaves it alone.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "image"
+    base = predictions_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+    path, n = base.with_name(base.name + ".zarr"), 1
+    while path.exists() or path in _SESSION_RUNS:
+        path, n = base.with_name(f"{base.name}-{n}.zarr"), n + 1
+    _SESSION_RUNS.add(path)
+    return path
+
+
+def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Region | None,
+                    block_size: int, model_mpp: float) -> bool:
+    """Whether a run streams into zarr under `predictions_dir`: slides (pyramids) always, and flat images bigger
+    than one block at the model's resolution, whose probabilities would otherwise sit in memory whole (a 10,000 px
+    square 20x TIFF is 20,000 px square at 40x: 4.8 GB of float32 probabilities)."""
+    if multiscale:
+        return True
+    h, w = (region[2], region[3]) if region is not None else shape
+    scale = (mpp or model_mpp) / model_mpp
+    return h * w * scale * scale > block_size * block_size
+
+
+def _is_prediction(folder: Path) -> bool:
+    """A folder this job wrote: ``*.zarr`` holding a zarr group with "labels" and "probabilities"."""
+    return (folder.is_dir() and folder.suffix == ".zarr" and (folder / "zarr.json").is_file()
+            and (folder / "labels").is_dir() and (folder / "probabilities").is_dir())
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP_DAYS, keep_bytes: int = KEEP_BYTES,
+                      now: float | None = None) -> list[Path]:
+    """Remove old runs from `predictions_dir`; returns what was removed.
+
+    Policy: a run (a folder this job wrote, see `_is_prediction`; nothing else there is touched) is removed when
+    it was last modified more than `keep_days` ago; then, while the remaining runs hold more than `keep_bytes`,
+    the oldest is removed. Never removed: runs written by this process and runs in `in_use` (e.g. shown by a
+    layer). Call it in a worker thread: it walks the folders to size them.
+    """
+    root = predictions_dir()
+    if not root.is_dir():
+        return []
+    protected = {Path(p).resolve() for p in (*in_use, *_SESSION_RUNS)}
+    now = time.time() if now is None else now
+    runs = sorted((f.stat().st_mtime, f) for f in root.iterdir() if _is_prediction(f) and f.resolve() not in protected)
+    removed: list[Path] = []
+    kept: list[tuple[float, Path, int]] = []
+    for mtime, folder in runs:
+        if now - mtime > keep_days * 86400:
+            removed.append(folder)
+        else:
+            kept.append((mtime, folder, _size(folder)))
+    total = sum(size for *_, size in kept) + sum(_size(Path(p)) for p in protected if Path(p).is_dir()
+                                                   and Path(p).parent == root)
+    for _, folder, size in kept:  # oldest first
+        if total <= keep_bytes:
+            break
+        removed.append(folder)
+        total -= size
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def result_folder(result: PredictionResult) -> Path | None:
+    """The zarr folder a result streamed into, None for an in-memory result."""
+    root = getattr(getattr(result.labels, "store", None), "root", None)
+    return None if root is None else Path(str(root))
+
+
+def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | None], outs: list[Path | None],
+                    stop: threading.Event, mpp: float | None = None
+                    ) -> Generator[PredictProgress, None, list[PredictionResult]]:
+    """Run `iter_predict` on each region in turn (in a worker thread), yielding its progress records.
+
+    Args:
+        image: what `iter_predict` takes (an RGB array or a slide), or a callable returning it, called here so
+            that reading the image happens in the worker too.
+        config: the run's settings.
+        regions: (y, x, h, w) level-0 boxes; None for the whole image.
+        outs: for each region, a new zarr folder to stream into, or None to keep the result in memory.
+        stop: set to end after the current batch (the finished blocks are returned).
+        mpp: microns per pixel of the image; None = unknown (slides know theirs).
+    """
+    yield PredictProgress(0, 0, "opening the image and loading the model")
+    source = image() if callable(image) else image
+    results: list[PredictionResult] = []
+    for k, (region, out) in enumerate(zip(regions, outs), start=1):
+        gen = iter_predict(source, config, mpp=mpp, region=region, out=out, stop=stop)
+        while True:
+            try:
+                record = next(gen)
+            except StopIteration as done:
+                results.append(done.value)
+                break
+            where = f"region {k}/{len(regions)}: " if len(regions) > 1 else ""
+            yield PredictProgress(record.done, record.total, f"{where}{record.stage} ({record.done}/{record.total} "
+                                  "tiles)", record.block, record.blocks)
+        if stop.is_set():
+            break
+    return results
+
+
+def reapply_all(results: list[PredictionResult], postprocess: PostprocessConfig
+                ) -> Generator[PredictProgress, None, list[PredictionResult]]:
+    """`reapply_postprocess` on each result (in a worker thread)."""
+    out = []
+    for k, result in enumerate(results):
+        yield PredictProgress(k, len(results), "re-applying thresholds")
+        out.append(reapply_postprocess(result, postprocess))
+    return out
+
+
+def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray | None, fresh: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Merge a fresh post-processing into labels the user has corrected: the user's work wins everywhere.
+
+    A pixel counts as the user's when it differs from what was last written to the layer (`written`), or was
+    the user's before (`edited`). Every nucleus the user touched (painted, or trimmed: its id before the edit is still
+    there) is kept whole as it is now, and so are erased
+    pixels (a deleted nucleus stays deleted). Fresh nuclei are taken everywhere else, except those that overlap
+    the user's pixels (the user's version of that place wins). Fresh ids are renumbered to avoid the user's.
+
+    Args:
+        current: the labels now (with the user's edits).
+        written: the labels last written by the program.
+        edited: the pixels that were the user's before (cumulative), or None.
+        fresh: the new post-processing, same shape.
+
+    Returns:
+        ``(merged labels, the user's pixels now, number of the user's nuclei kept)``; pass the second back as
+        `edited` next time (it also tells which parts the user worked on).
+    """
+    current, fresh = np.asarray(current), np.asarray(fresh)
+    changed = np.asarray(current != written)
+    if edited is not None:
+        changed |= edited
+    if not changed.any():
+        return fresh, changed, 0
+    # the user's nuclei: those painted (their id now) and those trimmed (their id before, where it still exists)
+    touched = np.unique(np.concatenate([current[changed], np.asarray(written)[changed]]))
+    user_ids = np.intersect1d(touched[touched > 0], np.unique(current))
+    mine = changed | np.isin(current, user_ids)
+    clash = np.unique(fresh[mine])
+    fresh_ids = np.setdiff1d(np.unique(fresh), np.concatenate([clash, [0]]))
+    # fresh ids -> the smallest ids the user's nuclei do not use
+    free = np.setdiff1d(np.arange(1, len(fresh_ids) + len(user_ids) + 1), user_ids)[: len(fresh_ids)]
+    lut = np.zeros(int(fresh.max()) + 1, dtype=current.dtype)
+    lut[fresh_ids] = free
+    merged = np.where(mine, current, lut[fresh])
+    return merged, mine, int(len(user_ids))
+
+
+def count_nuclei(labels: np.ndarray) -> int:
+    """The number of distinct nucleus ids in a labels map."""
+    ids = np.unique(np.asarray(labels))
+    return int((ids > 0).sum())
+
+
+def layer_title(model_info: dict[str, Any]) -> str:
+    """``"nucseg-default v2"``: the model's name and, when its config gives one, its version."""
+    name = str(model_info.get("name") or "model")
+    version = model_info.get("version")
+    return f"{name} v{version}" if version not in (None, "") else name
+
+
+#: the coarsest pyramid level of a zarr result has its longer side just above this many pixels
+PYRAMID_MIN_SIZE = 1024
+#: output pixels per side written at a time when building pyramid levels
+_PYRAMID_BLOCK = 2048
+
+
+def zarr_pyramid(array: Any, min_size: int = PYRAMID_MIN_SIZE, channel: int | None = None, reuse: bool = True
+                 ) -> list[Any]:
+    """Levels ``[a, a/2, a/4, ...]`` of a zarr result array, down to `min_size` pixels, for a multiscale layer.
+
+    The coarser levels are real zarr arrays stored beside `array` in its group (``pyramid/<name>-<k>``, every other
+    pixel of the level above: nearest, so labels stay labels), built here (call it in a worker) and reused when
+    present. A viewer showing the whole slide then reads a small array instead of striding through level 0's
+    chunks on the GUI thread. The run's own arrays are only read.
+
+    Args:
+        array: a 2-D zarr array, or 3-D (C, H, W) with `channel` chosen.
+        min_size: stop when the next level's longer side would be below this.
+        channel: for (C, H, W) arrays, the channel to show (level 0 is then a lazy dask view of it).
+        reuse: take levels already stored; False rebuilds them (for an array that was rewritten).
+
+    Returns:
+        Level arrays, finest first; ``[array]`` (or its channel) when it is already small.
+    """
+    import dask.array as da
+    import zarr
+
+    base = da.from_zarr(array)[channel] if channel is not None else array
+    shape = tuple(int(s) for s in array.shape[-2:])
+    levels: list[Any] = [base]
+    if max(shape) / 2 < min_size:
+        return levels
+    group = zarr.open_group(array.store, mode="a").require_group("pyramid")
+    name = array.path.rsplit("/", 1)[-1] + ("" if channel is None else f"-c{channel}")
+    previous, k = base, 1
+    while max(shape) / 2**k >= min_size:
+        key = f"{name}-{2**k}"
+        level_shape = tuple(-(-s // 2**k) for s in shape)
+        existing = group.get(key)
+        if reuse and existing is not None and tuple(existing.shape) == level_shape and existing.attrs.get("complete"):
+            level = existing
+        else:
+            level = group.create_array(key, shape=level_shape, chunks=(1024, 1024), dtype=array.dtype,
+                                       fill_value=0, overwrite=True)
+            for y in range(0, level_shape[0], _PYRAMID_BLOCK):
+                for x in range(0, level_shape[1], _PYRAMID_BLOCK):
+                    h, w = min(_PYRAMID_BLOCK, level_shape[0] - y), min(_PYRAMID_BLOCK, level_shape[1] - x)
+                    level[y : y + h, x : x + w] = np.asarray(previous[2 * y : 2 * (y + h) : 2, 2 * x : 2 * (x + w) : 2])
+            level.attrs["complete"] = True
+        levels.append(level)
+        previous, k = level, k + 1
+    return levels
