@@ -152,3 +152,10 @@ def test_workers_2_stopped_by_ctrl_c_then_resumed(tmp_path, shared_data, repo_ro
     for i in range(4):
         np.testing.assert_array_equal(tifffile.imread(out / f"m{i}_labels.tif"),
                                       tifffile.imread(local / f"m{i}_labels.tif"))
+
+
+def test_a_fluorescence_slide_is_refused_on_the_block_path_too(scheduler, tmp_path, shared_data, capsys):
+    ndpi = shared_data / "slides" / "formats" / "hamamatsu_dapi_fluorescence.ndpi"  # several blocks: split
+    assert main(["predict", str(ndpi), "--out", str(tmp_path / "o"), *MODEL, "--scheduler", scheduler]) == 2
+    assert "--allow-fluorescence" in capsys.readouterr().err
+    assert _rows(tmp_path / "o")[ndpi.name]["status"] == "failed"

@@ -125,11 +125,12 @@ class BlockAssembly:
     @classmethod
     def open(cls, item: BatchItem, settings: BatchSettings) -> BlockAssembly | None:
         from nucseg.inference.plan import plan_prediction
-        from nucseg.io.slides import PIL_FORMATS, open_slide, suffix_of
+        from nucseg.io.slides import PIL_FORMATS, open_slide, require_brightfield, suffix_of
 
         if suffix_of(item.input) in PIL_FORMATS:
             return None
         with open_slide(item.input) as slide:
+            require_brightfield(slide, settings.allow_fluorescence)  # as iter_predict_file does
             if not is_big(slide, settings):
                 return None
             mpp, mpp_from = input_units(slide, settings)
