@@ -183,8 +183,11 @@ class BlockAssembly:
             model_info={"name": spec.name, "sha256": spec.sha256, "runtime": self.runtime})
         client = {**local_worker(), "name": "client", "role": "planned the slide and wrote its blocks in order"}
         extra = {"blocks": len(self.indices), "block_workers": dict(sorted(self.block_workers.items()))}
-        return self.outputs.finish(result, mpp=self.mpp, mpp_from=self.mpp_from, image=None, worker=client,
-                                   seconds=seconds, extra=extra)
+        from nucseg.io.slides import open_slide
+
+        with open_slide(self.item.input) as slide:  # for the H&E intensity columns, as in-process
+            return self.outputs.finish(result, mpp=self.mpp, mpp_from=self.mpp_from, image=slide, worker=client,
+                                       seconds=seconds, extra=extra)
 
     def close(self) -> None:
         """Remove whatever was not committed (temporary outputs of a failed or interrupted slide)."""
