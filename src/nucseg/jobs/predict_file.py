@@ -94,7 +94,8 @@ def leftovers(item: BatchItem) -> list[Path]:
     return [p for name in names for p in item.out.glob(f".{name}.*.partial")]
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder (a zarr store) if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
@@ -162,7 +163,7 @@ class OutputSet:
 
     def __exit__(self, *exc: object) -> None:
         for path in [*self.temps.values(), self.summary_tmp, self.scratch]:
-            _remove(path)
+            remove_path(path)
 
     def store(self, big: bool) -> Path | None:
         """The zarr folder labels and probabilities stream into: the zarr output, scratch for a big input, or None
@@ -174,7 +175,7 @@ class OutputSet:
         """Write the exports of `result` (a `PredictionResult`), the JSON, and rename them all into place.
 
         Args:
-            image: the RGB pixels of the region for the CSV's intensity columns, or None.
+            image: the input (`Slide`, read block by block) for the H&E intensity columns, or None.
             seconds: time spent on this input so far (the export time is added).
         """
         import numpy as np
@@ -187,8 +188,8 @@ class OutputSet:
         labels, offset = result.labels, result.region[:2]
         if "tif" in temps:
             export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
-        if "geojson" in temps:
-            export.write_geojson(labels, temps["geojson"], offset=offset)
+        if "geojson" in temps:  # QuPath measurements: the CSV's, H&E intensities included
+            export.write_geojson(labels, temps["geojson"], offset=offset, mpp=mpp, image=image)
         if "csv" in temps:
             export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
         if "zarr" in temps:
@@ -233,6 +234,5 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
         big = is_big(slide, settings)
         result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
                                          out=outputs.store(big))
-        image = slide.read_region(0, *result.region) if not big else None
-        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, worker=worker or local_worker(),
+        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=slide, worker=worker or local_worker(),
                               seconds=time.perf_counter() - t0)
