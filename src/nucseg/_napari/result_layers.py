@@ -84,6 +84,19 @@ def prewarm_layer_modules() -> None:
     import pandas  # noqa: F401
 
 
+def startup_job(in_use: list) -> Generator[None, None, list[str]]:
+    """What a segment widget does in a worker when it opens: remove old slide runs (sparing `in_use`, see
+    `clean_predictions`), import napari's first-layer modules, and list the devices (importing torch): imports hold
+    the GIL, so they happen here once rather than at the end of the first run."""
+    from nucseg.jobs.segment import clean_predictions
+    from nucseg.models.device import available_devices
+
+    yield from ()
+    clean_predictions(in_use)
+    prewarm_layer_modules()
+    return available_devices()
+
+
 def snapshot(view: ResultView) -> np.ndarray | None:
     """A copy of an editable labels layer as it is now (taken on the GUI thread, compared in the worker)."""
     if view.written is None:
