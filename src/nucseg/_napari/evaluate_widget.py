@@ -153,6 +153,7 @@ class EvaluateWidget(QWidget):
                                    f"{first['fp']} FP, {first['fn']} FN")
         for button in (self.export_button, self.export_errors_button, self.side_button):
             button.setEnabled(True)
+        fit_width(self)  # the filled tables are wider than the empty ones
 
     def table_values(self, column: int = 0) -> dict[str, Any]:
         """The metric values shown in one column of the table, by metric key."""

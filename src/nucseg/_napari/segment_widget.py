@@ -9,6 +9,7 @@ post-processing to the cached probabilities in a worker, keeping every edit the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import threading
@@ -65,6 +66,7 @@ class SegmentWidget(QWidget):
         self._reapply_worker: Any = None
         self._reapply_pending = False
         self._stop: threading.Event | None = None
+        self._steps: collections.deque = collections.deque()
 
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()
@@ -182,8 +184,8 @@ class SegmentWidget(QWidget):
     # -- running -----------------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        """Whether a segmentation run is in progress."""
-        return self._worker is not None
+        """Whether a segmentation run is in progress (until its last layer is added)."""
+        return self._worker is not None or bool(self._steps)
 
     def run(self) -> None:
         """Start a segmentation run in a worker (errors are shown, never raised)."""
@@ -227,11 +229,23 @@ class SegmentWidget(QWidget):
 
     def _run_finished(self) -> None:
         self._worker = None
-        self.run_button.setEnabled(True)
+        self.run_button.setEnabled(not self._steps)
+
+    def _next_step(self) -> None:
+        """One of the steps left after adding the result layers, one per turn of the event loop."""
+        if self._steps:
+            self._steps.popleft()()
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+        else:
+            self.run_button.setEnabled(self._worker is None)
 
     def _show_results(self, shown: list, image_layer: Image, title: str, several: bool) -> None:
-        views = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
+        added = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
                                    self.contours_check.isChecked()) for k, (result, display) in enumerate(shown, 1)]
+        views = [view for view, _ in added]
+        self._steps.extend(step for _, steps in added for step in steps)
+        QTimer.singleShot(0, self._next_step)
         results = [r for r, _ in shown]
         text = f"{sum(r.n_nuclei for r in results)} nuclei in {sum(r.seconds for r in results):.1f} s"
         if self._stop is not None and self._stop.is_set():
