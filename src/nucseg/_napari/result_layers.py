@@ -11,12 +11,14 @@ beside the run's own (never written over) and shown from a pyramid built in the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 
 from nucseg.jobs.segment import count_nuclei, keep_user_edits
 
@@ -108,6 +110,42 @@ def startup_job(in_use: list) -> Generator[None, None, list[str]]:
     clean_predictions(in_use)
     prewarm_layer_modules()
     return available_devices()
+
+
+def start_startup_job(viewer: napari.viewer.Viewer, on_devices: Callable[[list[str]], None],
+                      on_finished: Callable[[], None]) -> Any:
+    """Start `startup_job` in a worker, sparing the slide runs the viewer's layers show; returns the worker."""
+    from nucseg.jobs.segment import result_folder
+
+    from ._workers import start_generator_worker
+
+    in_use = [result_folder(layer.metadata["nucseg_result"]) for layer in viewer.layers
+              if "nucseg_result" in layer.metadata]
+    return start_generator_worker(lambda: startup_job([p for p in in_use if p is not None]), on_return=on_devices,
+                                  on_finished=on_finished, desc="listing devices")
+
+
+class StepQueue:
+    """Callables run one per turn of the Qt event loop (see `add_result_layers`); `done` is called after the last."""
+
+    def __init__(self, done: Callable[[], None]):
+        self.steps: collections.deque[Callable[[], None]] = collections.deque()
+        self.done = done
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def extend(self, steps: list[Callable[[], None]]) -> None:
+        self.steps.extend(steps)
+        QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        if self.steps:
+            self.steps.popleft()()
+        if self.steps:
+            QTimer.singleShot(0, self._next)
+        else:
+            self.done()
 
 
 def snapshot(view: ResultView) -> np.ndarray | None:

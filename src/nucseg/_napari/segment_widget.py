@@ -9,7 +9,6 @@ post-processing to the cached probabilities in a worker, keeping every edit the 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import threading
@@ -26,27 +25,21 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPush
 from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import InvalidInputError, ModelError, NucsegError
 from nucseg.inference.predict import PredictProgress
-from nucseg.jobs.segment import (
-    layer_title,
-    new_prediction_path,
-    result_folder,
-    segment_regions,
-    streams_to_disk,
-)
+from nucseg.jobs.segment import layer_title, new_prediction_path, segment_regions, streams_to_disk
 from nucseg.models.registry import resolve_model
 
+from . import result_layers as result_steps  # StepQueue, start_startup_job
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
 from .pixel_size import PixelSizeField
-from .result_layers import ResultView, add_result_layers, apply_update, reapply_views, snapshot, startup_job
+from .result_layers import ResultView, add_result_layers, apply_update, reapply_views, snapshot
 from .thresholds import ThresholdsBox
 
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
-#: milliseconds to wait after the last threshold change before re-applying post-processing
-REAPPLY_DELAY_MS = 300
+REAPPLY_DELAY_MS = 300  #: ms after the last threshold change before post-processing is re-applied
 
 isolate_triton()  # before torch is imported by a run: see _native
 
@@ -66,7 +59,7 @@ class SegmentWidget(QWidget):
         self._reapply_worker: Any = None
         self._reapply_pending = False
         self._stop: threading.Event | None = None
-        self._steps: collections.deque = collections.deque()
+        self._steps = result_steps.StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
 
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()
@@ -106,7 +99,7 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self._update_enabled()
         self._sync_pixel_size()
-        self._start_background_work()
+        self._background = result_steps.start_startup_job(napari_viewer, self._devices_found, self._startup_finished)
 
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
@@ -127,6 +120,12 @@ class SegmentWidget(QWidget):
 
     def _update_enabled(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
+
+    def _devices_found(self, devices: list[str]) -> None:
+        self.device_combo.addItems([d for d in devices if self.device_combo.findText(d) < 0])
+
+    def _startup_finished(self) -> None:
+        self._background = None
 
     def _spec(self):
         model = self.model_combo.current_model()
@@ -231,21 +230,11 @@ class SegmentWidget(QWidget):
         self._worker = None
         self.run_button.setEnabled(not self._steps)
 
-    def _next_step(self) -> None:
-        """One of the steps left after adding the result layers, one per turn of the event loop."""
-        if self._steps:
-            self._steps.popleft()()
-        if self._steps:
-            QTimer.singleShot(0, self._next_step)
-        else:
-            self.run_button.setEnabled(self._worker is None)
-
     def _show_results(self, shown: list, image_layer: Image, title: str, several: bool) -> None:
         added = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
                                    self.contours_check.isChecked()) for k, (result, display) in enumerate(shown, 1)]
         views = [view for view, _ in added]
-        self._steps.extend(step for _, steps in added for step in steps)
-        QTimer.singleShot(0, self._next_step)
+        self._steps.extend([step for _, steps in added for step in steps])
         results = [r for r, _ in shown]
         text = f"{sum(r.n_nuclei for r in results)} nuclei in {sum(r.seconds for r in results):.1f} s"
         if self._stop is not None and self._stop.is_set():
@@ -267,13 +256,10 @@ class SegmentWidget(QWidget):
         for layer in self.result_layers:
             layer.contour = 2 if checked else 0
 
-    def _start_background_work(self) -> None:
-        """List the devices, warm napari's layer imports and clean old slide runs in a worker (`startup_job`)."""
-        in_use = [result_folder(layer.metadata["nucseg_result"]) for layer in self.viewer.layers
-                  if "nucseg_result" in layer.metadata]
-        self._background = start_generator_worker(
-            lambda: startup_job([p for p in in_use if p is not None]), desc="listing devices",
-            on_return=lambda devices: self.device_combo.addItems([d for d in devices if self.device_combo.findText(d) < 0]))
+    @property
+    def ready(self) -> bool:
+        """Whether the work started when the widget opened (`startup_job`) is done."""
+        return self._background is None
 
     # -- thresholds --------------------------------------------------------------------------------------
     def reapply_thresholds(self) -> None:
