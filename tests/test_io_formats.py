@@ -316,3 +316,17 @@ def test_a_corrupt_tile_is_a_slide_read_error_in_a_fresh_process(shared_data, tm
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith("ok cannot read") for line in lines), done.stderr[-2000:]
+
+
+def test_openslide_applies_the_slide_icc_profile(tmp_path):
+    from nucseg.io._openslide import open_openslide
+
+    linear = _linear_rgb_profile()
+    path = tmp_path / "icc.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.full((128, 128, 3), 64, np.uint8), tile=(64, 64), photometric="rgb", compression="zlib",
+                  extratags=[(34675, 7, len(linear), linear, True)])
+    with open_openslide(path) as slide:
+        assert slide.icc["applied"] is True
+        assert 130 < slide.read_region(0, 0, 0, 16, 16).mean() < 145  # linear 64 -> sRGB ~137
+        assert 130 < np.asarray(slide.levels[0][:16, :16]).mean() < 145
