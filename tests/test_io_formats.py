@@ -330,3 +330,16 @@ def test_openslide_applies_the_slide_icc_profile(tmp_path):
         assert slide.icc["applied"] is True
         assert 130 < slide.read_region(0, 0, 0, 16, 16).mean() < 145  # linear 64 -> sRGB ~137
         assert 130 < np.asarray(slide.levels[0][:16, :16]).mean() < 145
+
+
+@pytest.mark.shared_data
+def test_dicom_files_without_a_suffix(shared_data, tmp_path):
+    """PACS exports often name files IM0001, IM0002...: the DICOM preamble tells them apart."""
+    for i, f in enumerate(sorted((formats(shared_data) / "dicom_cmu1_small_region").glob("*.dcm"))):
+        shutil.copy(f, tmp_path / f"IM{i:04d}")
+    (tmp_path / "notes.txt").write_text("case 12")
+    assert list_images(tmp_path) == [tmp_path]
+    with open_slide(tmp_path) as slide:
+        assert slide.shape == (2967, 2220) and slide.metadata["files"] == 4
+    with open_slide(tmp_path / "IM0002") as slide:
+        assert slide.reader == "wsidicom"
