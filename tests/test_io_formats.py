@@ -343,3 +343,18 @@ def test_dicom_files_without_a_suffix(shared_data, tmp_path):
         assert slide.shape == (2967, 2220) and slide.metadata["files"] == 4
     with open_slide(tmp_path / "IM0002") as slide:
         assert slide.reader == "wsidicom"
+
+
+def test_modality_of_a_big_single_level_reads_a_few_windows(tmp_path, monkeypatch):
+    from nucseg.io import _color
+
+    monkeypatch.setattr(_color, "SAMPLE_SIDE", 64)
+    image = np.full((400, 500, 3), 240, np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64), photometric="rgb")
+    with open_slide(tmp_path / "big.tif") as slide:
+        reads = []
+        read = slide._readers[0]
+        slide._readers[0] = lambda *box: reads.append(box) or read(*box)
+        kind, reason = slide_modality(slide)
+        assert kind == "brightfield" and "5 x 5 windows of 128 px" in reason
+        assert len(reads) == 25 and all((y1 - y0) * (x1 - x0) == 128 * 128 for y0, y1, x0, x1 in reads)
