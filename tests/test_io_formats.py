@@ -358,3 +358,37 @@ def test_modality_of_a_big_single_level_reads_a_few_windows(tmp_path, monkeypatc
         kind, reason = slide_modality(slide)
         assert kind == "brightfield" and "5 x 5 windows of 128 px" in reason
         assert len(reads) == 25 and all((y1 - y0) * (x1 - x0) == 128 * 128 for y0, y1, x0, x1 in reads)
+
+
+def _leica_xml(w: int, h: int) -> str:
+    """A Leica SCN collection (sizes in nm): a macro image over the whole slide and one main image in it."""
+    bright = "<illuminationSettings><illuminationSource>brightfield</illuminationSource></illuminationSettings>"
+    return ('<?xml version="1.0" encoding="utf-8"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+            '<collection name="t" sizeX="500000" sizeY="300000"><barcode>TEST-1</barcode>'
+            f'<image name="macro"><view sizeX="500000" sizeY="300000" offsetX="0" offsetY="0"/>'
+            f'<scanSettings>{bright}</scanSettings><pixels sizeX="250" sizeY="150">'
+            '<dimension sizeX="250" sizeY="150" r="0" ifd="2"/></pixels></image>'
+            '<image name="main"><device model="Leica SCN400" version="1"/>'
+            '<view sizeX="384000" sizeY="256000" offsetX="50000" offsetY="20000"/>'
+            f'<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>{bright}</scanSettings>'
+            f'<pixels sizeX="{w}" sizeY="{h}"><dimension sizeX="{w}" sizeY="{h}" r="0" ifd="0"/>'
+            f'<dimension sizeX="{w // 4}" sizeY="{h // 4}" r="1" ifd="1"/></pixels></image></collection></scn>')
+
+
+def test_leica_scn_goes_to_openslide(tmp_path):
+    """A Leica-style SCN: a 768 x 512 main image at 0.5 µm/px placed at (100, 40) px in a 1000 x 600 slide."""
+    base = _tissue(512, 768)
+    path = tmp_path / "slide.scn"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        opts = {"photometric": "rgb", "compression": "jpeg", "metadata": None, "resolutionunit": "CENTIMETER"}
+        tif.write(base, tile=(128, 128), description=_leica_xml(768, 512), resolution=(20000, 20000), **opts)
+        tif.write(np.ascontiguousarray(base[::4, ::4]), tile=(64, 64), resolution=(5000, 5000), **opts)
+        tif.write(np.full((150, 250, 3), 200, np.uint8), tile=(64, 64), **opts)
+    with open_slide(path) as slide:
+        assert slide.reader == "openslide" and slide.format == "scn" and slide.metadata["objective_power"] == 20
+        assert slide.shape == (600, 1000) and slide.level_shape(1) == (150, 250) and slide.downsamples == [1.0, 4.0]
+        assert slide.mpp == pytest.approx(0.5)
+        assert (slide.read_region(0, 0, 0, 30, 90) == 255).all()  # outside the scanned area: glass, not black
+        inside = slide.read_region(0, 40, 100, 512, 768)
+        assert np.abs(inside.astype(int) - base).mean() < 3
+        assert slide.read_associated("macro").shape == (150, 250, 3)
