@@ -267,9 +267,10 @@ def _drop(viewer, path: Path) -> None:
 
 def _shot(viewer, tmp_path: Path, name: str) -> np.ndarray:
     viewer.window._qt_window.resize(1300, 760)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.font_size = 14
-    viewer.scale_bar.position = "bottom_left"  # the label can overflow its bar to the right without clipping
+    bar = viewer.canvas.overlays.scale_bar if hasattr(viewer, "canvas") else viewer.scale_bar  # napari >= 0.9
+    bar.visible = True
+    bar.font_size = 14
+    bar.position = "bottom_left"  # the label can overflow its bar to the right without clipping
     viewer.reset_view()
     shot = tmp_path / name
     pixels = viewer.screenshot(str(shot), canvas_only=False)
