@@ -91,7 +91,7 @@ def test_a_failing_overwrite_run_keeps_the_earlier_outputs(tile, tmp_path, monke
     def disk_full(*_, **__):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "write_measurements_csv", disk_full)  # fails after the labels were written
+    monkeypatch.setattr(export, "write_nuclei_tables", disk_full)  # fails after the labels were written
     assert main([*args, "--overwrite"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "batch_summary.csv"}

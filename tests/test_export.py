@@ -417,3 +417,62 @@ def test_bad_labels_rejected():
         measure_nuclei(np.zeros((3, 3), np.float32))
     with pytest.raises(InvalidInputError, match="relabel"):
         write_labels_zarr(np.full((3, 3), 2**40, np.int64), "unused.zarr")
+
+
+def test_csv_and_geojson_in_one_pass_equal_the_separate_files(tmp_path, monkeypatch):
+    labels = blobs((120, 100), 5)
+    image = np.random.default_rng(0).integers(0, 255, (120, 100, 3)).astype(np.uint8)
+    write_measurements_csv(labels, tmp_path / "a.csv", image=image, mpp=0.5)
+    write_geojson(labels, tmp_path / "a.geojson", image=image, mpp=0.5)
+    passes = []
+    real = export.iter_nuclei
+    monkeypatch.setattr(export, "iter_nuclei", lambda *a, **k: passes.append(1) or real(*a, **k))
+    written = export.write_nuclei_tables(labels, csv_path=tmp_path / "b.csv", geojson_path=tmp_path / "b.geojson",
+                                         image=image, mpp=0.5)
+    assert passes == [1] and set(written) == {"csv", "geojson"}
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    a, b = (json.loads((tmp_path / f"{n}.geojson").read_text()) for n in "ab")
+    strip = [{k: v for k, v in f.items() if k != "id"} for f in a["features"]]
+    assert strip == [{k: v for k, v in f.items() if k != "id"} for f in b["features"]] and a["nucseg"] == b["nucseg"]
+    with pytest.raises(InvalidInputError, match="csv_path"):
+        export.write_nuclei_tables(labels)
+
+
+@pytest.mark.parametrize("ids", [(5_000_001, 5_000_002, 5_000_003), (17, 3_000_000_001, 4_000_000_000)])
+def test_large_and_spread_out_ids_keep_their_values(tmp_path, ids):
+    labels = np.zeros((40, 60), np.uint32)
+    for k, label in enumerate(ids):
+        labels[5:15, 5 + 20 * k:15 + 20 * k] = label
+    lazy = lazy_copy(labels, tmp_path / "l.zarr", chunks=16)
+    for source in (labels, lazy):
+        assert [r["id"] for r in measure_nuclei(source)] == list(ids)
+        assert sorted(f["properties"]["nucseg_id"] for f in labels_to_geojson(source)["features"]) == list(ids)
+        assert all(r["area_px"] == 100 for r in measure_nuclei(source))
+
+
+@pytest.mark.parametrize("block", [None, "128"])
+def test_nucseg_predict_geojson_carries_the_csv_numbers(tmp_path, monkeypatch, block):
+    """Through the CLI, on a tile in memory and on one streamed as a 'slide' (blocks of 128 px, lazy labels): the
+    GeoJSON's measurements are the CSV's, microns with --mpp and the H&E columns from the input's pixels."""
+    from PIL import Image
+
+    from fake_models import blob_image, install_blobnet
+    from nucseg.cli import main
+
+    install_blobnet(monkeypatch)
+    image, _ = blob_image((200, 260), n=25)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    out = tmp_path / "out"
+    extra = ["--block-size", block] if block else []
+    assert main(["predict", str(tmp_path / "tile.png"), "--out", str(out), "--model", "unet-efficientnet-b0",
+                 "--tile-size", "128", "--overlap", "32", "--format", "tif,csv,geojson", "--mpp", "0.5",
+                 "--quiet", *extra]) == 0
+    rows = {int(r["id"]): r for r in read_csv(out / "tile_nuclei.csv")}
+    features = json.loads((out / "tile_nuclei.geojson").read_text())["features"]
+    labels = tifffile.imread(out / "tile_labels.tif")
+    assert len(rows) == len(features) == len(np.unique(labels)) - 1 > 10
+    for feature in features:
+        m, row = feature["properties"]["measurements"], rows[feature["properties"]["nucseg_id"]]
+        assert m["area_um2"] == pytest.approx(float(row["area_px"]) * 0.25)
+        assert m["mean_r"] == pytest.approx(float(row["mean_r"]), rel=1e-5)
+    assert shapely.is_valid([shapely.geometry.shape(f["geometry"]) for f in features]).all()

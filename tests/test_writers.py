@@ -155,3 +155,23 @@ def test_napari_saves_through_the_manifest(make_napari_viewer, tmp_path):
     geo = tmp_path / "saved.geojson"
     layer.save(str(geo), plugin="napari-nucseg")
     assert len(json.loads(geo.read_text())["features"]) == 2
+
+
+@pytest.mark.gui
+def test_csv_of_multiscale_labels_over_a_multiscale_slide(make_napari_viewer, tmp_path):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    image = he_image((200, 240))
+    image[110:120, 140:150] = (80, 40, 150)  # under nucleus 7 of labels placed at (100, 120)
+    viewer.add_image([da.from_array(image, chunks=64), da.from_array(image[::2, ::2], chunks=64)], name="slide",
+                     rgb=True, multiscale=True, scale=(0.5, 0.5), metadata={"mpp": 0.5})
+    labels = square_labels()
+    layer = viewer.add_labels([da.from_array(labels, chunks=32), da.from_array(labels[::2, ::2], chunks=32)],
+                              name="slide nuclei", multiscale=True, scale=(0.5, 0.5), translate=(50.0, 60.0),
+                              metadata={"mpp": 0.5, "nucseg_region": (100, 120, 60, 80)})
+    path = tmp_path / "n.csv"
+    layer.save(str(path), plugin="napari-nucseg")
+    rows = read_rows(path)
+    assert float(rows[7]["mean_b"]) == 150 and float(rows[9]["mean_b"]) == 220
+    assert float(rows[7]["area_um2"]) == pytest.approx(25.0) and float(rows[7]["centroid_x"]) == pytest.approx(145)

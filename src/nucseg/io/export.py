@@ -34,7 +34,7 @@ from nucseg.io.label_blocks import CHUNK, LabelBlock, iter_label_blocks
 from nucseg.io.measure import finite_or_none, measure_block, measurement_columns, rows_of
 
 __all__ = ["CHUNK", "atomic_output", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "write_geojson",
-           "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv"]
+           "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv", "write_nuclei_tables"]
 
 NUCLEUS_COLOR = (220, 50, 50)
 
@@ -194,27 +194,33 @@ def _collection_info(mpp: float | None, downsample: float) -> dict[str, Any]:
             "downsample": downsample}
 
 
+def _block_features(cols: dict[str, np.ndarray], geometries: np.ndarray, klass: dict[str, Any],
+                    measurements: Any, given: dict[int, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The GeoJSON Features of one block's measurements and outlines."""
+    from shapely.geometry import mapping
+
+    features = []
+    for row, geometry in zip(rows_of(cols), geometries, strict=True):
+        label = int(row["id"])
+        values = {} if measurements is False else given.get(label, {}) if given is not None else row
+        shape = mapping(geometry)
+        features.append({
+            "type": "Feature", "id": str(uuid.uuid4()),
+            "geometry": {"type": shape["type"], "coordinates": shape["coordinates"]},
+            "properties": {"objectType": "detection", "classification": dict(klass), "nucseg_id": label,
+                           "measurements": _qupath_measurements(label, values)}})
+    return features
+
+
 def _feature_blocks(labels: Any, *, offset: Sequence[float] = (0, 0), downsample: float = 1.0,
                     measurements: Any = None, classification: str = "Nucleus",
                     color: Sequence[int] = NUCLEUS_COLOR, image: Any = None,
                     mpp: float | None = None) -> Iterator[list[dict[str, Any]]]:
     """The GeoJSON Features of each block in turn (see `labels_to_geojson` for the arguments)."""
-    from shapely.geometry import mapping
-
     klass = {"name": classification, "color": [int(c) for c in color]}
     given = None if measurements is None or measurements is False else _given_measurements(measurements)
     for cols, geometries in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample, outlines=True):
-        features = []
-        for row, geometry in zip(rows_of(cols), geometries, strict=True):
-            label = int(row["id"])
-            values = {} if measurements is False else given.get(label, {}) if given is not None else row
-            shape = mapping(geometry)
-            features.append({
-                "type": "Feature", "id": str(uuid.uuid4()),
-                "geometry": {"type": shape["type"], "coordinates": shape["coordinates"]},
-                "properties": {"objectType": "detection", "classification": dict(klass), "nucseg_id": label,
-                               "measurements": _qupath_measurements(label, values)}})
-        yield features
+        yield _block_features(cols, geometries, klass, measurements, given)
 
 
 def iter_geojson_features(labels: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -252,43 +258,69 @@ def labels_to_geojson(labels: Any, *, offset: Sequence[float] = (0, 0), downsamp
             "nucseg": {**_collection_info(mpp, downsample), "count": len(features)}}
 
 
+def write_nuclei_tables(labels: Any, *, csv_path: str | Path | None = None, geojson_path: str | Path | None = None,
+                        image: Any = None, mpp: float | None = None, offset: Sequence[float] = (0, 0),
+                        downsample: float = 1.0, measurements: Any = None, classification: str = "Nucleus",
+                        color: Sequence[int] = NUCLEUS_COLOR, overwrite: bool = False) -> dict[str, Path]:
+    """Write the measurements CSV and / or the QuPath GeoJSON in ONE pass over the labels, block by block.
+
+    Each block's nuclei are measured once and go to both files, flushed before the next block; both files are
+    written under temporary names and renamed into place when complete (refusing to replace existing ones unless
+    `overwrite`). Arguments as `write_measurements_csv` and `labels_to_geojson`; returns {"csv": ..., "geojson": ...}
+    for the files asked for.
+
+    The CSV's last column, ``mpp``, holds the microns per label pixel the micron columns used (area_um2 = area_px
+    x mpp²) and is empty when the pixel size is unknown (then there are no micron columns). Its rows are sorted by
+    id within a block (a map no larger than one block is sorted by id throughout).
+    """
+    if csv_path is None and geojson_path is None:
+        raise InvalidInputError("write_nuclei_tables: give csv_path, geojson_path or both")
+    labels, mpp = _check_labels(labels), _check_mpp(mpp)
+    klass = {"name": classification, "color": [int(c) for c in color]}
+    given = None if measurements is None or measurements is False else _given_measurements(measurements)
+    size, count = ("" if mpp is None else repr(mpp)), 0
+    with contextlib.ExitStack() as stack:
+        table = geo = None
+        if csv_path is not None:
+            tmp = stack.enter_context(atomic_output(csv_path, overwrite))
+            table_file = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+            table = csv.writer(table_file)
+            table.writerow([*measurement_columns(mpp is not None, image is not None), "mpp"])
+        if geojson_path is not None:
+            tmp = stack.enter_context(atomic_output(geojson_path, overwrite))
+            geo = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+            geo.write('{"type":"FeatureCollection","features":[')
+        for cols, geometries in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample,
+                                            outlines=geo is not None):
+            if table is not None:
+                order = np.argsort(cols["id"], kind="stable")
+                for row in rows_of({name: np.asarray(v)[order] for name, v in cols.items()}):
+                    table.writerow([*(f"{v:.6g}" if isinstance(v, float) else v for v in row.values()), size])
+                table_file.flush()
+            if geo is not None:
+                for feature in _block_features(cols, geometries, klass, measurements, given):
+                    geo.write(("," if count else "") + json.dumps(feature, separators=(",", ":"), ensure_ascii=False))
+                    count += 1
+                geo.flush()  # a block done is a block on disk
+        if geo is not None:
+            info = {**_collection_info(mpp, downsample), "count": count}
+            geo.write('],"nucseg":' + json.dumps(info, ensure_ascii=False) + "}")
+    return {k: Path(p) for k, p in (("csv", csv_path), ("geojson", geojson_path)) if p is not None}
+
+
 def write_geojson(labels: Any, path: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
-    """Stream `labels_to_geojson(labels, **kwargs)` to `path`, feature by feature (atomically; refuses to
-    overwrite by default). Pass ``mpp=`` and ``image=`` for the micron and stain measurements."""
-    mpp, downsample = _check_mpp(kwargs.get("mpp")), float(kwargs.get("downsample", 1.0))
-    count = 0
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write('{"type":"FeatureCollection","features":[')
-        for features in _feature_blocks(labels, **kwargs):
-            for feature in features:
-                fh.write(("," if count else "") + json.dumps(feature, separators=(",", ":"), ensure_ascii=False))
-                count += 1
-            fh.flush()  # a block done is a block on disk
-        info = {**_collection_info(mpp, downsample), "count": count}
-        fh.write('],"nucseg":' + json.dumps(info, ensure_ascii=False) + "}")
-    return Path(path)
+    """Stream `labels_to_geojson(labels, **kwargs)` to `path`, block by block (atomically; refuses to overwrite by
+    default). Pass ``mpp=`` and ``image=`` for the micron and stain measurements (`write_nuclei_tables`)."""
+    return write_nuclei_tables(labels, geojson_path=path, overwrite=overwrite, **kwargs)["geojson"]
 
 
 def write_measurements_csv(labels: Any, path: str | Path, image: Any = None, mpp: float | None = None,
                            offset: Sequence[float] = (0, 0), *, downsample: float = 1.0,
                            overwrite: bool = False) -> Path:
-    """Write `measure_nuclei` as CSV, one row per nucleus, streamed block by block (rows sorted by id within a
-    block; a map no larger than one block is sorted by id throughout), atomically; refuses to overwrite by default.
-
-    The last column, ``mpp``, holds the microns per label pixel the micron columns used (area_um2 = area_px x
-    mpp²), and is empty when the pixel size is unknown (then there are no micron columns)."""
-    labels, mpp = _check_labels(labels), _check_mpp(mpp)
-    columns = [*measurement_columns(mpp is not None, image is not None), "mpp"]
-    size = "" if mpp is None else repr(mpp)
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for cols, _ in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample):
-            order = np.argsort(cols["id"], kind="stable")
-            for row in rows_of({name: np.asarray(v)[order] for name, v in cols.items()}):
-                writer.writerow([*(f"{v:.6g}" if isinstance(v, float) else v for v in row.values()), size])
-            fh.flush()
-    return Path(path)
+    """Write `measure_nuclei` as CSV, one row per nucleus, streamed block by block, atomically; refuses to
+    overwrite by default. Columns and order: `write_nuclei_tables`."""
+    return write_nuclei_tables(labels, csv_path=path, image=image, mpp=mpp, offset=offset, downsample=downsample,
+                               overwrite=overwrite)["csv"]
 
 
 def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = None, pyramid: bool | None = None,

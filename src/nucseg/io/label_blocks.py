@@ -47,12 +47,19 @@ def _read(labels: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 def _small_ids(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids in 1..k per pixel, original id of each) for `ndi.find_objects`, which wants small consecutive ids."""
-    top = int(window.max()) if window.size else 0
-    if window.size and np.dtype(window.dtype).kind == "i" and int(window.min()) < 0:
+    """(small ids per pixel, original id of each small id) for `ndi.find_objects`, which wants small consecutive
+    ids: a block's ids are shifted down to start at 1 (a late block of a slide holds ids in the millions, but few
+    of them), or renumbered with `np.unique` when they are spread too far apart."""
+    nonzero = window[window != 0]
+    if not nonzero.size:
+        return np.zeros(window.shape, np.intp), np.zeros(1, np.int64)
+    lo, hi = int(nonzero.min()), int(nonzero.max())
+    if lo < 0:
         raise InvalidInputError("labels hold negative ids; nucleus ids must be 0 (background) or positive")
-    if top <= 4 * window.size + 1024:
-        return window.astype(np.intp, copy=False), np.arange(top + 1, dtype=np.int64)
+    base = lo - 1
+    if hi - base <= 4 * window.size + 1024:
+        small = np.where(window != 0, window.astype(np.int64) - base, 0).astype(np.intp)
+        return small, np.r_[0, np.arange(lo, hi + 1, dtype=np.int64)]
     uniq, inverse = np.unique(window, return_inverse=True)
     if uniq[0] != 0:
         uniq, inverse = np.r_[0, uniq], inverse + 1
@@ -84,18 +91,12 @@ def object_boxes(labels: Any, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarra
 
 
 def _relabel(window: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """`window` with the ids in `keep` (sorted) as 1..k and everything else 0."""
-    top = int(window.max()) if window.size else 0
-    if top <= 4 * window.size + 1024:
-        lut = np.zeros(top + 1, np.intp)
-        lut[keep] = np.arange(1, keep.size + 1)
-        return lut[window]
-    uniq, inverse = np.unique(window, return_inverse=True)
-    pos = np.searchsorted(uniq, keep)
-    lut = np.zeros(uniq.size, np.intp)
-    hit = (pos < uniq.size) & (uniq[np.minimum(pos, uniq.size - 1)] == keep)
-    lut[pos[hit]] = np.arange(1, keep.size + 1)[hit]
-    return lut[inverse].reshape(window.shape)
+    """`window` with the ids in `keep` (sorted, all present in it) as 1..k and everything else 0."""
+    small, original = _small_ids(window)
+    lut = np.zeros(original.size, np.intp)
+    pos = np.searchsorted(original, keep)  # `original` is sorted: 0, then increasing ids
+    lut[pos] = np.arange(1, keep.size + 1)
+    return lut[small]
 
 
 def iter_label_blocks(labels: Any, chunk: int = CHUNK, margin: int = MARGIN) -> Iterator[LabelBlock]:

@@ -175,7 +175,8 @@ class OutputSet:
         """Write the exports of `result` (a `PredictionResult`), the JSON, and rename them all into place.
 
         Args:
-            image: the input (`Slide`, read block by block) for the H&E intensity columns, or None.
+            image: the RGB pixels of the region for the CSV's and GeoJSON's intensity columns (an array, or the
+                open `Slide`, read block by block), or None.
             seconds: time spent on this input so far (the export time is added).
         """
         import numpy as np
@@ -188,10 +189,9 @@ class OutputSet:
         labels, offset = result.labels, result.region[:2]
         if "tif" in temps:
             export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
-        if "geojson" in temps:  # QuPath measurements: the CSV's, H&E intensities included
-            export.write_geojson(labels, temps["geojson"], offset=offset, mpp=mpp, image=image)
-        if "csv" in temps:
-            export.write_measurements_csv(labels, temps["csv"], image=image, mpp=mpp, offset=offset)
+        if "geojson" in temps or "csv" in temps:  # one pass: the GeoJSON carries the CSV's numbers
+            export.write_nuclei_tables(labels, csv_path=temps.get("csv"), geojson_path=temps.get("geojson"),
+                                       image=image, mpp=mpp, offset=offset)
         if "zarr" in temps:
             import zarr
 
@@ -234,5 +234,6 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
         big = is_big(slide, settings)
         result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
                                          out=outputs.store(big))
-        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=slide, worker=worker or local_worker(),
+        image = slide.read_region(0, *result.region) if not big else slide  # a slide: read block by block
+        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, worker=worker or local_worker(),
                               seconds=time.perf_counter() - t0)
