@@ -130,3 +130,29 @@ def test_plan_refuses_existing_outputs_before_running_anything(tiles, tmp_path):
     plan = plan_batch(sorted(folder.iterdir()), out, settings, overwrite=True)
     assert [i.replace for i in plan.todo] == [False, False, True]
     assert (out / "t2_nuclei.csv").read_text() == "mine"  # planning touches nothing
+
+
+def test_ctrl_c_in_process_keeps_finished_inputs_and_resume_does_the_rest(tiles, tmp_path, monkeypatch, capsys):
+    from nucseg.io import export
+
+    folder, counts = tiles
+    out = tmp_path / "out"
+    real = export.write_labels_ome_tiff
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "write_labels_ome_tiff", interrupted_on_the_second)
+    assert main(["predict", str(folder), "--out", str(out), *MODEL]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert [r["status"] for r in _summary(out).values()] == ["done", "not run", "not run"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch_summary.csv", "t0_labels.tif", "t0_predict.json"]
+    monkeypatch.setattr(export, "write_labels_ome_tiff", real)
+    assert main(["predict", str(folder), "--out", str(out), *MODEL, "--resume"]) == 0
+    assert "skipped 1 of 3 inputs" in capsys.readouterr().err
+    assert [r["status"] for r in _summary(out).values()] == ["skipped", "done", "done"]
+    assert tifffile.imread(out / "t2_labels.tif").max() == counts["t2"]

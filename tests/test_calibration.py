@@ -70,7 +70,7 @@ def test_an_image_that_fits_one_window_keeps_its_one_tile_answer(trained):
 
 def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
     """For an image that fits one tile, the pass that measures the gates is the prediction."""
-    from nucseg.inference import blocks, predict
+    from nucseg.inference import predict, tile_store
 
     spec, net, image = trained
     calls = []
@@ -79,7 +79,7 @@ def test_a_tile_that_is_the_window_is_not_run_twice(trained, monkeypatch):
         calls.append(1)
         return predict_batch(*args, **kwargs)
 
-    monkeypatch.setattr(blocks, "predict_batch", counting)
+    monkeypatch.setattr(tile_store, "predict_batch", counting)
     cfg = InferenceConfig(device="cpu", tiling=TilingConfig(512, 64, 1))
     with torch.inference_mode():
         reference = predict_batch(net, image[None], spec, CPU)[0]  # the sample is 512 x 512
@@ -117,7 +117,7 @@ def test_windows():
 
 def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
     """A multi-block run calibrates each block that has tissue on its window with most tissue, not on glass."""
-    from nucseg.inference import blocks, calibration, predict, source
+    from nucseg.inference import calibration, predict, source, tile_store
 
     image = np.full((1600, 1600, 3), 245, np.uint8)
     image[1100:1500, 1100:1500] = blob_image((400, 400), n=30, seed=5)[0]
@@ -127,7 +127,7 @@ def test_slide_run_measures_gates_on_tissue(monkeypatch, tmp_path):
         seen.append(window)
         return net, None
 
-    monkeypatch.setattr(blocks, "with_image_gates", spy)
+    monkeypatch.setattr(tile_store, "with_image_gates", spy)
     monkeypatch.setattr(source.ScaledSource, "tissue_mask",
                         lambda self: (_square_of_tissue(self.shape), 16.0))
     cfg = InferenceConfig(model="unet-mobilenet_v2", device="cpu", tiling=TilingConfig(256, 32, 4), block_size=800)

@@ -144,6 +144,7 @@ def test_micrometres_only_from_the_file_or_mpp(tile, tmp_path):
     assert main(["predict", str(path), "--out", str(given), *common, "--mpp", "0.5"]) == 0
     rows = _csv_rows(given / "tile_nuclei.csv")
     assert [float(r["area_um2"]) for r in rows] == pytest.approx([float(r["area_px"]) * 0.25 for r in rows])
+    assert "mean_hematoxylin_od" in rows[0]  # the image is at hand: H&E intensities
     assert _ome_physical_size(given / "tile_labels.tif") == 0.5
     summary = json.loads((given / "tile_predict.json").read_text())
     assert summary["mpp"] == 0.5 and summary["mpp_from"] == "--mpp"
@@ -155,3 +156,19 @@ def test_micrometres_only_from_the_file_or_mpp(tile, tmp_path):
     assert _ome_physical_size(tmp_path / "file" / "sized_labels.tif") == 0.25
     summary = json.loads((tmp_path / "file" / "sized_predict.json").read_text())
     assert summary["mpp"] == 0.25 and summary["mpp_from"] == "file"
+
+
+def test_a_slide_larger_than_a_block_gets_intensities_and_qupath_measurements(tile, tmp_path):
+    path, truth = tile
+    slide = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(slide, np.asarray(Image.open(path)), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    out = tmp_path / "o"
+    assert main(["predict", str(slide), "--out", str(out), *MODEL, "--block-size", "128", "--tile-size", "64",
+                 "--overlap", "16", "--format", "csv,geojson", "--quiet"]) == 0
+    rows = _csv_rows(out / "slide_nuclei.csv")
+    assert len(rows) == truth.max() and "mean_eosin_od" in rows[0] and "area_um2" in rows[0]
+    feature = json.loads((out / "slide_nuclei.geojson").read_text())["features"][0]
+    measurements = feature["properties"]["measurements"]
+    assert measurements["area_um2"] == pytest.approx(measurements["area_px"] * 0.25**2)
+    assert "mean_hematoxylin_od" in measurements

@@ -39,8 +39,8 @@ class BlobNetOnWorkers(WorkerPlugin):
 
 @pytest.fixture(scope="module")
 def scheduler():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(BlobNetOnWorkers())
         yield cluster.scheduler_address
 
@@ -107,26 +107,38 @@ def test_a_slide_of_several_blocks_is_spread_over_the_workers(scheduler, tmp_pat
     assert not list((tmp_path / "dist").glob(".*"))  # no temporary files left
 
 
-@pytest.mark.slow
-def test_workers_2_stopped_by_ctrl_c_then_resumed(tmp_path, shared_data, repo_root):
-    """The real CLI and model: Ctrl-C after the first output stops cleanly (no process left, the finished
-    outputs kept); the same command with --resume skips them and does the rest, as an in-process run would."""
-    psutil = pytest.importorskip("psutil")
-    folder = tmp_path / "tiles"
+def _real_tiles(folder, shared_data, n=4):
     folder.mkdir()
-    source = sorted((shared_data / "monuseg-train" / "images").glob("*.png"))[:4]
-    for i, path in enumerate(source):
+    for i, path in enumerate(sorted((shared_data / "monuseg-train" / "images").glob("*.png"))[:n]):
         Image.fromarray(np.asarray(Image.open(path).convert("RGB"))[400:528, 400:528]).save(folder / f"m{i}.png")
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "nucseg", "predict", str(folder), "--out", str(out), "--tile-size", "128",
-               "--overlap", "32", "--workers", "2", "--threads-per-worker", "1"]
+    return folder
+
+
+def _start_and_wait_for_first_output(command, env, out):
+    """Start the CLI in its own process group; return once its first input is finished."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 240
     while not list(out.glob("*_predict.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def _cli(repo_root, folder, out, *extra):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "src"), os.environ.get("PYTHONPATH", "")])}
+    return [sys.executable, "-m", "nucseg", "predict", str(folder), "--out", str(out), "--tile-size", "128",
+            "--overlap", "32", *extra], env
+
+
+@pytest.mark.slow
+def test_workers_2_stopped_by_ctrl_c_then_resumed(tmp_path, shared_data, repo_root):
+    """The real CLI and model: Ctrl-C after the first output stops cleanly (no process left, the finished
+    outputs kept); the same command with --resume skips them and does the rest, as an in-process run would."""
+    psutil = pytest.importorskip("psutil")
+    folder, out = _real_tiles(tmp_path / "tiles", shared_data), tmp_path / "out"
+    command, env = _cli(repo_root, folder, out, "--workers", "2", "--threads-per-worker", "1")
+    proc = _start_and_wait_for_first_output(command, env, out)
     family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
     _, err = proc.communicate(timeout=120)
@@ -152,3 +164,30 @@ def test_workers_2_stopped_by_ctrl_c_then_resumed(tmp_path, shared_data, repo_ro
     for i in range(4):
         np.testing.assert_array_equal(tifffile.imread(out / f"m{i}_labels.tif"),
                                       tifffile.imread(local / f"m{i}_labels.tif"))
+
+
+@pytest.mark.slow
+def test_a_killed_job_is_finished_by_resume(tmp_path, shared_data, repo_root):
+    """SIGKILL to the whole job (what a scheduler's time limit does) after the first output: no summary, maybe a
+    half-written input; --resume takes only the complete ones as finished and does the rest."""
+    folder, out = _real_tiles(tmp_path / "tiles", shared_data), tmp_path / "out"
+    command, env = _cli(repo_root, folder, out, "--workers", "2", "--threads-per-worker", "1")
+    proc = _start_and_wait_for_first_output(command, env, out)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    finished = {p.name[: -len("_predict.json")] for p in out.glob("*_predict.json")}
+    resumed = subprocess.run([*_cli(repo_root, folder, out)[0], "--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)  # in-process this time: the outputs do not depend on where they ran
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipped {len(finished)} of 4 inputs" in resumed.stderr
+    rows = _rows(out)
+    assert {n[:-4] for n, r in rows.items() if r["status"] == "skipped"} == finished
+    assert {r["status"] for r in rows.values()} <= {"skipped", "done"} and len(rows) == 4
+    assert not list(out.glob(".*"))
+    assert all(tifffile.imread(out / f"m{i}_labels.tif").max() > 0 for i in range(4))
+
+def test_a_fluorescence_slide_is_refused_on_the_block_path_too(scheduler, tmp_path, shared_data, capsys):
+    ndpi = shared_data / "slides" / "formats" / "hamamatsu_dapi_fluorescence.ndpi"  # several blocks: split
+    assert main(["predict", str(ndpi), "--out", str(tmp_path / "o"), *MODEL, "--scheduler", scheduler]) == 2
+    assert "--allow-fluorescence" in capsys.readouterr().err
+    assert _rows(tmp_path / "o")[ndpi.name]["status"] == "failed"

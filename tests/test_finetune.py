@@ -1,5 +1,6 @@
 """iter_finetune on tiny data: resume after a crash loses at most one epoch, Stop keeps the best epoch as a
-loadable model, and a kill -9 mid-epoch resumes from the last checkpoint."""
+loadable model, a kill -9 mid-epoch resumes from the last checkpoint, and the keep policies: a model not
+better than its base on validation, or a stopped run, is a candidate until kept or discarded."""
 
 from __future__ import annotations
 

@@ -316,3 +316,79 @@ def test_a_corrupt_tile_is_a_slide_read_error_in_a_fresh_process(shared_data, tm
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith("ok cannot read") for line in lines), done.stderr[-2000:]
+
+
+def test_openslide_applies_the_slide_icc_profile(tmp_path):
+    from nucseg.io._openslide import open_openslide
+
+    linear = _linear_rgb_profile()
+    path = tmp_path / "icc.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.full((128, 128, 3), 64, np.uint8), tile=(64, 64), photometric="rgb", compression="zlib",
+                  extratags=[(34675, 7, len(linear), linear, True)])
+    with open_openslide(path) as slide:
+        assert slide.icc["applied"] is True
+        assert 130 < slide.read_region(0, 0, 0, 16, 16).mean() < 145  # linear 64 -> sRGB ~137
+        assert 130 < np.asarray(slide.levels[0][:16, :16]).mean() < 145
+
+
+@pytest.mark.shared_data
+def test_dicom_files_without_a_suffix(shared_data, tmp_path):
+    """PACS exports often name files IM0001, IM0002...: the DICOM preamble tells them apart."""
+    for i, f in enumerate(sorted((formats(shared_data) / "dicom_cmu1_small_region").glob("*.dcm"))):
+        shutil.copy(f, tmp_path / f"IM{i:04d}")
+    (tmp_path / "notes.txt").write_text("case 12")
+    assert list_images(tmp_path) == [tmp_path]
+    with open_slide(tmp_path) as slide:
+        assert slide.shape == (2967, 2220) and slide.metadata["files"] == 4
+    with open_slide(tmp_path / "IM0002") as slide:
+        assert slide.reader == "wsidicom"
+
+
+def test_modality_of_a_big_single_level_reads_a_few_windows(tmp_path, monkeypatch):
+    from nucseg.io import _color
+
+    monkeypatch.setattr(_color, "SAMPLE_SIDE", 64)
+    image = np.full((400, 500, 3), 240, np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64), photometric="rgb")
+    with open_slide(tmp_path / "big.tif") as slide:
+        reads = []
+        read = slide._readers[0]
+        slide._readers[0] = lambda *box: reads.append(box) or read(*box)
+        kind, reason = slide_modality(slide)
+        assert kind == "brightfield" and "5 x 5 windows of 128 px" in reason
+        assert len(reads) == 25 and all((y1 - y0) * (x1 - x0) == 128 * 128 for y0, y1, x0, x1 in reads)
+
+
+def _leica_xml(w: int, h: int) -> str:
+    """A Leica SCN collection (sizes in nm): a macro image over the whole slide and one main image in it."""
+    bright = "<illuminationSettings><illuminationSource>brightfield</illuminationSource></illuminationSettings>"
+    return ('<?xml version="1.0" encoding="utf-8"?><scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+            '<collection name="t" sizeX="500000" sizeY="300000"><barcode>TEST-1</barcode>'
+            f'<image name="macro"><view sizeX="500000" sizeY="300000" offsetX="0" offsetY="0"/>'
+            f'<scanSettings>{bright}</scanSettings><pixels sizeX="250" sizeY="150">'
+            '<dimension sizeX="250" sizeY="150" r="0" ifd="2"/></pixels></image>'
+            '<image name="main"><device model="Leica SCN400" version="1"/>'
+            '<view sizeX="384000" sizeY="256000" offsetX="50000" offsetY="20000"/>'
+            f'<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>{bright}</scanSettings>'
+            f'<pixels sizeX="{w}" sizeY="{h}"><dimension sizeX="{w}" sizeY="{h}" r="0" ifd="0"/>'
+            f'<dimension sizeX="{w // 4}" sizeY="{h // 4}" r="1" ifd="1"/></pixels></image></collection></scn>')
+
+
+def test_leica_scn_goes_to_openslide(tmp_path):
+    """A Leica-style SCN: a 768 x 512 main image at 0.5 µm/px placed at (100, 40) px in a 1000 x 600 slide."""
+    base = _tissue(512, 768)
+    path = tmp_path / "slide.scn"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        opts = {"photometric": "rgb", "compression": "jpeg", "metadata": None, "resolutionunit": "CENTIMETER"}
+        tif.write(base, tile=(128, 128), description=_leica_xml(768, 512), resolution=(20000, 20000), **opts)
+        tif.write(np.ascontiguousarray(base[::4, ::4]), tile=(64, 64), resolution=(5000, 5000), **opts)
+        tif.write(np.full((150, 250, 3), 200, np.uint8), tile=(64, 64), **opts)
+    with open_slide(path) as slide:
+        assert slide.reader == "openslide" and slide.format == "scn" and slide.metadata["objective_power"] == 20
+        assert slide.shape == (600, 1000) and slide.level_shape(1) == (150, 250) and slide.downsamples == [1.0, 4.0]
+        assert slide.mpp == pytest.approx(0.5)
+        assert (slide.read_region(0, 0, 0, 30, 90) == 255).all()  # outside the scanned area: glass, not black
+        inside = slide.read_region(0, 40, 100, 512, 768)
+        assert np.abs(inside.astype(int) - base).mean() < 3
+        assert slide.read_associated("macro").shape == (150, 250, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -224,8 +225,7 @@ def test_open_small_he_in_napari(make_napari_viewer, shared_data, tmp_path):
     viewer.reset_view()
     shot = tmp_path / "reader_small_HE.png"
     pixels = viewer.screenshot(str(shot), canvas_only=True)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, SCREENSHOT)
+    refresh_docs(shot, SCREENSHOT.name)
     # tissue is pink / purple: the screenshot must not be one flat colour
     assert pixels.shape[-1] == 4 and pixels[..., :3].std() > 10
 
@@ -265,16 +265,24 @@ def _drop(viewer, path: Path) -> None:
     viewer.window._qt_viewer.dropEvent(event)
 
 
+def refresh_docs(shot: Path, name: str) -> None:
+    """Copy a screenshot into docs/screenshots/ on request only (NUCSEG_SCREENSHOTS=1, like the widgets'), so a
+    test run never changes tracked files."""
+    if os.environ.get("NUCSEG_SCREENSHOTS"):
+        (ROOT / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, ROOT / "docs" / "screenshots" / name)
+
+
 def _shot(viewer, tmp_path: Path, name: str) -> np.ndarray:
     viewer.window._qt_window.resize(1300, 760)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.font_size = 14
-    viewer.scale_bar.position = "bottom_left"  # the label can overflow its bar to the right without clipping
+    bar = viewer.canvas.overlays.scale_bar if hasattr(viewer, "canvas") else viewer.scale_bar  # napari >= 0.9
+    bar.visible = True
+    bar.font_size = 14
+    bar.position = "bottom_left"  # the label can overflow its bar to the right without clipping
     viewer.reset_view()
     shot = tmp_path / name
     pixels = viewer.screenshot(str(shot), canvas_only=False)
-    (ROOT / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, ROOT / "docs" / "screenshots" / name)
+    refresh_docs(shot, name)
     return pixels
 
 
@@ -329,3 +337,33 @@ def test_truth_png_opens_as_labels_in_napari(make_napari_viewer, shared_data, tm
     assert truth.name == f"{image.name} labels"
     pixels = _shot(viewer, tmp_path, "reader_truth_as_labels.png")
     assert pixels[..., :3].std() > 10
+
+
+@pytest.mark.gui
+@pytest.mark.shared_data
+def test_label_and_macro_on_request(make_napari_viewer, shared_data, tmp_path, qtbot):
+    from nucseg._napari.slide_images import SlideImagesWidget
+    from nucseg.io.slides import open_slide
+
+    viewer = make_napari_viewer(show=True)
+    widget = SlideImagesWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Slide label and macro")
+    assert widget.slide_box.count() == 0
+    folder = shared_data / "slides" / "formats" / "dicom_cmu1_small_region"
+    [layer] = viewer.open(str(folder), plugin="napari-nucseg")
+    assert len(viewer.layers) == 1  # the associated images are not layers
+    assert widget.slide_box.currentText() == layer.name
+    assert [widget.image_box.itemText(i) for i in range(widget.image_box.count())] == ["label", "macro", "thumbnail"]
+    widget.image_box.setCurrentText("macro")
+    with open_slide(folder) as slide:
+        np.testing.assert_array_equal(widget.read(), slide.read_associated("macro"))
+    assert widget.caption.text() == "macro: 1280 x 431 px (width x height)"
+    assert widget.picture.pixmap().width() == 320
+    widget.image_box.setCurrentText("label")
+    viewer.window._qt_window.resize(1300, 760)
+    viewer.reset_view()
+    qtbot.wait(100)  # let Qt lay out and paint the picture
+    viewer.screenshot(str(tmp_path / "s.png"), canvas_only=False)
+    refresh_docs(tmp_path / "s.png", "reader_slide_label.png")
+    viewer.layers.clear()
+    assert widget.slide_box.count() == 0 and widget.caption.text() == ""

@@ -74,6 +74,7 @@ def test_gui_thread_never_stalls_during_segmentation(make_napari_viewer, qtbot, 
     widget.tile_spin.setValue(128)
     widget.overlap_spin.setValue(32)
     widget.batch_spin.setValue(1)
+    qtbot.waitUntil(lambda: widget.ready, timeout=60000)  # what the widget does once when it opens is done
     qtbot.wait(200)
 
     returned_at: list[float] = []
@@ -123,6 +124,7 @@ def test_gui_thread_never_stalls_during_a_slide_run(make_napari_viewer, qtbot, m
     assert widget.model_combo.set_model(model)
     widget.tile_spin.setValue(512)
     widget.overlap_spin.setValue(64)
+    qtbot.waitUntil(lambda: widget.ready, timeout=60000)
     qtbot.wait(300)
 
     first_progress: list[float] = []

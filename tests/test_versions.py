@@ -127,3 +127,37 @@ def test_discard_training_state_only_on_finished_models(home):
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(StoreError, match="resume"):
         versions.discard_training_state(run)
+
+
+def test_versions_token_changes_when_versions_appear_from_any_process_and_when_kept_renamed_deleted(home):
+    """The segment widget's model list must follow versions made elsewhere (e.g. `nucseg finetune` in a
+    terminal), where the in-process `versions_changed` signal cannot reach: it polls this token."""
+    import os
+
+    seen = [versions.versions_token()]
+    fake_version(home / "models" / "a")  # written by "another process": no signal here
+    seen.append(versions.versions_token())
+    run = versions.new_version_dir("nucseg-default")  # an unfinished run is not a version
+    (run / "finetune_config.json").write_text("{}")
+    seen.append(versions.versions_token())
+    candidate = fake_version(run)
+    os.replace(candidate / "config.json", candidate / "candidate.json")  # finished, waiting for a decision
+    assert versions.is_candidate(run) and versions.versions_token() == seen[-1]
+    emitted = []
+
+    def count():
+        emitted.append(1)
+
+    versions.versions_changed.connect(count)
+    try:
+        versions.register_candidate(run)
+        seen.append(versions.versions_token())
+        versions.rename("a", "b")
+        seen.append(versions.versions_token())
+        versions.delete("b", confirm=True)
+        seen.append(versions.versions_token())
+    finally:
+        versions.versions_changed.disconnect(count)
+    assert seen[1] != seen[0] and seen[2] == seen[1]
+    assert len(set(seen[2:])) == 4 and len(emitted) == 3
+    assert [name for name, _ in seen[-1]] == [run.name]

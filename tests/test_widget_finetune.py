@@ -1,5 +1,7 @@
-"""The Corrections and Fine-tune widgets: add a correction from a viewer, fine-tune in a worker with live
-curves, Stop, resume, the versions panel, and the GUI event loop's longest stall while a model trains."""
+"""The Corrections and Fine-tune widgets: add a correction and its reviewed regions from a viewer, the
+corrected-labels default (never the truth), fine-tune in a worker with live curves, keep or discard (a worse
+model, a stopped run, after a restart), resume, the versions panel, the 1000-px layout, and the GUI event
+loop's longest stall while a model trains."""
 
 from __future__ import annotations
 
@@ -393,7 +395,11 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     entry = store_with_pairs.entries()[0]
     image, labels = entry.load()
     viewer.add_image(image, name="correction image", rgb=True)
+    layer = viewer.layers["correction image"]
     viewer.add_labels(labels, name="corrected nuclei", opacity=0.5)
+    from nucseg._napari.reviewed_regions import reviewed_layer
+
+    reviewed_layer(viewer, layer).add_rectangles([np.array([[8, 8], [8, 80], [70, 80], [70, 8]])])
     corrections = viewer.window.add_dock_widget(CorrectionsWidget(viewer), name="Corrections")
     widget = FinetuneWidget(viewer)
     finetune = viewer.window.add_dock_widget(widget, name="Fine-tune")
@@ -431,3 +437,17 @@ def test_rehearsal_follows_the_base_models_replay_set(make_napari_viewer, base_v
         assert (widget.config().mix_original > 0) is rehearses
     assert errors == []
     assert widget.plots.wait_idle()  # no curve render left running when the test process ends
+
+
+def test_a_version_written_by_another_process_appears_in_the_open_widget(make_napari_viewer, qtbot, base_version,
+                                                                        errors):
+    """`nucseg finetune` in a terminal cannot emit the in-process signal: the widget's watcher polls the disk."""
+    from nucseg._napari.finetune_widget import FinetuneWidget
+
+    widget = FinetuneWidget(make_napari_viewer())
+    new = base_version.parent / "from-the-terminal"
+    assert widget.model_combo.findData(str(new)) < 0
+    shutil.copytree(base_version, new)  # what another process leaves behind
+    qtbot.waitUntil(lambda: widget.model_combo.findData(str(new)) >= 0, timeout=10000)
+    assert "from-the-terminal" in widget.versions_panel.names() and not widget.watcher.check()
+    assert errors == []

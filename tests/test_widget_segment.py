@@ -359,7 +359,7 @@ def test_screenshot_segment_widget(make_napari_viewer, qtbot):
     # a user edit, then a threshold change: the edit survives
     labels = widget.result_layers[0]
     labels.data_setitem(tuple(np.mgrid[40:80, 40:80].reshape(2, -1)), int(labels.data.max()) + 1)
-    viewer.scene.camera.center, viewer.scene.camera.zoom = (15, 15), 6
+    viewer.scene.camera.center, viewer.scene.camera.zoom = (45, 60), 5
     first = labels.metadata["nucseg_result"]
     widget.min_area_spin.setValue(400)
     qtbot.waitUntil(lambda: labels.metadata["nucseg_result"] is not first and widget._reapply_worker is None,

@@ -79,12 +79,19 @@ class TilingConfig(_JsonConfig):
         return self.tile_size - self.overlap
 
 
+#: how the foreground map is cut: a fixed probability, or Otsu's threshold of each image's own map
+FOREGROUND_METHODS = ("fixed", "otsu")
+
+
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig(_JsonConfig):
     """Turning the network's foreground / contour / distance maps into separate nuclei.
 
     Attributes:
-        foreground_threshold: probability above which a pixel belongs to a nucleus.
+        foreground_threshold: probability above which a pixel belongs to a nucleus (with the "fixed" method).
+        foreground_method: "fixed" uses `foreground_threshold`; "otsu" uses Otsu's threshold of the foreground
+            map of each image (each block of a slide), kept within `OTSU_RANGE` (see
+            `nucseg.inference.postprocess.foreground_cut`).
         marker_threshold: a pixel seeds a nucleus where distance - contour exceeds this.
         min_area: nuclei smaller than this many pixels (at the model's resolution) are dropped.
         min_marker_area: seeds smaller than this are merged into their neighbours.
@@ -94,9 +101,12 @@ class PostprocessConfig(_JsonConfig):
     marker_threshold: float = 0.4
     min_area: int = 30
     min_marker_area: int = 10
+    foreground_method: str = "fixed"
 
     def __post_init__(self) -> None:
         _check(0.0 < self.foreground_threshold < 1.0, "foreground threshold must lie strictly between 0 and 1")
+        _check(self.foreground_method in FOREGROUND_METHODS,
+               f"foreground method {self.foreground_method!r} must be one of {', '.join(FOREGROUND_METHODS)}")
         _check(-1.0 < self.marker_threshold < 1.0, "marker threshold must lie strictly between -1 and 1")
         _check(self.min_area >= 0 and self.min_marker_area >= 0, "minimum areas must be >= 0")
 

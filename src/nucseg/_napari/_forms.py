@@ -4,7 +4,7 @@ on a 1000-px-high screen."""
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QDoubleSpinBox, QFrame, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFrame, QScrollArea, QSpinBox, QVBoxLayout, QWidget
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
@@ -38,3 +38,14 @@ def scrolled(owner: QWidget) -> QVBoxLayout:
     outer.addWidget(scroll)
     owner.scroll_area = scroll  # type: ignore[attr-defined]  # tests and callers reach it here
     return QVBoxLayout(content)
+
+
+def fit_width(owner: QWidget) -> None:
+    """After `scrolled`'s layout is filled: the dock as wide as its content needs (the scroll area scrolls only
+    vertically), with combo boxes that do not grow with the longest layer or model name."""
+    scroll: QScrollArea = owner.scroll_area  # type: ignore[attr-defined]
+    for combo in scroll.widget().findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(14)
+    width = scroll.widget().minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+    scroll.setMinimumWidth(width)

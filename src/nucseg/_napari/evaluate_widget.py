@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushB
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.jobs.evaluate import Evaluation
 
-from ._forms import _dspin, scrolled
+from ._forms import _dspin, fit_width, scrolled
 from ._workers import JobControls, error_message, start_generator_worker
 from .evaluation_layers import HIGHLIGHT_LAYER, OBJECTS_LAYER, PIXELS_LAYER, go_to_error, show_overlay
 from .evaluation_tables import TABLE_ROWS, ErrorTable, MetricsTable
@@ -93,6 +93,7 @@ class EvaluateWidget(QWidget):
         layout.addWidget(QLabel("False positives (magenta) and false negatives (yellow):"))
         layout.addWidget(self.errors_table, 1)
         layout.addLayout(buttons)
+        fit_width(self)
 
     def _guess_layers(self) -> None:
         """Prefer a plugin prediction as the prediction and another Labels layer as the truth."""
@@ -152,6 +153,7 @@ class EvaluateWidget(QWidget):
                                    f"{first['fp']} FP, {first['fn']} FN")
         for button in (self.export_button, self.export_errors_button, self.side_button):
             button.setEnabled(True)
+        fit_width(self)  # the filled tables are wider than the empty ones
 
     def table_values(self, column: int = 0) -> dict[str, Any]:
         """The metric values shown in one column of the table, by metric key."""

@@ -55,7 +55,8 @@ def highlight(viewer: napari.viewer.Viewer, error: ErrorObject, like: Layer) -> 
     if layer is None or layer.ndim != box.shape[1]:
         if layer is not None:
             viewer.layers.remove(layer)
-        layer = viewer.add_shapes(ndim=box.shape[1], name=HIGHLIGHT_LAYER, metadata={"nucseg_overlay": True})
+        layer = viewer.add_shapes(ndim=box.shape[1], name=HIGHLIGHT_LAYER, metadata={"nucseg_overlay": True},
+                                  scale=like.scale, translate=like.translate, units=like.units)
     layer.scale, layer.translate, layer.units = like.scale, like.translate, like.units
     layer.data = []
     layer.add_rectangles([box], edge_width=1.0, edge_color="white", face_color="transparent")

@@ -116,6 +116,7 @@ class ErrorTable(QTableWidget):
                 self.setItem(r, c, item)
         self.setSortingEnabled(True)
         self.blockSignals(False)
+        self.setColumnHidden(1, not any(e.plane for e in self.errors))  # "image": only for stacks
         self.resizeColumnsToContents()
 
     def error_index(self, row: int) -> int | None:

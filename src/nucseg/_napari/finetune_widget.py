@@ -46,7 +46,7 @@ from ._workers import JobControls, error_message, start_generator_worker
 from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
 from .plots import TrainingPlots
-from .versions_panel import VersionsPanel
+from .versions_panel import VersionsPanel, VersionsWatcher
 
 if TYPE_CHECKING:
     from nucseg.training.finetune import FinetuneResult
@@ -62,7 +62,6 @@ class FinetuneWidget(QWidget):
         store: the corrections store (default ``$NUCSEG_HOME/corrections``).
     """
 
-    _versions_changed_qt = Signal()
     _corrections_changed_qt = Signal()
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, store: CorrectionStore | None = None):
@@ -88,9 +87,9 @@ class FinetuneWidget(QWidget):
         self.start_button.clicked.connect(self.start)
         self.model_combo.currentIndexChanged.connect(self._on_base_changed)
         self.resume_check.toggled.connect(self._update_enabled)
-        self._versions_changed_qt.connect(self.refresh_versions)
+        self.watcher = VersionsWatcher(self)  # versions kept here, and those `nucseg finetune` writes elsewhere
+        self.watcher.changed.connect(self.refresh_versions)
         self._corrections_changed_qt.connect(self.refresh_data)
-        versions.versions_changed.connect(self._relay_versions)
         corrections_changed.connect(self._relay_corrections)
         self.refresh_versions()
         self.refresh_data()
@@ -136,12 +135,6 @@ class FinetuneWidget(QWidget):
             self.settings.follow_base(str(data))
 
     # -- refreshing --------------------------------------------------------------------------------------
-    def _relay_versions(self) -> None:
-        try:
-            self._versions_changed_qt.emit()
-        except RuntimeError:  # closed
-            versions.versions_changed.disconnect(self._relay_versions)
-
     def _relay_corrections(self, _root: Any) -> None:
         try:
             self._corrections_changed_qt.emit()

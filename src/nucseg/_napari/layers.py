@@ -50,6 +50,23 @@ def field_of_view_region(viewer: napari.viewer.Viewer, layer: Layer) -> Region:
     return _world_box_to_region(layer, corners, "the field of view")
 
 
+def chosen_regions(choice: str, viewer: napari.viewer.Viewer, layer: Layer, shapes: Layer | None
+                   ) -> list[Region | None]:
+    """The regions to segment for a choice "whole" (``[None]``), "view" (the field of view) or "shapes" (each
+    shape's bounding box in `shapes`).
+
+    Raises:
+        InvalidInputError: "shapes" without a Shapes layer, or a region outside the image.
+    """
+    if choice == "view":
+        return [field_of_view_region(viewer, layer)]
+    if choice == "shapes":
+        if shapes is None:
+            raise InvalidInputError("no Shapes layer: add one and draw rectangles on the image")
+        return list(shapes_to_regions(shapes, layer))
+    return [None]
+
+
 def _world_box_to_region(layer: Layer, world_points: Sequence[Sequence[float]], what: str) -> Region:
     point = np.asarray(layer.data_to_world([0] * layer.ndim), float)
     data = []

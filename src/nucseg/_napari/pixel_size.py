@@ -65,8 +65,9 @@ class PixelSizeField:
         elif file_mpp is not None:
             self.note.setText(f"from the file (about {10 / file_mpp:.0f}x)")
         else:
+            assumed = f"its own {model_mpp:g} µm/px" if model_mpp else "its own resolution"
             self.note.setText(f"not in the file: type it (40x is about 0.25, 20x about 0.5, 10x about 1.0); "
-                              f"left unknown, the model assumes its own {model_mpp:g} µm/px and exports stay in px")
+                              f"left unknown, the model assumes {assumed} and exports stay in px")
 
     def value_for(self, layer: Layer) -> float | None:
         """The µm/px to segment `layer` at: the file's, the user's (stored on the layer), or None (unknown).

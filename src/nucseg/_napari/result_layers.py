@@ -11,12 +11,14 @@ beside the run's own (never written over) and shown from a pyramid built in the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 
 from nucseg.jobs.segment import count_nuclei, keep_user_edits
 
@@ -24,7 +26,6 @@ from .layers import ResultDisplay, probability_transform, result_display, result
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image
 
     from nucseg.config import PostprocessConfig
     from nucseg.inference.predict import PredictionResult, PredictProgress
@@ -59,24 +60,38 @@ def result_metadata(result: PredictionResult) -> dict[str, Any]:
 
 
 def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, display: ResultDisplay, title: str,
-                      image_layer: Any, contours: bool) -> ResultView:
-    """Add the probability (hidden) and labels layers of a result, overlaid on `image_layer`."""
+                      image_layer: Any, contours: bool) -> tuple[ResultView, list[Callable[[], None]]]:
+    """Add the labels layer of a result, overlaid on `image_layer`; return it and the steps still to do.
+
+    Adding a layer costs napari's GUI thread a few hundred ms on a slow machine (its controls, its visual, the
+    first slice); the hidden probability layer and the contours (computed on every slice of the labels) are
+    therefore left as steps the caller runs in later turns of the event loop, so no single stall adds them up.
+    """
     scale, translate, units = image_layer.scale, image_layer.translate, tuple(image_layer.units)[-2:]
-    prob_shape = result.probabilities.shape[-2:]
-    p_scale, p_translate = probability_transform(scale, translate, result.region, prob_shape)
-    prob = viewer.add_image(display.probability, name=f"{title} foreground probability", colormap="magma",
-                            visible=False, scale=p_scale, translate=p_translate, units=units,
-                            contrast_limits=display.contrast_limits, multiscale=display.probability_multiscale,
-                            blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
     l_scale, l_translate = result_transform(scale, translate, result.region)
     labels = Labels(display.labels, name=title, scale=l_scale, translate=l_translate, units=units,
                     multiscale=display.labels_multiscale, opacity=0.8, metadata={
                         **result_metadata(result),  # the writers' H&E columns come from this image
                         "nucseg_image": {"name": image_layer.name, "path": image_layer.metadata.get("nucseg_path")}})
-    labels.contour = 2 if contours else 0  # before it is added: the first slice is drawn once, with contours
     viewer.add_layer(labels)
     written = None if display.labels_multiscale else np.array(display.labels, copy=True)
-    return ResultView(labels, prob, result, written)
+    view = ResultView(labels, None, result, written)
+
+    def add_probability() -> None:
+        if labels not in viewer.layers:
+            return
+        p_scale, p_translate = probability_transform(scale, translate, result.region, result.probabilities.shape[-2:])
+        view.probability = Image(display.probability, name=f"{title} foreground probability", colormap="magma",
+                                 visible=False, scale=p_scale, translate=p_translate, units=units,
+                                 contrast_limits=display.contrast_limits, multiscale=display.probability_multiscale,
+                                 blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
+        viewer.layers.insert(viewer.layers.index(labels), view.probability)  # under its labels
+        viewer.layers.selection.active = labels  # the layer the user edits
+
+    def show_contours() -> None:
+        labels.contour = 2 if contours else 0
+
+    return view, [add_probability, show_contours]
 
 
 def prewarm_layer_modules() -> None:
@@ -84,6 +99,55 @@ def prewarm_layer_modules() -> None:
     layer features, the vispy overlays of labels): 0.5 s of GUI time on a shared 2-core machine."""
     import napari._vispy.overlays.labels_polygon  # noqa: F401
     import pandas  # noqa: F401
+
+
+def startup_job(in_use: list) -> Generator[None, None, list[str]]:
+    """What a segment widget does in a worker when it opens: remove old slide runs (sparing `in_use`, see
+    `clean_predictions`), import napari's first-layer modules, and list the devices (importing torch): imports hold
+    the GIL, so they happen here once rather than at the end of the first run."""
+    from nucseg.jobs.segment import clean_predictions
+    from nucseg.models.device import available_devices
+
+    yield from ()
+    clean_predictions(in_use)
+    prewarm_layer_modules()
+    return available_devices()
+
+
+def start_startup_job(viewer: napari.viewer.Viewer, on_devices: Callable[[list[str]], None],
+                      on_finished: Callable[[], None]) -> Any:
+    """Start `startup_job` in a worker, sparing the slide runs the viewer's layers show; returns the worker."""
+    from nucseg.jobs.segment import result_folder
+
+    from ._workers import start_generator_worker
+
+    in_use = [result_folder(layer.metadata["nucseg_result"]) for layer in viewer.layers
+              if "nucseg_result" in layer.metadata]
+    return start_generator_worker(lambda: startup_job([p for p in in_use if p is not None]), on_return=on_devices,
+                                  on_finished=on_finished, desc="listing devices")
+
+
+class StepQueue:
+    """Callables run one per turn of the Qt event loop (see `add_result_layers`); `done` is called after the last."""
+
+    def __init__(self, done: Callable[[], None]):
+        self.steps: collections.deque[Callable[[], None]] = collections.deque()
+        self.done = done
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def extend(self, steps: list[Callable[[], None]]) -> None:
+        self.steps.extend(steps)
+        QTimer.singleShot(0, self._next)
+
+    def _next(self) -> None:
+        if self.steps:
+            self.steps.popleft()()
+        if self.steps:
+            QTimer.singleShot(0, self._next)
+        else:
+            self.done()
 
 
 def snapshot(view: ResultView) -> np.ndarray | None:

@@ -9,6 +9,7 @@ post-processing to the cached probabilities in a worker, keeping every edit the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Generator
@@ -19,44 +20,26 @@ import napari
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPushButton, QWidget
 
 from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
 from nucseg.errors import InvalidInputError, ModelError, NucsegError
 from nucseg.inference.predict import PredictProgress
-from nucseg.jobs.segment import (
-    clean_predictions,
-    layer_title,
-    new_prediction_path,
-    predictions_dir,
-    result_folder,
-    segment_regions,
-    streams_to_disk,
-)
-from nucseg.models.device import available_devices
+from nucseg.jobs.segment import layer_title, new_prediction_path, segment_regions, streams_to_disk
 from nucseg.models.registry import resolve_model
 
-from ._forms import _dspin, _spin, scrolled
+from . import result_layers as result_steps  # StepQueue, start_startup_job
+from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
-from .layers import LayerCombo, Region, field_of_view_region, image_input, result_display, shapes_to_regions
-from .model_list import BROWSE, ModelCombo
-from .pixel_size import MPP_FROM, PixelSizeField
-from .result_layers import (
-    ResultView,
-    add_result_layers,
-    apply_update,
-    prewarm_layer_modules,
-    reapply_views,
-    snapshot,
-)
-
-__all__ = ["BROWSE", "FIELD_OF_VIEW", "MPP_FROM", "SHAPES", "WHOLE", "SegmentWidget", "_dspin", "_spin",
-           "predictions_dir", "streams_to_disk"]
+from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
+from .model_list import ModelCombo
+from .pixel_size import PixelSizeField
+from .result_layers import ResultView, add_result_layers, apply_update, reapply_views, snapshot
+from .thresholds import ThresholdsBox
 
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
-#: milliseconds to wait after the last threshold change before re-applying post-processing
-REAPPLY_DELAY_MS = 300
+REAPPLY_DELAY_MS = 300  #: ms after the last threshold change before post-processing is re-applied
 
 isolate_triton()  # before torch is imported by a run: see _native
 
@@ -76,6 +59,7 @@ class SegmentWidget(QWidget):
         self._reapply_worker: Any = None
         self._reapply_pending = False
         self._stop: threading.Event | None = None
+        self._steps = result_steps.StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
 
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()
@@ -87,18 +71,16 @@ class SegmentWidget(QWidget):
         self.tile_spin = _spin(32, 4096, tiling.tile_size, step=32)
         self.overlap_spin = _spin(0, 1024, tiling.overlap, step=8)
         self.batch_spin = _spin(1, 256, tiling.batch_size)
-        self.tta_check = QCheckBox("test-time augmentation (flips, 4x slower)")
-        self.fg_spin = _dspin(0.01, 0.99, 0.5)
-        self.marker_spin = _dspin(-0.99, 0.99, 0.4)
-        self.min_area_spin = _spin(0, 100000, 30)
+        self.tta_check = QCheckBox("test-time augmentation (4x slower)")
+        self.thresholds = ThresholdsBox()
+        self.fg_spin, self.marker_spin, self.min_area_spin = self.thresholds.spins
+        self.contours_check = self.thresholds.contours_check
         self.region_combo = QComboBox()
         self.region_combo.addItems([WHOLE, FIELD_OF_VIEW, SHAPES])
         self.shapes_combo = LayerCombo(napari_viewer, (Shapes,))
         self.shapes_combo.setToolTip("rectangles drawn in this Shapes layer are segmented, each on its own")
         self.run_button = QPushButton("Run")
         self.controls = JobControls(self)
-        self.contours_check = QCheckBox("show contours only")
-        self.contours_check.setChecked(True)
         self._build_layout()
         self._set_threshold_defaults()
 
@@ -117,7 +99,7 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self._update_enabled()
         self._sync_pixel_size()
-        self._start_background_work()
+        self._background = result_steps.start_startup_job(napari_viewer, self._devices_found, self._startup_finished)
 
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
@@ -128,21 +110,22 @@ class SegmentWidget(QWidget):
                               ("batch size", self.batch_spin), ("", self.tta_check), ("region", self.region_combo),
                               ("shapes layer", self.shapes_combo)):
             form.addRow(label, widget)
-        thresholds = QGroupBox("Post-processing (re-applied live; your edits are kept)")
-        tform = QFormLayout(thresholds)
-        tform.addRow("foreground threshold", self.fg_spin)
-        tform.addRow("marker threshold", self.marker_spin)
-        tform.addRow("min area (px)", self.min_area_spin)
-        tform.addRow("", self.contours_check)
         layout = scrolled(self)
         layout.addLayout(form)
-        layout.addWidget(thresholds)
+        layout.addWidget(self.thresholds)
         layout.addWidget(self.run_button)
         layout.addWidget(self.controls)
         layout.addStretch(1)
+        fit_width(self)
 
     def _update_enabled(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
+
+    def _devices_found(self, devices: list[str]) -> None:
+        self.device_combo.addItems([d for d in devices if self.device_combo.findText(d) < 0])
+
+    def _startup_finished(self) -> None:
+        self._background = None
 
     def _spec(self):
         model = self.model_combo.current_model()
@@ -152,15 +135,9 @@ class SegmentWidget(QWidget):
 
     def _set_threshold_defaults(self) -> None:
         try:
-            defaults = {**PostprocessConfig().to_dict(), **self._spec().postprocess_defaults}
+            self.thresholds.set_defaults(self._spec().postprocess_defaults)
         except NucsegError:
-            defaults = PostprocessConfig().to_dict()
-        for spin, key in ((self.fg_spin, "foreground_threshold"), (self.marker_spin, "marker_threshold"),
-                          (self.min_area_spin, "min_area")):
-            spin.blockSignals(True)
-            spin.setValue(defaults[key])
-            spin.blockSignals(False)
-        self._min_marker_area = int(defaults.get("min_marker_area", PostprocessConfig().min_marker_area))
+            self.thresholds.set_defaults({})
 
     def _on_model_chosen(self, _: str) -> None:
         self._set_threshold_defaults()
@@ -171,15 +148,13 @@ class SegmentWidget(QWidget):
         if folder:
             self.add_model_folder(folder)
 
-    def _model_mpp(self) -> float:
-        try:
+    def _model_mpp(self) -> float | None:
+        with contextlib.suppress(NucsegError):
             return self._spec().mpp
-        except NucsegError:
-            return 0.25
+        return None
 
     def _sync_pixel_size(self, *_: Any) -> None:
         self.pixel_size.sync(self.image_combo.current_layer())
-
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a model folder to the list and choose it; shows an error and returns False when it is not one."""
         try:
@@ -191,8 +166,7 @@ class SegmentWidget(QWidget):
 
     def postprocess_config(self) -> PostprocessConfig:
         """The thresholds as a validated config (raises ConfigError)."""
-        return PostprocessConfig(foreground_threshold=self.fg_spin.value(), marker_threshold=self.marker_spin.value(),
-                                 min_area=self.min_area_spin.value(), min_marker_area=self._min_marker_area)
+        return self.thresholds.config()
 
     def inference_config(self) -> InferenceConfig:
         """Everything chosen, as a validated `InferenceConfig` (raises ConfigError with a readable message)."""
@@ -203,21 +177,14 @@ class SegmentWidget(QWidget):
 
     def regions(self, layer: Image) -> list[Region | None]:
         """The regions to segment, in level-0 pixels (None = the whole image)."""
-        choice = self.region_combo.currentText()
-        if choice == FIELD_OF_VIEW:
-            return [field_of_view_region(self.viewer, layer)]
-        if choice == SHAPES:
-            shapes = self.shapes_combo.current_layer()
-            if shapes is None:
-                raise InvalidInputError("no Shapes layer: add one and draw rectangles on the image")
-            return list(shapes_to_regions(shapes, layer))
-        return [None]
+        choice = {WHOLE: "whole", FIELD_OF_VIEW: "view", SHAPES: "shapes"}[self.region_combo.currentText()]
+        return chosen_regions(choice, self.viewer, layer, self.shapes_combo.current_layer())
 
     # -- running -----------------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        """Whether a segmentation run is in progress."""
-        return self._worker is not None
+        """Whether a segmentation run is in progress (until its last layer is added)."""
+        return self._worker is not None or bool(self._steps)
 
     def run(self) -> None:
         """Start a segmentation run in a worker (errors are shown, never raised)."""
@@ -261,11 +228,13 @@ class SegmentWidget(QWidget):
 
     def _run_finished(self) -> None:
         self._worker = None
-        self.run_button.setEnabled(True)
+        self.run_button.setEnabled(not self._steps)
 
     def _show_results(self, shown: list, image_layer: Image, title: str, several: bool) -> None:
-        views = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
+        added = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
                                    self.contours_check.isChecked()) for k, (result, display) in enumerate(shown, 1)]
+        views = [view for view, _ in added]
+        self._steps.extend([step for _, steps in added for step in steps])
         results = [r for r, _ in shown]
         text = f"{sum(r.n_nuclei for r in results)} nuclei in {sum(r.seconds for r in results):.1f} s"
         if self._stop is not None and self._stop.is_set():
@@ -287,21 +256,10 @@ class SegmentWidget(QWidget):
         for layer in self.result_layers:
             layer.contour = 2 if checked else 0
 
-    def _start_background_work(self) -> None:
-        """In a worker: list the devices (importing torch there, not on the GUI thread at the first Run), import
-        what napari needs for the first result layers, and remove old slide runs (`clean_predictions`'s policy),
-        sparing every run a layer shows."""
-        in_use = [result_folder(layer.metadata["nucseg_result"]) for layer in self.viewer.layers
-                  if "nucseg_result" in layer.metadata]
-
-        def job() -> Generator[None, None, list[str]]:
-            yield from ()
-            clean_predictions([p for p in in_use if p is not None])
-            prewarm_layer_modules()  # imports hold the GIL: here, once, not at the end of a run
-            return available_devices()
-
-        self._background = start_generator_worker(job, on_return=lambda devices: self.device_combo.addItems(
-            [d for d in devices if self.device_combo.findText(d) < 0]), desc="listing devices")
+    @property
+    def ready(self) -> bool:
+        """Whether the work started when the widget opened (`startup_job`) is done."""
+        return self._background is None
 
     # -- thresholds --------------------------------------------------------------------------------------
     def reapply_thresholds(self) -> None:

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", help="y,x,height,width in level-0 pixels (default: everything)")
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: unknown: "
                    "segmented as the model's resolution, outputs in pixels only)")
+    p.add_argument("--foreground-threshold", metavar="P|otsu",
+                   help="foreground probability at which a pixel is nucleus: a number in (0, 1), or 'otsu' for Otsu's "
+                   "threshold of each image's own map (default: the model's, 0.5 for nucseg-default)")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
     p.add_argument("--allow-fluorescence", action="store_true", help="segment a slide that looks like fluorescence")
@@ -66,11 +69,24 @@ def build_config(args: argparse.Namespace):
     from nucseg.models.registry import resolve_model
 
     spec = resolve_model(args.model)
+    postprocess = {**spec.postprocess_defaults, **foreground_option(args.foreground_threshold)}
     return InferenceConfig(
         model=args.model, device=args.device, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
-        postprocess=PostprocessConfig(**spec.postprocess_defaults), block_size=args.block_size,
+        postprocess=PostprocessConfig(**postprocess), block_size=args.block_size,
     )
+
+
+def foreground_option(text: str | None) -> dict:
+    """PostprocessConfig fields from --foreground-threshold (nothing when it is not given)."""
+    if text is None:
+        return {}
+    if text.strip().lower() == "otsu":
+        return {"foreground_method": "otsu"}
+    try:
+        return {"foreground_method": "fixed", "foreground_threshold": float(text)}
+    except ValueError:
+        raise InvalidInputError(f"--foreground-threshold {text!r}: give a probability such as 0.4, or 'otsu'") from None
 
 
 def build_settings(args: argparse.Namespace):

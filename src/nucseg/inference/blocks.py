@@ -17,18 +17,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.inference.calibration import CALIBRATION_SIZE, add_window_tile, with_image_gates
-from nucseg.inference.forward import predict_batch
-from nucseg.inference.plan import Box, PredictionPlan
+from nucseg.inference.plan import BlockPlan, Box, PredictionPlan
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.stitching import BlendCanvas
-from nucseg.inference.tiling import iter_batches
+from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
     import torch
 
-    from nucseg.config import InferenceConfig
-    from nucseg.inference.source import ScaledSource
+    from nucseg.config import InferenceConfig, PostprocessConfig
+    from nucseg.inference.source import LevelGeometry, ScaledSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,42 +88,28 @@ def iter_block_probabilities(
     predictor: Predictor,
     *,
     stop: threading.Event | None = None,
+    store: TileStore | None = None,
 ) -> Generator[tuple[str, int], None, tuple[np.ndarray, int, bool]]:
-    """The blended probabilities of block `index` over its read box (clipped to the region), without
-    post-processing. Yields (stage, tiles done in this block) before each slow step and after each batch;
-    returns (probabilities, tiles done, stopped).
+    """The blended probabilities of block `index` over its read box, without post-processing. Yields (stage,
+    tiles run for this block) before each slow step and after each batch; returns (probabilities, tiles run,
+    stopped).
 
-    The first tile of the plan's first block with tiles runs alone, so a run's progress moves after one tile, not
-    a whole batch; that is part of the plan (a batch's make-up can change the last bits of a convolution), so
-    every runner batches alike."""
+    Args:
+        store: the run's `TileStore` (tiles kept from earlier blocks are not run again); None runs every tile
+            this block needs (another process), with the same result.
+    """
     block = plan.blocks[index]
-    config, source = plan.config, plan.source
-    spec, device = predictor.spec, predictor.device
-    tiling = config.tiling
+    store = store if store is not None else TileStore(plan, predictor, max_bytes=0)
+    tiling = plan.config.tiling
     ry, rx, rh, rw = block.read
+    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
     yield "reading block", 0
-    pixels = source.read(ry, rx, rh, rw)
-    yield "calibrating", 0
-    gated, window_probs = with_image_gates(predictor.net, _window_pixels(source, pixels, block.read, block.window),
-                                           spec, device)
-    canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
-    todo = add_window_tile(canvas, list(block.tiles), block.window, window_probs, config.tta)
-    done, stopped = len(block.tiles) - len(todo), False
-    batches = list(iter_batches(todo, tiling.batch_size))
-    if index == plan.first_block and len(todo) > 1 and tiling.batch_size > 1:
-        batches = [todo[:1], *iter_batches(todo[1:], tiling.batch_size)]
-    for batch_tiles in batches:
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
-        batch = np.stack([pixels[t.y0 - ry : t.y1 - ry, t.x0 - rx : t.x1 - rx] for t in batch_tiles])
-        for t, p in zip(batch_tiles, predict_batch(gated, batch, spec, device, tta=config.tta)):
-            canvas.add(t, p)
-        done += len(batch_tiles)
-        yield "predicting", done
+    preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
+    for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner
+        if i in preds:
+            canvas.add(plan.tiles[i], preds[i])
     # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
-    H, W = source.shape
-    return canvas.result()[:, : min(rh, H - ry), : min(rw, W - rx)], done, stopped
+    return canvas.result(), run, stopped
 
 
 def iter_block(
@@ -135,24 +119,33 @@ def iter_block(
     *,
     stop: threading.Event | None = None,
     probs_dtype: Any = np.float32,
+    store: TileStore | None = None,
 ) -> Generator[tuple[str, int], None, BlockOutput]:
-    """`run_block` as a generator: yields (stage, tiles done in this block) before each slow step and after
+    """`run_block` as a generator: yields (stage, tiles run for this block) before each slow step and after
     each batch; returns the `BlockOutput`."""
     block = plan.blocks[index]
     if not block.tiles:
         return BlockOutput(index)
-    probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop)
+    probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop, store=store)
     if not stopped:
         yield "separating nuclei", done
+    return finish_block(block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, done, stopped)
+
+
+def finish_block(block: BlockPlan, probs: np.ndarray, postprocess: PostprocessConfig, geometry: LevelGeometry,
+                 probs_dtype: Any = np.float32, tiles_done: int = 0, stopped: bool = False) -> BlockOutput:
+    """Separate a block's nuclei from its read-box probabilities (CPU only: runs in worker processes too)."""
     ry, rx = block.read[:2]
     # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
-    y0, x0 = min(t.y0 for t in block.tiles) - ry, min(t.x0 for t in block.tiles) - rx
+    y0, x0 = max(min(t.y0 for t in block.tiles) - ry, 0), max(min(t.x0 for t in block.tiles) - rx, 0)
     y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
-    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], plan.config.postprocess)
+    inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], postprocess)
     labels, n = keep_core_nuclei(inst, block.box, (ry + y0, rx + x0))
-    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), plan.source)
-    return BlockOutput(index, labels, labels_box, n, convert_probabilities(block_core(plan, index, probs), probs_dtype),
-                       done, stopped)
+    labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), geometry)
+    by, bx, bh, bw = block.box
+    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
+    return BlockOutput(block.index, labels, labels_box, n, convert_probabilities(core, probs_dtype), tiles_done,
+                       stopped)
 
 
 def block_core(plan: PredictionPlan, index: int, probs: np.ndarray) -> np.ndarray:
@@ -171,6 +164,7 @@ def run_block(
     stop: threading.Event | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     probs_dtype: Any = np.float32,
+    store: TileStore | None = None,
 ) -> BlockOutput:
     """Read, calibrate, predict and post-process block `index` of `plan`.
 
@@ -181,11 +175,13 @@ def run_block(
         stop: when set, the block ends after the current batch (what was done is kept).
         on_batch: called with (tiles done in this block, tiles of this block) after every batch.
         probs_dtype: np.float32, or np.uint8 for probabilities scaled to 0..255 (a quarter of the size).
+        store: a `TileStore` shared by the blocks run in this process (tiles over a block border then run once);
+            None runs every tile the block needs. The output is the same either way.
 
     Returns:
         `BlockOutput`.
     """
-    gen = iter_block(plan, index, predictor, stop=stop, probs_dtype=probs_dtype)
+    gen = iter_block(plan, index, predictor, stop=stop, probs_dtype=probs_dtype, store=store)
     n_tiles = len(plan.blocks[index].tiles)
     while True:
         try:
@@ -258,13 +254,3 @@ def paste_labels(labels_out: Any, labels: np.ndarray, box: tuple[int, int, int, 
     shifted = np.where(labels > 0, labels + np.uint32(next_id - 1), np.uint32(0))
     current = np.asarray(labels_out[sl])
     labels_out[sl] = np.where(current == 0, shifted, current)
-
-
-def _window_pixels(source: ScaledSource, pixels: np.ndarray, read: Box, window: tuple[int, int]) -> np.ndarray:
-    """The calibration window's pixels: cut from the block's pixels when it lies inside them (the usual case: no
-    second read, and exactly the pixels its tiles see), else read (a block smaller than the window)."""
-    ry, rx, rh, rw = read
-    y, x = window[0] - ry, window[1] - rx
-    if y >= 0 and x >= 0 and y + CALIBRATION_SIZE <= rh and x + CALIBRATION_SIZE <= rw:
-        return pixels[y : y + CALIBRATION_SIZE, x : x + CALIBRATION_SIZE]
-    return source.read(*window, CALIBRATION_SIZE, CALIBRATION_SIZE)

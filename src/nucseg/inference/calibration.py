@@ -34,19 +34,22 @@ def centre_window(shape: tuple[int, int], size: int = CALIBRATION_SIZE) -> tuple
 
 
 def tissue_window(box: tuple[int, int, int, int], mask: np.ndarray, down: float,
-                  size: int = CALIBRATION_SIZE) -> tuple[int, int]:
-    """Top-left of the `size` window (on a half-window grid) in `box` (y, x, h, w) with the most tissue in
-    `mask`, whose pixels are `down` times coarser than the box's; the one nearest the box's centre among equals."""
+                  size: int = CALIBRATION_SIZE, candidates: list[tuple[int, int]] | None = None) -> tuple[int, int]:
+    """Top-left of the `size` window in `box` (y, x, h, w) with the most tissue in `mask`, whose pixels are
+    `down` times coarser than the box's; the one nearest the box's centre among equals. The windows tried are
+    `candidates` (e.g. the block's tiles, whose calibration pass then doubles as their prediction), else a
+    half-window grid over the box."""
     by, bx, h, w = box
     oy, ox = centre_window((h, w), size)
     cy, cx = by + oy, bx + ox
+    if not candidates:
+        candidates = [(y, x) for y in range(by, by + max(h - size, 0) + 1, size // 2)
+                      for x in range(bx, bx + max(w - size, 0) + 1, size // 2)]
     best, best_key = (cy, cx), None
-    for y in range(by, by + max(h - size, 0) + 1, size // 2):
-        for x in range(bx, bx + max(w - size, 0) + 1, size // 2):
-            cut = mask[int(y // down) : int(np.ceil((y + size) / down)), int(x // down) : int(np.ceil((x + size) / down))]
-            key = (float(cut.mean()) if cut.size else 0.0, -abs(y - cy) - abs(x - cx))
-            if best_key is None or key > best_key:
-                best, best_key = (y, x), key
+    for y, x in candidates:
+        key = (tissue_share(mask, down, y, x, size), -abs(y - cy) - abs(x - cx))
+        if best_key is None or key > best_key:
+            best, best_key = (y, x), key
     return best
 
 
@@ -57,14 +60,16 @@ def tissue_share(mask: np.ndarray, down: float, y: int, x: int, size: int = CALI
     return float(cut.mean()) if cut.size else 0.0
 
 
-def block_window(box: tuple[int, int, int, int], tissue: tuple[np.ndarray, float] | None) -> tuple[int, int]:
+def block_window(box: tuple[int, int, int, int], tissue: tuple[np.ndarray, float] | None,
+                 candidates: list[tuple[int, int]] | None = None) -> tuple[int, int]:
     """Where the gates of the block `box` (y, x, h, w) are measured: its centre window, unless `tissue` (mask,
-    downsample) says that is mostly glass; then its window with most tissue."""
+    downsample) says that is mostly glass; then the window with most tissue among `candidates` (see
+    `tissue_window`)."""
     oy, ox = centre_window(box[2:])
     centre = box[0] + oy, box[1] + ox
     if tissue is None or max(box[2:]) <= CALIBRATION_SIZE or tissue_share(*tissue, *centre) >= CENTRE_TISSUE_SHARE:
         return centre
-    return tissue_window(box, tissue[0], tissue[1])
+    return tissue_window(box, tissue[0], tissue[1], candidates=candidates)
 
 
 def centre_crop(image: np.ndarray, size: int = CALIBRATION_SIZE) -> np.ndarray:

@@ -1,10 +1,14 @@
 """`plan_prediction`: where a prediction will run, before anything runs (no network, no block read).
 
-A plan fixes the geometry of a run: the region at the model's resolution (`ScaledSource`), the blocks that are
-post-processed at once, each block's read box (the block and a halo of context), its tiles (after skipping glass)
-and the window its squeeze-excitation gates are measured on. It is a pure function of the image, the settings and
-the region, so a worker process that opens the same file and plans again gets the same plan, and the blocks can
-run anywhere (`nucseg.inference.blocks.run_block`) and be written in block order for the same labels.
+A plan fixes the geometry of a run: the region at the model's resolution (`ScaledSource`); one grid of tiles laid
+over its tissue (over its bounding box, so a small piece of tissue needs the fewest tiles; tiles without tissue
+dropped); the blocks that are post-processed at once, each with a read box (the block and a halo of context); which
+tiles each block needs (those over its read box: a tile on a block border is computed once and feeds both blocks);
+which block owns each tile (the one holding its centre: the tile runs with that block's squeeze-excitation gates,
+so its prediction is the same whichever block asks for it); the window each block's gates are measured on; and the
+batches tiles run in (a batch's make-up can change a convolution's last bits, so it is fixed here). It is a pure
+function of the image, the settings and the region, so a worker process that plans again gets the same plan, and
+blocks can run anywhere (`nucseg.inference.blocks.run_block`) and be written in block order for the same labels.
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from nucseg.config import InferenceConfig
-from nucseg.inference.calibration import block_window
+from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
 from nucseg.inference.source import ScaledSource
-from nucseg.inference.tiling import Tile, tile_grid
+from nucseg.inference.tiling import Tile, tile_starts
 from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from nucseg.io.slides import Slide
 
 #: context read around each block; nuclei are far smaller, so any nucleus touching a core is seen whole
@@ -36,9 +40,9 @@ class BlockPlan:
     Attributes:
         index: position in the plan (blocks are written in this order).
         box: (y, x, h, w) of the block's core: its nuclei are those whose centre lies here.
-        read: (y, x, h, w) read around the core (halo included; at least one tile on each side).
-        tiles: the tiles to run (glass skipped), row-major.
-        window: top-left of the calibration window (squeeze-excitation gates), CALIBRATION_SIZE square.
+        read: (y, x, h, w) of the context it post-processes (core and halo, within the region).
+        tiles: the tiles over `read` (glass skipped), row-major; `tile_ids`: their indices in `plan.tiles`.
+        window: top-left of the calibration window (squeeze-excitation gates) of the tiles it owns.
     """
 
     index: int
@@ -46,6 +50,7 @@ class BlockPlan:
     read: Box
     tiles: tuple[Tile, ...]
     window: tuple[int, int]
+    tile_ids: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -57,7 +62,10 @@ class PredictionPlan:
         config: the settings.
         spec: the model's spec (`nucseg.models.registry.ModelSpec`).
         blocks: the blocks, in writing order.
-        total: tiles to run over all blocks.
+        tiles: every tile of the run (each computed once in a serial run), row-major.
+        owner: for each tile, the block whose gates it runs with.
+        batches: tile indices run together; `batch_of`: each tile's batch.
+        last_use: for each tile, the last block that needs it (a serial run keeps it until then).
         tissue: (mask, downsample relative to model pixels) when glass is skipped, else None (also when the mask
             finds no tissue at all: then every tile runs).
     """
@@ -66,12 +74,21 @@ class PredictionPlan:
     config: InferenceConfig
     spec: Any
     blocks: list[BlockPlan]
-    total: int
+    tiles: list[Tile]
+    owner: list[int]
+    batches: list[tuple[int, ...]]
+    batch_of: list[int]
+    last_use: list[int]
     tissue: tuple[np.ndarray, float] | None
 
     @property
+    def total(self) -> int:
+        """Tiles to run (each once)."""
+        return len(self.tiles)
+
+    @property
     def first_block(self) -> int:
-        """Index of the first block with tiles (its first tile runs alone: see `iter_block_probabilities`)."""
+        """Index of the first block with tiles."""
         return next((b.index for b in self.blocks if b.tiles), -1)
 
     @property
@@ -84,6 +101,16 @@ class PredictionPlan:
         """(h, w) of the labels: the region at level 0."""
         return self.source.region0[2], self.source.region0[3]
 
+    def window_tile(self, block: int) -> int | None:
+        """The tile that is block `block`'s calibration window, if one is (its calibration pass predicts it)."""
+        size = CALIBRATION_SIZE
+        for i in self.blocks[block].tile_ids:
+            t = self.tiles[i]
+            if self.owner[i] == block and (t.y0, t.x0) == self.blocks[block].window and t.y1 - t.y0 == size \
+                    and t.x1 - t.x0 == size:
+                return i
+        return None
+
 
 def block_boxes(shape: tuple[int, int], block: int) -> list[Box]:
     """Row-major (y, x, h, w) blocks of side `block` over `shape` (the last ones smaller)."""
@@ -91,17 +118,49 @@ def block_boxes(shape: tuple[int, int], block: int) -> list[Box]:
             for y in range(0, shape[0], block) for x in range(0, shape[1], block)]
 
 
-def read_box(box: Box, halo: int, shape: tuple[int, int], tile: int) -> Box:
-    """`box` grown by `halo` within `shape`, and to at least one tile on each side (white beyond the image)."""
+def read_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
+    """`box` grown by `halo` within `shape`."""
     y, x, h, w = box
     ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
-    ry1, rx1 = min(y + h + halo, shape[0]), min(x + w + halo, shape[1])
-    return ry0, rx0, max(ry1 - ry0, tile), max(rx1 - rx0, tile)
+    return ry0, rx0, min(y + h + halo, shape[0]) - ry0, min(x + w + halo, shape[1]) - rx0
 
 
-def _block_tiles(read: Box, tile: int, overlap: int) -> list[Tile]:
-    ry0, rx0 = read[:2]
-    return [Tile(t.y0 + ry0, t.x0 + rx0, t.y1 + ry0, t.x1 + rx0) for t in tile_grid(read[2:], tile, overlap)]
+def _axis_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts covering [lo, hi) of an axis of `length` (tiles stay inside it when it holds one)."""
+    if hi - lo < tile:
+        lo = max(0, min(lo, length - tile)) if length >= tile else 0
+        hi = lo + tile
+    return [lo + s for s in tile_starts(hi - lo, tile, stride)]
+
+
+def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
+                tissue: tuple[np.ndarray, float] | None) -> list[Tile]:
+    """The run's tiles: a grid over the tissue's bounding box (the whole region without a mask), row-major,
+    without the tiles that touch no tissue."""
+    y0, x0, y1, x1 = 0, 0, shape[0], shape[1]
+    if tissue is not None:
+        mask, down = tissue
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        y0, y1 = max(int(rows[0] * down), 0), min(int(np.ceil((rows[-1] + 1) * down)), shape[0])
+        x0, x1 = max(int(cols[0] * down), 0), min(int(np.ceil((cols[-1] + 1) * down)), shape[1])
+    stride = tile - overlap
+    tiles = [Tile(y, x, y + tile, x + tile) for y in _axis_starts(y0, y1, shape[0], tile, stride)
+             for x in _axis_starts(x0, x1, shape[1], tile, stride)]
+    if tissue is not None:
+        tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, tile, tile)]
+    return tiles
+
+
+def _owner(t: Tile, shape: tuple[int, int], block: int) -> int:
+    """The block holding the tile's centre (clipped into the region)."""
+    cy = min(max((t.y0 + t.y1) // 2, 0), shape[0] - 1)
+    cx = min(max((t.x0 + t.x1) // 2, 0), shape[1] - 1)
+    per_row = -(-shape[1] // block)
+    return (cy // block) * per_row + cx // block
+
+
+def _overlaps(t: Tile, box: Box) -> bool:
+    return t.y0 < box[0] + box[2] and box[0] < t.y1 and t.x0 < box[1] + box[3] and box[1] < t.x1
 
 
 def plan_prediction(
@@ -131,17 +190,63 @@ def plan_prediction(
     spec = spec if spec is not None else resolve_model(config.model)
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
-    single = max(source.shape) <= config.block_size
-    boxes = [(0, 0, *source.shape)] if single else block_boxes(source.shape, config.block_size)
+    shape = source.shape
+    single = max(shape) <= config.block_size
+    block = max(config.block_size, *shape) if single else config.block_size
+    boxes = block_boxes(shape, block)
     halo = 0 if single else max(HALO, tiling.overlap)
     tissue = source.tissue_mask() if config.skip_background else None
     if tissue is not None and not tissue[0].any():
         tissue = None  # nothing looks like stained tissue (e.g. a grey or fluorescence image): skip nothing
+    tiles = tile_layout(shape, tiling.tile_size, tiling.overlap, tissue)
+    owner = [_owner(t, shape, block) for t in tiles]
+    reads = [read_box(box, halo, shape) for box in boxes]
+    # a tile feeds the blocks whose read box it overlaps; tiles are few per block, so test the neighbours only
+    needed: list[list[int]] = [[] for _ in boxes]
+    per_row = -(-shape[1] // block)
+    reach = -(-(tiling.tile_size + halo) // block)
+    for i, t in enumerate(tiles):
+        by, bx = divmod(owner[i], per_row)
+        for yy in range(max(by - reach, 0), by + reach + 1):
+            for xx in range(max(bx - reach, 0), min(bx + reach, per_row - 1) + 1):
+                b = yy * per_row + xx
+                if b < len(boxes) and _overlaps(t, reads[b]):
+                    needed[b].append(i)
     blocks = []
     for index, box in enumerate(boxes):
-        read = read_box(box, halo, source.shape, tiling.tile_size)
-        tiles = _block_tiles(read, tiling.tile_size, tiling.overlap)
-        if tissue is not None:
-            tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
-        blocks.append(BlockPlan(index, box, read, tuple(tiles), block_window(box, tissue)))
-    return PredictionPlan(source, config, spec, blocks, sum(len(b.tiles) for b in blocks), tissue)
+        ids = tuple(sorted(needed[index]))
+        owned = [(tiles[i].y0, tiles[i].x0) for i in ids if owner[i] == index]
+        candidates = owned if tiling.tile_size == CALIBRATION_SIZE else None
+        blocks.append(BlockPlan(index, box, reads[index], tuple(tiles[i] for i in ids),
+                                block_window(box, tissue, candidates), ids))
+    last_use = [0] * len(tiles)
+    for b in blocks:
+        for i in b.tile_ids:
+            last_use[i] = max(last_use[i], b.index)
+    plan = PredictionPlan(source, config, spec, blocks, tiles, owner, [], [0] * len(tiles), last_use, tissue)
+    _batch(plan)
+    return plan
+
+
+def _batch(plan: PredictionPlan) -> None:
+    """Fix the batches: per owner, its calibration tile alone (the calibration pass predicts it), then the run's
+    first other tile alone (so progress moves after one tile), then `batch_size` at a time in row-major order."""
+    size = plan.config.tiling.batch_size
+    by_owner: dict[int, list[int]] = {}
+    for i, o in enumerate(plan.owner):
+        by_owner.setdefault(o, []).append(i)
+    first = True
+    for o in sorted(by_owner):
+        ids = by_owner[o]
+        window = plan.window_tile(o)
+        if window is not None:
+            plan.batches.append((window,))
+            ids = [i for i in ids if i != window]
+        if first and ids and size > 1:
+            plan.batches.append((ids[0],))
+            ids = ids[1:]
+        first = False
+        plan.batches.extend(tuple(ids[k : k + size]) for k in range(0, len(ids), size))
+    for k, batch in enumerate(plan.batches):
+        for i in batch:
+            plan.batch_of[i] = k

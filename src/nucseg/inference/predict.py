@@ -11,8 +11,11 @@ so its tiles agree with each other. Slides stream into chunked zarr, so memory d
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -28,7 +31,7 @@ from nucseg.inference.blocks import (
     BlockOutput,
     Predictor,
     block_core,
-    iter_block,
+    finish_block,
     iter_block_probabilities,
     keep_core_nuclei,
     labels_at_level0,
@@ -39,9 +42,13 @@ from nucseg.inference.blocks import (
 )
 from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
     from nucseg.io.slides import Slide
+
+#: most post-processing worker processes a run starts
+MAX_WORKERS = 8
 
 __all__ = ["BlockOutput", "PredictProgress", "PredictionPlan", "PredictionResult", "Predictor", "iter_predict",
            "iter_probabilities", "load_predictor", "plan_prediction", "predict", "predict_probabilities", "reapply_postprocess", "run_block", "write_block"]
@@ -107,6 +114,7 @@ def iter_predict(
     region: tuple[int, int, int, int] | None = None,
     out: str | Path | None = None,
     stop: threading.Event | None = None,
+    workers: int | None = None,
 ) -> Generator[PredictProgress, None, PredictionResult]:
     """Segment nuclei in an image or a slide region: `plan_prediction`, then `run_block` and `write_block` for
     each block in turn.
@@ -119,6 +127,9 @@ def iter_predict(
         out: a new zarr folder to stream labels and probabilities into (required in practice for whole
             slides); None keeps them in memory.
         stop: when set, the run ends after the current batch; the result holds what was done.
+        workers: processes that separate nuclei while the network predicts the next block (same labels as 0,
+            which does it in between); None: `postprocess_workers` (a pool on an accelerator, none on the CPU,
+            where the network already uses every core).
 
     Yields:
         `PredictProgress` before each slow step (loading the model, finding tissue, reading and calibrating a
@@ -147,26 +158,48 @@ def iter_predict(
     labels_out, probs_out = _open_outputs(out, plan.label_shape, plan.shape)
     probs_dtype = probs_out.dtype
     done, next_id, stopped = 0, 1, False
+    store = TileStore(plan, predictor)
+    n_workers = postprocess_workers(predictor.device) if workers is None else int(workers)
+    runnable = [b for b in plan.blocks if b.tiles]
+    pool = _postprocess_pool(n_workers) if n_workers > 0 and len(runnable) > 1 else None
+    pending: collections.deque = collections.deque()  # post-processing in the pool, in block order
     yield PredictProgress(0, total, "starting", 0, blocks)
-    for block in plan.blocks:
-        if not block.tiles:
-            continue
-        if stop is not None and stop.is_set():
-            stopped = True
-            break
-        gen = iter_block(plan, block.index, predictor, stop=stop, probs_dtype=probs_dtype)
-        while True:
-            try:
-                stage, block_done = next(gen)
-            except StopIteration as finished:
-                output = finished.value
+    try:
+        for block in runnable:
+            if stop is not None and stop.is_set():
+                stopped = True
                 break
-            yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
-        done += output.tiles_done
-        next_id = write_block(plan, output, labels_out, probs_out, next_id)
-        if output.stopped:
-            stopped = True
-            break
+            gen = iter_block_probabilities(plan, block.index, predictor, stop=stop, store=store)
+            while True:
+                try:
+                    stage, block_done = next(gen)
+                except StopIteration as finished:
+                    probs, block_done, block_stopped = finished.value
+                    break
+                yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
+            done += block_done
+            store.release(block.index)
+            job = (block, probs, config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
+            if pool is None:
+                if not block_stopped:
+                    yield PredictProgress(done, total, "separating nuclei", block.index + 1, blocks)
+                next_id = write_block(plan, finish_block(*job), labels_out, probs_out, next_id)
+            else:
+                # the network goes on with the next block while workers separate this one's nuclei; blocks are
+                # written in order, so the labels are the serial run's
+                pending.append(pool.submit(finish_block, *job))
+                while pending and (pending[0].done() or len(pending) > 2 * n_workers):
+                    next_id = write_block(plan, pending.popleft().result(), labels_out, probs_out, next_id)
+            if block_stopped:
+                stopped = True
+                break
+        if pending:
+            yield PredictProgress(done, total, "separating nuclei", blocks, blocks)
+        while pending:
+            next_id = write_block(plan, pending.popleft().result(), labels_out, probs_out, next_id)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     source = plan.source
     return PredictionResult(
         labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp_given,
@@ -223,6 +256,19 @@ class _ResultGeometry:
         return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
 
 
+def postprocess_workers(device: Any) -> int:
+    """Worker processes for post-processing: on an accelerator the cores the network leaves free (up to
+    `MAX_WORKERS`); on the CPU none, since the network's threads use every core."""
+    if getattr(device, "type", str(device)) == "cpu":
+        return 0
+    return max(1, min(MAX_WORKERS, (os.cpu_count() or 2) - 2))
+
+
+def _postprocess_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    # spawned, not forked: the parent holds torch's and the reader's threads
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def iter_probabilities(
     predictor: Predictor,
     image: np.ndarray | Any,
@@ -237,11 +283,12 @@ def iter_probabilities(
     config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
     plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)
     out = np.zeros((len(predictor.spec.heads), *plan.shape), np.float32)
+    store = TileStore(plan, predictor)
     done = 0
     for block in plan.blocks:
         if not block.tiles:
             continue
-        gen = iter_block_probabilities(plan, block.index, predictor)
+        gen = iter_block_probabilities(plan, block.index, predictor, store=store)
         while True:
             try:
                 stage, block_done = next(gen)
@@ -252,6 +299,7 @@ def iter_probabilities(
                 yield done + block_done, plan.total
         by, bx, bh, bw = block.box
         out[:, by : by + bh, bx : bx + bw] = block_core(plan, block.index, probs)
+        store.release(block.index)
         done += block_done
     return out
 

@@ -11,6 +11,7 @@ it gives opened as a slide. Slides never enter memory whole (DESIGN.md rule 6): 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -104,6 +105,27 @@ def best_level(source: RegionSource, target_mpp: float) -> int:
     return max(fine, key=lambda i: source.downsamples[i]) if fine else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class LevelGeometry:
+    """How model pixels of a region map to level-0 pixels (small and picklable, for worker processes).
+
+    Attributes:
+        region0: (y, x, h, w) of the region in level-0 pixels.
+        factor: level-0 pixels per model pixel (exactly 1.0 when the pixels are used as they are).
+    """
+
+    region0: tuple[int, int, int, int]
+    factor: float
+
+    @property
+    def resampled(self) -> bool:
+        return self.factor != 1.0
+
+    def to_level0(self, y: float, x: float) -> tuple[int, int]:
+        """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels."""
+        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
+
+
 class ScaledSource:
     """An image region seen at the model's resolution.
 
@@ -143,6 +165,10 @@ class ScaledSource:
     @property
     def resampled(self) -> bool:
         return self.factor != 1.0
+
+    @property
+    def geometry(self) -> LevelGeometry:
+        return LevelGeometry(self.region0, self.factor)
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
         """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels."""

@@ -24,6 +24,8 @@ DARK_LUMA = 50
 DARK_FRACTION = 0.5
 #: side of the sample the pixel test reads (a coarse level, or a thumbnail, of at most this many px per side)
 SAMPLE_SIDE = 1024
+#: larger levels are sampled on a GRID x GRID grid of windows of GRID_WINDOW px
+GRID, GRID_WINDOW = 5, 128
 
 
 class IccTransform:
@@ -99,7 +101,7 @@ def slide_modality(slide: Any) -> tuple[str, str]:
     """("brightfield" | "fluorescence", why) for a `Slide`: its metadata's word, else its pixels.
 
     The pixels read are the coarsest level when it is at most `SAMPLE_SIDE` px per side, else a thumbnail
-    associated image, else a strided view of the coarsest level (every n-th pixel), so this stays cheap.
+    associated image, else a grid of small windows of the coarsest level, so this stays cheap on any slide.
     """
     if slide.modality:
         return slide.modality, slide.modality_reason
@@ -109,10 +111,12 @@ def slide_modality(slide: Any) -> tuple[str, str]:
         sample, where = slide.read_region(level, 0, 0, h, w), f"level {level} ({w} x {h})"
     elif "thumbnail" in slide.associated:
         sample, where = slide.read_associated("thumbnail"), "the thumbnail"
-    else:
-        step = -(-max(h, w) // SAMPLE_SIDE)
-        sample = np.asarray(slide.levels[level][::step, ::step])
-        where = f"level {level} (every {step}th pixel)"
+    else:  # a big single level: a grid of small windows (a strided view would decode every tile)
+        n, side = GRID, min(GRID_WINDOW, h, w)
+        windows = [slide.read_region(level, round(i * (h - side) / (n - 1)), round(j * (w - side) / (n - 1)), side, side)
+                   for i in range(n) for j in range(n)]
+        sample = np.concatenate(windows, axis=0)
+        where = f"level {level} ({n} x {n} windows of {side} px)"
     kind, reason = modality_from_pixels(sample, where)
     slide.modality, slide.modality_reason = kind, reason
     return kind, reason

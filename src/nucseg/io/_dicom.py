@@ -24,10 +24,19 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
+#: files with these suffixes are never sniffed for the DICOM preamble (a folder of tiles stays cheap to list)
+_OTHER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms",
+                   ".txt", ".json", ".csv", ".geojson", ".xml", ".ini", ".dat", ".zip")
+
+
 def is_dicom_file(path: Path) -> bool:
-    """A .dcm / .dicom file, or any file with the DICOM preamble ("DICM" at byte 128)."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    """A .dcm / .dicom file, or another file with the DICOM preamble ("DICM" at byte 128; PACS exports often
+    have no suffix)."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
         return True
+    if suffix in _OTHER_SUFFIXES:
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(132)[128:] == b"DICM"

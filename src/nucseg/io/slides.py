@@ -92,7 +92,7 @@ def list_images(folder: str | Path) -> list[Path]:
         raise SlideReadError(folder, "not a folder", "pass a folder of image tiles")
     found = [p for p in folder.iterdir() if not p.name.startswith(".") and (
         (p.is_file() and is_supported(p) and suffix_of(p) not in DICOM_SUFFIXES) or is_dicom_folder(p))]
-    if any(p.is_file() and is_dicom_file(p) for p in folder.iterdir() if suffix_of(p) in DICOM_SUFFIXES):
+    if is_dicom_folder(folder):
         found.append(folder)
     return sorted(found)
 

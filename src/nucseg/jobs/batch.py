@@ -28,6 +28,7 @@ from nucseg.jobs.predict_file import (
     iter_predict_file,
     leftovers,
     local_worker,
+    remove_path,
 )
 
 __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPlan", "BatchReport", "BatchSettings",
@@ -160,7 +161,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
                 continue
             plan.replacing += 1
         for path_ in leftovers(item):  # temporary files of a run that was killed
-            _remove_quietly(path_)
+            remove_path(path_)
         plan.todo.append(dataclasses.replace(item, replace=bool(existing)))
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
@@ -169,15 +170,6 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
                 "or choose another --out")
         raise StoreError(f"{blocked[0]} already exists{more}; {hint}")
     return plan
-
-
-def _remove_quietly(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass
@@ -302,6 +294,7 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
     outcomes: dict[str, InputOutcome] = {item.stem: done_outcome(item, summary, "skipped")
                                         for item, summary in plan.skipped}
     finished = False
+    plan.out.mkdir(parents=True, exist_ok=True)
     try:
         if workers or scheduler:
             from nucseg.jobs.distributed import iter_distributed

@@ -125,11 +125,12 @@ class BlockAssembly:
     @classmethod
     def open(cls, item: BatchItem, settings: BatchSettings) -> BlockAssembly | None:
         from nucseg.inference.plan import plan_prediction
-        from nucseg.io.slides import PIL_FORMATS, open_slide, suffix_of
+        from nucseg.io.slides import PIL_FORMATS, open_slide, require_brightfield, suffix_of
 
         if suffix_of(item.input) in PIL_FORMATS:
             return None
         with open_slide(item.input) as slide:
+            require_brightfield(slide, settings.allow_fluorescence)  # as iter_predict_file does
             if not is_big(slide, settings):
                 return None
             mpp, mpp_from = input_units(slide, settings)
@@ -184,7 +185,7 @@ class BlockAssembly:
         extra = {"blocks": len(self.indices), "block_workers": dict(sorted(self.block_workers.items()))}
         from nucseg.io.slides import open_slide
 
-        with open_slide(self.item.input) as slide:  # the CSV's H&E columns, read block by block as in-process
+        with open_slide(self.item.input) as slide:  # for the H&E intensity columns, as in-process
             return self.outputs.finish(result, mpp=self.mpp, mpp_from=self.mpp_from, image=slide, worker=client,
                                        seconds=seconds, extra=extra)
 

@@ -169,11 +169,10 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _dashboard_address() -> str | None:
-    """A free port for Dask's dashboard when bokeh is installed (it needs it), else no dashboard."""
-    import importlib.util
-
-    return "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
+def _dashboard_address() -> str:
+    """The scheduler's HTTP server (the dashboard when bokeh is installed, health and metrics routes always) on a
+    free loopback port: the default 8787 is often taken by another cluster on the machine."""
+    return "127.0.0.1:0"
 
 
 def _prepare(client: Client, settings: BatchSettings, out: str, scheduler: str | None,

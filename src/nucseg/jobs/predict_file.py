@@ -94,7 +94,8 @@ def leftovers(item: BatchItem) -> list[Path]:
     return [p for name in names for p in item.out.glob(f".{name}.*.partial")]
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder (a zarr store) if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
@@ -162,7 +163,7 @@ class OutputSet:
 
     def __exit__(self, *exc: object) -> None:
         for path in [*self.temps.values(), self.summary_tmp, self.scratch]:
-            _remove(path)
+            remove_path(path)
 
     def store(self, big: bool) -> Path | None:
         """The zarr folder labels and probabilities stream into: scratch for a big input, or None (in memory).

@@ -6,9 +6,11 @@ moment leaves the previous checkpoint intact: at most the epoch in progress is l
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,17 @@ def save_weights(path: Path, net: torch.nn.Module) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
+
+
+LOG_FIELDS = ("epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",
+              "best", "seconds", "partial")
+
+
+def append_log(path: Path, record: dict[str, Any], fields: Sequence[str] = LOG_FIELDS) -> None:
+    """One row of the run's log.csv (the header with the first)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(record)

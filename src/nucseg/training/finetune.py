@@ -11,7 +11,6 @@ Nothing overwrites another folder.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
@@ -31,7 +30,13 @@ from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
-from nucseg.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from nucseg.training.checkpoint import (
+    append_log,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from nucseg.training.dataset import PatchSampler, TrainingPair
 from nucseg.training.losses import nucseg_loss
 from nucseg.training.postprocess_tuning import tune_postprocess
@@ -127,7 +132,11 @@ def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
 
 
 def _batch_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Foreground IoU and Dice of a batch, on its reviewed pixels (the weight channel) when it has one."""
     pred, true = logits[:, 0] > 0, targets[:, 0] > 0.5
+    if targets.shape[1] > 3:
+        reviewed = targets[:, 3] > 0.5
+        pred, true = pred & reviewed, true & reviewed
     inter = (pred & true).sum().item()
     union = (pred | true).sum().item()
     total = pred.sum().item() + true.sum().item()
@@ -347,20 +356,6 @@ def _best_record(state: dict[str, Any]) -> dict[str, float]:
     """Validation scores of the best epoch (the last record of that epoch: a resumed epoch is re-run)."""
     best = [r for r in state["history"] if r["epoch"] == state["best_epoch"] and r.get("best")]
     return {k: v for k, v in best[-1].items() if k.startswith("val_")} if best else {}
-
-
-LOG_FIELDS = ("epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",
-              "best", "seconds", "partial")
-
-
-def append_log(path: Path, record: dict[str, Any], fields: Sequence[str] = LOG_FIELDS) -> None:
-    """One row of the run's log.csv (the header with the first)."""
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(record)
 
 
 def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],

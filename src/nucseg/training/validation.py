@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from nucseg.config import ENCODER_STRIDE, PostprocessConfig, TilingConfig
-from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.postprocess import foreground_cut, probabilities_to_instances
 from nucseg.inference.predict import predict_probabilities
 from nucseg.models.registry import ModelSpec
 from nucseg.training.dataset import TrainingPair
@@ -56,7 +56,7 @@ def score_probabilities(
         target = torch.from_numpy(target)[None]
         logits = torch.logit(torch.from_numpy(prob).clamp(1e-4, 1 - 1e-4))[None]
         losses.append(float(nucseg_loss(logits, target, fg_loss)["loss"]))
-        pred_fg, true_fg = prob[0] > postprocess.foreground_threshold, pair.labels > 0
+        pred_fg, true_fg = prob[0] > foreground_cut(prob[0], postprocess), pair.labels > 0
         truth, pred = pair.labels, probabilities_to_instances(prob, postprocess)
         if mask is not None:
             pred_fg, true_fg, truth, pred = pred_fg & mask, true_fg & mask, truth * mask, pred * mask

@@ -1,0 +1,47 @@
+"""The segment widget's post-processing box: thresholds that re-apply live, and the contour switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox
+
+from nucseg.config import PostprocessConfig
+
+from ._forms import _dspin, _spin
+
+
+class ThresholdsBox(QGroupBox):
+    """Foreground / marker thresholds and the minimum area, with the chosen model's defaults."""
+
+    def __init__(self):
+        super().__init__("Post-processing (re-applied live; your edits are kept)")
+        self.fg_spin = _dspin(0.01, 0.99, 0.5)
+        self.marker_spin = _dspin(-0.99, 0.99, 0.4)
+        self.min_area_spin = _spin(0, 100000, 30)
+        self.contours_check = QCheckBox("show contours only")
+        self.contours_check.setChecked(True)
+        form = QFormLayout(self)
+        form.addRow("foreground threshold", self.fg_spin)
+        form.addRow("marker threshold", self.marker_spin)
+        form.addRow("min area (px)", self.min_area_spin)
+        form.addRow("", self.contours_check)
+        self._min_marker_area = PostprocessConfig().min_marker_area
+
+    @property
+    def spins(self) -> tuple[Any, ...]:
+        return self.fg_spin, self.marker_spin, self.min_area_spin
+
+    def set_defaults(self, model_defaults: dict[str, Any]) -> None:
+        """Show a model's defaults (its config.json "postprocess"), without re-applying anything."""
+        defaults = {**PostprocessConfig().to_dict(), **model_defaults}
+        for spin, key in zip(self.spins, ("foreground_threshold", "marker_threshold", "min_area")):
+            spin.blockSignals(True)
+            spin.setValue(defaults[key])
+            spin.blockSignals(False)
+        self._min_marker_area = int(defaults.get("min_marker_area", PostprocessConfig().min_marker_area))
+
+    def config(self) -> PostprocessConfig:
+        """The thresholds as a validated config (raises ConfigError)."""
+        return PostprocessConfig(foreground_threshold=self.fg_spin.value(), marker_threshold=self.marker_spin.value(),
+                                 min_area=self.min_area_spin.value(), min_marker_area=self._min_marker_area)
