@@ -21,8 +21,19 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
 
+def as_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
+    """The core's one RGB normalisation: in `nucseg.inference.source` once the one-engine change lands, in
+    `predict_array` before it."""
+    try:
+        from nucseg.inference.source import as_rgb_uint8 as convert
+    except ImportError:
+        from nucseg.inference.predict_array import as_rgb_uint8 as convert
+    return convert(image, name)
+
+
 class LayerPyramid:
-    """A multiscale image layer's level arrays seen as a `nucseg.io.slides.Slide` (what `iter_predict` reads).
+    """A multiscale image layer's level arrays as a region source (`shape`, `mpp`, `downsamples`, `read_region`:
+    the `RegionSource` protocol of the one engine, and what a `nucseg.io.slides.Slide` offers today).
 
     Args:
         levels: (H, W, 3|4) arrays (numpy, dask or zarr), finest first.
@@ -44,8 +55,6 @@ class LayerPyramid:
 
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
-        from nucseg.inference.predict_array import as_rgb_uint8
-
         array = self.levels[level]
         H, W = int(array.shape[0]), int(array.shape[1])
         out = np.full((h, w, 3), 255, np.uint8)
@@ -77,8 +86,6 @@ class ImageInput:
 
     def load(self) -> Any:
         """The image to segment: an (H, W, 3) uint8 array, or a Slide for pyramids. Call it in a worker."""
-        from nucseg.inference.predict_array import as_rgb_uint8
-
         if not self.multiscale:
             return as_rgb_uint8(np.asarray(self.data), self.name)
         if self.path:
