@@ -53,7 +53,7 @@ def tile_scores(image_path: Path, label_path: Path, mpp: float | None) -> dict[s
         both = np.count_nonzero((truth > 0) & (inst > 0))
         out[method] = {
             "aji": aji(truth, inst), "f1": match.f1,
-            "dice": 2 * both / max(np.count_nonzero(truth) + np.count_nonzero(inst), 1),
+            "dice": float(2 * both) / max(np.count_nonzero(truth) + np.count_nonzero(inst), 1),
             "area_ratio": float(np.median(ap[p_ids] / at[t_ids])) if len(t_ids) else float("nan"),
             "cut": foreground_cut(fg, config)}
     return out

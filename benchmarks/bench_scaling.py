@@ -37,7 +37,8 @@ def make_inputs(folder: Path, n: int, size: int) -> list[Path]:
     return paths
 
 
-def run_batch(inputs: list[Path], out: Path, settings, scheduler: str, threads: int) -> tuple[float, int]:
+def run_batch(inputs: list[Path], out: Path, settings, scheduler: str, threads: int) -> tuple[float, int, float]:
+    """Wall seconds of the batch, nuclei found, and the mean seconds one input took on its worker."""
     from nucseg.jobs.batch import iter_batch, plan_batch
 
     plan = plan_batch(inputs, out, settings)
@@ -52,7 +53,12 @@ def run_batch(inputs: list[Path], out: Path, settings, scheduler: str, threads: 
     seconds = time.perf_counter() - t0
     if report.failed:
         raise SystemExit(f"inputs failed: {[o.error for o in report.failed]}")
-    return seconds, sum(o.nuclei or 0 for o in report.outcomes)
+    per_input = float(np.mean([o.seconds for o in report.outcomes]))
+    return seconds, sum(o.nuclei or 0 for o in report.outcomes), per_input
+
+
+#: (workers, torch threads per worker) run on each round: the same cores two ways, and one thread per worker
+CONFIGS = ((1, 0), (2, 0), (1, 1))  # 0 threads: cores / workers
 
 
 def main() -> None:
@@ -70,6 +76,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     model = default_model_name()
     settings = BatchSettings(InferenceConfig(model=model, device="cpu", tiling=TilingConfig(256, 32, 4)))
+    configs = {f"{n}x{t or max(1, cores // n)}": (n, t or max(1, cores // n)) for n, t in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = make_inputs(Path(tmp), args.inputs, args.size)
         clusters, clients, startup = {}, [], {}
@@ -80,30 +87,37 @@ def main() -> None:
             clients.append(Client(cluster))
             clients[-1].wait_for_workers(n)
             clusters[n], startup[n] = cluster, round(time.perf_counter() - t0, 2)
-        times: dict[int, list[float]] = {1: [], 2: []}
-        nuclei: dict[int, int] = {}
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        per_input: dict[str, list[float]] = {name: [] for name in configs}
+        nuclei: dict[str, int] = {}
         first = {}  # the first batch on a fresh cluster also pays each worker's import of torch: reported apart
         for n in (1, 2):
             first[n] = round(run_batch(inputs, Path(tmp) / f"warm-{n}", settings, clusters[n].scheduler_address,
                                        max(1, cores // n))[0], 2)
         for r in range(args.rounds):
-            for n in (1, 2):
-                seconds, nuclei[n] = run_batch(inputs, Path(tmp) / f"out-{n}-{r}", settings,
-                                               clusters[n].scheduler_address, max(1, cores // n))
-                times[n].append(round(seconds, 2))
-                print(f"round {r + 1}: {n} worker(s) x {max(1, cores // n)} threads: {seconds:.1f} s", flush=True)
+            for name, (n, threads) in configs.items():
+                seconds, nuclei[name], each = run_batch(inputs, Path(tmp) / f"out-{name}-{r}", settings,
+                                                        clusters[n].scheduler_address, threads)
+                times[name].append(round(seconds, 2))
+                per_input[name].append(round(each, 2))
+                print(f"round {r + 1}: {n} worker(s) x {threads} torch threads: {seconds:.1f} s "
+                      f"({each:.1f} s per input on its worker)", flush=True)
         for client in clients:
             client.close()
         for cluster in clusters.values():
             cluster.close()
-    if nuclei[1] != nuclei[2]:
-        raise SystemExit(f"1 and 2 workers found different nuclei: {nuclei}")
-    speedups = [round(a / b, 3) for a, b in zip(times[1], times[2])]
-    print(f"speed-up of 2 workers over 1 on {cores} cores, per round: {speedups} (shared machine: load average "
-          f"{os.getloadavg()[0]:.1f})")
-    emit("scaling", {"model": model, "inputs": args.inputs, "size": args.size, "cores": cores,
-                     "seconds_1_worker": times[1], "seconds_2_workers": times[2], "speedup_per_round": speedups,
-                     "startup_seconds": startup, "first_batch_seconds": first, "nuclei": nuclei[1], "load_average": round(os.getloadavg()[0], 2),
+    if len(set(nuclei.values())) != 1:
+        raise SystemExit(f"the configurations found different nuclei: {nuclei}")
+    same_cores = f"1x{cores}", f"2x{max(1, cores // 2)}"
+    speedup = [round(a / b, 3) for a, b in zip(times[same_cores[0]], times[same_cores[1]])]
+    per_worker = [round(a / b, 3) for a, b in zip(times["1x1"], times[f"2x{max(1, cores // 2)}"])]
+    print(f"2 workers over 1 on the same {cores} cores ({same_cores[1]} vs {same_cores[0]}), per round: {speedup}")
+    print(f"2 workers over 1 at {max(1, cores // 2)} thread(s) each ({same_cores[1]} vs 1x1), per round: {per_worker}")
+    print(f"(machine shared with other jobs: load average {os.getloadavg()[0]:.1f} on {cores} cores)")
+    emit("scaling", {"model": model, "inputs": args.inputs, "size": args.size, "cores": cores, "seconds": times, "seconds_per_input": per_input,
+                     "speedup_same_cores": speedup, "speedup_one_thread_per_worker": per_worker,
+                     "startup_seconds": startup, "first_batch_seconds": first, "nuclei": nuclei[same_cores[0]],
+                     "load_average": round(os.getloadavg()[0], 2),
                      "note": "machine shared with other jobs: times vary from run to run"})
 
 

@@ -34,7 +34,7 @@ class BlobNetOnWorkers(WorkerPlugin):
         from nucseg.models import build
 
         net = BlobNet().eval()
-        build.load_network = lambda spec, device="cpu": net
+        build.load_network = lambda spec, device="cpu", *args, **kwargs: net
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,22 @@ def test_a_fluorescence_slide_is_refused_on_the_block_path_too(scheduler, tmp_pa
     assert main(["predict", str(ndpi), "--out", str(tmp_path / "o"), *MODEL, "--scheduler", scheduler]) == 2
     assert "--allow-fluorescence" in capsys.readouterr().err
     assert _rows(tmp_path / "o")[ndpi.name]["status"] == "failed"
+
+
+def test_the_worker_plugin_loads_the_model_once_for_all_tasks_and_frees_it():
+    from types import SimpleNamespace
+
+    from nucseg.config import InferenceConfig
+    from nucseg.inference.blocks import load_predictor
+    from nucseg.jobs.distributed import ModelPlugin
+    from nucseg.models import build
+
+    build.clear_cache()
+    config = InferenceConfig(model="unet-efficientnet-b0", device="cpu")
+    plugin = ModelPlugin(config)
+    plugin.setup(SimpleNamespace(name=0))
+    assert len(build._CACHE) == 1
+    net = next(iter(build._CACHE.values()))
+    assert load_predictor(config).net is net and load_predictor(config).net is net  # tasks find it: no reload
+    plugin.teardown(SimpleNamespace(name=0))
+    assert not build._CACHE

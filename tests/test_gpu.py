@@ -44,6 +44,24 @@ def test_cuda_inference_matches_the_cpu():
 
 
 @cuda
+def test_cuda_pipeline_with_a_pool_gives_the_serial_labels():
+    """Reading ahead, the network on the GPU and nuclei separated in worker processes: the labels of the serial
+    run, and each tile run once."""
+    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.inference.predict import predict
+    from nucseg.io.sample import sample_paths
+    from nucseg.io.slides import read_image
+
+    tile = read_image(sample_paths()[0])
+    image = np.concatenate([np.concatenate([tile, tile[:, ::-1]], 1), np.concatenate([tile[::-1], tile], 1)], 0)
+    config = InferenceConfig(device="cuda", tiling=TilingConfig(256, 64, 16), block_size=512)
+    serial = predict(image, config, workers=0)
+    pooled = predict(image, config, workers=2)
+    assert serial.n_nuclei > 100
+    np.testing.assert_array_equal(pooled.labels, serial.labels)
+
+
+@cuda
 def test_training_steps_run_in_mixed_precision_on_cuda(tmp_path):
     from test_finetune import TINY, drain, tiny_model_folder, tiny_pairs
 

@@ -24,6 +24,10 @@ def _dspin(lo: float, hi: float, value: float) -> QDoubleSpinBox:
     return spin
 
 
+#: `fit_width` does not widen a dock beyond this for a table's preferred width
+MAX_DOCK_WIDTH = 440
+
+
 def scrolled(owner: QWidget) -> QVBoxLayout:
     """Give `owner` a vertical scroll area and return the layout to fill: when the dock is shorter than its
     content (a laptop screen, several docks stacked), the content scrolls instead of being squeezed or cut."""
@@ -47,5 +51,7 @@ def fit_width(owner: QWidget) -> None:
     for combo in scroll.widget().findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(14)
-    width = scroll.widget().minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
-    scroll.setMinimumWidth(width)
+    content = scroll.widget()
+    # the preferred width (tables ask for their columns), within reason; plus the vertical scroll bar
+    width = max(content.minimumSizeHint().width(), min(content.sizeHint().width(), MAX_DOCK_WIDTH))
+    scroll.setMinimumWidth(width + scroll.verticalScrollBar().sizeHint().width() + 8)

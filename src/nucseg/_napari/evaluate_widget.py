@@ -149,7 +149,7 @@ class EvaluateWidget(QWidget):
         self.errors_table.set_errors(evaluation.errors)
         first = evaluation.summary or evaluation.rows[0]
         self.controls.job_finished(f"F1 {first['f1']:.3f}, AJI {first['aji']:.3f}, PQ {first['pq']:.3f} "
-                                   f"(objects match at IoU > {evaluation.iou_threshold:g}); "
+                                   f"(objects match at IoU >= {evaluation.iou_threshold:g}); "
                                    f"{first['fp']} FP, {first['fn']} FN")
         for button in (self.export_button, self.export_errors_button, self.side_button):
             button.setEnabled(True)

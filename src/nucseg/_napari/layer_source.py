@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nucseg.errors import InvalidInputError
+from nucseg.io.base import as_rgb_uint8
 
 if TYPE_CHECKING:
     from napari.layers import Layer
 
 
 class LayerPyramid:
-    """A multiscale image layer's level arrays seen as a `nucseg.io.slides.Slide` (what `iter_predict` reads).
+    """A multiscale image layer's level arrays as a region source (`shape`, `mpp`, `downsamples`, `read_region`:
+    the `RegionSource` protocol of the one engine, and what a `nucseg.io.slides.Slide` offers today).
 
     Args:
         levels: (H, W, 3|4) arrays (numpy, dask or zarr), finest first.
@@ -44,8 +46,6 @@ class LayerPyramid:
 
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
-        from nucseg.io.base import as_rgb_uint8
-
         array = self.levels[level]
         H, W = int(array.shape[0]), int(array.shape[1])
         out = np.full((h, w, 3), 255, np.uint8)
@@ -77,8 +77,6 @@ class ImageInput:
 
     def load(self) -> Any:
         """The image to segment: an (H, W, 3) uint8 array, or a Slide for pyramids. Call it in a worker."""
-        from nucseg.io.base import as_rgb_uint8
-
         if not self.multiscale:
             return as_rgb_uint8(np.asarray(self.data), self.name)
         if self.path:

@@ -135,6 +135,7 @@ class ResultDisplay:
         probability: the foreground probability (numpy, or level arrays), at the model's resolution.
         probability_multiscale: whether `probability` is a list of levels.
         contrast_limits: of the probability (0..1 float, or 0..255 for quantised zarr).
+        layer: the Labels layer, when it was built in the worker too (`result_layers.build_labels_layer`).
     """
 
     labels: Any
@@ -142,6 +143,7 @@ class ResultDisplay:
     probability: Any
     probability_multiscale: bool
     contrast_limits: tuple[float, float]
+    layer: Any = None
 
 
 def result_display(result: PredictionResult, reuse_pyramid: bool = True) -> ResultDisplay:

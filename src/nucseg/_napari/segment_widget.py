@@ -19,7 +19,6 @@ from typing import Any
 import napari
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPushButton, QWidget
 
 from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
@@ -39,7 +38,6 @@ from .result_layers import ResultView, add_result_layers, apply_update, reapply_
 from .thresholds import ThresholdsBox
 
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
-REAPPLY_DELAY_MS = 300  #: ms after the last threshold change before post-processing is re-applied
 
 isolate_triton()  # before torch is imported by a run: see _native
 
@@ -84,12 +82,7 @@ class SegmentWidget(QWidget):
         self._build_layout()
         self._set_threshold_defaults()
 
-        self._reapply_timer = QTimer(self)
-        self._reapply_timer.setSingleShot(True)
-        self._reapply_timer.setInterval(REAPPLY_DELAY_MS)
-        self._reapply_timer.timeout.connect(self.reapply_thresholds)
-        for spin in (self.fg_spin, self.marker_spin, self.min_area_spin):
-            spin.valueChanged.connect(self._reapply_timer.start)
+        self.thresholds.changed.connect(self.reapply_thresholds)
         self.model_combo.model_chosen.connect(self._on_model_chosen)
         self.model_combo.model_lost.connect(show_info)
         self.model_combo.browse_requested.connect(self._browse)
@@ -212,14 +205,20 @@ class SegmentWidget(QWidget):
         title = f"{image.name} nuclei ({layer_title({'name': spec.name, 'version': spec.info.get('version')})})"
         self._stop = stop = threading.Event()
 
+        geometry = (tuple(layer.scale), tuple(layer.translate), tuple(layer.units)[-2:])
+        names = [f"{title} {k}" if len(regions) > 1 else title for k in range(1, len(regions) + 1)]
+
         def job() -> Generator[Any, None, list]:
             results = yield from segment_regions(image.load, config, regions, outs, stop, mpp=image.mpp)
             yield PredictProgress(1, 1, "preparing the layers")
-            return [(r, result_display(r)) for r in results if not (r.stopped and r.n_nuclei == 0)]
+            shown = [(r, result_display(r), name) for r, name in zip(results, names) if not (r.stopped and not r.n_nuclei)]
+            for r, display, name in shown:  # the Labels layer model too: less to do on the GUI thread
+                display.layer = result_steps.build_labels_layer(r, display, name, geometry)
+            return [(r, display) for r, display, _ in shown]
 
         self.run_button.setEnabled(False)
         self._worker = start_generator_worker(
-            job, on_return=lambda shown: self._show_results(shown, layer, title, len(regions) > 1),
+            job, on_return=lambda shown: self._show_results(shown, layer),
             on_finished=self._run_finished, stop_event=stop, controls=self.controls, desc=f"segmenting {image.name}")
 
     def stop(self) -> None:
@@ -230,18 +229,16 @@ class SegmentWidget(QWidget):
         self._worker = None
         self.run_button.setEnabled(not self._steps)
 
-    def _show_results(self, shown: list, image_layer: Image, title: str, several: bool) -> None:
-        added = [add_result_layers(self.viewer, result, display, f"{title} {k}" if several else title, image_layer,
-                                   self.contours_check.isChecked()) for k, (result, display) in enumerate(shown, 1)]
-        views = [view for view, _ in added]
+    def _show_results(self, shown: list, image_layer: Image) -> None:
+        added = [add_result_layers(self.viewer, result, display, display.layer.name, image_layer,
+                                   self.contours_check.isChecked()) for result, display in shown]
         self._steps.extend([step for _, steps in added for step in steps])
-        results = [r for r, _ in shown]
-        text = f"{sum(r.n_nuclei for r in results)} nuclei in {sum(r.seconds for r in results):.1f} s"
+        n = sum(r.n_nuclei for r, _ in shown)
+        text = f"{n} nuclei in {sum(r.seconds for r, _ in shown):.1f} s"
         if self._stop is not None and self._stop.is_set():
             text = f"stopped: {text} (only finished blocks are kept)"
-            show_info(f"segmentation of {image_layer.name} stopped; {sum(r.n_nuclei for r in results)} nuclei kept")
-        if views:
-            self.views = views
+            show_info(f"segmentation of {image_layer.name} stopped; {n} nuclei kept")
+        self.views = [view for view, _ in added] or self.views
         self.controls.job_finished(text)
 
     @property

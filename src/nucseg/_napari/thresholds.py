@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox
 
 from nucseg.config import PostprocessConfig
 
 from ._forms import _dspin, _spin
 
+#: milliseconds after the last threshold change before `ThresholdsBox.changed` fires
+REAPPLY_DELAY_MS = 300
+
 
 class ThresholdsBox(QGroupBox):
-    """Foreground / marker thresholds and the minimum area, with the chosen model's defaults."""
+    """Foreground / marker thresholds and the minimum area, with the chosen model's defaults.
+
+    Signals:
+        changed(): a threshold changed and stayed for `REAPPLY_DELAY_MS` (one signal for a run of key presses).
+    """
+
+    changed = Signal()
 
     def __init__(self):
         super().__init__("Post-processing (re-applied live; your edits are kept)")
@@ -27,6 +37,12 @@ class ThresholdsBox(QGroupBox):
         form.addRow("min area (px)", self.min_area_spin)
         form.addRow("", self.contours_check)
         self._min_marker_area = PostprocessConfig().min_marker_area
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REAPPLY_DELAY_MS)
+        self._timer.timeout.connect(self.changed.emit)
+        for spin in self.spins:
+            spin.valueChanged.connect(self._timer.start)
 
     @property
     def spins(self) -> tuple[Any, ...]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
+from nucseg.config import InferenceConfig
 from nucseg.errors import ModelError, NucsegError
 from nucseg.jobs.batch import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
 from nucseg.jobs.block_tasks import BlockAssembly, forget_plans, run_block_task
@@ -40,29 +41,27 @@ class ModelPlugin(WorkerPlugin):
     """Prepares each worker for segmentation: torch threads, its GPU, and the model loaded once.
 
     Args:
-        model: registry name or model folder (a folder must exist at the same path on the workers).
-        device: "auto", "cpu", "cuda" or "mps", as in `InferenceConfig`.
+        config: the batch's settings; the model is loaded as the tasks will load it (`load_predictor`), so they
+            find it in the worker's model cache (a model folder must exist at the same path on the workers).
         torch_threads: threads for torch's CPU kernels; None keeps the worker's (Dask sets 1 unless the
             worker's environment sets ``OMP_NUM_THREADS``).
     """
 
-    def __init__(self, model: str, device: str, torch_threads: int | None = None):
-        self.model, self.device, self.torch_threads = model, device, torch_threads
+    def __init__(self, config: InferenceConfig, torch_threads: int | None = None):
+        self.config, self.torch_threads = config, torch_threads
         self.name = f"nucseg-model-{uuid.uuid4().hex[:8]}"
 
     def setup(self, worker) -> None:
         import torch
 
-        from nucseg.models.build import load_network
-        from nucseg.models.device import select_device
-        from nucseg.models.registry import resolve_model
+        from nucseg.inference.blocks import load_predictor
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        if (self.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+        if (self.config.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
                 and "CUDA_VISIBLE_DEVICES" not in os.environ and isinstance(worker.name, int)):
             torch.cuda.set_device(worker.name % torch.cuda.device_count())  # local cluster: one GPU per worker
-        load_network(resolve_model(self.model), select_device(self.device))
+        load_predictor(self.config)
 
     def teardown(self, worker) -> None:
         from nucseg.models.build import clear_cache
@@ -192,7 +191,7 @@ def _prepare(client: Client, settings: BatchSettings, out: str, scheduler: str |
         if not facts["out"]:
             raise NucsegError(f"worker {address} cannot write {out}: workers need the inputs and the output folder "
                               "at the same paths (a shared file system)")
-    plugin = ModelPlugin(settings.config.model, settings.config.device, threads_per_worker)
+    plugin = ModelPlugin(settings.config, threads_per_worker)
     try:
         client.register_plugin(plugin)
     except NucsegError:
