@@ -193,6 +193,25 @@ def test_thresholds_reapply_without_the_network(make_napari_viewer, qtbot, net):
     assert labels.metadata["nucseg_config"]["postprocess"]["min_area"] == 200
 
 
+def test_otsu_cut_is_selectable_and_reapplied_without_the_network(make_napari_viewer, qtbot, net):
+    viewer = make_napari_viewer()
+    image, _ = blob_image((200, 260), n=15, seed=3)
+    viewer.add_image(image, name="blobs", rgb=True)
+    widget = make_widget(viewer)
+    run_and_wait(qtbot, widget)
+    labels = nuclei_layer(viewer, "blobs")
+    first, calls = labels.metadata["nucseg_result"], net.calls
+    widget.thresholds.otsu_check.setChecked(True)
+    assert not widget.thresholds.fg_spin.isEnabled()  # the fixed cut no longer applies
+    qtbot.waitUntil(lambda: labels.metadata["nucseg_result"] is not first and widget._reapply_worker is None,
+                    timeout=30000)
+    assert net.calls == calls
+    config = labels.metadata["nucseg_config"]["postprocess"]
+    assert config["foreground_method"] == "otsu"
+    expected = reapply_postprocess(first, PostprocessConfig(**config)).labels
+    assert np.array_equal(labels.data, expected)
+
+
 def test_drawn_rectangle_region_is_translated(make_napari_viewer, qtbot, net):
     from nucseg._napari.segment_widget import SHAPES
     from nucseg.inference.predict import predict

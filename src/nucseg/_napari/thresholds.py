@@ -27,12 +27,18 @@ class ThresholdsBox(QGroupBox):
     def __init__(self):
         super().__init__("Post-processing (re-applied live; your edits are kept)")
         self.fg_spin = _dspin(0.01, 0.99, 0.5)
+        self.otsu_check = QCheckBox("Otsu (per image)")
+        self.otsu_check.setToolTip("cut each image's foreground map at Otsu's threshold instead of the fixed one: "
+                                   "fuller nuclei where the model is unsure at their rims (docs/MODEL.md)")
+        self.otsu_check.toggled.connect(lambda on: self.fg_spin.setEnabled(not on))
+        self.otsu_check.toggled.connect(self._timer_start)
         self.marker_spin = _dspin(-0.99, 0.99, 0.4)
         self.min_area_spin = _spin(0, 100000, 30)
         self.contours_check = QCheckBox("show contours only")
         self.contours_check.setChecked(True)
         form = QFormLayout(self)
         form.addRow("foreground threshold", self.fg_spin)
+        form.addRow("", self.otsu_check)
         form.addRow("marker threshold", self.marker_spin)
         form.addRow("min area (px)", self.min_area_spin)
         form.addRow("", self.contours_check)
@@ -43,6 +49,9 @@ class ThresholdsBox(QGroupBox):
         self._timer.timeout.connect(self.changed.emit)
         for spin in self.spins:
             spin.valueChanged.connect(self._timer.start)
+
+    def _timer_start(self, *_: Any) -> None:
+        self._timer.start()
 
     @property
     def spins(self) -> tuple[Any, ...]:
@@ -56,8 +65,13 @@ class ThresholdsBox(QGroupBox):
             spin.setValue(defaults[key])
             spin.blockSignals(False)
         self._min_marker_area = int(defaults.get("min_marker_area", PostprocessConfig().min_marker_area))
+        self.otsu_check.blockSignals(True)
+        self.otsu_check.setChecked(defaults.get("foreground_method") == "otsu")
+        self.fg_spin.setEnabled(not self.otsu_check.isChecked())
+        self.otsu_check.blockSignals(False)
 
     def config(self) -> PostprocessConfig:
         """The thresholds as a validated config (raises ConfigError)."""
         return PostprocessConfig(foreground_threshold=self.fg_spin.value(), marker_threshold=self.marker_spin.value(),
-                                 min_area=self.min_area_spin.value(), min_marker_area=self._min_marker_area)
+                                 min_area=self.min_area_spin.value(), min_marker_area=self._min_marker_area,
+                                 foreground_method="otsu" if self.otsu_check.isChecked() else "fixed")
