@@ -70,6 +70,7 @@ def test_resume_skips_finished_inputs_and_redoes_unfinished_ones(tiles, tmp_path
     # an interrupted run: t1's JSON never written (it is renamed in last), a temporary file left behind
     (out / "t1_predict.json").unlink()
     (out / ".t1_labels.tif.0123abcd.partial").write_bytes(b"half")
+    (out / "..t1_labels.tif.0123abcd.partial.4567cdef.tmp").write_bytes(b"half")  # the TIFF writer's own
     stamp = (out / "t0_labels.tif").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["predict", str(folder), "--out", str(out), *MODEL]) == 2  # without --resume: refused

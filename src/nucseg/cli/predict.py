@@ -118,7 +118,7 @@ class BatchBars:
         if event.kind == "tiles":
             self.progress[event.item.stem] = (event.done, event.total)
         elif event.outcome is not None:
-            done, total = self.progress.get(event.item.stem, (0, 0))
+            _, total = self.progress.get(event.item.stem, (0, 0))
             self.progress[event.item.stem] = (total, total)
             self.inputs.update(1)
         self.tiles.total = sum(t for _, t in self.progress.values())

@@ -89,9 +89,11 @@ def _temporary(path: Path, token: str) -> Path:
 
 
 def leftovers(item: BatchItem) -> list[Path]:
-    """Temporary files of earlier, unfinished runs of this item (hidden `.NAME.TOKEN.partial` files)."""
+    """Temporary files of earlier, unfinished runs of this item: ours (`.NAME.TOKEN.partial`), the writers' own
+    inside them (`..NAME.TOKEN.partial.X.tmp`) and old folders moved aside while replacing (`.NAME.X.old`)."""
     names = [p.name for p in item.outputs(FORMATS).values()] + [item.summary_path.name, f"{item.stem}.scratch.zarr"]
-    return [p for name in names for p in item.out.glob(f".{name}.*.partial")]
+    patterns = (".{}.*.partial", "..{}.*.partial.*", ".{}.*.old")
+    return [p for name in names for pattern in patterns for p in item.out.glob(pattern.format(name))]
 
 
 def remove_path(path: Path) -> None:
