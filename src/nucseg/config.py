@@ -19,6 +19,8 @@ T = TypeVar("T", bound="_JsonConfig")
 #: Encoders of the UNets downsample 5 times, so tile sizes must be multiples of this.
 ENCODER_STRIDE = 32
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: what runs the network: "auto" takes ONNX Runtime on the CPU when installed (see nucseg.models.runtime)
+RUNTIMES = ("auto", "pytorch", "onnxruntime")
 
 
 class _JsonConfig:
@@ -113,6 +115,8 @@ class InferenceConfig(_JsonConfig):
         tta: average predictions over flips (4x slower, slightly more accurate).
         skip_background: on slides, skip tiles without tissue (from a low-resolution tissue mask).
         block_size: on slides, side of the blocks (at the model's resolution) post-processed at once.
+        runtime: what runs the network: "auto" (ONNX Runtime on the CPU when installed, else PyTorch),
+            "pytorch" or "onnxruntime"; one that cannot serve the model falls back to PyTorch with a warning.
     """
 
     model: str = "nucseg-default"
@@ -122,9 +126,11 @@ class InferenceConfig(_JsonConfig):
     tta: bool = False
     skip_background: bool = True
     block_size: int = 2048
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.device in DEVICES, f"device {self.device!r} must be one of {', '.join(DEVICES)}")
+        _check(self.runtime in RUNTIMES, f"runtime {self.runtime!r} must be one of {', '.join(RUNTIMES)}")
         _check(self.block_size >= self.tiling.tile_size,
                f"block size {self.block_size} must be at least the tile size {self.tiling.tile_size}")
 

@@ -17,6 +17,7 @@ from nucseg.cli.common import (
     new_output_path,
     parse_region,
 )
+from nucseg.config import RUNTIMES
 from nucseg.errors import InvalidInputError, NucsegError
 
 FORMATS = ("tif", "zarr", "geojson", "csv")
@@ -40,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default tif)")
     p.add_argument("--region", help="y,x,height,width in level-0 pixels (default: everything)")
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: the model's)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the network: auto (ONNX Runtime on the CPU, else PyTorch), pytorch, onnxruntime")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same name")
@@ -114,7 +117,7 @@ def build_config(args: argparse.Namespace):
 
     spec = resolve_model(args.model)
     return InferenceConfig(
-        model=args.model, device=args.device, tta=args.tta, skip_background=not args.all_tiles,
+        model=args.model, device=args.device, runtime=args.runtime, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
         postprocess=PostprocessConfig(**spec.postprocess_defaults),
     )

@@ -164,7 +164,7 @@ def iter_predict(
     t0 = time.perf_counter()
     spec = resolve_model(config.model)
     device = select_device(config.device)
-    net = load_network(spec, device)
+    net = load_network(spec, device, runtime=config.runtime)
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
     single = max(source.shape) <= config.block_size
@@ -216,7 +216,8 @@ def iter_predict(
     result = PredictionResult(
         labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp0 if (mpp or source.slide) else None,
         model_mpp=spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
-        stopped=stopped, model_info={"name": spec.name, "sha256": spec.sha256},
+        stopped=stopped,
+        model_info={"name": spec.name, "sha256": spec.sha256, "runtime": getattr(net, "runtime", "pytorch")},
     )
     return result
 
