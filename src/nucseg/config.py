@@ -60,14 +60,19 @@ class TilingConfig(_JsonConfig):
     """How an image is cut into overlapping tiles and blended back.
 
     Attributes:
-        tile_size: side of the square tile fed to the network, in pixels at the model's resolution.
+        tile_size: largest side of the square tile fed to the network, in pixels at the model's resolution; each
+            block's tiles shrink to just cover it (`nucseg.inference.tiling.fitted_tile`).
         overlap: pixels shared by neighbouring tiles; predictions are blended across it with a tapered window.
         batch_size: tiles per forward pass.
+
+    The defaults cover a 2048 px block with its 64 px halo on both sides in two tiles per axis
+    (2 x 1120 - 64 = 2176): 1.2x the block's pixels, against 1.56x for 512 px tiles (docs/CPU_SPEED.md). One
+    tile per pass: on the CPU larger batches were no faster, and memory stays under 1 GB of activations.
     """
 
-    tile_size: int = 512
+    tile_size: int = 1120
     overlap: int = 64
-    batch_size: int = 4
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         _check(self.tile_size >= ENCODER_STRIDE and self.tile_size % ENCODER_STRIDE == 0,

@@ -33,7 +33,7 @@ from nucseg.inference.forward import predict_batch
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.source import ScaledSource
 from nucseg.inference.stitching import BlendCanvas
-from nucseg.inference.tiling import Tile, iter_batches, tile_grid
+from nucseg.inference.tiling import Tile, fitted_tile, iter_batches, tile_grid
 from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
@@ -89,13 +89,15 @@ def _blocks(shape: tuple[int, int], block: int) -> list[tuple[int, int, int, int
 
 
 def _block_tiles(box, tile: int, overlap: int, shape, halo: int):
-    """The padded read box around a block and its tile grid (coordinates relative to the region)."""
+    """The padded read box around a block, its tile grid (coordinates relative to the region) and tile side (at
+    most `tile`, see `fitted_tile`)."""
     y, x, h, w = box
     ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
     ry1, rx1 = min(y + h + halo, shape[0]), min(x + w + halo, shape[1])
+    tile = fitted_tile((ry1 - ry0, rx1 - rx0), tile, overlap)
     read = (ry0, rx0, max(ry1 - ry0, tile), max(rx1 - rx0, tile))
     tiles = [Tile(t.y0 + ry0, t.x0 + rx0, t.y1 + ry0, t.x1 + rx0) for t in tile_grid(read[2:], tile, overlap)]
-    return read, tiles
+    return read, tiles, tile
 
 
 def _calibration_window(box: tuple[int, int, int, int], tissue) -> tuple[int, int]:
@@ -173,23 +175,23 @@ def iter_predict(
     tissue = source.tissue_mask() if config.skip_background else None
     plan = []
     for box in blocks:
-        read, tiles = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)
+        read, tiles, tile = _block_tiles(box, tiling.tile_size, tiling.overlap, source.shape, halo)
         if tissue is not None:
             tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
-        plan.append((box, read, tiles))
+        plan.append((box, read, tiles, tile))
     total = sum(len(p[2]) for p in plan)
     label_shape = source.region0[2:]
     labels_out, probs_out = _open_outputs(out, label_shape, source.shape)
     done, next_id, stopped = 0, 1, False
     yield PredictProgress(0, total, "starting", 0, len(plan))
-    for index, (box, read, tiles) in enumerate(plan, start=1):
+    for index, (box, read, tiles, tile) in enumerate(plan, start=1):
         if not tiles:
             continue
         ry, rx, rh, rw = read
         pixels = source.read(ry, rx, rh, rw)
         window = _calibration_window(box, tissue)
         gated, window_probs = with_image_gates(net, _window_pixels(source, pixels, read, window), spec, device)
-        canvas = BlendCanvas((rh, rw), len(spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
+        canvas = BlendCanvas((rh, rw), len(spec.heads), tile, tiling.overlap, origin=(ry, rx))
         todo = add_window_tile(canvas, tiles, window, window_probs, config.tta)
         done += len(tiles) - len(todo)
         for batch_tiles in iter_batches(todo, tiling.batch_size):
