@@ -54,7 +54,7 @@ def cli(src: Path, inputs: list[Path], out: Path, env: dict, *extra: str) -> flo
     """Wall time of one `nucseg predict` process (defaults but --device cpu)."""
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "nucseg.cli", "predict", *map(str, inputs), "--out", str(out), "--device", "cpu",
+    cmd = [sys.executable, "-m", "nucseg", "predict", *map(str, inputs), "--out", str(out), "--device", "cpu",
            "--quiet", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**env, "PYTHONPATH": str(src)}, capture_output=True, text=True)
