@@ -192,3 +192,12 @@ def test_odd_sides_keep_the_fixed_gates_in_pytorch(pair):
     x = torch.rand(1, 3, 96, 100)  # 100 is not a multiple of 32: PyTorch runs it, with the window's gates
     with torch.inference_mode():
         assert float((fixed(x) - expected(x)).abs().max()) < 1e-4
+
+
+def test_a_gated_network_pickles_for_worker_processes(pair):
+    import pickle
+
+    window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    fixed, _ = pair[0].with_gates_of(window)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(pickle.loads(pickle.dumps(fixed))(x), fixed(x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import tempfile
@@ -81,7 +82,7 @@ def load_network(spec: ModelSpec | str | Path, device: str | torch.device = "cpu
             return _CACHE[key]
     if chosen == "onnxruntime":
         try:
-            net = load_onnx_network(spec, lambda: load_network(spec, device, runtime="pytorch"))
+            net = load_onnx_network(spec, functools.partial(load_network, spec, device, runtime="pytorch"))
         except RuntimeUnavailable as err:
             warn_fallback(spec, str(err))
             return load_network(spec, device, runtime="pytorch")

@@ -338,6 +338,10 @@ class OnnxNetwork:
         copy = OnnxNetwork(self.folder, self._torch_network, self.threads, gates, self._sessions)
         return copy, torch.from_numpy(outputs[0])
 
+    def __getstate__(self) -> dict:
+        """Picklable for worker processes: sessions are made again there, on first use."""
+        return {**self.__dict__, "_sessions": {}}
+
     # what callers of a torch module in eval mode use
     def eval(self) -> OnnxNetwork:
         return self
