@@ -1,7 +1,7 @@
 """Running the network on the CPU with ONNX Runtime, whose convolutions beat PyTorch's eager ones there.
 
 Measured on 2 AVX2 cores (docs/CPU_SPEED.md): the default UNet runs 1.6-2.0x faster in ONNX Runtime, and a cached
-model starts without importing segmentation-models-pytorch or building the network (about 3-4 s of start-up).
+model starts without importing segmentation-models-pytorch or building the network (4.5 s of start-up before).
 
 The squeeze-excitation gates stay exact: each model is exported as two graphs,
 
