@@ -34,3 +34,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs ../shared/data (the project's shared data folder), not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_cache(tmp_path_factory):
+    """Networks exported for ONNX Runtime (nucseg.models.runtime) go to a cache of the session, not the user's."""
+    previous = os.environ.get("NUCSEG_CACHE")
+    os.environ["NUCSEG_CACHE"] = str(tmp_path_factory.mktemp("nucseg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NUCSEG_CACHE", None)
+    else:
+        os.environ["NUCSEG_CACHE"] = previous

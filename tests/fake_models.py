@@ -56,4 +56,4 @@ def install_blobnet(monkeypatch) -> None:
     from nucseg.models import build
 
     net = BlobNet().eval()
-    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": net)
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": net)

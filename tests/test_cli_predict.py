@@ -69,7 +69,7 @@ def test_a_broken_file_in_a_batch_is_reported_and_the_rest_done(tile, tmp_path, 
     assert (tmp_path / "o" / "tile_labels.tif").exists()
 
 
-@pytest.mark.parametrize("bad", [["--tile-size", "100"], ["--overlap", "300"], ["--format", "pdf"],
+@pytest.mark.parametrize("bad", [["--tile-size", "100"], ["--overlap", "600"], ["--format", "pdf"],
                                  ["--region", "1,2,3"], ["--model", "no-such-model"]])
 def test_bad_options_exit_2_with_one_line(tile, tmp_path, capsys, bad):
     path, _ = tile

@@ -64,7 +64,7 @@ def test_loaded_default_model_is_folded_and_matches_its_weights():
     from nucseg.models.build import load_weights
 
     spec = resolve_model("nucseg-default")
-    loaded = load_network(spec)
+    loaded = load_network(spec, runtime="pytorch")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
     plain = build_network(spec)
     load_weights(plain, spec)

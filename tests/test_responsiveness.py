@@ -63,7 +63,7 @@ def test_gui_thread_never_stalls_during_segmentation(make_napari_viewer, qtbot, 
     model = fake_model_folder(tmp_path)
 
     net = CountingNet(delay=0.02).eval()
-    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": net)
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": net)
     viewer = make_napari_viewer(show=True)
     tile, _ = blob_image((256, 256), n=20, seed=3)
     image = np.tile(tile, (4, 4, 1))  # 1024 x 1024, 320 nuclei

@@ -71,7 +71,7 @@ def net(monkeypatch):
     from nucseg.models import build
 
     model = CountingNet().eval()
-    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": model)
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": model)
     return model
 
 
@@ -310,7 +310,7 @@ def test_errors_are_shown_and_the_widget_recovers(make_napari_viewer, qtbot, net
     widget.run_button.click()
     assert "multiple of 32" in errors[-1] and not widget.running
 
-    def broken(spec, device="cpu"):
+    def broken(spec, device="cpu", runtime="auto"):
         raise ModelError("weights file is corrupt; download it again")
 
     monkeypatch.setattr(build, "load_network", broken)

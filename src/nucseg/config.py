@@ -19,6 +19,8 @@ T = TypeVar("T", bound="_JsonConfig")
 #: Encoders of the UNets downsample 5 times, so tile sizes must be multiples of this.
 ENCODER_STRIDE = 32
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: what runs the network: "auto" takes ONNX Runtime on the CPU when installed (see nucseg.models.runtime)
+RUNTIMES = ("auto", "pytorch", "onnxruntime")
 
 
 class _JsonConfig:
@@ -58,14 +60,19 @@ class TilingConfig(_JsonConfig):
     """How an image is cut into overlapping tiles and blended back.
 
     Attributes:
-        tile_size: side of the square tile fed to the network, in pixels at the model's resolution.
+        tile_size: largest side of the square tile fed to the network, in pixels at the model's resolution; each
+            block's tiles shrink to just cover it (`nucseg.inference.tiling.fitted_tile`).
         overlap: pixels shared by neighbouring tiles; predictions are blended across it with a tapered window.
         batch_size: tiles per forward pass.
+
+    The defaults cover a 2048 px block with its 64 px halo on both sides in two tiles per axis
+    (2 x 1120 - 64 = 2176): 1.2x the block's pixels, against 1.56x for 512 px tiles (docs/CPU_SPEED.md). One
+    tile per pass: on the CPU larger batches were no faster, and memory stays under 1 GB of activations.
     """
 
-    tile_size: int = 512
+    tile_size: int = 1120
     overlap: int = 64
-    batch_size: int = 4
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         _check(self.tile_size >= ENCODER_STRIDE and self.tile_size % ENCODER_STRIDE == 0,
@@ -123,6 +130,8 @@ class InferenceConfig(_JsonConfig):
         tta: average predictions over flips (4x slower, slightly more accurate).
         skip_background: on slides, skip tiles without tissue (from a low-resolution tissue mask).
         block_size: on slides, side of the blocks (at the model's resolution) post-processed at once.
+        runtime: what runs the network: "auto" (ONNX Runtime on the CPU when installed, else PyTorch),
+            "pytorch" or "onnxruntime"; one that cannot serve the model falls back to PyTorch with a warning.
     """
 
     model: str = "nucseg-default"
@@ -132,9 +141,11 @@ class InferenceConfig(_JsonConfig):
     tta: bool = False
     skip_background: bool = True
     block_size: int = 2048
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.device in DEVICES, f"device {self.device!r} must be one of {', '.join(DEVICES)}")
+        _check(self.runtime in RUNTIMES, f"runtime {self.runtime!r} must be one of {', '.join(RUNTIMES)}")
         _check(self.block_size >= self.tiling.tile_size,
                f"block size {self.block_size} must be at least the tile size {self.tiling.tile_size}")
 

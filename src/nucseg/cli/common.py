@@ -8,7 +8,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nucseg.config import DEVICES
+from nucseg.config import DEVICES, TilingConfig
 from nucseg.errors import InvalidInputError, StoreError
 
 R = TypeVar("R")
@@ -20,9 +20,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_tiling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile-size", type=int, default=512, help="tile side in pixels, a multiple of 32")
-    p.add_argument("--overlap", type=int, default=64, help="pixels shared by neighbouring tiles")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    default = TilingConfig()
+    p.add_argument("--tile-size", type=int, default=default.tile_size,
+                   help=f"largest tile side in pixels, a multiple of 32 (default {default.tile_size})")
+    p.add_argument("--overlap", type=int, default=default.overlap,
+                   help=f"pixels shared by neighbouring tiles (default {default.overlap})")
+    p.add_argument("--batch-size", type=int, default=default.batch_size,
+                   help=f"tiles per forward pass (default {default.batch_size})")
 
 
 def drive(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bool = False) -> R:

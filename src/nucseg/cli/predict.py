@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nucseg.cli import EXIT_USER_ERROR
 from nucseg.cli.common import add_model_options, add_tiling_options, expand_inputs, parse_region
+from nucseg.config import RUNTIMES
 from nucseg.errors import InvalidInputError
 from nucseg.jobs.predict_file import FORMATS, MPP_UNKNOWN
 
@@ -36,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground-threshold", metavar="P|otsu",
                    help="foreground probability at which a pixel is nucleus: a number in (0, 1), or 'otsu' for Otsu's "
                    "threshold of each image's own map (default: the model's, 0.5 for nucseg-default)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the network: auto (ONNX Runtime on the CPU, else PyTorch), pytorch, onnxruntime")
     p.add_argument("--tta", action="store_true", help="average over flips: ~4x slower, slightly more accurate")
     p.add_argument("--all-tiles", action="store_true", help="do not skip background tiles on slides")
     p.add_argument("--allow-fluorescence", action="store_true", help="segment a slide that looks like fluorescence")
@@ -71,7 +74,7 @@ def build_config(args: argparse.Namespace):
     spec = resolve_model(args.model)
     postprocess = {**spec.postprocess_defaults, **foreground_option(args.foreground_threshold)}
     return InferenceConfig(
-        model=args.model, device=args.device, tta=args.tta, skip_background=not args.all_tiles,
+        model=args.model, device=args.device, runtime=args.runtime, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
         postprocess=PostprocessConfig(**postprocess), block_size=args.block_size,
     )

@@ -48,14 +48,14 @@ class Predictor:
 
 
 def load_predictor(config: InferenceConfig) -> Predictor:
-    """The network of `config.model` on `config.device` (cached by `load_network`)."""
+    """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`)."""
     from nucseg.models.build import load_network
     from nucseg.models.device import select_device
     from nucseg.models.registry import resolve_model
 
     spec = resolve_model(config.model)
     device = select_device(config.device)
-    return Predictor(spec, device, load_network(spec, device))
+    return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))
 
 
 @dataclasses.dataclass

@@ -23,8 +23,10 @@ def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
-def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 on `device` (pinned, non-blocking on CUDA)."""
+def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device,
+                    channels_last: bool = True) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 on `device` (pinned, non-blocking on CUDA); in
+    channels-last memory on the CPU if `channels_last` (PyTorch's fast layout there; ONNX Runtime takes NCHW)."""
     import torch
 
     batch = np.ascontiguousarray(batch)
@@ -36,7 +38,7 @@ def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device) ->
     else:
         x = x.to(device)
     x = normalise(x, spec)
-    if device.type == "cpu":
+    if device.type == "cpu" and channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -62,7 +64,7 @@ def predict_batch(
     """
     import torch
 
-    x = to_input_tensor(batch, spec, device)
+    x = to_input_tensor(batch, spec, device, channels_last=getattr(net, "runtime", "pytorch") == "pytorch")
     if not tta:
         return torch.sigmoid(forward_logits(net, x)).cpu().numpy()
     total = None

@@ -49,6 +49,24 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     return [Tile(y, x, y + tile, x + tile) for y in ys for x in xs]
 
 
+def fitted_tile(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 32, smallest: int = 512) -> int:
+    """The tile side to cover `shape` with as few tiles as `tile` allows, shrunk to just cover it.
+
+    The grid of `tile_grid` puts its last tile flush with the end, so a fixed tile wastes up to a tile's worth of
+    pixels per axis (a 2000 px image in 1120 px tiles computes 2240 px per axis; one in 1024 px tiles, three
+    tiles). Here the number of tiles per axis stays what `tile` needs and their side shrinks to the smallest
+    multiple of `multiple` that still spans the image with `overlap`: 2000 px -> two tiles of 1056. Never below
+    min(`smallest`, `tile`), so an image smaller than a calibration window is one tile of the window's size
+    (whose pass is reused, see nucseg.inference.calibration).
+    """
+    sides = []
+    for length in shape:
+        n = 1 if length <= tile else -(-(length - overlap) // (tile - overlap))
+        side = -(-(length + (n - 1) * overlap) // n)
+        sides.append(-(-side // multiple) * multiple)
+    return int(min(tile, max(*sides, min(smallest, tile))))
+
+
 def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
     for i in range(0, len(tiles), batch_size):
         yield tiles[i : i + batch_size]

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 SQUEEZE_EXCITATION_MODES = ("image", "constant")
 
 
-def se_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
-    """The encoder blocks that still compute their gates (smp's EfficientNet MBConv blocks)."""
+def se_blocks(net: torch.nn.Module) -> list:
+    """The encoder blocks that still compute their gates (smp's EfficientNet MBConv blocks); for a network served
+    by another runtime (`nucseg.models.runtime.OnnxNetwork`), the channel counts of the gates it still computes."""
+    if hasattr(net, "with_gates_of"):
+        return [] if net.gated else list(net.gate_channels)
     blocks = getattr(getattr(net, "encoder", None), "_blocks", None)
     return [b for b in (blocks or []) if getattr(b, "_has_se", False)]
 
@@ -93,6 +96,8 @@ def with_image_gates(net: torch.nn.Module, window: torch.Tensor) -> tuple[torch.
 
     if not se_blocks(net):
         return net, None
+    if hasattr(net, "with_gates_of"):  # another runtime: its graph measures the gates and takes them as inputs
+        return net.with_gates_of(window)
     fixed = copy.deepcopy(net)
     outputs: list = []
     freeze_gates(fixed, mean_gates(fixed, [window], outputs))

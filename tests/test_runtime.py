@@ -1,0 +1,203 @@
+"""ONNX Runtime on the CPU (nucseg.models.runtime): chosen automatically, the same outputs and the same exact
+per-image gates as PyTorch, cached by the weights' sha256, and PyTorch whenever it cannot serve a model."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from nucseg.config import InferenceConfig  # noqa: E402
+from nucseg.errors import ConfigError  # noqa: E402
+from nucseg.models import build, runtime  # noqa: E402
+from nucseg.models.build import build_network, load_network, save_model  # noqa: E402
+from nucseg.models.registry import resolve_model, untrained_spec  # noqa: E402
+from nucseg.models.squeeze_excitation import mean_gates, se_blocks, with_image_gates  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache of its own, so the tests see exports happen (and never touch the user's cache)."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUCSEG_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, cache):
+    """A trained-looking EfficientNet-B0 UNet folder whose gates react strongly to their input."""
+    torch.manual_seed(0)
+    spec = untrained_spec("efficientnet-b0")
+    net = build_network(spec).eval()
+    for block in se_blocks(net):  # fresh gates barely react to their input; trained ones do
+        block._se_reduce.weight.data.mul_(10)
+        block._se_expand.weight.data.mul_(10)
+    return save_model(net, spec, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def pair(model):
+    """The model in ONNX Runtime and in PyTorch."""
+    build.clear_cache()
+    return load_network(model, "cpu"), load_network(model, "cpu", runtime="pytorch")
+
+
+def test_auto_takes_onnxruntime_for_trained_models_on_the_cpu_only(model):
+    assert runtime.choose_runtime("auto", CPU, model) == "onnxruntime"
+    assert runtime.choose_runtime("auto", torch.device("cuda"), model) == "pytorch"
+    assert runtime.choose_runtime("auto", CPU, untrained_spec("efficientnet-b0")) == "pytorch"
+    assert runtime.choose_runtime("pytorch", CPU, model) == "pytorch"
+    with pytest.raises(ConfigError, match="unknown runtime 'tvm'"):
+        runtime.choose_runtime("tvm", CPU, model)
+    with pytest.raises(ConfigError, match="runtime 'tvm' must be one of auto, pytorch, onnxruntime"):
+        InferenceConfig(runtime="tvm")
+
+
+def test_exported_network_gives_pytorchs_probabilities(pair):
+    ort_net, torch_net = pair
+    assert ort_net.runtime.startswith("onnxruntime") and torch_net.runtime == "pytorch"
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = torch.sigmoid(torch_net(x))
+    got = torch.sigmoid(ort_net(x))
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-4  # measured 1e-6
+
+
+def test_gates_measured_and_fixed_in_onnxruntime_are_pytorchs(pair):
+    ort_net, torch_net = pair
+    g = torch.Generator().manual_seed(2)
+    window, other = torch.rand(1, 3, 128, 128, generator=g), torch.rand(1, 3, 64, 96, generator=g) * 2
+    gates = mean_gates(torch_net, [window])
+    fixed_ort, window_logits = with_image_gates(ort_net, window)
+    assert not se_blocks(fixed_ort) and se_blocks(ort_net)  # the copy's gates are fixed, the shared net's not
+    assert len(fixed_ort._gates) == len(gates)
+    for ours, theirs in zip(fixed_ort._gates, gates, strict=True):
+        assert np.abs(ours.ravel() - theirs.numpy()).max() < 1e-5
+    assert float(np.ptp(np.concatenate([g.ravel() for g in fixed_ort._gates]))) > 0.1  # gates that matter
+    fixed_torch, _ = with_image_gates(torch_net, window)
+    with torch.inference_mode():
+        assert float((window_logits - torch_net(window)).abs().max()) < 1e-3
+        expected, per_input = fixed_torch(other), torch_net(other)
+    got = fixed_ort(other)
+    assert float((got - expected).abs().max()) < 1e-3
+    assert float((per_input - expected).abs().max()) > 10 * float((got - expected).abs().max())
+
+
+def test_sides_the_graph_cannot_take_run_in_pytorch(pair):
+    ort_net, torch_net = pair
+    x = torch.rand(1, 3, 200, 120)  # 200 is not a multiple of the encoder's stride
+    with torch.inference_mode():
+        expected = torch_net(x)
+    assert torch.equal(ort_net(x), expected)
+
+
+def test_the_export_is_cached_and_a_different_sha256_gets_its_own(model, pair, tmp_path):
+    folder = pair[0].folder
+    assert folder.parent.parent == runtime.cache_dir() and (folder / "gated.onnx").is_file()
+    assert model.sha256[:32] in folder.name and model.folder not in folder.parents  # never beside the weights
+    build.clear_cache()
+    again = runtime.load_onnx_network(model, lambda: pytest.fail("a cached export must not rebuild the network"))
+    assert again.folder == folder
+    other_weights = build_network(untrained_spec("efficientnet-b0")).eval()
+    other = save_model(other_weights, untrained_spec("efficientnet-b0"), tmp_path / "other")
+    assert other.sha256 != model.sha256
+    net = runtime.load_onnx_network(other, lambda: load_network(other, "cpu", runtime="pytorch"))
+    assert net.folder != folder and net.folder.is_dir() and folder.is_dir()
+
+
+def test_a_failing_export_falls_back_to_pytorch_with_one_warning(model, monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_warned", set())
+
+    def broken(net, folder):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(runtime, "export_network", broken)
+    build.clear_cache()
+    with caplog.at_level(logging.WARNING, logger="nucseg.models.runtime"):
+        first = load_network(model, "cpu", runtime="onnxruntime")
+        build.clear_cache()
+        second = load_network(model, "cpu")
+    assert first.runtime == second.runtime == "pytorch"
+    warnings = [r for r in caplog.records if "ONNX Runtime not used" in r.getMessage()]
+    assert len(warnings) == 1 and "exporter exploded" in warnings[0].getMessage()
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing half-written left in the cache
+    build.clear_cache()
+
+
+def test_missing_onnxruntime_means_pytorch(model, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    monkeypatch.setattr(runtime, "_warned", set())
+    build.clear_cache()
+    assert runtime.choose_runtime("auto", CPU, model) == "pytorch"
+    with caplog.at_level(logging.WARNING, logger="nucseg.models.runtime"):
+        net = load_network(model, "cpu", runtime="onnxruntime")
+    assert net.runtime == "pytorch" and "onnxruntime is not installed" in caplog.text
+    build.clear_cache()
+
+
+def test_cli_runtime_option_reaches_the_json(model, pair, tmp_path):
+    from PIL import Image
+
+    from nucseg.cli import main
+
+    image = np.full((64, 64, 3), 230, np.uint8)
+    image[20:40, 20:40] = (90, 40, 120)
+    Image.fromarray(image).save(tmp_path / "t.png")
+    common = ["--model", str(model.folder), "--device", "cpu", "--tile-size", "64", "--overlap", "0", "--quiet"]
+    seen = {}
+    for choice in ("pytorch", "auto"):
+        out = tmp_path / choice
+        assert main(["predict", str(tmp_path / "t.png"), "--out", str(out), "--runtime", choice, *common]) == 0
+        summary = json.loads((out / "t_predict.json").read_text())
+        seen[choice] = summary["model"]["runtime"]
+        assert summary["config"]["runtime"] == choice
+    assert seen["pytorch"] == "pytorch" and seen["auto"].startswith("onnxruntime")
+
+
+def test_default_model_runs_the_same_in_both_runtimes(cache):
+    """The shipped network, exported: probabilities equal PyTorch's on a small real crop, gates fixed."""
+    from nucseg.inference.calibration import with_image_gates as calibrate
+    from nucseg.inference.forward import predict_batch
+    from nucseg.io.sample import sample_paths
+    from nucseg.io.slides import read_image
+
+    spec = resolve_model("nucseg-default")
+    image = read_image(sample_paths()[0])
+    window, tile = np.ascontiguousarray(image[:512, :512]), np.ascontiguousarray(image[None, 64:192, 96:224])
+    probs = {}
+    for choice in ("onnxruntime", "pytorch"):
+        fixed, window_probs = calibrate(load_network(spec, "cpu", runtime=choice), window, spec, CPU)
+        probs[choice] = window_probs, predict_batch(fixed, tile, spec, CPU)
+    assert np.abs(probs["onnxruntime"][0] - probs["pytorch"][0]).max() < 1e-4
+    assert np.abs(probs["onnxruntime"][1] - probs["pytorch"][1]).max() < 1e-4
+
+
+def test_odd_sides_keep_the_fixed_gates_in_pytorch(pair):
+    ort_net, torch_net = pair
+    window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    fixed, _ = ort_net.with_gates_of(window)
+    expected, _ = with_image_gates(torch_net, window)
+    x = torch.rand(1, 3, 96, 100)  # 100 is not a multiple of 32: PyTorch runs it, with the window's gates
+    with torch.inference_mode():
+        assert float((fixed(x) - expected(x)).abs().max()) < 1e-4
+
+
+def test_a_gated_network_pickles_for_worker_processes(pair):
+    import pickle
+
+    window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    fixed, _ = pair[0].with_gates_of(window)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(pickle.loads(pickle.dumps(fixed))(x), fixed(x))

@@ -1,0 +1,35 @@
+"""`fitted_tile`: tiles shrink to just cover a block, never need more of them, and respect a small requested tile."""
+
+import pytest
+
+from nucseg.config import TilingConfig
+from nucseg.inference.tiling import fitted_tile, tile_grid
+
+
+@pytest.mark.parametrize(("shape", "tile", "overlap", "expected"), [
+    ((2000, 2000), 1120, 64, 1056),  # two tiles per axis instead of two of 1120
+    ((2176, 2176), 1120, 64, 1120),  # a 2048 block with its halo: exactly two tiles
+    ((1000, 1000), 1120, 64, 1024),  # a MoNuSeg tile: one tile, padded by 24 px
+    ((300, 400), 1120, 64, 512),  # small images keep one calibration-window tile
+    ((1000, 1000), 256, 64, 256),  # a requested small tile is kept
+    ((1500, 700), 1120, 64, 800),
+])
+def test_fitted_tile(shape, tile, overlap, expected):
+    assert fitted_tile(shape, tile, overlap) == expected
+
+
+@pytest.mark.parametrize("length", [100, 511, 512, 513, 1000, 1119, 1121, 2000, 2176, 3000, 5000])
+@pytest.mark.parametrize(("tile", "overlap"), [(1120, 64), (512, 64), (256, 32)])
+def test_never_more_tiles_and_always_covered(length, tile, overlap):
+    fitted = fitted_tile((length, length), tile, overlap)
+    assert fitted % 32 == 0 and fitted <= tile
+    padded = max(length, fitted)
+    ours = tile_grid((padded, padded), fitted, overlap)
+    fixed = tile_grid((max(length, tile),) * 2, tile, overlap)
+    assert len(ours) <= len(fixed) and ours[-1].y1 == padded and ours[-1].x1 == padded
+    assert len(ours) * fitted**2 <= len(fixed) * tile**2
+
+
+def test_default_tiling_is_valid():
+    TilingConfig()  # validated in __post_init__
+    assert fitted_tile((2048 + 128,) * 2, TilingConfig().tile_size, TilingConfig().overlap) == TilingConfig().tile_size
