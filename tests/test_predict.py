@@ -166,7 +166,7 @@ def test_first_records_come_before_the_model_is_loaded_and_after_one_tile(monkey
 
     loaded, release = threading.Event(), threading.Event()
 
-    def slow_load(spec, device="cpu"):
+    def slow_load(spec, device="cpu", runtime="auto"):
         assert release.wait(10)
         loaded.set()
         return BlobNet().eval()
