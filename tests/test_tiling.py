@@ -32,6 +32,14 @@ def test_blend_window_is_positive_and_flat_in_core():
     assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
 
 
+def test_blend_window_hardly_counts_a_tiles_outer_quarter_of_the_overlap():
+    """Where zero padding distorts a tile's output most, its neighbour's prediction is taken instead."""
+    ramp = blend_window(256, 64)[128]
+    assert ramp[:16].max() <= 1e-3 and ramp[240:].max() <= 1e-3
+    assert np.all(np.diff(ramp[16:48]) > 0) and np.allclose(ramp[48:208], 1.0)
+    assert np.allclose(ramp[:64] + ramp[192:], 1.0, atol=2e-3)  # two neighbours' weights still sum to ~1
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (100, 37), (37, 100), (130, 171), (257, 64)])
 @pytest.mark.parametrize("tile,overlap", [(64, 0), (64, 16), (64, 31), (96, 32)])
 def test_stitching_a_pointwise_function_is_exact(shape, tile, overlap):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nucseg.inference.forward import to_input_tensor
-from nucseg.inference.tiling import Tile, pad_to_tile
+from nucseg.inference.tiling import pad_to_tile
 from nucseg.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -92,16 +92,3 @@ def with_image_gates(net: torch.nn.Module, window: np.ndarray, spec: ModelSpec, 
         return net, None
     fixed, logits = fix(net, to_input_tensor(window[None], spec, device))
     return fixed, torch.sigmoid(logits[0].float()).cpu().numpy()
-
-
-def add_window_tile(canvas, tiles: list[Tile], window: tuple[int, int], window_probs: np.ndarray | None,
-                    tta: bool, size: int = CALIBRATION_SIZE) -> list[Tile]:
-    """Put the calibration pass's probabilities on `canvas` for the tile that is exactly the window (if any, and
-    not under test-time flips, which that pass did not do); return the tiles still to run."""
-    if window_probs is None or tta:
-        return tiles
-    for t in tiles:
-        if (t.y0, t.x0) == window and t.y1 - t.y0 == size and t.x1 - t.x0 == size:
-            canvas.add(t, window_probs)
-            return [other for other in tiles if other is not t]
-    return tiles

@@ -87,11 +87,6 @@ class PredictionPlan:
         return len(self.tiles)
 
     @property
-    def first_block(self) -> int:
-        """Index of the first block with tiles."""
-        return next((b.index for b in self.blocks if b.tiles), -1)
-
-    @property
     def shape(self) -> tuple[int, int]:
         """(h, w) of the region at the model's resolution."""
         return self.source.shape

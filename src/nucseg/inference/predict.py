@@ -1,12 +1,16 @@
 """`iter_predict`: segment an image or a slide region block by block, yielding progress; returns the result.
 
-The run is planned first (`nucseg.inference.plan.plan_prediction`: blocks, tiles, calibration windows), then
-each block is run (`nucseg.inference.blocks.run_block`) and written in block order (`write_block`); a distributed
-runner calls the same three functions. Small inputs (up to one block) are predicted and post-processed whole, so
-the tiled result is the whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if their
-centre lies in the block's core, so a nucleus cut by a block border is taken whole from one block and
-never duplicated. Each block fixes its squeeze-excitation gates once, on one window (nucseg.inference.calibration),
-so its tiles agree with each other. Slides stream into chunked zarr, so memory does not grow with the slide.
+The one engine (CLI, widgets, validation, fine-tuning): the run is planned first
+(`nucseg.inference.plan.plan_prediction`: one tile grid over the tissue, blocks, which block owns each tile,
+calibration windows, batches), then each block is run (`nucseg.inference.blocks`; a tile over a block border is
+computed once, `nucseg.inference.tile_store`) and written in block order (`write_block`); a distributed runner
+calls the same functions. Small inputs (up to one block) are predicted and post-processed whole, so the tiled
+result is the whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if
+their centre lies in the block's core, so a nucleus cut by a block border is taken whole from one block and never
+duplicated. Each tile runs with its owner block's squeeze-excitation gates, fixed once per block on one window
+(nucseg.inference.calibration), so the probabilities are one seamless map whichever block reads them. Slides
+stream into chunked zarr, so memory does not grow with the slide. `predict_probabilities` is the same run without
+the watershed, for validation and training.
 """
 
 from __future__ import annotations
