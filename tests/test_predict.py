@@ -180,3 +180,17 @@ def test_first_records_come_before_the_model_is_loaded_and_after_one_tile(monkey
     records = list(gen)
     assert [r.done for r in records if r.stage == "predicting"][:3] == [1, 5, 9]
     assert {"reading block", "calibrating", "separating nuclei"} <= {r.stage for r in records}
+
+
+def test_nuclei_at_the_image_edge_are_kept_when_glass_is_skipped():
+    """The tissue mask is coarse (8 model px a pixel); its closing must not erode tissue at the image's edge."""
+    from nucseg.inference.tissue import tissue_mask
+
+    image, truth = blob_image((256, 320), n=20, seed=6)  # discs 10 px from the bottom edge
+    cfg = InferenceConfig(model=MODEL, tiling=TilingConfig(64, 16, 4), skip_background=True)
+    res = predict(image, cfg)
+    assert res.n_nuclei == truth.max()
+    assert same_partition(res.labels, truth)
+    rgb = np.full((40, 40, 3), 240, np.uint8)
+    rgb[30:, 10:20] = (90, 40, 120)  # stain touching the bottom edge
+    assert tissue_mask(rgb)[39, 15]

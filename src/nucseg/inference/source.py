@@ -195,11 +195,9 @@ class ScaledSource:
         """A low-resolution tissue mask of the region and its downsample relative to model pixels.
 
         One mask pixel covers about `TISSUE_MASK_DOWNSAMPLE` model pixels: read from the coarsest level that is
-        still finer, then averaged down in blocks, so a flat image and a pyramid are handled alike (and a flat
-        image's mask costs little).
+        still finer, then pooled (highest saturation per block: small stained objects are kept), so a flat image
+        and a pyramid are handled alike (and a flat image's mask costs little).
         """
-        from skimage.measure import block_reduce
-
         from nucseg.inference.tissue import tissue_mask
 
         y0, x0, h, w = self.region0
@@ -210,6 +208,4 @@ class ScaledSource:
         thumb = self.image.read_region(level, int(y0 / down), int(x0 / down),
                                        max(1, math.ceil(h / down)), max(1, math.ceil(w / down)))
         k = max(1, int(target / down + 0.01))
-        if k > 1:  # white beyond the edge, like glass
-            thumb = block_reduce(thumb, (k, k, 1), np.mean, cval=255).astype(np.uint8)
-        return tissue_mask(thumb), down * k / self.factor
+        return tissue_mask(thumb, pool=k), down * k / self.factor
