@@ -61,7 +61,7 @@ def _run_in_child(args):
     from nucseg.models import build
 
     net = BlobNet().eval()
-    build.load_network = lambda spec, device="cpu": net
+    build.load_network = lambda spec, device="cpu", runtime="auto": net
     plan = plan_prediction(image, cfg)
     predictor = load_predictor(cfg)
     return [run_block(plan, i, predictor, probs_dtype=np.uint8) for i in indices]

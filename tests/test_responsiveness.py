@@ -116,7 +116,7 @@ def test_gui_thread_never_stalls_during_a_slide_run(make_napari_viewer, qtbot, m
     monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
     model = fake_model_folder(tmp_path)
     net = CountingNet(delay=0.0).eval()
-    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": net)
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": net)
     viewer = make_napari_viewer(show=True)
     (image,) = viewer.open(str(SLIDE), plugin="napari-nucseg")
     widget = SegmentWidget(viewer)

@@ -189,7 +189,7 @@ def test_segment_widget_labels_name_their_image_for_the_csv(make_napari_viewer, 
     monkeypatch.setenv("NUCSEG_HOME", str(tmp_path / "home"))
     fake_model_folder(tmp_path / "home")
     model = BlobNet().eval()
-    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu": model)
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": model)
     viewer = make_napari_viewer()
     image, truth = blob_image((200, 260), n=15, seed=2)
     viewer.add_image(image, name="blobs", rgb=True)
