@@ -236,7 +236,7 @@ class SegmentWidget(QWidget):
         n = sum(r.n_nuclei for r, _ in shown)
         text = f"{n} nuclei in {sum(r.seconds for r, _ in shown):.1f} s"
         if self._stop is not None and self._stop.is_set():
-            text = f"stopped: {text} (only finished blocks are kept)"
+            text = f"stopped: {text} (only what the tiles done so far found is kept)"
             show_info(f"segmentation of {image_layer.name} stopped; {n} nuclei kept")
         self.views = [view for view, _ in added] or self.views
         self.controls.job_finished(text)
