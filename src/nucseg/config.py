@@ -60,13 +60,14 @@ class TilingConfig(_JsonConfig):
     """How an image is cut into overlapping tiles and blended back.
 
     Attributes:
-        tile_size: largest side of the square tile fed to the network, in pixels at the model's resolution; each
-            block's tiles shrink to just cover it (`nucseg.inference.tiling.fitted_tile`).
+        tile_size: largest side of the square tile fed to the network, in pixels at the model's resolution; an
+            image of one block gets tiles shrunk to just cover it (`nucseg.inference.tiling.fitted_tile`); a
+            slide's one tile grid over its tissue uses this side.
         overlap: pixels shared by neighbouring tiles; predictions are blended across it with a tapered window.
         batch_size: tiles per forward pass.
 
-    The defaults cover a 2048 px block with its 64 px halo on both sides in two tiles per axis
-    (2 x 1120 - 64 = 2176): 1.2x the block's pixels, against 1.56x for 512 px tiles (docs/CPU_SPEED.md). One
+    The defaults cover a 2000 px image in two tiles of 1056 per axis, a 1000 px tile in one of 1024, and a slide in
+    a grid of 1120 px tiles (docs/CPU_SPEED.md). One
     tile per pass: on the CPU larger batches were no faster, and memory stays under 1 GB of activations.
     """
 

@@ -28,15 +28,21 @@ def _dspin(lo: float, hi: float, value: float) -> QDoubleSpinBox:
 MAX_DOCK_WIDTH = 440
 
 
-def scrolled(owner: QWidget) -> QVBoxLayout:
-    """Give `owner` a vertical scroll area and return the layout to fill: when the dock is shorter than its
-    content (a laptop screen, several docks stacked), the content scrolls instead of being squeezed or cut."""
-    content = QWidget()
+def scroll_area(content: QWidget) -> QScrollArea:
+    """A frameless vertical scroll area around `content` (it follows the dock's width, never scrolls sideways)."""
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(content)
+    return scroll
+
+
+def scrolled(owner: QWidget) -> QVBoxLayout:
+    """Give `owner` a vertical scroll area and return the layout to fill: when the dock is shorter than its
+    content (a laptop screen, several docks stacked), the content scrolls instead of being squeezed or cut."""
+    content = QWidget()
+    scroll = scroll_area(content)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)

@@ -20,15 +20,13 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QFrame,
     QLabel,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -36,6 +34,7 @@ from qtpy.QtWidgets import (
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.training.corrections import CorrectionEntry, CorrectionStore, corrections_changed
 
+from ._forms import scroll_area
 from ._workers import error_message, start_generator_worker
 from .correction_regions import crop_pair, provenance_of
 from .corrections_list import CorrectionsList
@@ -119,11 +118,7 @@ class CorrectionsWidget(QWidget):
         layout.addWidget(self.whole_check)
         layout.addWidget(self.add_button)
         layout.addWidget(self.entries, 1)
-        scroll = QScrollArea()  # fits a small screen: scrolls rather than squashing the list
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
+        scroll = scroll_area(inner)  # fits a small screen: scrolls rather than squashing the list
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)

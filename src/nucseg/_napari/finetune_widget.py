@@ -20,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QFrame,
     QLabel,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -41,6 +39,7 @@ from nucseg.models.device import available_devices
 from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 from nucseg.training.corrections import CorrectionStore, corrections_changed
 
+from ._forms import scroll_area
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .finetune_decision import DecisionPanel
@@ -112,11 +111,7 @@ class FinetuneWidget(QWidget):
         scrolled.addWidget(self.settings)
         scrolled.addWidget(self.versions_panel, 1)
         # many settings: they scroll, so Start, the progress and the result stay in sight on a small screen
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(inner)
+        scroll = scroll_area(inner)
         outer = QVBoxLayout(self)
         outer.addLayout(form)
         outer.addWidget(self.start_button)

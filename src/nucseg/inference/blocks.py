@@ -102,7 +102,7 @@ def iter_block_probabilities(
     store = store if store is not None else TileStore(plan, predictor, max_bytes=0)
     tiling = plan.config.tiling
     ry, rx, rh, rw = block.read
-    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), tiling.tile_size, tiling.overlap, origin=(ry, rx))
+    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), plan.tile_size, tiling.overlap, origin=(ry, rx))
     yield "reading block", 0
     preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
     for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner

@@ -21,7 +21,7 @@ import numpy as np
 from nucseg.config import InferenceConfig
 from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
 from nucseg.inference.source import ScaledSource
-from nucseg.inference.tiling import Tile, tile_starts
+from nucseg.inference.tiling import Tile, fitted_tile, tile_starts
 from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
@@ -85,6 +85,11 @@ class PredictionPlan:
     def total(self) -> int:
         """Tiles to run (each once)."""
         return len(self.tiles)
+
+    @property
+    def tile_size(self) -> int:
+        """The side of the run's tiles: the configured one, or for an image of one block the `fitted_tile`."""
+        return self.tiles[0].y1 - self.tiles[0].y0 if self.tiles else self.config.tiling.tile_size
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -193,13 +198,15 @@ def plan_prediction(
     tissue = source.tissue_mask() if config.skip_background else None
     if tissue is not None and not tissue[0].any():
         tissue = None  # nothing looks like stained tissue (e.g. a grey or fluorescence image): skip nothing
-    tiles = tile_layout(shape, tiling.tile_size, tiling.overlap, tissue)
+    # an image of one block: tiles shrunk to just cover it (a 2000 px image in 2 x 2 of 1056, not of 1120)
+    tile = fitted_tile(shape, tiling.tile_size, tiling.overlap) if single else tiling.tile_size
+    tiles = tile_layout(shape, tile, tiling.overlap, tissue)
     owner = [_owner(t, shape, block) for t in tiles]
     reads = [read_box(box, halo, shape) for box in boxes]
     # a tile feeds the blocks whose read box it overlaps; tiles are few per block, so test the neighbours only
     needed: list[list[int]] = [[] for _ in boxes]
     per_row = -(-shape[1] // block)
-    reach = -(-(tiling.tile_size + halo) // block)
+    reach = -(-(tile + halo) // block)
     for i, t in enumerate(tiles):
         by, bx = divmod(owner[i], per_row)
         for yy in range(max(by - reach, 0), by + reach + 1):
@@ -211,7 +218,7 @@ def plan_prediction(
     for index, box in enumerate(boxes):
         ids = tuple(sorted(needed[index]))
         owned = [(tiles[i].y0, tiles[i].x0) for i in ids if owner[i] == index]
-        candidates = owned if tiling.tile_size == CALIBRATION_SIZE else None
+        candidates = owned if tile == CALIBRATION_SIZE else None
         blocks.append(BlockPlan(index, box, reads[index], tuple(tiles[i] for i in ids),
                                 block_window(box, tissue, candidates), ids))
     last_use = [0] * len(tiles)

@@ -96,15 +96,9 @@ def _open_zarr(path: Path) -> LabelFile:
         arr = zarr.open_array(str(path), mode="r")
         mpp = attrs.get("mpp")
         return LabelFile(path, [arr], float(mpp) if mpp else None, "zarr")
-    root = zarr.open_group(str(path), mode="r")
-    multiscale = ome["multiscales"][0]
-    levels = [root[d["path"]] for d in multiscale["datasets"]]
-    units = [a.get("unit") for a in multiscale.get("axes", []) if isinstance(a, dict)][-2:]
-    scale = next((t["scale"] for t in multiscale["datasets"][0].get("coordinateTransformations", [])
-                  if t.get("type") == "scale"), None)
-    mpp = None
-    if scale and units == ["micrometer", "micrometer"] and scale[-1] == scale[-2]:
-        mpp = float(scale[-1])
+    from nucseg.io.ngff import read_labels_ngff
+
+    levels, mpp = read_labels_ngff(path)
     return LabelFile(path, levels, mpp, "ome-ngff")
 
 
