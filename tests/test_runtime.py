@@ -201,3 +201,19 @@ def test_a_gated_network_pickles_for_worker_processes(pair):
     fixed, _ = pair[0].with_gates_of(window)
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(pickle.loads(pickle.dumps(fixed))(x), fixed(x))
+
+
+def test_sessions_take_no_more_threads_than_torch_may_use():
+    """A Dask worker given one thread must not run its ONNX Runtime sessions on every core."""
+    import torch
+
+    from nucseg.models.runtime import physical_cores, session_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert session_threads() == 1
+        torch.set_num_threads(max(before, 1))
+        assert session_threads() == min(physical_cores(), max(before, 1))
+    finally:
+        torch.set_num_threads(before)

@@ -57,6 +57,15 @@ def cache_dir() -> Path:
     return Path(base) / "nucseg"
 
 
+def session_threads() -> int:
+    """Threads of a new ONNX Runtime session: the physical cores, but no more than torch may use, so that a Dask
+    worker given one thread (`--threads-per-worker`, or torch.set_num_threads) does not take every core (two
+    workers on 2 cores each ran 2 threads: no faster than one worker)."""
+    import torch
+
+    return max(1, min(physical_cores(), torch.get_num_threads()))
+
+
 def physical_cores() -> int:
     """Physical cores this process may use (hyper-threads share one core's vector units: no gain for convolutions)."""
     try:
@@ -277,14 +286,14 @@ class OnnxNetwork:
         self.folder = folder
         self.gate_channels: list[int] = list(meta["gate_channels"])
         self.runtime = f"onnxruntime {onnxruntime.__version__}"
-        self.threads = threads or physical_cores()
+        self.threads = threads  # None: decided when a session is made (see `session_threads`)
         self._torch_network = torch_network
         self._gates = gates
         self._sessions = sessions if sessions is not None else {}
 
     def _get_session(self, name: str):
         if name not in self._sessions:
-            self._sessions[name] = _session(self.folder / f"{name}.onnx", self.threads)
+            self._sessions[name] = _session(self.folder / f"{name}.onnx", self.threads or session_threads())
         return self._sessions[name]
 
     @property
