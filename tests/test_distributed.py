@@ -107,8 +107,9 @@ def test_a_slide_of_several_blocks_is_spread_over_the_workers(scheduler, tmp_pat
     assert not list((tmp_path / "dist").glob(".*"))  # no temporary files left
 
 
-#: inputs of the interrupted batches: enough, and big enough (16 tiles each), that a batch stopped after its first
-#: output still has inputs to do even where the network is fast (ONNX Runtime finished 4 crops of 128 px at once)
+#: inputs of the interrupted batches: enough, and big enough (768 px, 64 tiles each), that a batch stopped after its
+#: first output still has inputs to do even where the network is fast (ONNX Runtime on a quiet machine finished 8
+#: crops of 384 px before the Ctrl-C arrived)
 N_REAL = 8
 
 
@@ -116,8 +117,7 @@ def _real_tiles(folder, shared_data, n=N_REAL):
     folder.mkdir()
     paths = sorted((shared_data / "monuseg-train" / "images").glob("*.png"))
     for i in range(n):
-        y = 100 + 384 * (i // len(paths) % 2)
-        crop = np.asarray(Image.open(paths[i % len(paths)]).convert("RGB"))[y : y + 384, 300:684]
+        crop = np.asarray(Image.open(paths[i % len(paths)]).convert("RGB"))[100:868, 100:868]
         Image.fromarray(crop).save(folder / f"m{i}.png")
     return folder
 
