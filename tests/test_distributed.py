@@ -124,8 +124,10 @@ def _real_tiles(folder, shared_data, n=N_REAL):
 
 def _start_and_wait_for_first_output(command, env, out):
     """Start the CLI in its own process group; return once its first input is finished."""
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`, as a CI runner may)
+    # inherits it ignored, and Python then never raises KeyboardInterrupt, so Ctrl-C could not be tested
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(out.glob("*_predict.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
