@@ -17,7 +17,16 @@ import numpy as np
 
 from nucseg.errors import SlideReadError
 from nucseg.io._color import icc_of, icc_transform
-from nucseg.io.base import Slide, as_rgb_uint8, lazy_image, lazy_level, one_line, plausible_mpp, read_errors
+from nucseg.io.base import (
+    Slide,
+    as_rgb_uint8,
+    decode_first_tiles,
+    lazy_image,
+    lazy_level,
+    one_line,
+    plausible_mpp,
+    read_errors,
+)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: the SOP class of VL Whole Slide Microscopy images
@@ -164,12 +173,7 @@ def open_dicom(path: Path) -> Slide:
                                                                      int(base.tile_size.height)]}
         slide = Slide(slide_path, "dicom", levels, downsamples, plausible_mpp(mpp), associated, meta, readers, [wsi],
                       reader="wsidicom", icc=icc, modality=modality, modality_reason=reason)
-        for i, read in enumerate(readers):  # decode one tile per level now, so that a damaged series fails here
-            try:
-                read(0, 1, 0, 1)
-            except read_errors() as err:
-                raise SlideReadError(slide_path, f"the first tile of level {i} cannot be decoded ({one_line(err)})",
-                                     "the file is damaged; export or copy the series again") from err
+        decode_first_tiles(slide_path, readers, "the file is damaged; export or copy the series again")
         return slide
     except BaseException:
         wsi.close()

@@ -19,6 +19,7 @@ from nucseg.io._color import icc_of, icc_transform
 from nucseg.io.base import (
     Slide,
     composite_on_white,
+    decode_first_tiles,
     lazy_image,
     lazy_level,
     one_line,
@@ -126,12 +127,7 @@ def open_openslide(path: Path) -> Slide:
                 meta[key.split(".", 1)[1].lower()] = " ".join(str(props[key]).split())[:200]
         slide = Slide(path, format_name(vendor, path), levels, downsamples, _mpp(props), associated, meta, readers, [osr],
                       reader="openslide", icc=icc)
-        for i, read in enumerate(readers):  # decode one tile per level now, so that a damaged file fails here
-            try:
-                read(0, 1, 0, 1)
-            except read_errors() as err:
-                raise SlideReadError(path, f"the first tile of level {i} cannot be decoded ({one_line(err)})",
-                                     "the file is damaged; export or copy it again") from err
+        decode_first_tiles(path, readers)
         return slide
     except BaseException:
         osr.close()

@@ -18,7 +18,7 @@ import numpy as np
 
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform
-from nucseg.io.base import Slide, one_line, plausible_mpp, read_errors, rgb_converter
+from nucseg.io.base import Slide, decode_first_tiles, plausible_mpp, rgb_converter
 
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
                "Å": 1e-4, "pm": 1e-6}
@@ -240,12 +240,7 @@ def open_tiff(path: Path) -> Slide:
         slide = Slide(path, fmt, levels, downsamples, plausible_mpp(mpp), associated, meta, readers, [tif],
                       reader="tifffile", icc=icc, modality=modality,
                       modality_reason="the OME metadata says so" if modality else "")
-        for i, read in enumerate(readers):  # decode one tile per level now, so that a corrupt file fails at open
-            try:
-                read(0, 1, 0, 1)
-            except read_errors() as err:
-                raise SlideReadError(path, f"the first tile of level {i} cannot be decoded ({one_line(err)})",
-                                     "the file is damaged; export or copy it again") from err
+        decode_first_tiles(path, readers)
         return slide
     except BaseException:
         tif.close()

@@ -76,6 +76,20 @@ def one_line(err: BaseException) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+def decode_first_tiles(path: Any, readers: list[Any], fix: str = "the file is damaged; export or copy it again") -> None:
+    """Decode one pixel of each level now (`readers[i](y0, y1, x0, x1)`), so that a damaged file fails when it is
+    opened, with one clear line, rather than half-way through a run.
+
+    Raises:
+        SlideReadError: a level's first tile cannot be decoded.
+    """
+    for i, read in enumerate(readers):
+        try:
+            read(0, 1, 0, 1)
+        except read_errors() as err:
+            raise SlideReadError(path, f"the first tile of level {i} cannot be decoded ({one_line(err)})", fix) from err
+
+
 def read_failure(path: Path, err: BaseException, where: str = "") -> SlideReadError:
     """The `SlideReadError` for an error met while reading `path` (`where`: e.g. "pixels at level 0, y=0 x=0")."""
     if isinstance(err, MemoryError):
