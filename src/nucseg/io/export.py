@@ -39,6 +39,18 @@ __all__ = ["CHUNK", "atomic_output", "iter_geojson_features", "iter_nuclei", "la
 NUCLEUS_COLOR = (220, 50, 50)
 
 
+def replace_into_place(tmp: Path, final: Path) -> None:
+    """Rename a finished `tmp` to `final`; an earlier folder (zarr) there is moved aside first and then removed,
+    since a rename cannot replace a non-empty folder."""
+    if final.is_dir() and not final.is_symlink():
+        trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed. Raises
@@ -51,13 +63,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        if path.is_dir() and not path.is_symlink():  # overwrite a folder (zarr): move it aside first
-            trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_into_place(tmp, path)
     except OSError as err:
         raise StoreError(f"cannot write {path}: {err.strerror or err}; check the folder exists and is writable") from err
     finally:

@@ -116,14 +116,10 @@ def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], r
     try:
         if replace and summary[1].exists():
             summary[1].unlink()
+        from nucseg.io.export import replace_into_place
+
         for tmp, final in [*pairs, summary]:
-            if final.is_dir() and not final.is_symlink():  # a zarr folder: move the old one aside, then swap
-                trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
-                os.replace(final, trash)
-                os.replace(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_into_place(tmp, final)
     except OSError as err:
         raise StoreError(f"cannot write {err.filename or targets[0]}: {err.strerror or err}; check the output "
                          "folder is writable and has space") from err
