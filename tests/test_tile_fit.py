@@ -33,3 +33,18 @@ def test_never_more_tiles_and_always_covered(length, tile, overlap):
 def test_default_tiling_is_valid():
     TilingConfig()  # validated in __post_init__
     assert fitted_tile((2048 + 128,) * 2, TilingConfig().tile_size, TilingConfig().overlap) == TilingConfig().tile_size
+
+
+def test_a_one_block_image_runs_fitted_tiles():
+    """The engine's plan uses the fitted side for an image of one block (lost once in a merge: 2 x 2 tiles of 1120
+    computed 2240 px per axis of a 2000 px image)."""
+    import numpy as np
+
+    from nucseg.config import InferenceConfig
+    from nucseg.inference.plan import plan_prediction
+
+    image = np.full((2000, 2000, 3), 200, np.uint8)
+    config = InferenceConfig(tiling=TilingConfig(1120, 64, 1), skip_background=False)
+    plan = plan_prediction(image, config, mpp=0.25)
+    assert plan.tile_size == 1056 and len(plan.tiles) == 4
+    assert {t.y1 - t.y0 for t in plan.tiles} == {1056}
