@@ -24,7 +24,7 @@ import torch
 
 from _common import default_model_name, emit, he_tile, interleaved_times, paired_ratio
 from nucseg.config import InferenceConfig, TilingConfig
-from nucseg.inference import blocks as predict_module
+from nucseg.inference import tile_store as predict_module  # where the engine calls the network
 from nucseg.inference.calibration import centre_crop, with_image_gates
 from nucseg.inference.forward import predict_batch, to_input_tensor
 from nucseg.inference.predict import predict
