@@ -32,7 +32,8 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     except AttributeError as err:
         raise ModelError(f"unknown architecture {spec.architecture!r} in model {spec.name!r}") from err
     try:
-        net = arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads))
+        extra = {"decoder_channels": list(spec.decoder_channels)} if spec.decoder_channels else {}
+        net = arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads), **extra)
     except (KeyError, ValueError, RuntimeError) as err:
         raise ModelError(f"cannot build {spec.architecture} with encoder {spec.encoder!r}: {err}") from err
     if spec.squeeze_excitation == "constant":

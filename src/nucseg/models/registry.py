@@ -47,6 +47,8 @@ class ModelSpec:
         mean, std: input normalisation of RGB in [0, 1].
         squeeze_excitation: for EfficientNet encoders, "image" (gates measured once per image, so tiles agree) or
             "constant" (gates frozen into the weights); see squeeze_excitation.py.
+        decoder_channels: the UNet decoder's channels, deepest first; None is smp's default (256, 128, 64, 32, 16),
+            which version 2 has. A lean decoder (version 3: 64, 32, 16, 16, 8) is most of the CPU saving.
         folder: where the weights live; None for an untrained architecture (random initialisation).
         sha256: expected hash of the weights file.
         info: everything else from config.json (training data, metrics, postprocess defaults, lineage).
@@ -60,6 +62,7 @@ class ModelSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     squeeze_excitation: str = "image"
+    decoder_channels: tuple[int, ...] | None = None
     folder: Path | None = None
     sha256: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
@@ -96,11 +99,13 @@ class ModelSpec:
             "mpp": self.mpp,
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "squeeze_excitation": self.squeeze_excitation,
+            **({"decoder_channels": list(self.decoder_channels)} if self.decoder_channels else {}),
             **{k: v for k, v in self.info.items() if k not in _SPEC_KEYS},
         }
 
 
-_SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "squeeze_excitation", "sha256"}
+_SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "squeeze_excitation",
+              "decoder_channels", "sha256"}
 
 DEFAULT_MODEL = "nucseg-default"
 REPLAY_DIR = "replay"
@@ -130,6 +135,16 @@ def _squeeze_excitation_mode(value: Any, config_path: Path) -> str:
     return value
 
 
+def _decoder_channels(value: Any, config_path: Path) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 5
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in value)):
+        raise ModelError(f"{config_path}: decoder_channels must be a list of 5 positive integers (deepest first), "
+                         f"not {value!r}")
+    return tuple(value)
+
+
 def spec_from_folder(folder: str | Path) -> ModelSpec:
     """Read a model folder (config.json + model.safetensors)."""
     folder = Path(folder)
@@ -154,6 +169,7 @@ def spec_from_folder(folder: str | Path) -> ModelSpec:
             mean=tuple(norm.get("mean", IMAGENET_MEAN)),
             std=tuple(norm.get("std", IMAGENET_STD)),
             squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "image"), config_path),
+            decoder_channels=_decoder_channels(cfg.get("decoder_channels"), config_path),
             folder=folder.resolve(),
             sha256=cfg.get("sha256"),
             info={k: v for k, v in cfg.items() if k not in _SPEC_KEYS},
