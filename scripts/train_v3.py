@@ -2,6 +2,7 @@
 
     nohup nice -n 10 .venv/bin/python scripts/train_v3.py train --run v3 > ~/.nucseg/train/v3.log 2>&1 &
     .venv/bin/python scripts/train_v3.py status --run v3        # steps done, patches/s, best validation so far
+    .venv/bin/python scripts/train_v3.py export --run v3 --dest DIR   # the best weights as a model folder
 
 The same `train` command resumes the run from its last checkpoint (written at least every CHECKPOINT_SECONDS and
 at every validation), so a run stopped anywhere (kill, end of session) loses at most that much work.
@@ -314,6 +315,38 @@ def train(args) -> None:
     print(f"done: {step} steps; best {best}", flush=True)
 
 
+def export(args) -> None:
+    """Write the run's best EMA weights as a model folder (fp16 safetensors + config.json): the candidate that
+    benchmarks/bench_models.py scores against version 2 before anything ships."""
+    from safetensors.torch import load_file
+
+    from nucseg.models.build import save_model
+
+    run = TRAIN_ROOT / args.run
+    settings = json.loads((run / "settings.json").read_text())
+    net, spec = new_student()
+    net.load_state_dict(load_file(str(run / "best.safetensors")))
+    state = json.loads((run / "checkpoints" / "latest.json").read_text())
+    log = (run / "log.csv").read_text().splitlines()
+    info = {
+        "name": args.name,
+        "version": args.version,
+        "description": "UNet (efficientnet-b0 encoder, lean decoder 64-32-16-16-8) for H&E nuclei at 40x (0.25 um/px): "
+                       "foreground, contour and distance heads with marker-controlled watershed; distilled from "
+                       "version 2 on the CPU with MoNuSeg 2018 and TNBC truth",
+        "postprocess": spec.postprocess_defaults,
+        "training": {"data": "MoNuSeg 2018 training set (25 tiles; Kumar et al. 2017/2019, CC BY-NC-SA 4.0) and "
+                             "TNBC (Naylor et al. 2019, CC BY 4.0), patients not in tnbc_validation",
+                     "settings": settings, "steps_run": state["epoch"], "log": log,
+                     "script": "scripts/train_v3.py"},
+        "lineage": {"from": f"{TEACHER} version 2 (encoder copied, outputs distilled)",
+                    "teacher_sha256": settings["teacher_sha256"]},
+        "license": "weights: CC BY-NC-SA 4.0 (trained on MoNuSeg data)",
+    }
+    out = save_model(net.eval(), spec, args.dest, info=info, half=True)
+    print(f"wrote {out.folder}", flush=True)
+
+
 def status(args) -> None:
     run = TRAIN_ROOT / args.run
     latest = run / "checkpoints" / "latest.json"
@@ -324,12 +357,15 @@ def status(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["train", "status"])
+    parser.add_argument("action", choices=["train", "status", "export"])
     parser.add_argument("--run", default="v3", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     parser.add_argument("--steps", type=int, help="total steps of a new run (default SETTINGS['steps'])")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dest", type=Path, help="export: the new model folder (never overwritten)")
+    parser.add_argument("--name", default="nucseg-default", help="export: the model's name in its config")
+    parser.add_argument("--version", default="3", help="export: the model's version")
     args = parser.parse_args()
-    {"train": train, "status": status}[args.action](args)
+    {"train": train, "status": status, "export": export}[args.action](args)
 
 
 if __name__ == "__main__":
