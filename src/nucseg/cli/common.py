@@ -49,10 +49,14 @@ def drive(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bo
         bar.close()
 
 
-def new_output_path(path: Path, overwrite: bool = False) -> Path:
-    """`path`, refusing to clobber an earlier result unless asked to."""
+def new_output_path(path: Path, overwrite: bool = False, folder: bool = False) -> Path:
+    """`path` for a new output file (`folder`: a folder), checked before any work: an earlier result is replaced
+    only when asked to, and never a folder that nucseg did not write (`nucseg.io.outputs.check_replaceable`)."""
+    from nucseg.io.outputs import check_replaceable
+
     if path.exists() and not overwrite:
         raise StoreError(f"{path} already exists; remove it, pick another --out, or pass --overwrite")
+    check_replaceable(path, folder=folder)
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
+from nucseg.io.outputs import BATCH_SUMMARY, check_replaceable
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -38,7 +39,7 @@ __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPl
 KNOWN_SUFFIXES = tuple(sorted((".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".scn", ".mrxs",
                                ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".zarr", ".png", ".jpg", ".jpeg"),
                               key=len, reverse=True))
-SUMMARY_NAME = "batch_summary.csv"
+SUMMARY_NAME = BATCH_SUMMARY
 SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
 
 
@@ -160,6 +161,9 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
                 blocked.append(existing[0])
                 continue
             plan.replacing += 1
+        zarr_output = item.outputs(("zarr",))["zarr"]
+        for path_ in existing:  # --overwrite never destroys a folder nucseg did not write
+            check_replaceable(path_, folder=path_ == zarr_output)
         for path_ in leftovers(item):  # temporary files of a run that was killed
             remove_path(path_)
         plan.todo.append(dataclasses.replace(item, replace=bool(existing)))

@@ -20,10 +20,9 @@ from typing import Any
 
 from nucseg.config import InferenceConfig
 from nucseg.errors import StoreError
+from nucseg.io.outputs import OUTPUT_NAMES, summary_name
 
-#: output formats and the names of their files
-OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
-                "csv": "{stem}_nuclei.csv"}
+#: output formats (their file names: `nucseg.io.outputs.OUTPUT_NAMES`)
 FORMATS = tuple(OUTPUT_NAMES)
 #: `mpp_from` in <stem>_predict.json when neither the file nor --mpp gave the pixel size
 MPP_UNKNOWN = "unknown"
@@ -76,7 +75,7 @@ class BatchItem:
 
     @property
     def summary_path(self) -> Path:
-        return self.out / f"{self.stem}_predict.json"
+        return self.out / summary_name(self.stem)
 
 
 def local_worker() -> dict[str, Any]:

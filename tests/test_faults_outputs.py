@@ -1,0 +1,81 @@
+"""Bad output folders and their faults (issue 21): each case ends in one line naming the file and the fix, exit 2,
+and nothing the user made is lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from fake_models import blob_image, install_blobnet
+from nucseg.cli import main
+from nucseg.errors import StoreError
+
+MODEL = ["--model", "unet-efficientnet-b0", "--quiet"]
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "nucseg" / "sample_data"
+LAB = SAMPLE / "he_breast_monuseg_labels.png"
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The error the CLI printed: exactly one line on stderr, no traceback; returns it."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"nucseg {command}: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def tiles(tmp_path, monkeypatch):
+    install_blobnet(monkeypatch)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for i, n in enumerate([4, 6]):
+        Image.fromarray(blob_image((110, 130), n=n, seed=i)[0]).save(folder / f"t{i}.png")
+    return folder
+
+
+# -- 1: --overwrite deletes any folder at an output path -------------------------------------------------------------
+
+def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path, capsys):
+    mine = tmp_path / "d"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    assert main(["evaluate", "--truth", str(LAB), "--pred", str(LAB), "--csv", str(mine), "--overwrite"]) == 2
+    line = one_line_error(capsys, "evaluate")
+    assert str(mine) in line and "folder" in line
+    assert (mine / "keep.txt").read_text() == "x"
+
+
+def test_overwrite_replaces_its_own_zarr_but_not_a_foreign_folder(tmp_path):
+    from nucseg.io.export import write_labels_zarr
+
+    labels = np.zeros((40, 50), np.uint32)
+    labels[5:15, 5:15] = 1
+    ours = write_labels_zarr(labels, tmp_path / "ours.zarr")
+    labels[20:30, 20:30] = 2
+    write_labels_zarr(labels, ours, overwrite=True)  # our own output: replaced
+    from nucseg.io.ngff import read_labels_ngff
+
+    assert int(np.asarray(read_labels_ngff(ours)[0][0]).max()) == 2
+    foreign = tmp_path / "user.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="did not write"):
+        write_labels_zarr(labels, foreign, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_predict_overwrite_refuses_a_foreign_folder_before_any_work(tiles, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "t0_labels.zarr").mkdir(parents=True)
+    (out / "t0_labels.zarr" / "keep.txt").write_text("x")
+    assert main(["predict", str(tiles), "--out", str(out), "--format", "zarr", "--overwrite", *MODEL]) == 2
+    assert "t0_labels.zarr" in one_line_error(capsys, "predict")
+    assert (out / "t0_labels.zarr" / "keep.txt").read_text() == "x"
+    assert not (out / "t1_labels.zarr").exists()  # refused before any input ran
