@@ -79,3 +79,91 @@ def test_predict_overwrite_refuses_a_foreign_folder_before_any_work(tiles, tmp_p
     assert "t0_labels.zarr" in one_line_error(capsys, "predict")
     assert (out / "t0_labels.zarr" / "keep.txt").read_text() == "x"
     assert not (out / "t1_labels.zarr").exists()  # refused before any input ran
+
+
+# -- 6: an unwritable --out fails only after all the work, with a traceback -------------------------------------------
+
+def _no_work(monkeypatch):
+    """Make any segmentation fail loudly: the check must come before the work."""
+    from nucseg.jobs import batch
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the batch started before --out was checked")
+
+    monkeypatch.setattr(batch, "iter_local", work_started)
+
+
+@pytest.mark.parametrize("case", ["file", "file-parent", "proc"])
+def test_an_impossible_out_is_refused_before_any_work(tiles, tmp_path, monkeypatch, capsys, case):
+    if case == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc")
+    (tmp_path / "a-file").write_text("mine")
+    out = {"file": tmp_path / "a-file", "file-parent": tmp_path / "a-file" / "sub", "proc": Path("/proc/self")}[case]
+    _no_work(monkeypatch)
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 2
+    assert str(out) in one_line_error(capsys, "predict")
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def as_non_root(argv: list[str], tmp_path: Path) -> tuple[int, str]:
+    """Run ``python -m nucseg ARGV`` where file permissions apply: as root, without the capabilities that let root
+    read and write anything (setpriv); returns (exit code, stderr)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be made to apply")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([*prefix, sys.executable, "-m", "nucseg", *argv], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("case", ["read-only", "read-only-parent"])
+def test_a_read_only_out_is_refused_before_any_work(tmp_path, case):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked if case == "read-only" else locked / "sub"
+    locked.chmod(0o555)
+    try:
+        code, err = as_non_root(["predict", str(SAMPLE / "he_breast_monuseg.png"), "--out", str(out), *MODEL],
+                                tmp_path)
+    finally:
+        locked.chmod(0o755)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert str(out) in lines[0] and "Permission denied" in lines[0]
+
+
+def test_a_disk_that_fills_mid_run_gives_one_line_and_no_partial_files(tiles, tmp_path, monkeypatch, capsys):
+    import csv
+    import errno
+
+    from nucseg.jobs import batch
+
+    real_write = tifffile.TiffWriter.write
+    calls = []
+
+    def fills_up(self, *args, **kwargs):  # the second input's labels meet a full disk half-way
+        calls.append(1)
+        if len(calls) >= 2:
+            self._fh.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    class FullDiskWriter(csv.DictWriter):
+        def writerows(self, rows):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", fills_up)
+    monkeypatch.setattr(batch.csv, "DictWriter", FullDiskWriter)
+    out = tmp_path / "out"
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 2
+    line = one_line_error(capsys, "predict")
+    assert "disk is full" in line and "t1" in line and "--resume" in line
+    assert sorted(p.name for p in out.iterdir()) == ["t0_labels.tif", "t0_predict.json"]  # no partial file left

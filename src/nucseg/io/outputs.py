@@ -178,7 +178,8 @@ def check_output_folder(path: str | Path, option: str = "--out") -> Path:
         if is_disk_full(err):
             raise StoreError(f"cannot write into {label}: the disk is full ({err.strerror}); free some space or "
                              "choose another folder") from err
-        raise StoreError(f"cannot write into {label}: {err.strerror or err}; choose a folder you may write to") from err
+        reason = "new files cannot be created there" if err.errno == errno.ENOENT else err.strerror or str(err)
+        raise StoreError(f"cannot write into {label}: {reason}; choose a folder you may write to") from err
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()

@@ -8,6 +8,7 @@ is interrupted. One failing input never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
-from nucseg.io.outputs import BATCH_SUMMARY, check_replaceable
+from nucseg.io.outputs import BATCH_SUMMARY, check_output_folder, check_replaceable, is_disk_full, write_failure
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -139,7 +140,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
     Raises:
         StoreError: existing outputs that the flags do not allow to replace.
     """
-    out = Path(out).absolute()
+    out = check_output_folder(Path(out).absolute())  # a folder we cannot write fails now, before any work
     paths, seen = [], set()
     for path in inputs:
         key = os.path.realpath(path)
@@ -187,6 +188,8 @@ class InputOutcome:
     worker: str | None = None
     error: str | None = None
     summary: dict[str, Any] | None = None
+    #: the input failed because the output disk is full (the batch stops: the other inputs would fail the same way)
+    disk_full: bool = False
 
     def row(self) -> dict[str, Any]:
         return {"input": str(self.item.input), "stem": self.item.stem, "status": self.status,
@@ -211,12 +214,15 @@ def done_outcome(item: BatchItem, summary: dict[str, Any], status: str = "done")
 def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: dict[str, Any] | None
                    ) -> InputOutcome:
     """An input that raised: our own errors by their one-line message, anything else with its type (a bug: the
-    traceback goes with it)."""
+    traceback goes with it). A full disk is ours too (`nucseg.io.outputs.write_failure`), flagged `disk_full`."""
+    if is_disk_full(err):
+        err = write_failure(item.out, err)  # type: ignore[arg-type]
     if isinstance(err, NucsegError):
         message = str(err)
     else:
         message = f"{type(err).__name__}: {err}"
-    outcome = InputOutcome(item, "failed", None, round(seconds, 2), worker_label(worker), message)
+    outcome = InputOutcome(item, "failed", None, round(seconds, 2), worker_label(worker), message,
+                           disk_full=bool(getattr(err, "disk_full", False)))
     if not isinstance(err, NucsegError):
         outcome.summary = {"traceback": "".join(traceback.format_exception(err))}
     return outcome
@@ -238,8 +244,15 @@ class BatchReport:
     """The outcome of every input, in input order, and where the summary CSV went."""
 
     outcomes: list[InputOutcome]
-    summary_csv: Path
+    #: the summary CSV, or None when it could not be written (`summary_error` says why)
+    summary_csv: Path | None
     interrupted: bool = False
+    summary_error: str | None = None
+
+    @property
+    def disk_full(self) -> InputOutcome | None:
+        """The input whose outputs met a full disk (the batch stopped there), or None."""
+        return next((o for o in self.outcomes if o.disk_full), None)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -250,14 +263,24 @@ class BatchReport:
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
-    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run)."""
+    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run), written
+    under a temporary name that is removed when the write fails.
+
+    Raises:
+        StoreError: the file cannot be written (a full disk says so).
+    """
     path = Path(out) / SUMMARY_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(o.row() for o in outcomes)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(o.row() for o in outcomes)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failure(path, err) from err
     return path
 
 
@@ -298,7 +321,8 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
     outcomes: dict[str, InputOutcome] = {item.stem: done_outcome(item, summary, "skipped")
                                         for item, summary in plan.skipped}
     finished = False
-    plan.out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(plan.out)
+    events: Generator[BatchEvent, None, None] | None = None
     try:
         if workers or scheduler:
             from nucseg.jobs.distributed import iter_distributed
@@ -311,10 +335,18 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
             if event.outcome is not None:
                 outcomes[event.item.stem] = event.outcome
             yield event
+            if event.outcome is not None and event.outcome.disk_full:
+                break  # every other input would meet the same full disk: stop, the rest stays "not run"
         finished = True
     finally:
+        if events is not None:
+            events.close()  # cancels what has not finished and releases a cluster
         # an input whose outputs a worker committed before the client heard of it (Ctrl-C) is done all the same
         rows = [outcomes.get(item.stem) or _from_disk(item, settings) for item in plan.items]
-        path = write_batch_summary(plan.out, rows) if plan.out.is_dir() else plan.out / SUMMARY_NAME
-    return BatchReport(rows, path, interrupted=not finished)
-
+        path: Path | None = plan.out / SUMMARY_NAME
+        summary_error = None
+        try:
+            path = write_batch_summary(plan.out, rows)
+        except StoreError as err:
+            path, summary_error = None, str(err)
+    return BatchReport(rows, path, interrupted=not finished, summary_error=summary_error)

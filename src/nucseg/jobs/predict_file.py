@@ -20,7 +20,7 @@ from typing import Any
 
 from nucseg.config import InferenceConfig
 from nucseg.errors import StoreError
-from nucseg.io.outputs import OUTPUT_NAMES, summary_name
+from nucseg.io.outputs import OUTPUT_NAMES, summary_name, write_failure
 
 #: output formats (their file names: `nucseg.io.outputs.OUTPUT_NAMES`)
 FORMATS = tuple(OUTPUT_NAMES)
@@ -120,8 +120,7 @@ def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], r
         for tmp, final in [*pairs, summary]:
             replace_into_place(tmp, final)
     except OSError as err:
-        raise StoreError(f"cannot write {err.filename or targets[0]}: {err.strerror or err}; check the output "
-                         "folder is writable and has space") from err
+        raise write_failure(targets[0], err) from err
 
 
 def input_units(slide, settings: BatchSettings) -> tuple[float | None, str]:
@@ -193,8 +192,11 @@ class OutputSet:
             import zarr
 
             export.write_labels_zarr(labels, temps["zarr"], mpp=mpp)
-            group = zarr.open_group(str(temps["zarr"]), mode="a")
-            group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
+            try:
+                group = zarr.open_group(str(temps["zarr"]), mode="a")
+                group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
+            except OSError as err:
+                raise write_failure(self.targets["zarr"], err) from err
         summary = {
             "summary_version": SUMMARY_VERSION,
             "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
@@ -207,7 +209,10 @@ class OutputSet:
             "request": self.settings.request(), "config": config.to_dict(),
             "labels_dtype": str(np.dtype(labels.dtype)),
         }
-        self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        try:
+            self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        except OSError as err:
+            raise write_failure(item.summary_path, err) from err
         commit_outputs([(temps[f], self.targets[f]) for f in self.settings.formats],
                        (self.summary_tmp, item.summary_path), item.replace)
         return summary
