@@ -31,7 +31,8 @@ from typing import Any
 from nucseg.errors import StoreError
 
 __all__ = ["BATCH_SUMMARY", "LOCK_NAME", "OUTPUT_NAMES", "check_output_folder", "check_replaceable", "is_disk_full", "is_own_output",
-           "output_lock", "own_output_name", "summary_name", "write_failure"]
+           "output_lock", "own_output_name", "summary_name", "write_failure",
+           "write_text_atomic"]
 
 #: output formats of `nucseg predict` and the names of their files
 OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
@@ -146,6 +147,26 @@ def write_failure(path: str | Path, err: OSError, fix: str = "") -> StoreError:
     reason = err.strerror or str(err) or type(err).__name__
     return StoreError(f"cannot write {where}: {reason}; check that the folder exists and that you may write "
                       f"there{'; ' + fix if fix else ''}")
+
+
+def write_text_atomic(path: str | Path, text: str, fix: str = "") -> Path:
+    """Write `text` to `path` through a temporary file in the same folder, renamed into place when complete: a
+    failed write (a full disk) leaves the earlier file as it was and no partial file.
+
+    Raises:
+        StoreError: the file cannot be written (`write_failure`; `fix` is added to its message).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failure(path, err, fix) from err
+    return path
 
 
 def check_output_folder(path: str | Path, option: str = "--out") -> Path:
