@@ -167,3 +167,50 @@ def test_a_disk_that_fills_mid_run_gives_one_line_and_no_partial_files(tiles, tm
     line = one_line_error(capsys, "predict")
     assert "disk is full" in line and "t1" in line and "--resume" in line
     assert sorted(p.name for p in out.iterdir()) == ["t0_labels.tif", "t0_predict.json"]  # no partial file left
+
+
+# -- 8: --resume matches path + size only ---------------------------------------------------------------------------
+
+def test_resume_redoes_nothing_silently_for_an_input_whose_content_changed(tmp_path, monkeypatch, capsys):
+    import os
+
+    install_blobnet(monkeypatch)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    path = folder / "t.tif"
+    tifffile.imwrite(path, blob_image((110, 130), n=4, seed=0)[0])  # uncompressed: the size depends on the shape
+    assert main(["predict", str(path), "--out", str(out), *MODEL]) == 0
+    stat = path.stat()
+    tifffile.imwrite(path, blob_image((110, 130), n=7, seed=1)[0])  # another image of the same byte size ...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and even the same modification time
+    assert path.stat().st_size == stat.st_size
+    capsys.readouterr()
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--resume"]) == 2
+    line = one_line_error(capsys, "predict")
+    assert "t.tif changed" in line and "--overwrite" in line
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--resume", "--overwrite"]) == 0
+    assert json.loads((out / "t_predict.json").read_text())["nuclei"] == 7
+
+
+def test_the_fingerprint_of_a_large_input_samples_its_content_and_time(tmp_path, monkeypatch):
+    import os
+
+    from nucseg.jobs import predict_file
+
+    monkeypatch.setattr(predict_file, "FINGERPRINT_WHOLE", 4096)
+    monkeypatch.setattr(predict_file, "FINGERPRINT_BLOCK", 256)
+    path = tmp_path / "big.svs"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(data))
+    first = predict_file.input_fingerprint(path)
+    assert first["bytes"] == 200_000 and "mtime_ns" in first
+    stamp = path.stat()
+    data[-1] ^= 0xFF  # the last block is always sampled
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert predict_file.input_fingerprint(path) != first
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert predict_file.input_fingerprint(path) != first  # same bytes, other time: taken as changed
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert predict_file.input_fingerprint(path) == first

@@ -27,6 +27,7 @@ from nucseg.jobs.predict_file import (
     SUMMARY_VERSION,
     BatchItem,
     BatchSettings,
+    input_fingerprint,
     iter_predict_file,
     leftovers,
     local_worker,
@@ -98,21 +99,36 @@ def unique_stems(paths: Sequence[Path]) -> list[tuple[str, str | None]]:
     return result
 
 
+def resume_mismatch(item: BatchItem, settings: BatchSettings, summary: Any) -> str | None:
+    """Why `summary` (an item's <stem>_predict.json) does not record a finished run of this input, with its
+    content as it is now and these settings, with all the asked outputs present; None when it does."""
+    if not isinstance(summary, dict) or summary.get("summary_version") != SUMMARY_VERSION:
+        return "they were made by another version of nucseg"
+    if summary.get("input") != str(item.input):
+        return f"they were made from another input ({summary.get('input')})"
+    try:
+        changed = summary.get("input_fingerprint") != input_fingerprint(item.input)
+    except OSError as err:
+        return f"{item.input} cannot be read ({err.strerror or err})"
+    if changed:
+        return f"{item.input.name} changed since they were made (its content differs)"
+    if summary.get("request") != settings.request():
+        return "they were made with other settings (model, tiling, thresholds, --mpp or --region)"
+    outputs = summary.get("outputs") or {}
+    missing = [f for f in settings.formats if f not in outputs or not Path(outputs[f]).exists()]
+    if missing:
+        return f"the {', '.join(missing)} output asked for is missing"
+    return None
+
+
 def finished_summary(item: BatchItem, settings: BatchSettings) -> dict[str, Any] | None:
-    """The item's <stem>_predict.json when it records a finished run of this input with these settings (and its
-    outputs are all there), else None."""
+    """The item's <stem>_predict.json when it records a finished run of this input (the same content) with these
+    settings and its outputs are all there (`resume_mismatch`), else None."""
     try:
         summary = json.loads(item.summary_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("summary_version") != SUMMARY_VERSION:
-        return None
-    outputs = summary.get("outputs") or {}
-    same = (summary.get("input") == str(item.input) and summary.get("request") == settings.request()
-            and summary.get("input_bytes") == item.input.stat().st_size)
-    if not same or any(f not in outputs or not Path(outputs[f]).exists() for f in settings.formats):
-        return None
-    return summary
+    return summary if resume_mismatch(item, settings, summary) is None else None
 
 
 @dataclasses.dataclass
@@ -149,6 +165,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             paths.append(Path(path).absolute())
     plan = BatchPlan([], [], [], out, duplicates=len(inputs) - len(paths))
     blocked: list[Path] = []
+    why: str | None = None
     for path, (stem, note) in zip(paths, unique_stems(paths)):
         item = BatchItem(path, stem, out, note)
         plan.items.append(item)
@@ -159,6 +176,11 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             continue
         if existing and not overwrite:
             if not resume or item.summary_path.exists():  # a JSON with other settings: a finished result
+                if resume and why is None:
+                    try:
+                        why = resume_mismatch(item, settings, json.loads(item.summary_path.read_text()))
+                    except (OSError, ValueError):
+                        why = f"{item.summary_path.name} cannot be read"
                 blocked.append(existing[0])
                 continue
             plan.replacing += 1
@@ -170,9 +192,9 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
         plan.todo.append(dataclasses.replace(item, replace=bool(existing)))
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
-        hint = ("they do not match this run (another input, model, tiling, --mpp, --region or --format): pass "
-                "--overwrite to replace them, or choose another --out" if resume else "pass --resume to skip the finished inputs, --overwrite to replace them, "
-                "or choose another --out")
+        hint = (f"they do not match this run ({why or 'another input, model, tiling, --mpp, --region or --format'})"
+                ": pass --overwrite to replace them, or choose another --out" if resume else
+                "pass --resume to skip the finished inputs, --overwrite to replace them, or choose another --out")
         raise StoreError(f"{blocked[0]} already exists{more}; {hint}")
     return plan
 
