@@ -62,17 +62,18 @@ def new_output_path(path: Path, overwrite: bool = False, folder: bool = False) -
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given; folders expand to the images inside them (sorted)."""
-    from nucseg.io.slides import list_images
+    from nucseg.io.slides import input_kind, list_images
 
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
+        kind = input_kind(path)
+        if kind == "folder":
             found = list_images(path)
             if not found:
                 raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)")
             paths.extend(found)
-        elif not path.exists():
+        elif kind is None:
             raise InvalidInputError(f"{path} does not exist")
         else:
             paths.append(path)

@@ -108,8 +108,8 @@ def resume_mismatch(item: BatchItem, settings: BatchSettings, summary: Any) -> s
         return f"they were made from another input ({summary.get('input')})"
     try:
         changed = summary.get("input_fingerprint") != input_fingerprint(item.input)
-    except OSError as err:
-        return f"{item.input} cannot be read ({err.strerror or err})"
+    except NucsegError as err:
+        return str(err)
     if changed:
         return f"{item.input.name} changed since they were made (its content differs)"
     if summary.get("request") != settings.request():

@@ -104,10 +104,18 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
     """What identifies an input's content, recorded in <stem>_predict.json and compared by ``--resume``: its size and
     the sha256 of its bytes (of 64 evenly spaced 64 KiB blocks and the modification time when larger than 32 MiB);
     a folder input (DICOM WSI) by the same of each file in it."""
+    try:
+        return _fingerprint(Path(path))
+    except OSError as err:
+        from nucseg.io.base import read_failure
+
+        raise read_failure(Path(path), err) from err
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
     import hashlib
 
     digest = hashlib.sha256()
-    path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
         parts = []
