@@ -214,3 +214,29 @@ def test_the_fingerprint_of_a_large_input_samples_its_content_and_time(tmp_path,
     assert predict_file.input_fingerprint(path) != first  # same bytes, other time: taken as changed
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert predict_file.input_fingerprint(path) == first
+
+
+# -- 14: --out equal to the input folder feeds the tool its own outputs next run ----------------------------------
+
+def test_out_in_the_input_folder_does_not_feed_the_next_run_its_own_outputs(tiles, monkeypatch, capsys):
+    assert main(["predict", str(tiles), "--out", str(tiles), "--format", "tif,csv", *MODEL]) == 0
+    stamp = (tiles / "t0_labels.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["predict", str(tiles), "--out", str(tiles), "--format", "tif,csv", *MODEL, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 of 2 inputs" in err and "skipped 2 output(s) of nucseg" in err and "error" not in err
+    assert (tiles / "t0_labels.tif").stat().st_mtime_ns == stamp
+    assert not list(tiles.glob("t0_labels_*"))  # its labels were not segmented as an input
+
+
+def test_own_outputs_are_recognised_by_name_and_marker(tmp_path):
+    from nucseg.io.export import write_labels_ome_tiff
+    from nucseg.io.outputs import is_own_output, own_output_name
+
+    assert own_output_name(tmp_path / "a.1_labels.tif") == ("tif", "a.1")
+    assert own_output_name(tmp_path / "slide_predict.json") == ("summary", "slide")
+    assert own_output_name(tmp_path / "slide.tif") is None
+    labels = np.zeros((20, 20), np.uint32)
+    ours = write_labels_ome_tiff(labels, tmp_path / "x_labels.tif")
+    tifffile.imwrite(tmp_path / "truth_labels.tif", labels)  # a user's ground truth, named alike
+    assert is_own_output(ours) and not is_own_output(tmp_path / "truth_labels.tif")

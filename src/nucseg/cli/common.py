@@ -61,7 +61,9 @@ def new_output_path(path: Path, overwrite: bool = False, folder: bool = False) -
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expand to the images inside them (sorted)."""
+    """Files as given; folders expand to the images inside them (sorted), without nucseg's own outputs (an --out
+    that is the input folder must not feed the next run its labels; `nucseg.io.outputs.is_own_output`)."""
+    from nucseg.io.outputs import is_own_output
     from nucseg.io.slides import input_kind, list_images
 
     paths: list[Path] = []
@@ -69,9 +71,15 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         path = Path(text)
         kind = input_kind(path)
         if kind == "folder":
-            found = list_images(path)
+            listed = list_images(path)
+            found = [p for p in listed if not is_own_output(p)]
+            if len(found) < len(listed):
+                ours = [p.name for p in listed if p not in found]
+                print(f"nucseg predict: note: {path}: skipped {len(ours)} output(s) of nucseg ({ours[0]}"
+                      f"{', ...' if len(ours) > 1 else ''}): name them as files to segment them", file=sys.stderr)
             if not found:
-                raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)")
+                raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)"
+                                        + (" other than nucseg's own outputs" if listed else ""))
             paths.extend(found)
         elif kind is None:
             raise InvalidInputError(f"{path} does not exist")
