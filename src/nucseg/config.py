@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nucseg.errors import ConfigError
+from nucseg.errors import ConfigError, StoreError
 
 T = TypeVar("T", bound="_JsonConfig")
 
@@ -45,9 +45,10 @@ class _JsonConfig:
         return cls(**kwargs)
 
     def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps({"config": type(self).__name__, **self.to_dict()}, indent=2))
-        return path
+        """Write the config as JSON, atomically (a failed write leaves no partial file; raises `StoreError`)."""
+        from nucseg.io.outputs import write_text_atomic
+
+        return write_text_atomic(path, json.dumps({"config": type(self).__name__, **self.to_dict()}, indent=2))
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -239,7 +240,22 @@ class FinetuneConfig(_JsonConfig):
 
 
 def read_config_json(path: str | Path) -> dict[str, Any]:
-    """Read a config JSON written by `write_json`, without its ``config`` type tag."""
-    data = json.loads(Path(path).read_text())
+    """Read a config JSON written by `write_json`, without its ``config`` type tag.
+
+    Raises:
+        StoreError: the file cannot be read or is not a config JSON (empty, truncated, damaged).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise StoreError(f"cannot read the settings in {path}: {err.strerror or err}") from err
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        reason = "the file is empty" if not text.strip() else f"the file is damaged ({err})"
+        raise StoreError(f"cannot read the settings in {path}: {reason}") from err
+    if not isinstance(data, dict):
+        raise StoreError(f"cannot read the settings in {path}: not a JSON object")
     data.pop("config", None)
     return data

@@ -271,6 +271,8 @@ class FinetuneWidget(QWidget):
                                          f"{record['val']}; {record['unreviewed']} unreviewed left out")
         elif kind == "tuning":
             self.controls.status.setText("tuning the watershed thresholds on the validation corrections…")
+        elif kind == "note":  # e.g. a damaged checkpoint passed over on resume
+            self.controls.status.setText(record["message"])
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -49,26 +49,39 @@ def drive(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bo
         bar.close()
 
 
-def new_output_path(path: Path, overwrite: bool = False) -> Path:
-    """`path`, refusing to clobber an earlier result unless asked to."""
+def new_output_path(path: Path, overwrite: bool = False, folder: bool = False) -> Path:
+    """`path` for a new output file (`folder`: a folder), checked before any work: an earlier result is replaced
+    only when asked to, and never a folder that nucseg did not write (`nucseg.io.outputs.check_replaceable`)."""
+    from nucseg.io.outputs import check_replaceable
+
     if path.exists() and not overwrite:
         raise StoreError(f"{path} already exists; remove it, pick another --out, or pass --overwrite")
+    check_replaceable(path, folder=folder)
     return path
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expand to the images inside them (sorted)."""
-    from nucseg.io.slides import list_images
+    """Files as given; folders expand to the images inside them (sorted), without nucseg's own outputs (an --out
+    that is the input folder must not feed the next run its labels; `nucseg.io.outputs.is_own_output`)."""
+    from nucseg.io.outputs import is_own_output
+    from nucseg.io.slides import input_kind, list_images
 
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
-            found = list_images(path)
+        kind = input_kind(path)
+        if kind == "folder":
+            listed = list_images(path)
+            found = [p for p in listed if not is_own_output(p)]
+            if len(found) < len(listed):
+                ours = [p.name for p in listed if p not in found]
+                print(f"nucseg predict: note: {path}: skipped {len(ours)} output(s) of nucseg ({ours[0]}"
+                      f"{', ...' if len(ours) > 1 else ''}): name them as files to segment them", file=sys.stderr)
             if not found:
-                raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)")
+                raise InvalidInputError(f"{path} holds no image the reader handles (svs, tif, tiff, png, jpg)"
+                                        + (" other than nucseg's own outputs" if listed else ""))
             paths.extend(found)
-        elif not path.exists():
+        elif kind is None:
             raise InvalidInputError(f"{path} does not exist")
         else:
             paths.append(path)

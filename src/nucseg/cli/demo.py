@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from nucseg.inference.predict import iter_predict
     from nucseg.io.export import write_labels_ome_tiff
     from nucseg.io.masks import read_labels
+    from nucseg.io.outputs import check_output_folder
     from nucseg.io.sample import sample_info, sample_paths
     from nucseg.io.slides import read_image
     from nucseg.metrics.figure import side_by_side_figure
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve_model(args.model)
     config = InferenceConfig(model=args.model, device=args.device, tta=args.tta,
                              postprocess=PostprocessConfig(**spec.postprocess_defaults))
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(args.out)
     paths = {name: new_output_path(args.out / name, args.overwrite)
              for name in ("demo_side_by_side.png", "demo_labels.tif", "demo_metrics.json")}
     if args.overwrite:

@@ -73,6 +73,7 @@ def _table(rows: list[dict[str, Any]], keys: list[str], first: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nucseg.cli.common import new_output_path
     from nucseg.config import EvalConfig
     from nucseg.errors import ConfigError
     from nucseg.jobs.evaluate import evaluate_files, pair_label_files
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         config = EvalConfig(iou_threshold=args.iou)
     except ConfigError as err:
         raise InvalidInputError(f"--iou: {err}") from err
+    if args.csv is not None:  # before the work: an existing file or a folder nucseg did not write is refused
+        new_output_path(args.csv, args.overwrite)
     pairs, unpaired = pair_label_files(args.truth, args.pred, args.prob)
     if unpaired:
         print(f"nucseg evaluate: skipping {len(unpaired)} unpaired file(s): {', '.join(unpaired[:5])}"

@@ -86,7 +86,16 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     values: dict[str, Any] = {}
     saved = args.out / "finetune_config.json"
     if args.resume and saved.is_file():
-        values.update(read_config_json(saved))
+        try:
+            values.update(read_config_json(saved))
+        except StoreError as err:
+            from nucseg.training.checkpoint import has_checkpoint
+
+            if has_checkpoint(args.out / "checkpoints"):  # its epochs were trained with those settings
+                raise StoreError(f"{err}; remove it and run the same command again, with every option of the first "
+                                 "run, and --resume") from err
+            print(f"nucseg finetune: note: {err}; no epoch was saved, so the run starts again with the options "
+                  "given", file=sys.stderr)
     given = {"base_model": args.base, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
              "learning_rate": args.lr, "batch_size": args.batch_size, "patch_size": args.patch_size,
              "loss": args.loss, "validation_fraction": args.val_fraction, "device": args.device,
@@ -141,12 +150,14 @@ def scores_table(before: dict[str, float], after: dict[str, float]) -> list[str]
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from nucseg.io.outputs import check_output_folder
     from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
     from nucseg.training.postprocess_tuning import describe_tuning
 
-    if args.out.exists() and not args.resume and any(args.out.iterdir()):
+    check_output_folder(args.out)  # a file, a read-only folder or a full disk: one line before any work
+    if not args.resume and any(args.out.iterdir()):
         raise StoreError(f"{args.out} exists and is not empty: choose a new --out (versions are never overwritten), "
                          "or pass --resume to continue an unfinished run there")
     config = build_config(args)
@@ -184,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             elif record["kind"] == "epoch":
                 bar.n = record["epoch"] * config.steps_per_epoch
                 tqdm.write(_fmt(record), file=sys.stdout)
+            elif record["kind"] == "note":
+                tqdm.write(f"nucseg finetune: note: {record['message']}", file=sys.stderr)
             elif record["kind"] == "tuning":
                 bar.set_postfix_str("tuning watershed thresholds on the validation images")
             elif record["kind"] == "baseline" and "val_aji" in record:

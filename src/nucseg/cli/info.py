@@ -82,11 +82,11 @@ def format_text(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nucseg.io.slides import list_images
+    from nucseg.io.slides import input_kind, list_images
 
     paths: list[Path] = []
     for path in args.paths:
-        if path.is_dir():
+        if input_kind(path) == "folder":
             found = list_images(path)
             if not found:
                 raise SlideReadError(path, "is a folder with no slide, image or DICOM files",

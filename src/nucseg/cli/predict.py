@@ -137,6 +137,8 @@ class BatchBars:
 
 
 def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
+    if outcome.disk_full:  # the batch stops: said once, at the end
+        return
     if outcome.status == "done":
         summary = outcome.summary
         blocks = summary.get("block_workers")
@@ -152,11 +154,12 @@ def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nucseg.io.outputs import check_output_folder
     from nucseg.jobs.batch import iter_batch, plan_batch
 
     settings = build_settings(args)
     inputs = expand_inputs(args.inputs)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(args.out)  # read-only, a file, full: one line now, not after all the work
     plan = plan_batch(inputs, args.out, settings, resume=args.resume, overwrite=args.overwrite)
     distributed = bool(args.workers or args.scheduler)
     if args.resume:
@@ -188,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         gen.close()
         bars.close()
+    if report.disk_full is not None:
+        print(f"nucseg predict: error: {report.disk_full.error}; finished inputs are kept: run the same command with "
+              "--resume once there is space", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if report.summary_error:
+        print(f"nucseg predict: error: {report.summary_error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     _note_unsized(report, settings)
     failed = report.failed
     if failed and len(report.outcomes) > 1:

@@ -34,6 +34,7 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, struct.error, zlib.error)
 FIX_DAMAGED = "the file is damaged or not what its name says; export or copy it again"
 FIX_MEMORY = "close other programs, read a smaller region or a coarser level, or use a machine with more memory"
+FIX_ACCESS = "check that you may read it: its permissions and those of the folders above it"
 
 
 @functools.cache
@@ -90,8 +91,17 @@ def decode_first_tiles(path: Any, readers: list[Any], fix: str = "the file is da
             raise SlideReadError(path, f"the first tile of level {i} cannot be decoded ({one_line(err)})", fix) from err
 
 
+def access_failure(path: Any, err: OSError) -> SlideReadError:
+    """The `SlideReadError` for a file or folder this process may not read (or look into): permissions, not damage."""
+    reason = "permission denied" if isinstance(err, PermissionError) else (err.strerror or one_line(err))
+    return SlideReadError(path, reason, FIX_ACCESS)
+
+
 def read_failure(path: Path, err: BaseException, where: str = "") -> SlideReadError:
-    """The `SlideReadError` for an error met while reading `path` (`where`: e.g. "pixels at level 0, y=0 x=0")."""
+    """The `SlideReadError` for an error met while reading `path` (`where`: e.g. "pixels at level 0, y=0 x=0"):
+    lack of memory and lack of permission say so; anything else is a damaged file."""
+    if isinstance(err, PermissionError):
+        return access_failure(getattr(err, "filename", None) or path, err)
     if isinstance(err, MemoryError):
         return SlideReadError(path, f"not enough memory to decode {where or 'the image'}", FIX_MEMORY)
     reason = f"{where} cannot be decoded: {one_line(err)}" if where else one_line(err)

@@ -40,8 +40,16 @@ NUCLEUS_COLOR = (220, 50, 50)
 
 
 def replace_into_place(tmp: Path, final: Path) -> None:
-    """Rename a finished `tmp` to `final`; an earlier folder (zarr) there is moved aside first and then removed,
-    since a rename cannot replace a non-empty folder."""
+    """Rename a finished `tmp` to `final`. An earlier folder there (a zarr) is replaced only when nucseg wrote it
+    (`nucseg.io.outputs.check_replaceable`); it is moved aside first and then removed, since a rename cannot
+    replace a non-empty folder.
+
+    Raises:
+        StoreError: `final` is something nucseg did not write and must not destroy (a foreign folder).
+    """
+    from nucseg.io.outputs import check_replaceable
+
+    check_replaceable(final, folder=tmp.is_dir())
     if final.is_dir() and not final.is_symlink():
         trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(final, trash)
@@ -53,19 +61,28 @@ def replace_into_place(tmp: Path, final: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed. Raises
-    `StoreError` when `path` exists and `overwrite` is False, or when the folder cannot be written."""
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed. With
+    `overwrite`, only a file or one of nucseg's own outputs is replaced (never a foreign folder), checked before
+    the work and again at the rename.
+
+    Raises:
+        StoreError: `path` exists and `overwrite` is False, `path` is a folder nucseg did not write, or the
+            folder cannot be written (a full disk says so).
+    """
+    from nucseg.io.outputs import check_replaceable, write_failure
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise StoreError(f"{path} already exists; remove it, choose another name, or pass overwrite=True "
                          "(--overwrite on the command line)")
+    check_replaceable(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         replace_into_place(tmp, path)
     except OSError as err:
-        raise StoreError(f"cannot write {path}: {err.strerror or err}; check the folder exists and is writable") from err
+        raise write_failure(path, err) from err
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

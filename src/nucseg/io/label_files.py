@@ -83,8 +83,19 @@ def is_label_zarr(path: str | Path) -> bool:
     ome = attrs.get("ome", attrs)
     if "multiscales" in ome and "image-label" in ome:
         return True
-    content = str(attrs.get("content", "")) + str(attrs.get("nucseg", {}).get("content", ""))
+    return _our_content(attrs)
+
+
+def _our_content(attrs: dict[str, Any]) -> bool:
+    nucseg = attrs.get("nucseg")
+    content = str(attrs.get("content", "")) + str(nucseg.get("content", "") if isinstance(nucseg, dict) else "")
     return "nuclei instance labels" in content
+
+
+def is_own_label_zarr(path: str | Path) -> bool:
+    """Whether `path` is a zarr folder of labels that nucseg wrote (its attributes carry our content marker)."""
+    path = Path(path)
+    return path.is_dir() and _our_content(_zarr_attrs(path))
 
 
 def _open_zarr(path: Path) -> LabelFile:

@@ -30,6 +30,7 @@ from nucseg.io.base import (
     PLAUSIBLE_MPP,
     READ_ERRORS,
     Slide,
+    access_failure,
     as_rgb_uint8,
     plausible_mpp,
     read_errors,
@@ -37,7 +38,7 @@ from nucseg.io.base import (
 )
 
 __all__ = ["PLAUSIBLE_MPP", "READ_ERRORS", "SUPPORTED_SUFFIXES", "Slide", "as_rgb_uint8", "is_supported",
-           "list_images", "open_slide", "read_image", "require_brightfield", "slide_modality", "suffix_of"]
+           "input_kind", "list_images", "open_slide", "read_image", "require_brightfield", "slide_modality", "suffix_of"]
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff")
 PIL_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -85,16 +86,41 @@ def list_images(folder: str | Path) -> list[Path]:
     and each sub-folder that does. Other sub-folders are not searched.
 
     Raises:
-        SlideReadError: `folder` is not a folder.
+        SlideReadError: `folder` is not a folder, or may not be read (permissions).
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if input_kind(folder) != "folder":
         raise SlideReadError(folder, "not a folder", "pass a folder of image tiles")
-    found = [p for p in folder.iterdir() if not p.name.startswith(".") and (
-        (p.is_file() and is_supported(p) and suffix_of(p) not in DICOM_SUFFIXES) or is_dicom_folder(p))]
-    if is_dicom_folder(folder):
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        found = [p for p in entries if p.is_file() and is_supported(p) and suffix_of(p) not in DICOM_SUFFIXES]
+        dicom_here = is_dicom_folder(folder)
+    except OSError as err:
+        raise access_failure(folder, err) from err
+    for p in entries:
+        try:
+            if is_dicom_folder(p):
+                found.append(p)
+        except OSError:  # a sub-folder we may not look into holds no input we could read
+            continue
+    if dicom_here:
         found.append(folder)
     return sorted(found)
+
+
+def input_kind(path: str | Path) -> str | None:
+    """"folder", "file" or None (no such path) for an input path.
+
+    Raises:
+        SlideReadError: the path may not be looked at (a folder above it is unreadable), in one line.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return "folder"
+        return "file" if path.exists() else None
+    except OSError as err:
+        raise access_failure(path, err) from err
 
 
 def require_brightfield(slide: Slide, allow_fluorescence: bool = False) -> None:
@@ -155,16 +181,22 @@ def _open_pil(path: Path) -> Slide:
 
 
 def _check_path(path: Path) -> None:
-    if not path.exists():
+    kind = input_kind(path)
+    if kind is None:
         raise SlideReadError(path, "no such file", "check the path")
-    if path.is_dir():
-        if is_dicom_folder(path):
-            return
-        n = len(list_images(path))
-        reason = f"is a folder of {n} image files, not one image" if n else "is a folder with no image files"
-        raise SlideReadError(path, reason, "pass one image file (folders: nucseg.io.slides.list_images)")
-    if path.stat().st_size == 0:
-        raise SlideReadError(path, "the file is empty (0 bytes)", "the download or copy failed; copy it again")
+    try:
+        if kind == "folder":
+            if is_dicom_folder(path):
+                return
+            n = len(list_images(path))
+            reason = f"is a folder of {n} image files, not one image" if n else "is a folder with no image files"
+            raise SlideReadError(path, reason, "pass one image file (folders: nucseg.io.slides.list_images)")
+        if path.stat().st_size == 0:
+            raise SlideReadError(path, "the file is empty (0 bytes)", "the download or copy failed; copy it again")
+        with open(path, "rb"):  # may we read it? (a permission error is not a damaged file)
+            pass
+    except OSError as err:
+        raise access_failure(path, err) from err
 
 
 def _unsupported(path: Path) -> UnsupportedFileError:

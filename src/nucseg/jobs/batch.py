@@ -8,6 +8,7 @@ is interrupted. One failing input never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
+from nucseg.io.outputs import BATCH_SUMMARY, check_output_folder, check_replaceable, is_disk_full, write_failure
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
     BatchItem,
     BatchSettings,
+    input_fingerprint,
     iter_predict_file,
     leftovers,
     local_worker,
@@ -38,7 +41,7 @@ __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPl
 KNOWN_SUFFIXES = tuple(sorted((".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".scn", ".mrxs",
                                ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".zarr", ".png", ".jpg", ".jpeg"),
                               key=len, reverse=True))
-SUMMARY_NAME = "batch_summary.csv"
+SUMMARY_NAME = BATCH_SUMMARY
 SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
 
 
@@ -96,21 +99,36 @@ def unique_stems(paths: Sequence[Path]) -> list[tuple[str, str | None]]:
     return result
 
 
+def resume_mismatch(item: BatchItem, settings: BatchSettings, summary: Any) -> str | None:
+    """Why `summary` (an item's <stem>_predict.json) does not record a finished run of this input, with its
+    content as it is now and these settings, with all the asked outputs present; None when it does."""
+    if not isinstance(summary, dict) or summary.get("summary_version") != SUMMARY_VERSION:
+        return "they were made by another version of nucseg"
+    if summary.get("input") != str(item.input):
+        return f"they were made from another input ({summary.get('input')})"
+    try:
+        changed = summary.get("input_fingerprint") != input_fingerprint(item.input)
+    except NucsegError as err:
+        return str(err)
+    if changed:
+        return f"{item.input.name} changed since they were made (its content differs)"
+    if summary.get("request") != settings.request():
+        return "they were made with other settings (model, tiling, thresholds, --mpp or --region)"
+    outputs = summary.get("outputs") or {}
+    missing = [f for f in settings.formats if f not in outputs or not Path(outputs[f]).exists()]
+    if missing:
+        return f"the {', '.join(missing)} output asked for is missing"
+    return None
+
+
 def finished_summary(item: BatchItem, settings: BatchSettings) -> dict[str, Any] | None:
-    """The item's <stem>_predict.json when it records a finished run of this input with these settings (and its
-    outputs are all there), else None."""
+    """The item's <stem>_predict.json when it records a finished run of this input (the same content) with these
+    settings and its outputs are all there (`resume_mismatch`), else None."""
     try:
         summary = json.loads(item.summary_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("summary_version") != SUMMARY_VERSION:
-        return None
-    outputs = summary.get("outputs") or {}
-    same = (summary.get("input") == str(item.input) and summary.get("request") == settings.request()
-            and summary.get("input_bytes") == item.input.stat().st_size)
-    if not same or any(f not in outputs or not Path(outputs[f]).exists() for f in settings.formats):
-        return None
-    return summary
+    return summary if resume_mismatch(item, settings, summary) is None else None
 
 
 @dataclasses.dataclass
@@ -138,7 +156,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
     Raises:
         StoreError: existing outputs that the flags do not allow to replace.
     """
-    out = Path(out).absolute()
+    out = check_output_folder(Path(out).absolute())  # a folder we cannot write fails now, before any work
     paths, seen = [], set()
     for path in inputs:
         key = os.path.realpath(path)
@@ -147,6 +165,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             paths.append(Path(path).absolute())
     plan = BatchPlan([], [], [], out, duplicates=len(inputs) - len(paths))
     blocked: list[Path] = []
+    why: str | None = None
     for path, (stem, note) in zip(paths, unique_stems(paths)):
         item = BatchItem(path, stem, out, note)
         plan.items.append(item)
@@ -157,17 +176,25 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             continue
         if existing and not overwrite:
             if not resume or item.summary_path.exists():  # a JSON with other settings: a finished result
+                if resume and why is None:
+                    try:
+                        why = resume_mismatch(item, settings, json.loads(item.summary_path.read_text()))
+                    except (OSError, ValueError):
+                        why = f"{item.summary_path.name} cannot be read"
                 blocked.append(existing[0])
                 continue
             plan.replacing += 1
+        zarr_output = item.outputs(("zarr",))["zarr"]
+        for path_ in existing:  # --overwrite never destroys a folder nucseg did not write
+            check_replaceable(path_, folder=path_ == zarr_output)
         for path_ in leftovers(item):  # temporary files of a run that was killed
             remove_path(path_)
         plan.todo.append(dataclasses.replace(item, replace=bool(existing)))
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
-        hint = ("they do not match this run (another input, model, tiling, --mpp, --region or --format): pass "
-                "--overwrite to replace them, or choose another --out" if resume else "pass --resume to skip the finished inputs, --overwrite to replace them, "
-                "or choose another --out")
+        hint = (f"they do not match this run ({why or 'another input, model, tiling, --mpp, --region or --format'})"
+                ": pass --overwrite to replace them, or choose another --out" if resume else
+                "pass --resume to skip the finished inputs, --overwrite to replace them, or choose another --out")
         raise StoreError(f"{blocked[0]} already exists{more}; {hint}")
     return plan
 
@@ -183,6 +210,8 @@ class InputOutcome:
     worker: str | None = None
     error: str | None = None
     summary: dict[str, Any] | None = None
+    #: the input failed because the output disk is full (the batch stops: the other inputs would fail the same way)
+    disk_full: bool = False
 
     def row(self) -> dict[str, Any]:
         return {"input": str(self.item.input), "stem": self.item.stem, "status": self.status,
@@ -207,12 +236,15 @@ def done_outcome(item: BatchItem, summary: dict[str, Any], status: str = "done")
 def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: dict[str, Any] | None
                    ) -> InputOutcome:
     """An input that raised: our own errors by their one-line message, anything else with its type (a bug: the
-    traceback goes with it)."""
+    traceback goes with it). A full disk is ours too (`nucseg.io.outputs.write_failure`), flagged `disk_full`."""
+    if is_disk_full(err):
+        err = write_failure(item.out, err)  # type: ignore[arg-type]
     if isinstance(err, NucsegError):
         message = str(err)
     else:
         message = f"{type(err).__name__}: {err}"
-    outcome = InputOutcome(item, "failed", None, round(seconds, 2), worker_label(worker), message)
+    outcome = InputOutcome(item, "failed", None, round(seconds, 2), worker_label(worker), message,
+                           disk_full=bool(getattr(err, "disk_full", False)))
     if not isinstance(err, NucsegError):
         outcome.summary = {"traceback": "".join(traceback.format_exception(err))}
     return outcome
@@ -234,8 +266,15 @@ class BatchReport:
     """The outcome of every input, in input order, and where the summary CSV went."""
 
     outcomes: list[InputOutcome]
-    summary_csv: Path
+    #: the summary CSV, or None when it could not be written (`summary_error` says why)
+    summary_csv: Path | None
     interrupted: bool = False
+    summary_error: str | None = None
+
+    @property
+    def disk_full(self) -> InputOutcome | None:
+        """The input whose outputs met a full disk (the batch stopped there), or None."""
+        return next((o for o in self.outcomes if o.disk_full), None)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -246,14 +285,24 @@ class BatchReport:
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
-    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run)."""
+    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run), written
+    under a temporary name that is removed when the write fails.
+
+    Raises:
+        StoreError: the file cannot be written (a full disk says so).
+    """
     path = Path(out) / SUMMARY_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(o.row() for o in outcomes)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(o.row() for o in outcomes)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failure(path, err) from err
     return path
 
 
@@ -294,7 +343,8 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
     outcomes: dict[str, InputOutcome] = {item.stem: done_outcome(item, summary, "skipped")
                                         for item, summary in plan.skipped}
     finished = False
-    plan.out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(plan.out)
+    events: Generator[BatchEvent, None, None] | None = None
     try:
         if workers or scheduler:
             from nucseg.jobs.distributed import iter_distributed
@@ -307,10 +357,18 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
             if event.outcome is not None:
                 outcomes[event.item.stem] = event.outcome
             yield event
+            if event.outcome is not None and event.outcome.disk_full:
+                break  # every other input would meet the same full disk: stop, the rest stays "not run"
         finished = True
     finally:
+        if events is not None:
+            events.close()  # cancels what has not finished and releases a cluster
         # an input whose outputs a worker committed before the client heard of it (Ctrl-C) is done all the same
         rows = [outcomes.get(item.stem) or _from_disk(item, settings) for item in plan.items]
-        path = write_batch_summary(plan.out, rows) if plan.out.is_dir() else plan.out / SUMMARY_NAME
-    return BatchReport(rows, path, interrupted=not finished)
-
+        path: Path | None = plan.out / SUMMARY_NAME
+        summary_error = None
+        try:
+            path = write_batch_summary(plan.out, rows)
+        except StoreError as err:
+            path, summary_error = None, str(err)
+    return BatchReport(rows, path, interrupted=not finished, summary_error=summary_error)

@@ -20,10 +20,9 @@ from typing import Any
 
 from nucseg.config import InferenceConfig
 from nucseg.errors import StoreError
+from nucseg.io.outputs import OUTPUT_NAMES, summary_name, write_failure
 
-#: output formats and the names of their files
-OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
-                "csv": "{stem}_nuclei.csv"}
+#: output formats (their file names: `nucseg.io.outputs.OUTPUT_NAMES`)
 FORMATS = tuple(OUTPUT_NAMES)
 #: `mpp_from` in <stem>_predict.json when neither the file nor --mpp gave the pixel size
 MPP_UNKNOWN = "unknown"
@@ -76,7 +75,56 @@ class BatchItem:
 
     @property
     def summary_path(self) -> Path:
-        return self.out / f"{self.stem}_predict.json"
+        return self.out / summary_name(self.stem)
+
+
+#: inputs up to this size are hashed whole to recognise them; larger ones by `FINGERPRINT_BLOCKS` samples
+FINGERPRINT_WHOLE = 32 * 2**20
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 64, 64 * 2**10
+
+
+def _file_fingerprint(path: Path, digest: Any) -> dict[str, Any]:
+    """Feed `path`'s content (whole, or evenly spaced blocks of a large file) into `digest`; returns size and, for a
+    sampled file, its modification time (a change between two samples then still shows)."""
+    stat = path.stat()
+    size = stat.st_size
+    with open(path, "rb") as fh:
+        if size <= FINGERPRINT_WHOLE:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+            return {"bytes": size}
+        step = (size - FINGERPRINT_BLOCK) / (FINGERPRINT_BLOCKS - 1)
+        for k in range(FINGERPRINT_BLOCKS):  # the first and last blocks included (headers, IFD chains at the end)
+            fh.seek(int(k * step))
+            digest.update(fh.read(FINGERPRINT_BLOCK))
+    return {"bytes": size, "mtime_ns": stat.st_mtime_ns}
+
+
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies an input's content, recorded in <stem>_predict.json and compared by ``--resume``: its size and
+    the sha256 of its bytes (of 64 evenly spaced 64 KiB blocks and the modification time when larger than 32 MiB);
+    a folder input (DICOM WSI) by the same of each file in it."""
+    try:
+        return _fingerprint(Path(path))
+    except OSError as err:
+        from nucseg.io.base import read_failure
+
+        raise read_failure(Path(path), err) from err
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    import hashlib
+
+    digest = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        parts = []
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            parts.append(_file_fingerprint(file, digest))
+        return {"files": len(files), "bytes": sum(p["bytes"] for p in parts), "sha256": digest.hexdigest(),
+                "mtime_ns": max((p.get("mtime_ns", 0) for p in parts), default=0)}
+    return {**_file_fingerprint(path, digest), "sha256": digest.hexdigest()}
 
 
 def local_worker() -> dict[str, Any]:
@@ -121,8 +169,7 @@ def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], r
         for tmp, final in [*pairs, summary]:
             replace_into_place(tmp, final)
     except OSError as err:
-        raise StoreError(f"cannot write {err.filename or targets[0]}: {err.strerror or err}; check the output "
-                         "folder is writable and has space") from err
+        raise write_failure(targets[0], err) from err
 
 
 def input_units(slide, settings: BatchSettings) -> tuple[float | None, str]:
@@ -155,6 +202,7 @@ class OutputSet:
         self.temps = {f: _temporary(p, token) for f, p in self.targets.items()}
         self.summary_tmp = _temporary(item.summary_path, token)
         self.scratch = item.out / f".{item.stem}.scratch.zarr.{token}.partial"
+        self.fingerprint = input_fingerprint(item.input)  # the content read, taken before it is read
 
     def __enter__(self) -> OutputSet:
         return self
@@ -194,11 +242,15 @@ class OutputSet:
             import zarr
 
             export.write_labels_zarr(labels, temps["zarr"], mpp=mpp)
-            group = zarr.open_group(str(temps["zarr"]), mode="a")
-            group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
+            try:
+                group = zarr.open_group(str(temps["zarr"]), mode="a")
+                group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
+            except OSError as err:
+                raise write_failure(self.targets["zarr"], err) from err
         summary = {
             "summary_version": SUMMARY_VERSION,
-            "input": str(item.input), "input_bytes": item.input.stat().st_size, "stem": item.stem,
+            "input": str(item.input), "input_bytes": self.fingerprint["bytes"], "input_fingerprint": self.fingerprint,
+            "stem": item.stem,
             **({"stem_note": item.stem_note} if item.stem_note else {}),
             "outputs": {k: str(v) for k, v in self.targets.items()}, "nuclei": result.n_nuclei,
             "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
@@ -208,7 +260,10 @@ class OutputSet:
             "request": self.settings.request(), "config": config.to_dict(),
             "labels_dtype": str(np.dtype(labels.dtype)),
         }
-        self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        try:
+            self.summary_tmp.write_text(json.dumps(summary, indent=2))
+        except OSError as err:
+            raise write_failure(item.summary_path, err) from err
         commit_outputs([(temps[f], self.targets[f]) for f in self.settings.formats],
                        (self.summary_tmp, item.summary_path), item.replace)
         return summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import threading
 import time
@@ -30,10 +31,13 @@ from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
+from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
 from nucseg.training.checkpoint import (
+    RESUME_FIX,
     append_log,
     has_checkpoint,
     load_checkpoint,
+    restore_best,
     save_checkpoint,
     save_weights,
 )
@@ -153,6 +157,8 @@ def load_replay(base: ModelSpec, mix: float) -> list[TrainingPair]:
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"{out_dir} is a file, not a folder: give a new folder for the model")
     if (out_dir / WEIGHTS_FILE).exists() and (out_dir / CONFIG_FILE).exists():  # weights alone: a crash in _finalise
         raise StoreError(f"{out_dir} already holds a finished model: versions are never overwritten; choose a new --out")
     if is_candidate(out_dir) and not resume:
@@ -160,7 +166,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
                          "to decide on it, or choose a new --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise StoreError(f"{out_dir} already holds an unfinished run: pass --resume to continue it, or choose a new --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir, "")  # created, and writable (not read-only, not full), before any training
 
 
 def iter_finetune(
@@ -229,20 +235,30 @@ def iter_finetune(
     ckpt_dir = out_dir / CHECKPOINTS
     state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {},
                              "steps_done": 0}
+    notes: list[str] = []
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, net, optimizer, device)
+        checkpoint, damaged = state.pop("checkpoint"), state.pop("damaged_checkpoints")
+        if damaged:
+            notes.append(f"passed over damaged checkpoint(s) in {ckpt_dir} ({'; '.join(damaged)}): resuming after "
+                         f"epoch {state['epoch']}, the last intact one")
         state.setdefault("steps_done", int(state["epoch"]) * config.steps_per_epoch)  # checkpoints before 0.x
         config.write_json(out_dir / FINETUNE_CONFIG)  # the settings that finish the run (e.g. more epochs)
-        if state["best_epoch"] == state["epoch"]:  # a kill between the checkpoint and the best weights' write
+        # the best weights as of that checkpoint (a later epoch's may be in best.safetensors after a fallback);
+        # older checkpoints hold none: a kill between the checkpoint and the best weights' write is repaired here
+        if not restore_best(checkpoint, out_dir / BEST_WEIGHTS) and state["best_epoch"] == state["epoch"]:
             save_weights(out_dir / BEST_WEIGHTS, net)
     else:
         config.write_json(out_dir / FINETUNE_CONFIG)
-        (out_dir / "data_manifest.json").write_text(json.dumps(
+        write_text_atomic(out_dir / "data_manifest.json", json.dumps(
             {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train), "val": _manifest(val),
              "original": _manifest(original) if config.mix_original else [],
-             **({"original_source": original_source} if config.mix_original and original else {})}, indent=1))
+             **({"original_source": original_source} if config.mix_original and original else {})}, indent=1),
+            RESUME_FIX)
         if base.trained and val:
             state["before"] = validate(net, base, val, device, post, config.loss)
+    for note in notes:
+        yield {"kind": "note", "message": note}
     yield {"kind": "baseline", **state["before"]}
     start_epoch = int(state.get("epoch", 0)) + 1
     stopped = False
@@ -304,7 +320,7 @@ def iter_finetune(
             if not stopped:
                 # checkpoint first, then the best weights: best.safetensors only ever holds a checkpointed epoch,
                 # and a kill between the two writes is repaired on resume (best_epoch == checkpoint epoch)
-                save_checkpoint(ckpt_dir, epoch, net, optimizer, state)
+                save_checkpoint(ckpt_dir, epoch, net, optimizer, state, best=out_dir / BEST_WEIGHTS)
                 if improved:
                     save_weights(out_dir / BEST_WEIGHTS, net)
             yield record
@@ -371,8 +387,12 @@ def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, sta
     if weights is None:
         weights = load_file(str(out_dir / BEST_WEIGHTS))
     tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(weights, str(tmp))
-    tmp.replace(out_dir / WEIGHTS_FILE)
+    try:
+        save_file(weights, str(tmp))
+        tmp.replace(out_dir / WEIGHTS_FILE)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(out_dir / WEIGHTS_FILE, err, RESUME_FIX) from err
     cfg = base.to_config()
     cfg.update({
         "name": out_dir.name,
@@ -392,8 +412,13 @@ def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, sta
     })
     if base.replay_dir is not None and not (out_dir / REPLAY_DIR).exists():
         # the lineage keeps rehearsing the original data when this version is fine-tuned in turn
-        shutil.copytree(base.replay_dir, out_dir / REPLAY_DIR)
-    cfg_tmp = out_dir / f".{CANDIDATE_CONFIG}.tmp"
-    cfg_tmp.write_text(json.dumps(cfg, indent=2))
-    cfg_tmp.replace(out_dir / CANDIDATE_CONFIG)
+        replay_tmp = out_dir / f".{REPLAY_DIR}.tmp"
+        try:
+            shutil.rmtree(replay_tmp, ignore_errors=True)
+            shutil.copytree(base.replay_dir, replay_tmp)
+            os.replace(replay_tmp, out_dir / REPLAY_DIR)
+        except OSError as err:
+            shutil.rmtree(replay_tmp, ignore_errors=True)
+            raise write_failure(out_dir / REPLAY_DIR, err, RESUME_FIX) from err
+    write_text_atomic(out_dir / CANDIDATE_CONFIG, json.dumps(cfg, indent=2), RESUME_FIX)
     return out_dir
