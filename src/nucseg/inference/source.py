@@ -153,7 +153,9 @@ class ScaledSource:
         y0, x0 = max(int(y), 0), max(int(x), 0)
         y1, x1 = min(int(y + h), full[0]), min(int(x + w), full[1])
         if y1 <= y0 or x1 <= x0:
-            raise InvalidInputError(f"region {region} lies outside the image of size {full[0]} x {full[1]}")
+            raise InvalidInputError(f"the region x={int(x)}, y={int(y)}, width {int(w)}, height {int(h)} (level-0 "
+                                    f"pixels) lies outside the image, which is {full[1]} px wide and {full[0]} px "
+                                    "high")
         self.region0 = (y0, x0, y1 - y0, x1 - x0)
         # level to read from: the coarsest whose pixels are still at least as fine as the model's
         self.level = best_level(self.image, self.model_mpp) if len(self.image.downsamples) > 1 else 0
