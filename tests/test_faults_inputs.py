@@ -7,6 +7,10 @@ The network is the deterministic BlobNet (fake_models) unless a test says otherw
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,9 @@ from fake_models import blob_image, install_blobnet
 from nucseg.cli import main
 
 MODEL = ["--model", "unet-efficientnet-b0", "--quiet"]
+TESTS = Path(__file__).resolve().parent
+#: the package this test run imports (this tree's src, or whatever PYTHONPATH puts first)
+SRC = Path(__import__("nucseg").__file__).resolve().parents[1]
 
 
 def _one_error_line(err: str, command: str = "predict") -> str:
@@ -74,3 +81,112 @@ def test_help_says_x_y_width_height(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--region X,Y,W,H" in text and "x,y,width,height in level-0 pixels, as QuPath and OpenSlide" in text
+
+
+# ------------------------------------------------------------------------------- helpers: a capped CLI process
+
+#: address space for a CLI child process: enough to import torch, dask and onnxruntime (measured: 3 GiB is not),
+#: far too little for any of the decompression bombs and unbounded sizes below
+MEMORY_CAP_GB = 4
+
+
+def run_capped(code: str, cap_gb: int = MEMORY_CAP_GB, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run Python `code` in a child whose address space is capped (RLIMIT_AS): a fault that would fill the memory
+    dies there with a MemoryError instead of taking the machine with it. The child sees this tree's package."""
+    prelude = (f"import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, ({cap_gb} << 30, {cap_gb} << 30))\n"
+               f"sys.path[:0] = [{str(TESTS)!r}]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def cli_capped(args: list[str], cap_gb: int = MEMORY_CAP_GB, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`nucseg ARGS` in a capped child process."""
+    return run_capped(f"from nucseg.cli import main\nsys.exit(main({args!r}))", cap_gb, timeout)
+
+
+# -------------------------------------------------------------------------------- 4: --mpp and a model's mpp
+
+
+def _model_folder(tmp_path, name="odd-model", **changes):
+    """A model folder: the shipped config with `changes` (None removes a key), and an empty weights file (the
+    config is refused before the weights are read)."""
+    from nucseg.models.registry import shipped_models
+
+    config = json.loads((shipped_models()["nucseg-default"] / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_an_implausible_mpp_is_one_line_before_any_work(tmp_path):
+    """1e9 ran out of memory, inf divided by zero, 1e-9 made "array is too big"; -0.25 and nan are nonsense."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    values = ["1e9", "inf", "1e-9", "-0.25", "nan"]
+    code = f"""
+import contextlib, io, json
+from nucseg.cli import main
+for value in {values!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["predict", {str(tmp_path / "t.png")!r}, "--out", {str(tmp_path)!r} + "/o" + value,
+                   "--model", "unet-efficientnet-b0", "--quiet", "--mpp=" + value])
+    print(json.dumps([value, rc, err.getvalue()]))
+"""
+    done = run_capped(code)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert [r[0] for r in results] == values, done.stderr[-2000:]
+    for value, rc, err in results:
+        line = _one_error_line(err)
+        assert rc == 2, (value, err)
+        assert line.startswith(f"nucseg predict: error: --mpp {float(value)!r}") and "between 0.05 and 20" in line
+        assert not (tmp_path / f"o{value}").exists()  # refused before the output folder was made
+
+
+def test_pixels_far_coarser_than_the_model_s_are_refused_per_input(tmp_path, monkeypatch, capsys):
+    """4 µm/px is a plausible size, but 16 times the model's 0.25: nuclei a few pixels wide, an image upsampled 256
+    times. The engine refuses it for that input, in one line."""
+    from PIL import Image
+
+    install_blobnet(monkeypatch)
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    assert main(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL, "--mpp", "4"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "t.png" in line and "16 times coarser than the model's 0.25" in line
+    assert not (tmp_path / "o" / "t_labels.tif").exists()
+
+
+@pytest.mark.parametrize("mpp", [-0.25, 0, 1e9])
+def test_a_model_config_with_an_implausible_mpp_is_refused(tmp_path, capsys, mpp):
+    folder = _model_folder(tmp_path, mpp=mpp)
+    assert main(["models", str(folder)]) == 2
+    line = _one_error_line(capsys.readouterr().err, "models")
+    assert str(folder / "config.json") in line and "mpp" in line
+
+
+def test_finetune_refuses_an_implausible_mpp_and_too_coarse_images(tmp_path):
+    from PIL import Image
+
+    from nucseg.config import FinetuneConfig
+    from nucseg.errors import InvalidInputError
+    from nucseg.jobs.finetune import folder_pairs
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    image, labels = blob_image((64, 64), n=3)
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    Image.fromarray(labels.astype(np.uint16)).save(tmp_path / "labels" / "a.png")
+    for mpp, said in ((1e9, "between 0.05 and 20"), (float("inf"), "between 0.05 and 20"),
+                      (4.0, "16 times coarser")):
+        with pytest.raises(InvalidInputError, match=said):
+            folder_pairs(tmp_path / "images", tmp_path / "labels", val_images=tmp_path / "images",
+                         val_labels=tmp_path / "labels", mpp=mpp, config=FinetuneConfig(base_model="nucseg-default"))

@@ -95,8 +95,10 @@ def foreground_option(text: str | None) -> dict:
 def build_settings(args: argparse.Namespace):
     from nucseg.jobs.batch import BatchSettings
 
-    if args.mpp is not None and not args.mpp > 0:
-        raise InvalidInputError(f"--mpp {args.mpp}: give the microns per pixel as a positive number (20x is about 0.5)")
+    from nucseg.io.base import check_mpp
+
+    if args.mpp is not None:
+        check_mpp(args.mpp, "--mpp")
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
     return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),

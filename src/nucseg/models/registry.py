@@ -145,6 +145,16 @@ def _decoder_channels(value: Any, config_path: Path) -> tuple[int, ...] | None:
     return tuple(value)
 
 
+def _model_mpp(value: Any, config_path: Path) -> float:
+    from nucseg.errors import InvalidInputError
+    from nucseg.io.base import check_mpp
+
+    try:
+        return check_mpp(value, "mpp")
+    except InvalidInputError as err:
+        raise ModelError(f"{config_path}: {err}") from None
+
+
 def spec_from_folder(folder: str | Path) -> ModelSpec:
     """Read a model folder (config.json + model.safetensors)."""
     folder = Path(folder)
@@ -165,7 +175,7 @@ def spec_from_folder(folder: str | Path) -> ModelSpec:
             architecture=cfg.get("architecture", "Unet"),
             encoder=cfg["encoder"],
             heads=tuple(cfg.get("heads", HEADS)),
-            mpp=float(cfg.get("mpp", 0.25)),
+            mpp=_model_mpp(cfg.get("mpp", 0.25), config_path),
             mean=tuple(norm.get("mean", IMAGENET_MEAN)),
             std=tuple(norm.get("std", IMAGENET_STD)),
             squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "image"), config_path),
