@@ -190,3 +190,68 @@ def test_finetune_refuses_an_implausible_mpp_and_too_coarse_images(tmp_path):
         with pytest.raises(InvalidInputError, match=said):
             folder_pairs(tmp_path / "images", tmp_path / "labels", val_images=tmp_path / "images",
                          val_labels=tmp_path / "labels", mpp=mpp, config=FinetuneConfig(base_model="nucseg-default"))
+
+
+# ------------------------------------------------------------------------------ 9: model configs, one schema
+
+BAD_CONFIGS = {
+    "zero std": ({"normalization": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalization.std"),
+    "unknown postprocess key": ({"postprocess": {"min_area": 40, "min_aera": 15}}, "min_aera"),
+    "bad postprocess value": ({"postprocess": {"foreground_threshold": 7}}, "foreground threshold"),
+    "normalization as a list": ({"normalization": [0.5, 0.5]}, "normalization must be"),
+    "dunder architecture": ({"architecture": "__class__"}, "architecture must be one of Unet"),
+    "other architecture": ({"architecture": "FPN"}, "architecture must be one of Unet"),
+    "heads that do not fit": ({"heads": ["foreground", "contour"]}, "heads must be"),
+    "no sha256": ({"sha256": None}, "no 'sha256'"),
+    "short sha256": ({"sha256": "abc"}, "sha256 must be"),
+    "mpp as text": ({"mpp": "0.25"}, "mpp must be a number"),
+    "unknown encoder": ({"encoder": "resnet9000"}, "encoder must be one of"),
+    "decoder of 4": ({"decoder_channels": [64, 32, 16, 8]}, "decoder_channels must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_model_config_that_breaks_the_schema_is_one_line(tmp_path, capsys, case):
+    changes, said = BAD_CONFIGS[case]
+    folder = _model_folder(tmp_path, **changes)
+    for command in (["models", str(folder)],
+                    ["predict", str(tmp_path / "none.png"), "--out", str(tmp_path / "o"), "--model", str(folder)]):
+        if command[0] == "predict":
+            (tmp_path / "none.png").write_bytes(b"")
+        assert main(command) == 2, case
+        line = _one_error_line(capsys.readouterr().err, command[0])
+        assert str(folder / "config.json") in line and said in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_that_is_not_an_object_is_one_line(tmp_path, capsys):
+    folder = _model_folder(tmp_path)
+    (folder / "config.json").write_text("[1, 2]")
+    assert main(["models", str(folder)]) == 2
+    assert "not an object" in _one_error_line(capsys.readouterr().err, "models")
+
+
+def test_the_schema_takes_the_shipped_config():
+    from nucseg.models.registry import resolve_model
+
+    spec = resolve_model("nucseg-default")
+    assert spec.heads == ("foreground", "contour", "distance") and len(spec.sha256) == 64
+
+
+def test_the_schema_takes_decoder_channels(tmp_path):
+    from nucseg.models.registry import spec_from_folder
+
+    lean = spec_from_folder(_model_folder(tmp_path, name="v3", decoder_channels=[64, 32, 16, 16, 8]))
+    assert lean.decoder_channels == (64, 32, 16, 16, 8)
+    assert spec_from_folder(_model_folder(tmp_path, name="v2", decoder_channels=None)).decoder_channels is None
+
+
+def test_build_never_looks_up_another_architecture():
+    import dataclasses
+
+    from nucseg.errors import ModelError
+    from nucseg.models.build import build_network
+    from nucseg.models.registry import untrained_spec
+
+    with pytest.raises(ModelError, match="nucseg builds Unet"):
+        build_network(dataclasses.replace(untrained_spec("resnet18"), architecture="__class__"))
