@@ -228,7 +228,7 @@ def test_a_config_that_is_not_an_object_is_one_line(tmp_path, capsys):
     folder = _model_folder(tmp_path)
     (folder / "config.json").write_text("[1, 2]")
     assert main(["models", str(folder)]) == 2
-    assert "not an object" in _one_error_line(capsys.readouterr().err, "models")
+    assert "must be a JSON object, not a list" in _one_error_line(capsys.readouterr().err, "models")
 
 
 def test_the_schema_takes_the_shipped_config():

@@ -222,18 +222,17 @@ def check_config(cfg: Any, config_path: Path) -> dict[str, Any]:
         ModelError: the first thing wrong, in one line naming the file.
     """
     if not isinstance(cfg, dict):
-        raise ModelError(f"{config_path} is not a valid nucseg model config: it holds a {type(cfg).__name__}, not an "
-                         "object")
+        raise ModelError(f"{config_path}: a model config must be a JSON object, not a {type(cfg).__name__}")
     for key, (required, check) in CONFIG_SCHEMA.items():
         if key not in cfg:
             if required:
                 why = ("nucseg loads only weights it can verify: add the sha256 of " + WEIGHTS_FILE
                        if key == "sha256" else "every model config names it")
-                raise ModelError(f"{config_path} is not a valid nucseg model config: it has no {key!r} ({why})")
+                raise ModelError(f"{config_path}: the model config has no {key!r} ({why})")
             continue
         problem = check(cfg[key])
         if problem:
-            raise ModelError(f"{config_path} is not a valid nucseg model config: {problem}")
+            raise ModelError(f"{config_path}: {problem}")
     return cfg
 
 
