@@ -255,3 +255,58 @@ def test_build_never_looks_up_another_architecture():
 
     with pytest.raises(ModelError, match="nucseg builds Unet"):
         build_network(dataclasses.replace(untrained_spec("resnet18"), architecture="__class__"))
+
+
+# ------------------------------------------------------------------- 10: one damaged version, the rest listed
+
+
+@pytest.fixture
+def home_with_a_damaged_version(tmp_path, monkeypatch):
+    """$NUCSEG_HOME/models with a good version and three damaged ones (bad JSON, schema, no weights)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("NUCSEG_HOME", str(home))
+    (home / "models").mkdir(parents=True)
+    good = _model_folder(home / "models", name="good-v1", description="a good version")
+    _model_folder(home / "models", name="zero-std", normalization={"mean": [0.5] * 3, "std": [0, 0, 0]})
+    truncated = _model_folder(home / "models", name="truncated")
+    (truncated / "config.json").write_text('{"name": "truncated", "enc')
+    (_model_folder(home / "models", name="no-weights") / "model.safetensors").unlink()
+    return home, good
+
+
+def test_nucseg_models_lists_the_rest_and_names_each_damaged_version(home_with_a_damaged_version, capsys):
+    home, good = home_with_a_damaged_version
+    assert main(["models"]) == 2
+    out, err = capsys.readouterr()
+    assert "nucseg-default" in out and str(good) in out and "a good version" in out and "unet-resnet18" in out
+    assert "zero-std" not in out and "truncated" not in out and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("nucseg models: error:") for line in lines)
+    for name, why in (("zero-std", "normalization.std"), ("truncated", "cannot read"), ("no-weights", "needs")):
+        [line] = [line for line in lines if str(home / "models" / name) in line]
+        assert why in line and "left out of the model list" in line
+
+
+@pytest.mark.gui
+def test_the_widgets_lists_show_the_rest_and_name_each_damaged_version(home_with_a_damaged_version,
+                                                                        make_napari_viewer, monkeypatch):
+    import napari.utils.notifications
+
+    from nucseg._napari import model_list
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg._napari.segment_widget import SegmentWidget
+
+    home, good = home_with_a_damaged_version
+    warned: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_warning", warned.append)
+    monkeypatch.setattr(model_list, "_named_damaged", set(), raising=False)
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)
+    finetune = FinetuneWidget(viewer)
+    assert str(good.resolve()) in segment.model_combo.model_keys()
+    assert finetune.model_combo.findData(str(good)) >= 0 and finetune.model_combo.findData("nucseg-default") >= 0
+    assert len(warned) == 3  # each named once, however many lists refresh
+    assert any("zero-std" in w and "normalization.std" in w for w in warned)
+    segment.model_combo.refresh()
+    finetune.refresh_versions()
+    assert len(warned) == 3

@@ -93,9 +93,8 @@ def foreground_option(text: str | None) -> dict:
 
 
 def build_settings(args: argparse.Namespace):
-    from nucseg.jobs.batch import BatchSettings
-
     from nucseg.io.base import check_mpp
+    from nucseg.jobs.batch import BatchSettings
 
     if args.mpp is not None:
         check_mpp(args.mpp, "--mpp")

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from nucseg.errors import ModelError, StoreError
 from nucseg.models.fold import fold_batchnorm
-from nucseg.models.registry import ARCHITECTURES, CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model, sha256_of
+from nucseg.models.registry import (
+    ARCHITECTURES,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelSpec,
+    resolve_model,
+    sha256_of,
+)
 from nucseg.models.squeeze_excitation import strip_squeeze_excitation
 
 if TYPE_CHECKING:

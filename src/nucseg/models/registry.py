@@ -287,19 +287,51 @@ def user_models_dir() -> Path:
     return root / "models"
 
 
-def list_models(include_untrained: bool = True, include_user: bool = True) -> dict[str, str]:
-    """Names a user can choose, with a one-line description each."""
-    out: dict[str, str] = {}
+@dataclasses.dataclass(frozen=True)
+class ModelCatalog:
+    """The models a user can choose, and the model folders that cannot be read (listed apart, never fatal).
+
+    Attributes:
+        models: name or folder -> one-line description.
+        damaged: folder -> why it cannot be used (one line naming its config.json).
+    """
+
+    models: dict[str, str]
+    damaged: dict[str, str]
+
+    def damaged_lines(self) -> list[str]:
+        """One line per damaged folder: what is wrong, and what to do (the same words in the CLI and widgets)."""
+        return [f"{reason}; {Path(folder).name!r} is left out of the model list (fix its {CONFIG_FILE}, or move the "
+                "folder away)" for folder, reason in self.damaged.items()]
+
+
+def model_catalog(include_untrained: bool = True, include_user: bool = True) -> ModelCatalog:
+    """Every model a user can choose (shipped, fine-tuned versions in `user_models_dir()`, untrained
+    architectures), each checked as `resolve_model` will read it; a damaged one is set aside in `damaged`."""
+    models: dict[str, str] = {}
+    damaged: dict[str, str] = {}
+
+    def add(key: str, folder: Path, default: str) -> None:
+        try:
+            models[key] = spec_from_folder(folder).info.get("description", default)
+        except ModelError as err:
+            damaged[str(folder)] = str(err)
+
     for name, folder in shipped_models().items():
-        out[name] = spec_from_folder(folder).info.get("description", "shipped model")
+        add(name, folder, "shipped model")
     if include_user and user_models_dir().is_dir():
         for folder in sorted(user_models_dir().iterdir()):
             if (folder / CONFIG_FILE).is_file():
-                out[str(folder)] = spec_from_folder(folder).info.get("description", "fine-tuned version")
+                add(str(folder), folder, "fine-tuned version")
     if include_untrained:
         for encoder, note in ENCODERS.items():
-            out[f"unet-{encoder}"] = f"untrained UNet, {note}"
-    return out
+            models[f"unet-{encoder}"] = f"untrained UNet, {note}"
+    return ModelCatalog(models, damaged)
+
+
+def list_models(include_untrained: bool = True, include_user: bool = True) -> dict[str, str]:
+    """Names a user can choose, with a one-line description each (damaged folders left out: `model_catalog`)."""
+    return model_catalog(include_untrained, include_user).models
 
 
 def resolve_model(name_or_path: str | Path) -> ModelSpec:
