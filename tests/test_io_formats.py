@@ -287,7 +287,7 @@ def test_predict_dicom_folder_and_svs_give_the_same_nuclei(shared_data, tmp_path
     from nucseg.cli import main
     from nucseg.metrics.matching import object_metrics
 
-    region = "1000,800,320,320"  # y,x,h,w at level 0 (0.499 µm/px): tissue with a few dozen nuclei
+    region = "800,1000,320,320"  # x,y,width,height at level 0 (0.499 µm/px): tissue with a few dozen nuclei
     sources = {"dicom": formats(shared_data) / "dicom_cmu1_small_region", "svs": shared_data / "slides" / "small_HE.svs"}
     labels = {}
     for name, src in sources.items():

@@ -36,7 +36,7 @@ from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.jobs.finetune import corrections_finetune, no_reviewed_message, settle
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
+from nucseg.models.registry import DEFAULT_MODEL, model_catalog, resolve_model
 from nucseg.training.corrections import CorrectionStore, corrections_changed
 
 from ._forms import scroll_area
@@ -44,6 +44,7 @@ from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
+from .model_list import name_damaged_models
 from .plots import TrainingPlots
 from .versions_panel import VersionsPanel, VersionsWatcher
 
@@ -157,7 +158,9 @@ class FinetuneWidget(QWidget):
         current = self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        for name, description in list_models().items():
+        catalog = model_catalog()
+        name_damaged_models(catalog)
+        for name, description in catalog.models.items():
             shown = f"{Path(name).name} (fine-tuned)" if os.sep in name or "/" in name else name
             self.model_combo.addItem(shown, name)
             self.model_combo.setItemData(self.model_combo.count() - 1, description, 3)  # tooltip

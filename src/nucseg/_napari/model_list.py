@@ -18,11 +18,30 @@ from qtpy.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from nucseg.errors import NucsegError
-from nucseg.models.registry import DEFAULT_MODEL, resolve_model, shipped_models, user_models_dir
+from nucseg.models.registry import (
+    DEFAULT_MODEL,
+    ModelCatalog,
+    model_catalog,
+    resolve_model,
+    shipped_models,
+    user_models_dir,
+)
 from nucseg.models.versions import list_versions, versions_changed
 
 BROWSE = "Browse folder…"
 _KEY = Qt.ItemDataRole.UserRole
+#: damaged model folders already named in this session (each is named once, not at every refresh of every list)
+_named_damaged: set[str] = set()
+
+
+def name_damaged_models(catalog: ModelCatalog) -> None:
+    """Name each damaged model folder of `catalog` once (a napari warning); the lists show the others."""
+    from napari.utils.notifications import show_warning
+
+    for line in catalog.damaged_lines():
+        if line not in _named_damaged:
+            _named_damaged.add(line)
+            show_warning(line)
 
 
 def _display_name(key: str, spec_info: dict[str, Any], name: str) -> str:
@@ -94,8 +113,10 @@ class ModelCombo(QComboBox):
         self._debounce.start()
 
     def refresh(self) -> None:
-        """Re-list the models; keep the choice, follow it across a rename, report it when it was deleted."""
+        """Re-list the models; keep the choice, follow it across a rename, report it when it was deleted, and name
+        damaged model folders (left out of the list)."""
         self._watch()
+        name_damaged_models(model_catalog(include_untrained=False))
         entries = self._entries()
         keys = [e[0] for e in entries]
         chosen = self._current

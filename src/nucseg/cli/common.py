@@ -88,11 +88,25 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+#: what --region takes, in the slide world's order (OpenSlide, QuPath, our GeoJSON): x, y first, then width, height
+REGION_HELP = ("x,y,width,height in level-0 pixels, as QuPath and OpenSlide give them (x: column of the left edge, "
+               "y: row of the top edge; default: everything)")
+
+
 def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    """``--region x,y,width,height`` (level-0 pixels) as the engine's (y, x, h, w).
+
+    Raises:
+        InvalidInputError: not four integers, a negative x / y, or a width / height that is not positive.
+    """
     if text is None:
         return None
     try:
-        y, x, h, w = (int(v) for v in text.split(","))
+        x, y, w, h = (int(v) for v in text.split(","))
     except ValueError as err:
-        raise InvalidInputError(f"--region {text!r} must be four integers y,x,height,width in level-0 pixels") from err
+        raise InvalidInputError(f"--region {text!r} must be four integers x,y,width,height in level-0 pixels "
+                                "(e.g. 800,600,500,500)") from err
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise InvalidInputError(f"--region {text!r}: x and y must be >= 0 and width and height > 0 "
+                                "(x,y,width,height in level-0 pixels)")
     return y, x, h, w

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list available models",
                        description="List shipped models, fine-tuned versions (in $NUCSEG_HOME/models) and untrained "
-                       "architectures; with NAME, show that model's config.")
+                       "architectures; with NAME, show that model's config. A model folder that cannot be read is "
+                       "named on stderr and left out of the list (exit status 2).")
     p.add_argument("name", nargs="?", help="a model name or folder to describe")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nucseg.models.registry import list_models, resolve_model
+    from nucseg.cli import EXIT_USER_ERROR
+    from nucseg.models.registry import model_catalog, resolve_model
 
     if args.name:
         spec = resolve_model(args.name)
         print(json.dumps({**spec.to_config(), "folder": str(spec.folder) if spec.folder else None,
                           "sha256": spec.sha256}, indent=2))
         return 0
-    width = max(len(n) for n in list_models())
-    for name, description in list_models().items():
+    catalog = model_catalog()
+    width = max(len(n) for n in catalog.models)
+    for name, description in catalog.models.items():
         print(f"{name:<{width}}  {description}")
-    return 0
+    for line in catalog.damaged_lines():
+        print(f"nucseg models: error: {line}", file=sys.stderr)
+    return EXIT_USER_ERROR if catalog.damaged else 0

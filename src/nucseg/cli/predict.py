@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nucseg.cli import EXIT_USER_ERROR
-from nucseg.cli.common import add_model_options, add_tiling_options, expand_inputs, parse_region
+from nucseg.cli.common import REGION_HELP, add_model_options, add_tiling_options, expand_inputs, parse_region
 from nucseg.config import RUNTIMES
 from nucseg.errors import InvalidInputError
 from nucseg.jobs.predict_file import FORMATS, MPP_UNKNOWN
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=2048, metavar="PX",
                    help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
                    "a slide of several blocks is spread over the workers block by block (default 2048)")
-    p.add_argument("--region", help="y,x,height,width in level-0 pixels (default: everything)")
+    p.add_argument("--region", metavar="X,Y,W,H", help=REGION_HELP)
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: unknown: "
                    "segmented as the model's resolution, outputs in pixels only)")
     p.add_argument("--foreground-threshold", metavar="P|otsu",
@@ -93,10 +93,11 @@ def foreground_option(text: str | None) -> dict:
 
 
 def build_settings(args: argparse.Namespace):
+    from nucseg.io.base import check_mpp
     from nucseg.jobs.batch import BatchSettings
 
-    if args.mpp is not None and not args.mpp > 0:
-        raise InvalidInputError(f"--mpp {args.mpp}: give the microns per pixel as a positive number (20x is about 0.5)")
+    if args.mpp is not None:
+        check_mpp(args.mpp, "--mpp")
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
     return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),

@@ -20,10 +20,14 @@ import numpy as np
 from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
-from nucseg.io.base import as_rgb_uint8  # the one RGB rule; re-exported for the engine's callers
+from nucseg.io.base import as_rgb_uint8, check_mpp  # the one RGB rule, the one mpp range; re-exported
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
+#: pixels at most this many times coarser than the model's are upsampled to it (2 µm/px, a 5x scan, for a 0.25 µm/px
+#: model); coarser ones are refused (`check_scale`): a 6-10 µm nucleus would be 3-5 px wide, and the upsampled
+#: image MAX_UPSAMPLE² times the input's pixels
+MAX_UPSAMPLE = 8.0
 #: a tissue-mask pixel covers this many model pixels along each side (2 um at 0.25 um/px: a 512-px tile is 64 mask
 #: pixels), or more where the mask would otherwise exceed TISSUE_MAX_PIXELS
 TISSUE_MASK_DOWNSAMPLE = 8
@@ -94,6 +98,22 @@ def as_source(image: np.ndarray | RegionSource) -> RegionSource:
     return image
 
 
+def check_scale(mpp: float | None, model_mpp: float, name: str = "the image") -> float:
+    """Level-0 pixels per model pixel for pixels of `mpp` (None: unknown, taken as the model's), refused where the
+    model would see them upsampled more than `MAX_UPSAMPLE` times (inference and fine-tuning resample alike).
+
+    Raises:
+        InvalidInputError: `mpp` is more than `MAX_UPSAMPLE` times the model's.
+    """
+    factor = float(model_mpp) / float(mpp) if mpp else 1.0
+    if factor * MAX_UPSAMPLE < 1.0 - 1e-9:
+        raise InvalidInputError(
+            f"{name} has {mpp:g} µm/px, {1 / factor:.0f} times coarser than the model's {model_mpp:g} µm/px: nuclei "
+            f"would be a few pixels wide (at most {MAX_UPSAMPLE:g} times coarser is segmented); check --mpp (20x is "
+            "about 0.5, 40x about 0.25) or segment a finer scan")
+    return factor
+
+
 def best_level(source: RegionSource, target_mpp: float) -> int:
     """The coarsest level whose pixels are at least as fine as `target_mpp` (the source's own rule if it has one)."""
     own = getattr(source, "best_level_for_mpp", None)
@@ -144,6 +164,9 @@ class ScaledSource:
                  region: tuple[int, int, int, int] | None = None):
         self.image = as_source(image)
         full = tuple(int(v) for v in self.image.shape[:2])
+        model_mpp = check_mpp(model_mpp, "the model's mpp")
+        if mpp:  # None or 0: unknown
+            mpp = check_mpp(mpp, "the pixel size")
         if not mpp:
             mpp = self.image.mpp
         self.mpp_given = float(mpp) if mpp else None
@@ -153,12 +176,14 @@ class ScaledSource:
         y0, x0 = max(int(y), 0), max(int(x), 0)
         y1, x1 = min(int(y + h), full[0]), min(int(x + w), full[1])
         if y1 <= y0 or x1 <= x0:
-            raise InvalidInputError(f"region {region} lies outside the image of size {full[0]} x {full[1]}")
+            raise InvalidInputError(f"the region x={int(x)}, y={int(y)}, width {int(w)}, height {int(h)} (level-0 "
+                                    f"pixels) lies outside the image, which is {full[1]} px wide and {full[0]} px "
+                                    "high")
         self.region0 = (y0, x0, y1 - y0, x1 - x0)
         # level to read from: the coarsest whose pixels are still at least as fine as the model's
         self.level = best_level(self.image, self.model_mpp) if len(self.image.downsamples) > 1 else 0
         self.level_down = float(self.image.downsamples[self.level])
-        factor = self.model_mpp / self.mpp0  # level-0 pixels per model pixel
+        factor = check_scale(self.mpp0, self.model_mpp)  # level-0 pixels per model pixel
         self.factor = 1.0 if abs(factor - 1.0) < RESAMPLE_TOLERANCE else factor
         self.shape = (max(1, round(self.region0[2] / self.factor)), max(1, round(self.region0[3] / self.factor)))
 

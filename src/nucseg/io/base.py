@@ -25,7 +25,8 @@ import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError
 
-#: microns per pixel outside this range come from a screen / print resolution, not a microscope: ignored
+#: microns per pixel outside this range come from a screen / print resolution, not a microscope: ignored in a
+#: file's metadata (`plausible_mpp`), refused where a person or a model config gives them (`check_mpp`)
 PLAUSIBLE_MPP = (0.05, 20.0)
 #: errors that mean "these bytes cannot be parsed or decoded", whichever library met them (tifffile, zarr and
 #: Pillow raise ValueError for an unknown compression or a corrupt header; `read_errors` adds the libraries' own
@@ -113,6 +114,29 @@ def plausible_mpp(mpp: float | None) -> float | None:
     if mpp is None or not np.isfinite(mpp) or not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
         return None
     return round(float(mpp), 6)
+
+
+def check_mpp(mpp: Any, what: str = "--mpp") -> float:
+    """A pixel size a person or a model config gives, as a float: refused unless it lies in `PLAUSIBLE_MPP`
+    (the one range for metadata, options and model configs; 1e9, inf, 1e-9 or a negative size never reach the
+    engine, where they would run out of memory or divide by zero).
+
+    Args:
+        mpp: the value given.
+        what: what to call it in the message ("--mpp", "the model's mpp in ...").
+
+    Raises:
+        InvalidInputError: not a number, or outside `PLAUSIBLE_MPP`.
+    """
+    lo, hi = PLAUSIBLE_MPP
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(mpp, bool) or not np.isfinite(value) or not lo <= value <= hi:
+        raise InvalidInputError(f"{what} {mpp!r}: microns per pixel must lie between {lo:g} and {hi:g} (40x is about "
+                                "0.25, 20x about 0.5)")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- RGB rule

@@ -120,8 +120,10 @@ def folder_pairs(images: Path, labels: Path, *, val_images: Path | None = None, 
     if (original_images is None) != (original_labels is None):
         raise InvalidInputError("give both --original-images and --original-labels, or neither")
     base = resolve_model(config.base_model)
-    if mpp is not None and mpp <= 0:
-        raise InvalidInputError(f"--mpp {mpp:g}: microns per pixel must be positive (40x is about 0.25)")
+    if mpp is not None:
+        from nucseg.io.base import check_mpp
+
+        mpp = check_mpp(mpp, "--mpp")
 
     def load(images_dir: Path, labels_dir: Path) -> list[TrainingPair]:
         return [at_model_resolution(p, mpp, base.mpp)

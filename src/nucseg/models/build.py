@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from nucseg.errors import ModelError, StoreError
 from nucseg.models.fold import fold_batchnorm
-from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model, sha256_of
+from nucseg.models.registry import (
+    ARCHITECTURES,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelSpec,
+    resolve_model,
+    sha256_of,
+)
 from nucseg.models.squeeze_excitation import strip_squeeze_excitation
 
 if TYPE_CHECKING:
@@ -27,10 +34,10 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     """A randomly initialised network for `spec` (encoder_weights=None: no download, ever)."""
     import segmentation_models_pytorch as smp
 
-    try:
-        arch = getattr(smp, spec.architecture)
-    except AttributeError as err:
-        raise ModelError(f"unknown architecture {spec.architecture!r} in model {spec.name!r}") from err
+    if spec.architecture not in ARCHITECTURES:  # never getattr on the library with anything else
+        raise ModelError(f"unknown architecture {spec.architecture!r} in model {spec.name!r}; nucseg builds "
+                         f"{', '.join(ARCHITECTURES)}")
+    arch = getattr(smp, spec.architecture)
     try:
         extra = {"decoder_channels": list(spec.decoder_channels)} if spec.decoder_channels else {}
         net = arch(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=len(spec.heads), **extra)

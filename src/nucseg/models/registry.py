@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,27 +128,120 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _squeeze_excitation_mode(value: Any, config_path: Path) -> str:
+# ------------------------------------------------------------------------------------ the config.json schema
+
+#: architectures a config may name: the network is built with ``getattr(segmentation_models_pytorch, name)``, so
+#: nothing else is ever looked up there
+ARCHITECTURES = ("Unet",)
+#: the normalisation a config may give (RGB in [0, 1]; ImageNet's mean 0.406-0.485 and std 0.224-0.229 are in)
+MEAN_RANGE, STD_RANGE = (0.0, 1.0), (0.01, 10.0)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _check_mpp(value: Any) -> str | None:
+    from nucseg.errors import InvalidInputError
+    from nucseg.io.base import check_mpp  # the one plausible range, for options, metadata and model configs
+
+    if not _number(value):
+        return f"mpp must be a number (microns per pixel of the training data), not {value!r}"
+    try:
+        check_mpp(value, "mpp")
+    except InvalidInputError as err:
+        return str(err)
+    return None
+
+
+def _check_normalization(value: Any) -> str | None:
+    if not isinstance(value, dict) or set(value) - {"mean", "std"}:
+        return f'normalization must be {{"mean": [r, g, b], "std": [r, g, b]}}, not {value!r}'
+    for key, (lo, hi) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+        if key in value and not (isinstance(value[key], list) and len(value[key]) == 3
+                                 and all(_number(v) and lo <= v <= hi for v in value[key])):
+            return f"normalization.{key} must be 3 numbers between {lo:g} and {hi:g}, not {value[key]!r}"
+    return None
+
+
+def _check_postprocess(value: Any) -> str | None:
+    from nucseg.config import PostprocessConfig
+    from nucseg.errors import ConfigError
+
+    known = [f.name for f in dataclasses.fields(PostprocessConfig)]
+    if not isinstance(value, dict):
+        return f"postprocess must be an object with some of {', '.join(known)}, not {value!r}"
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        return f"postprocess has unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+    try:
+        PostprocessConfig(**value)
+    except (ConfigError, TypeError) as err:
+        return f"postprocess: {err}"
+    return None
+
+
+def _check_squeeze_excitation(value: Any) -> str | None:
     from nucseg.models.squeeze_excitation import SQUEEZE_EXCITATION_MODES
 
     if value not in SQUEEZE_EXCITATION_MODES:
-        raise ModelError(f"{config_path}: squeeze_excitation must be one of {', '.join(SQUEEZE_EXCITATION_MODES)}, "
-                         f"not {value!r}")
-    return value
+        return f"squeeze_excitation must be one of {', '.join(SQUEEZE_EXCITATION_MODES)}, not {value!r}"
+    return None
 
 
-def _decoder_channels(value: Any, config_path: Path) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if (not isinstance(value, list) or len(value) != 5
-            or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in value)):
-        raise ModelError(f"{config_path}: decoder_channels must be a list of 5 positive integers (deepest first), "
-                         f"not {value!r}")
-    return tuple(value)
+#: config.json keys the spec is built from: key -> (required, check(value) -> what is wrong or None). Other keys
+#: (version, description, training, validation, lineage...) are kept as `ModelSpec.info`, unchecked.
+CONFIG_SCHEMA: dict[str, tuple[bool, Any]] = {
+    "name": (False, lambda v: None if _is_str(v) else f"name must be a non-empty string, not {v!r}"),
+    "architecture": (False, lambda v: None if v in ARCHITECTURES else
+                     f"architecture must be one of {', '.join(ARCHITECTURES)}, not {v!r}"),
+    "encoder": (True, lambda v: None if isinstance(v, str) and v in ENCODERS else
+                f"encoder must be one of {', '.join(ENCODERS)}, not {v!r}"),
+    "heads": (False, lambda v: None if v == list(HEADS) else
+              f"heads must be {list(HEADS)} (the outputs nucseg decodes, in that order), not {v!r}"),
+    "mpp": (False, _check_mpp),
+    "normalization": (False, _check_normalization),
+    "squeeze_excitation": (False, _check_squeeze_excitation),
+    "decoder_channels": (False, lambda v: None if v is None or isinstance(v, list) and len(v) == 5 and all(
+        isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in v) else
+        f"decoder_channels must be a list of 5 positive integers (deepest first), not {v!r}"),
+    "sha256": (True, lambda v: None if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) else
+               f"sha256 must be the 64 hex digits of {WEIGHTS_FILE}'s SHA-256, not {v!r}"),
+    "postprocess": (False, _check_postprocess),
+}
+
+
+def check_config(cfg: Any, config_path: Path) -> dict[str, Any]:
+    """`cfg` (a parsed config.json) checked against `CONFIG_SCHEMA`; returns it.
+
+    Raises:
+        ModelError: the first thing wrong, in one line naming the file.
+    """
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{config_path}: a model config must be a JSON object, not a {type(cfg).__name__}")
+    for key, (required, check) in CONFIG_SCHEMA.items():
+        if key not in cfg:
+            if required:
+                why = ("nucseg loads only weights it can verify: add the sha256 of " + WEIGHTS_FILE
+                       if key == "sha256" else "every model config names it")
+                raise ModelError(f"{config_path}: the model config has no {key!r} ({why})")
+            continue
+        problem = check(cfg[key])
+        if problem:
+            raise ModelError(f"{config_path}: {problem}")
+    return cfg
 
 
 def spec_from_folder(folder: str | Path) -> ModelSpec:
-    """Read a model folder (config.json + model.safetensors)."""
+    """Read a model folder (config.json + model.safetensors), its config checked against `CONFIG_SCHEMA`.
+
+    Raises:
+        ModelError: not a model folder, or a config that cannot be read or breaks the schema.
+    """
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
@@ -156,26 +251,25 @@ def spec_from_folder(folder: str | Path) -> ModelSpec:
         )
     try:
         cfg = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"cannot read {config_path}: {err}") from err
-    try:
-        norm = cfg.get("normalization", {})
-        return ModelSpec(
-            name=cfg.get("name", folder.name),
-            architecture=cfg.get("architecture", "Unet"),
-            encoder=cfg["encoder"],
-            heads=tuple(cfg.get("heads", HEADS)),
-            mpp=float(cfg.get("mpp", 0.25)),
-            mean=tuple(norm.get("mean", IMAGENET_MEAN)),
-            std=tuple(norm.get("std", IMAGENET_STD)),
-            squeeze_excitation=_squeeze_excitation_mode(cfg.get("squeeze_excitation", "image"), config_path),
-            decoder_channels=_decoder_channels(cfg.get("decoder_channels"), config_path),
-            folder=folder.resolve(),
-            sha256=cfg.get("sha256"),
-            info={k: v for k, v in cfg.items() if k not in _SPEC_KEYS},
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelError(f"{config_path} is not a valid nucseg model config: {err}") from err
+    check_config(cfg, config_path)
+    norm = cfg.get("normalization", {})
+    channels = cfg.get("decoder_channels")
+    return ModelSpec(
+        name=cfg.get("name", folder.name),
+        architecture=cfg.get("architecture", "Unet"),
+        encoder=cfg["encoder"],
+        heads=tuple(cfg.get("heads", HEADS)),
+        mpp=float(cfg.get("mpp", 0.25)),
+        mean=tuple(float(v) for v in norm.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in norm.get("std", IMAGENET_STD)),
+        squeeze_excitation=cfg.get("squeeze_excitation", "image"),
+        decoder_channels=tuple(channels) if channels else None,
+        folder=folder.resolve(),
+        sha256=cfg["sha256"],
+        info={k: v for k, v in cfg.items() if k not in _SPEC_KEYS},
+    )
 
 
 def shipped_models() -> dict[str, Path]:
@@ -193,19 +287,51 @@ def user_models_dir() -> Path:
     return root / "models"
 
 
-def list_models(include_untrained: bool = True, include_user: bool = True) -> dict[str, str]:
-    """Names a user can choose, with a one-line description each."""
-    out: dict[str, str] = {}
+@dataclasses.dataclass(frozen=True)
+class ModelCatalog:
+    """The models a user can choose, and the model folders that cannot be read (listed apart, never fatal).
+
+    Attributes:
+        models: name or folder -> one-line description.
+        damaged: folder -> why it cannot be used (one line naming its config.json).
+    """
+
+    models: dict[str, str]
+    damaged: dict[str, str]
+
+    def damaged_lines(self) -> list[str]:
+        """One line per damaged folder: what is wrong, and what to do (the same words in the CLI and widgets)."""
+        return [f"{reason}; {Path(folder).name!r} is left out of the model list (fix its {CONFIG_FILE}, or move the "
+                "folder away)" for folder, reason in self.damaged.items()]
+
+
+def model_catalog(include_untrained: bool = True, include_user: bool = True) -> ModelCatalog:
+    """Every model a user can choose (shipped, fine-tuned versions in `user_models_dir()`, untrained
+    architectures), each checked as `resolve_model` will read it; a damaged one is set aside in `damaged`."""
+    models: dict[str, str] = {}
+    damaged: dict[str, str] = {}
+
+    def add(key: str, folder: Path, default: str) -> None:
+        try:
+            models[key] = spec_from_folder(folder).info.get("description", default)
+        except ModelError as err:
+            damaged[str(folder)] = str(err)
+
     for name, folder in shipped_models().items():
-        out[name] = spec_from_folder(folder).info.get("description", "shipped model")
+        add(name, folder, "shipped model")
     if include_user and user_models_dir().is_dir():
         for folder in sorted(user_models_dir().iterdir()):
             if (folder / CONFIG_FILE).is_file():
-                out[str(folder)] = spec_from_folder(folder).info.get("description", "fine-tuned version")
+                add(str(folder), folder, "fine-tuned version")
     if include_untrained:
         for encoder, note in ENCODERS.items():
-            out[f"unet-{encoder}"] = f"untrained UNet, {note}"
-    return out
+            models[f"unet-{encoder}"] = f"untrained UNet, {note}"
+    return ModelCatalog(models, damaged)
+
+
+def list_models(include_untrained: bool = True, include_user: bool = True) -> dict[str, str]:
+    """Names a user can choose, with a one-line description each (damaged folders left out: `model_catalog`)."""
+    return model_catalog(include_untrained, include_user).models
 
 
 def resolve_model(name_or_path: str | Path) -> ModelSpec:

@@ -121,9 +121,15 @@ def _versions() -> dict[str, str]:
 
 
 def export_folder(spec: ModelSpec, sha256: str) -> Path:
-    """Where the exported graphs of weights `sha256` live for the installed versions."""
+    """Where the exported graphs of weights `sha256`, built as `spec` says (architecture, encoder, heads, decoder,
+    squeeze-excitation), live for the installed versions: a config that does not fit its weights is built (and
+    refused) rather than served from an export of another config."""
+    import hashlib
+
     v = _versions()
-    tag = f"ort{v['onnxruntime']}-torch{v['torch']}-e{v['export']}"
+    built = json.dumps([spec.architecture, spec.encoder, list(spec.heads), list(spec.decoder_channels or ()),
+                        spec.squeeze_excitation])
+    tag = f"ort{v['onnxruntime']}-torch{v['torch']}-e{v['export']}-a{hashlib.sha256(built.encode()).hexdigest()[:8]}"
     return cache_dir() / "onnx" / f"{sha256[:32]}-{tag}"
 
 

@@ -179,9 +179,9 @@ def at_model_resolution(pair: TrainingPair, mpp: float | None, model_mpp: float)
     """`pair` resampled from `mpp` microns per pixel to the model's, as inference resamples what it segments: a
     correction drawn on a 20x slide (0.5 um/px) must teach a 40x model (0.25) nuclei at the size it sees them.
     Unchanged when `mpp` is unknown or within inference's resampling tolerance of the model's."""
-    from nucseg.inference.source import RESAMPLE_TOLERANCE
+    from nucseg.inference.source import RESAMPLE_TOLERANCE, check_scale
 
-    factor = model_mpp / mpp if mpp else 1.0  # pair pixels per model pixel
+    factor = check_scale(mpp, model_mpp, pair.name)  # pair pixels per model pixel
     if abs(factor - 1.0) < RESAMPLE_TOLERANCE:
         return pair
     h, w = pair.labels.shape

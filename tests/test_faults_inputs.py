@@ -1,0 +1,312 @@
+"""Issue 21, faults 2-5 and 9-12, 18: bad inputs end in one clear line (exit 2 in the CLI), harm nothing, and stay
+within bounded memory. Each test failed before its fix.
+
+The network is the deterministic BlobNet (fake_models) unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from fake_models import blob_image, install_blobnet
+from nucseg.cli import main
+
+MODEL = ["--model", "unet-efficientnet-b0", "--quiet"]
+TESTS = Path(__file__).resolve().parent
+#: the package this test run imports (this tree's src, or whatever PYTHONPATH puts first)
+SRC = Path(__import__("nucseg").__file__).resolve().parents[1]
+
+
+def _one_error_line(err: str, command: str = "predict") -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"nucseg {command}: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------ 18: --region is x,y,w,h
+
+
+@pytest.fixture
+def portrait(tmp_path, monkeypatch):
+    """A portrait TIFF, 300 px wide and 500 px high, with nuclei only in its lower left corner."""
+    install_blobnet(monkeypatch)
+    image = np.full((500, 300, 3), 235, np.uint8)
+    corner, truth = blob_image((100, 80), n=4, seed=3)
+    image[380:480, 10:90] = corner
+    path = tmp_path / "portrait.tif"
+    tifffile.imwrite(path, image, photometric="rgb")
+    return path, truth
+
+
+def test_region_is_x_y_width_height_as_qupath_gives_it(portrait, tmp_path, capsys):
+    path, truth = portrait
+    out = tmp_path / "o"
+    # x=10 y=380, 80 wide, 100 high: the corner with the nuclei (read y,x,h,w it lies outside this portrait image)
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--region", "10,380,80,100", "--mpp", "0.25",
+                 "--format", "tif,csv"]) == 0
+    labels = tifffile.imread(out / "portrait_labels.tif")
+    assert labels.shape == (100, 80) and labels.max() == truth.max()
+    summary = json.loads((out / "portrait_predict.json").read_text())
+    assert summary["region"] == [380, 10, 100, 80]  # the engine's order, as BATCH.md says
+    rows = (out / "portrait_nuclei.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == truth.max()
+    capsys.readouterr()
+
+
+def test_a_region_outside_the_image_is_one_line_in_the_slide_world_s_terms(portrait, tmp_path, capsys):
+    path, _ = portrait
+    assert main(["predict", str(path), "--out", str(tmp_path / "o"), *MODEL, "--region", "400,0,10,10"]) == 2
+    line = capsys.readouterr().err
+    assert "x=400, y=0" in line and "300 px wide" in line and "portrait.tif" in line and "Traceback" not in line
+
+
+@pytest.mark.parametrize("bad", ["1,2,3", "a,b,c,d", "0,0,0,10", "-5,0,10,10"])
+def test_a_bad_region_is_one_line_saying_the_order(portrait, tmp_path, capsys, bad):
+    path, _ = portrait
+    assert main(["predict", str(path), "--out", str(tmp_path / "o"), *MODEL, f"--region={bad}"]) == 2
+    assert "x,y,width,height" in _one_error_line(capsys.readouterr().err)
+
+
+def test_help_says_x_y_width_height(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--region X,Y,W,H" in text and "x,y,width,height in level-0 pixels, as QuPath and OpenSlide" in text
+
+
+# ------------------------------------------------------------------------------- helpers: a capped CLI process
+
+#: address space for a CLI child process: enough to import torch, dask and onnxruntime (measured: 3 GiB is not),
+#: far too little for any of the decompression bombs and unbounded sizes below
+MEMORY_CAP_GB = 4
+
+
+def run_capped(code: str, cap_gb: int = MEMORY_CAP_GB, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run Python `code` in a child whose address space is capped (RLIMIT_AS): a fault that would fill the memory
+    dies there with a MemoryError instead of taking the machine with it. The child sees this tree's package."""
+    prelude = (f"import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, ({cap_gb} << 30, {cap_gb} << 30))\n"
+               f"sys.path[:0] = [{str(TESTS)!r}]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def cli_capped(args: list[str], cap_gb: int = MEMORY_CAP_GB, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`nucseg ARGS` in a capped child process."""
+    return run_capped(f"from nucseg.cli import main\nsys.exit(main({args!r}))", cap_gb, timeout)
+
+
+# -------------------------------------------------------------------------------- 4: --mpp and a model's mpp
+
+
+def _model_folder(tmp_path, name="odd-model", **changes):
+    """A model folder: the shipped config with `changes` (None removes a key), and an empty weights file (the
+    config is refused before the weights are read)."""
+    from nucseg.models.registry import shipped_models
+
+    config = json.loads((shipped_models()["nucseg-default"] / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_an_implausible_mpp_is_one_line_before_any_work(tmp_path):
+    """1e9 ran out of memory, inf divided by zero, 1e-9 made "array is too big"; -0.25 and nan are nonsense."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    values = ["1e9", "inf", "1e-9", "-0.25", "nan"]
+    code = f"""
+import contextlib, io, json
+from nucseg.cli import main
+for value in {values!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["predict", {str(tmp_path / "t.png")!r}, "--out", {str(tmp_path)!r} + "/o" + value,
+                   "--model", "unet-efficientnet-b0", "--quiet", "--mpp=" + value])
+    print(json.dumps([value, rc, err.getvalue()]))
+"""
+    done = run_capped(code)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert [r[0] for r in results] == values, done.stderr[-2000:]
+    for value, rc, err in results:
+        line = _one_error_line(err)
+        assert rc == 2, (value, err)
+        assert line.startswith(f"nucseg predict: error: --mpp {float(value)!r}") and "between 0.05 and 20" in line
+        assert not (tmp_path / f"o{value}").exists()  # refused before the output folder was made
+
+
+def test_pixels_far_coarser_than_the_model_s_are_refused_per_input(tmp_path, monkeypatch, capsys):
+    """4 µm/px is a plausible size, but 16 times the model's 0.25: nuclei a few pixels wide, an image upsampled 256
+    times. The engine refuses it for that input, in one line."""
+    from PIL import Image
+
+    install_blobnet(monkeypatch)
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    assert main(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL, "--mpp", "4"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "t.png" in line and "16 times coarser than the model's 0.25" in line
+    assert not (tmp_path / "o" / "t_labels.tif").exists()
+
+
+@pytest.mark.parametrize("mpp", [-0.25, 0, 1e9])
+def test_a_model_config_with_an_implausible_mpp_is_refused(tmp_path, capsys, mpp):
+    folder = _model_folder(tmp_path, mpp=mpp)
+    assert main(["models", str(folder)]) == 2
+    line = _one_error_line(capsys.readouterr().err, "models")
+    assert str(folder / "config.json") in line and "mpp" in line
+
+
+def test_finetune_refuses_an_implausible_mpp_and_too_coarse_images(tmp_path):
+    from PIL import Image
+
+    from nucseg.config import FinetuneConfig
+    from nucseg.errors import InvalidInputError
+    from nucseg.jobs.finetune import folder_pairs
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    image, labels = blob_image((64, 64), n=3)
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    Image.fromarray(labels.astype(np.uint16)).save(tmp_path / "labels" / "a.png")
+    for mpp, said in ((1e9, "between 0.05 and 20"), (float("inf"), "between 0.05 and 20"),
+                      (4.0, "16 times coarser")):
+        with pytest.raises(InvalidInputError, match=said):
+            folder_pairs(tmp_path / "images", tmp_path / "labels", val_images=tmp_path / "images",
+                         val_labels=tmp_path / "labels", mpp=mpp, config=FinetuneConfig(base_model="nucseg-default"))
+
+
+# ------------------------------------------------------------------------------ 9: model configs, one schema
+
+BAD_CONFIGS = {
+    "zero std": ({"normalization": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalization.std"),
+    "unknown postprocess key": ({"postprocess": {"min_area": 40, "min_aera": 15}}, "min_aera"),
+    "bad postprocess value": ({"postprocess": {"foreground_threshold": 7}}, "foreground threshold"),
+    "normalization as a list": ({"normalization": [0.5, 0.5]}, "normalization must be"),
+    "dunder architecture": ({"architecture": "__class__"}, "architecture must be one of Unet"),
+    "other architecture": ({"architecture": "FPN"}, "architecture must be one of Unet"),
+    "heads that do not fit": ({"heads": ["foreground", "contour"]}, "heads must be"),
+    "no sha256": ({"sha256": None}, "no 'sha256'"),
+    "short sha256": ({"sha256": "abc"}, "sha256 must be"),
+    "mpp as text": ({"mpp": "0.25"}, "mpp must be a number"),
+    "unknown encoder": ({"encoder": "resnet9000"}, "encoder must be one of"),
+    "decoder of 4": ({"decoder_channels": [64, 32, 16, 8]}, "decoder_channels must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_a_model_config_that_breaks_the_schema_is_one_line(tmp_path, capsys, case):
+    changes, said = BAD_CONFIGS[case]
+    folder = _model_folder(tmp_path, **changes)
+    for command in (["models", str(folder)],
+                    ["predict", str(tmp_path / "none.png"), "--out", str(tmp_path / "o"), "--model", str(folder)]):
+        if command[0] == "predict":
+            (tmp_path / "none.png").write_bytes(b"")
+        assert main(command) == 2, case
+        line = _one_error_line(capsys.readouterr().err, command[0])
+        assert str(folder / "config.json") in line and said in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_that_is_not_an_object_is_one_line(tmp_path, capsys):
+    folder = _model_folder(tmp_path)
+    (folder / "config.json").write_text("[1, 2]")
+    assert main(["models", str(folder)]) == 2
+    assert "must be a JSON object, not a list" in _one_error_line(capsys.readouterr().err, "models")
+
+
+def test_the_schema_takes_the_shipped_config():
+    from nucseg.models.registry import resolve_model
+
+    spec = resolve_model("nucseg-default")
+    assert spec.heads == ("foreground", "contour", "distance") and len(spec.sha256) == 64
+
+
+def test_the_schema_takes_decoder_channels(tmp_path):
+    from nucseg.models.registry import spec_from_folder
+
+    lean = spec_from_folder(_model_folder(tmp_path, name="v3", decoder_channels=[64, 32, 16, 16, 8]))
+    assert lean.decoder_channels == (64, 32, 16, 16, 8)
+    assert spec_from_folder(_model_folder(tmp_path, name="v2", decoder_channels=None)).decoder_channels is None
+
+
+def test_build_never_looks_up_another_architecture():
+    import dataclasses
+
+    from nucseg.errors import ModelError
+    from nucseg.models.build import build_network
+    from nucseg.models.registry import untrained_spec
+
+    with pytest.raises(ModelError, match="nucseg builds Unet"):
+        build_network(dataclasses.replace(untrained_spec("resnet18"), architecture="__class__"))
+
+
+# ------------------------------------------------------------------- 10: one damaged version, the rest listed
+
+
+@pytest.fixture
+def home_with_a_damaged_version(tmp_path, monkeypatch):
+    """$NUCSEG_HOME/models with a good version and three damaged ones (bad JSON, schema, no weights)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("NUCSEG_HOME", str(home))
+    (home / "models").mkdir(parents=True)
+    good = _model_folder(home / "models", name="good-v1", description="a good version")
+    _model_folder(home / "models", name="zero-std", normalization={"mean": [0.5] * 3, "std": [0, 0, 0]})
+    truncated = _model_folder(home / "models", name="truncated")
+    (truncated / "config.json").write_text('{"name": "truncated", "enc')
+    (_model_folder(home / "models", name="no-weights") / "model.safetensors").unlink()
+    return home, good
+
+
+def test_nucseg_models_lists_the_rest_and_names_each_damaged_version(home_with_a_damaged_version, capsys):
+    home, good = home_with_a_damaged_version
+    assert main(["models"]) == 2
+    out, err = capsys.readouterr()
+    assert "nucseg-default" in out and str(good) in out and "a good version" in out and "unet-resnet18" in out
+    assert "zero-std" not in out and "truncated" not in out and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("nucseg models: error:") for line in lines)
+    for name, why in (("zero-std", "normalization.std"), ("truncated", "cannot read"), ("no-weights", "needs")):
+        [line] = [line for line in lines if str(home / "models" / name) in line]
+        assert why in line and "left out of the model list" in line
+
+
+@pytest.mark.gui
+def test_the_widgets_lists_show_the_rest_and_name_each_damaged_version(home_with_a_damaged_version,
+                                                                        make_napari_viewer, monkeypatch):
+    import napari.utils.notifications
+
+    from nucseg._napari import model_list
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg._napari.segment_widget import SegmentWidget
+
+    home, good = home_with_a_damaged_version
+    warned: list[str] = []
+    monkeypatch.setattr(napari.utils.notifications, "show_warning", warned.append)
+    monkeypatch.setattr(model_list, "_named_damaged", set(), raising=False)
+    viewer = make_napari_viewer()
+    segment = SegmentWidget(viewer)
+    finetune = FinetuneWidget(viewer)
+    assert str(good.resolve()) in segment.model_combo.model_keys()
+    assert finetune.model_combo.findData(str(good)) >= 0 and finetune.model_combo.findData("nucseg-default") >= 0
+    assert len(warned) == 3  # each named once, however many lists refresh
+    assert any("zero-std" in w and "normalization.std" in w for w in warned)
+    segment.model_combo.refresh()
+    finetune.refresh_versions()
+    assert len(warned) == 3
