@@ -59,7 +59,7 @@ class PredictionPlan:
 
     Attributes:
         source: the region seen at the model's resolution (reads pixels, maps coordinates to level 0).
-        config: the settings.
+        config: the settings, the model's thresholds filled in (`PostprocessConfig.resolved`).
         spec: the model's spec (`nucseg.models.registry.ModelSpec`).
         blocks: the blocks, in writing order.
         tiles: every tile of the run (each computed once in a serial run), row-major.
@@ -188,6 +188,8 @@ def plan_prediction(
 
     config = config or InferenceConfig()
     spec = spec if spec is not None else resolve_model(config.model)
+    # the model's thresholds, for every setting the caller left to it: applied here, once, for every front end
+    config = dataclasses.replace(config, postprocess=config.postprocess.resolved(spec.postprocess_defaults))
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
     shape = source.shape

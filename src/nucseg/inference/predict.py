@@ -183,7 +183,7 @@ def iter_predict(
                 yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
             done += block_done
             store.release(block.index)
-            job = (block, probs, config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
+            job = (block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
             if pool is None:
                 if not block_stopped:
                     yield PredictProgress(done, total, "separating nuclei", block.index + 1, blocks)
@@ -207,7 +207,7 @@ def iter_predict(
     source = plan.source
     return PredictionResult(
         labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp_given,
-        model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
+        model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=plan.config, seconds=time.perf_counter() - t0,
         stopped=stopped, model_info={"name": plan.spec.name, "sha256": plan.spec.sha256,
                                      "runtime": predictor.runtime},
     )
@@ -219,6 +219,10 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     In-memory results are re-done whole; zarr-backed ones block by block into a "labels-tuned" array beside the
     run's original "labels", which is never overwritten (the tuned array is replaced on each change).
     """
+    if not postprocess.complete:  # settings left to the model: its own, as the run that made `result` took them
+        from nucseg.models.registry import resolve_model
+
+        postprocess = postprocess.resolved(resolve_model(result.config.model).postprocess_defaults)
     config = dataclasses.replace(result.config, postprocess=postprocess)
     probs = result.probabilities
     if isinstance(probs, np.ndarray):

@@ -179,7 +179,7 @@ class BlockAssembly:
         seconds = time.perf_counter() - self.t0
         result = PredictionResult(
             labels=self.labels, probabilities=self.probs, region=self.plan.source.region0, mpp=self.mpp,
-            model_mpp=spec.mpp, n_nuclei=self.next_id - 1, config=self.settings.config, seconds=seconds,
+            model_mpp=spec.mpp, n_nuclei=self.next_id - 1, config=self.plan.config, seconds=seconds,
             model_info={"name": spec.name, "sha256": spec.sha256, "runtime": self.runtime})
         client = {**local_worker(), "name": "client", "role": "planned the slide and wrote its blocks in order"}
         extra = {"blocks": len(self.indices), "block_workers": dict(sorted(self.block_workers.items()))}

@@ -205,7 +205,7 @@ class OutputSet:
             **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
             "model": result.model_info, "worker": worker, **(extra or {}),
             "predict_seconds": round(result.seconds, 2), "seconds": round(seconds + time.perf_counter() - t0, 2),
-            "request": self.settings.request(), "config": config.to_dict(),
+            "request": self.settings.request(), "config": result.config.to_dict(),  # the thresholds used
             "labels_dtype": str(np.dtype(labels.dtype)),
         }
         self.summary_tmp.write_text(json.dumps(summary, indent=2))
