@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
+from nucseg.io.names import KNOWN_SUFFIXES, plain_stem  # the one stem rule (re-exported)
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -34,21 +35,8 @@ from nucseg.jobs.predict_file import (
 __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPlan", "BatchReport", "BatchSettings",
            "InputOutcome", "finished_summary", "iter_batch", "plan_batch", "unique_stems", "write_batch_summary"]
 
-#: file name endings stripped to make an output stem (longest first, case-insensitive); other dots are kept
-KNOWN_SUFFIXES = tuple(sorted((".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".scn", ".mrxs",
-                               ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".zarr", ".png", ".jpg", ".jpeg"),
-                              key=len, reverse=True))
 SUMMARY_NAME = "batch_summary.csv"
 SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
-
-
-def plain_stem(path: Path) -> str:
-    """The file name without its image or slide suffix: `a.1.png` -> `a.1`, `x.ome.tif` -> `x`."""
-    lower = path.name.lower()
-    for suffix in KNOWN_SUFFIXES:
-        if lower.endswith(suffix) and len(lower) > len(suffix):
-            return path.name[: -len(suffix)]
-    return path.name
 
 
 def _candidates(path: Path, stem: str) -> list[str]:
