@@ -20,7 +20,7 @@ import numpy as np
 
 from nucseg.config import InferenceConfig
 from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
-from nucseg.inference.source import ScaledSource
+from nucseg.inference.source import ScaledSource, model_shape
 from nucseg.inference.tiling import Tile, fitted_tile, tile_starts
 from nucseg.inference.tissue import tile_has_tissue
 
@@ -110,6 +110,26 @@ class PredictionPlan:
                     and t.x1 - t.x0 == size:
                 return i
         return None
+
+
+def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Box | None,
+                    block_size: int, model_mpp: float) -> bool:
+    """Whether a run's labels and probabilities stream into a zarr store rather than memory: the one rule for the
+    widgets (a folder under `nucseg.jobs.segment.predictions_dir`) and `nucseg predict` (a scratch store).
+
+    Pyramids always (their results are shown and exported as pyramids, read block by block), and flat images
+    bigger than one block at the model's resolution (`model_shape`), whose probabilities would otherwise sit in
+    memory whole: a 10,000 px square 20x TIFF is 20,000 px square at 40x, 4.8 GB of float32 probabilities.
+
+    Args:
+        shape: level-0 (h, w) of the image; multiscale: whether it is a pyramid.
+        mpp: microns per pixel of level 0 (None: assumed the model's); region: (y, x, h, w) or None (all of it).
+        block_size: `InferenceConfig.block_size`; model_mpp: the model's resolution.
+    """
+    if multiscale:
+        return True
+    h, w = model_shape(region[2:] if region is not None else shape, mpp, model_mpp)
+    return h * w > block_size * block_size
 
 
 def block_boxes(shape: tuple[int, int], block: int) -> list[Box]:

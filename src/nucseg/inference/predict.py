@@ -46,6 +46,7 @@ from nucseg.inference.blocks import (
 )
 from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.source import LevelGeometry, level0_factor
 from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
@@ -233,7 +234,8 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     import zarr
 
     shape = probs.shape[1:]
-    source = _ResultGeometry(result, shape)
+    # the run's own mapping to level 0 (its pixel size, else the model's)
+    source = LevelGeometry(result.region, level0_factor(result.mpp or result.model_mpp, result.model_mpp))
     group = zarr.open_group(probs.store, mode="a")
     # one derived array, replaced on each threshold change, beside the run's original "labels" (kept as is)
     labels = group.create_array("labels-tuned", shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32",
@@ -250,18 +252,6 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
         paste_labels(labels, kept, labels_box, next_id)
         next_id += n
     return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
-
-
-class _ResultGeometry:
-    """The mapping from model pixels to level-0 pixels of an earlier result (what `labels_at_level0` needs)."""
-
-    def __init__(self, result: PredictionResult, model_shape: tuple[int, int]):
-        self.region0 = result.region
-        self.factor = result.region[2] / model_shape[0]
-        self.resampled = abs(self.factor - 1.0) > 1e-9
-
-    def to_level0(self, y: float, x: float) -> tuple[int, int]:
-        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
 
 
 def postprocess_workers(device: Any) -> int:

@@ -131,9 +131,9 @@ class BlockAssembly:
             return None
         with open_slide(item.input) as slide:
             require_brightfield(slide, settings.allow_fluorescence)  # as iter_predict_file does
-            if not is_big(slide, settings):
-                return None
             mpp, mpp_from = input_units(slide, settings)
+            if not is_big(slide, settings, mpp):
+                return None
             plan = plan_prediction(slide, settings.config, mpp=mpp, region=settings.region)
         if sum(bool(b.tiles) for b in plan.blocks) < 2:
             return None

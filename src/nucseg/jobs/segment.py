@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nucseg.config import InferenceConfig, PostprocessConfig
+from nucseg.inference.plan import streams_to_disk  # noqa: F401  (the one rule; the widget asks it here)
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict, reapply_postprocess
 
 Region = tuple[int, int, int, int]
@@ -54,18 +55,6 @@ def new_prediction_path(stem: str, suffix: str = "") -> Path:
         path, n = base.with_name(f"{base.name}-{n}.zarr"), n + 1
     _SESSION_RUNS.add(path)
     return path
-
-
-def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Region | None,
-                    block_size: int, model_mpp: float) -> bool:
-    """Whether a run streams into zarr under `predictions_dir`: slides (pyramids) always, and flat images bigger
-    than one block at the model's resolution, whose probabilities would otherwise sit in memory whole (a 10,000 px
-    square 20x TIFF is 20,000 px square at 40x: 4.8 GB of float32 probabilities)."""
-    if multiscale:
-        return True
-    h, w = (region[2], region[3]) if region is not None else shape
-    scale = (mpp or model_mpp) / model_mpp
-    return h * w * scale * scale > block_size * block_size
 
 
 def _is_prediction(folder: Path) -> bool:
