@@ -12,19 +12,23 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
+import socket
 import threading
 import time
 import traceback
 from typing import Any
 
 from nucseg.errors import NucsegError
-from nucseg.jobs.batch import worker_label
+from nucseg.jobs.outcomes import worker_label
 from nucseg.jobs.predict_file import BatchItem, BatchSettings, OutputSet, input_units, is_big, local_worker
 
 #: slides (and their plans) a worker keeps open for the next blocks of the same slide
 PLANS_PER_WORKER = 2
 _plans: collections.OrderedDict = collections.OrderedDict()
 _plans_lock = threading.Lock()
+#: seconds between two tile-progress events a task sends to the client
+PROGRESS_INTERVAL = 0.5
 
 
 @dataclasses.dataclass
@@ -36,6 +40,23 @@ class BlockResult:
     runtime: str = "pytorch"
     error: str | None = None
     traceback: str | None = None
+
+
+def worker_identity(settings: BatchSettings) -> dict[str, Any]:
+    """The worker running this task: Dask name and address, host, process, device (recorded in the JSON)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    info: dict[str, Any] = {"name": worker.name, "address": worker.address, "host": socket.gethostname(),
+                            "pid": os.getpid()}
+    with contextlib.suppress(Exception):
+        import torch
+
+        from nucseg.models.device import select_device
+
+        device = select_device(settings.config.device)
+        info["device"] = f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else device.type
+    return info
 
 
 def worker_plan(item: BatchItem, settings: BatchSettings):
@@ -72,7 +93,6 @@ def run_block_task(item: BatchItem, settings: BatchSettings, index: int, topic: 
     from distributed import get_worker
 
     from nucseg.inference.blocks import load_predictor, run_block
-    from nucseg.jobs.distributed import PROGRESS_INTERVAL, worker_identity
 
     worker = get_worker()
     who = worker_identity(settings)
