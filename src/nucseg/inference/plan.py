@@ -21,7 +21,7 @@ import numpy as np
 from nucseg.config import InferenceConfig
 from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
 from nucseg.inference.source import ScaledSource, model_shape
-from nucseg.inference.tiling import Tile, fitted_tile, tile_starts
+from nucseg.inference.tiling import Tile, fitted_tile, tile_grid
 from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
@@ -145,14 +145,6 @@ def read_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
     return ry0, rx0, min(y + h + halo, shape[0]) - ry0, min(x + w + halo, shape[1]) - rx0
 
 
-def _axis_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts covering [lo, hi) of an axis of `length` (tiles stay inside it when it holds one)."""
-    if hi - lo < tile:
-        lo = max(0, min(lo, length - tile)) if length >= tile else 0
-        hi = lo + tile
-    return [lo + s for s in tile_starts(hi - lo, tile, stride)]
-
-
 def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
                 tissue: tuple[np.ndarray, float] | None) -> list[Tile]:
     """The run's tiles: a grid over the tissue's bounding box (the whole region without a mask), row-major,
@@ -163,9 +155,7 @@ def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         y0, y1 = max(int(rows[0] * down), 0), min(int(np.ceil((rows[-1] + 1) * down)), shape[0])
         x0, x1 = max(int(cols[0] * down), 0), min(int(np.ceil((cols[-1] + 1) * down)), shape[1])
-    stride = tile - overlap
-    tiles = [Tile(y, x, y + tile, x + tile) for y in _axis_starts(y0, y1, shape[0], tile, stride)
-             for x in _axis_starts(x0, x1, shape[1], tile, stride)]
+    tiles = tile_grid(shape, tile, overlap, (y0, x0, y1, x1))
     if tissue is not None:
         tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, tile, tile)]
     return tiles
