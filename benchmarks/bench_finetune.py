@@ -64,11 +64,9 @@ def score(model: str, pairs: list[tuple[Path, Path]], mpp: float | None, postpro
     from nucseg.io.slides import read_image
     from nucseg.metrics.matching import match_instances
     from nucseg.metrics.pixel import confusion_counts
-    from nucseg.models.registry import resolve_model
 
-    spec = resolve_model(model)
     cfg = InferenceConfig(model=model, device="cpu", tiling=TilingConfig(512, 64, 2),
-                          postprocess=PostprocessConfig(**(postprocess or spec.postprocess_defaults)))
+                          postprocess=PostprocessConfig(**(postprocess or {})))  # {}: the model's own
     aji, dice = [], []
     for image_path, labels_path in pairs:
         truth = read_labels(labels_path)

@@ -148,7 +148,7 @@ def main() -> None:
     blocks = [b for b in plan.blocks if b.tiles]
     big = max(blocks, key=lambda b: b.box[2] * b.box[3])
     ry, rx, rh, rw = big.read
-    job = (big, np.ascontiguousarray(probs[:, ry : ry + rh, rx : rx + rw]), config.postprocess,
+    job = (big, np.ascontiguousarray(probs[:, ry : ry + rh, rx : rx + rw]), plan.config.postprocess,
            plan.source.geometry, np.uint8, 0, False)
     px = big.box[2] * big.box[3]
     _finish(job)

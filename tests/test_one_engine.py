@@ -81,3 +81,28 @@ def test_an_image_without_stained_tissue_is_still_segmented(monkeypatch, tmp_pat
     with open_slide(tmp_path / "grey.png") as slide:
         res = predict(slide, cfg)
     assert res.n_nuclei == truth.max()
+
+
+def test_the_engine_applies_the_models_own_thresholds(monkeypatch):
+    """Thresholds left unset are the model's (its config.json "postprocess"), filled in by the engine for every
+    caller; before, `predict(array)` took `PostprocessConfig`'s own defaults and only the CLI and the widget applied
+    the model's."""
+    import dataclasses
+
+    from nucseg.config import FALLBACK_POSTPROCESS, PostprocessConfig
+    from nucseg.models import registry
+
+    install_blobnet(monkeypatch)
+    spec = dataclasses.replace(registry.resolve_model(BLOBS), info={"postprocess": {"min_area": 400,
+                                                                                     "marker_threshold": 0.3}})
+    monkeypatch.setattr(registry, "resolve_model", lambda name: spec)
+    image, truth = blob_image((120, 130), n=8)  # discs of 78-314 px: all under the model's min_area
+    cfg = InferenceConfig(model=BLOBS, device="cpu", tiling=TilingConfig(64, 16, 4))
+    res = predict(image, cfg)
+    used = res.config.postprocess
+    assert (used.min_area, used.marker_threshold) == (400, 0.3)
+    assert used.foreground_threshold == FALLBACK_POSTPROCESS["foreground_threshold"]  # the model names none
+    assert res.n_nuclei == 0
+    given = predict(image, dataclasses.replace(cfg, postprocess=PostprocessConfig(min_area=20)))  # the caller's wins
+    assert given.config.postprocess.min_area == 20 and given.config.postprocess.marker_threshold == 0.3
+    assert given.n_nuclei == truth.max()

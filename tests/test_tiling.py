@@ -88,3 +88,27 @@ def test_in_memory_and_slide_paths_pad_alike(tmp_path):
     with torch.inference_mode():
         direct = predict_probabilities(load_network(spec), image, spec, select_device("cpu"), cfg.tiling)
     np.testing.assert_allclose(predict(image, cfg).probabilities, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(40, 300), (300, 40), (200, 257), (64, 64)])
+@pytest.mark.parametrize("box", [None, (10, 20, 60, 90), (0, 0, 5, 5), (150, 150, 200, 257)])
+def test_tile_grid_covers_its_box_and_stays_inside_the_image_when_it_can(shape, box):
+    tile, overlap = 64, 16
+    y0, x0, y1, x1 = box if box is not None else (0, 0, *shape)
+    y1, x1 = min(y1, shape[0]), min(x1, shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    tiles = tile_grid(shape, tile, overlap, box and (y0, x0, y1, x1))
+    covered = np.zeros(shape, bool)
+    for t in tiles:
+        assert t.y1 - t.y0 == tile and t.x1 - t.x0 == tile
+        for lo, hi, length in ((t.y0, t.y1, shape[0]), (t.x0, t.x1, shape[1])):
+            assert (0 <= lo and hi <= length) if length >= tile else lo == 0  # past the end only on a short axis
+        covered[t.slices] = True
+    assert covered[y0:y1, x0:x1].all()
+
+
+def test_the_engine_lays_out_tile_grid():
+    from nucseg.inference.plan import tile_layout
+
+    assert tile_layout((200, 257), 64, 16, None) == tile_grid((200, 257), 64, 16)

@@ -1,8 +1,10 @@
-"""One engine: `nucseg predict` and the Segment widget give the same nuclei for the same PNG.
+"""One engine: `nucseg predict`, the Segment widget and `predict(array)` give the same nuclei for the same PNG.
 
 Both run the shipped default model with the same tiling and thresholds on a 512 x 512 crop of the bundled H&E sample.
 Before the one-engine change (the `engine` helper's), the CLI opened a PNG as a Slide (tissue skipping, calibration
-from the most-tissue window) while the widget passed an array, so the labels differed.
+from the most-tissue window) while the widget passed an array, so the labels differed. Until the model's thresholds
+were resolved in the engine, `predict(array)` with a plain `InferenceConfig` used other minimum areas (30 / 10
+against the model's 40 / 15) than the CLI and the widget, which each applied the model's themselves.
 """
 
 from __future__ import annotations
@@ -55,3 +57,11 @@ def test_cli_and_widget_give_the_same_labels(make_napari_viewer, qtbot, tmp_path
     print(f"\nCLI {match.n_truth} nuclei, widget {match.n_pred}; object F1 {match.f1:.4f}; "
           f"pixels that differ: {np.mean((cli > 0) != (gui > 0)):.4%}")
     assert match.f1 == 1.0 and np.array_equal(cli > 0, gui > 0)
+
+    from nucseg.config import InferenceConfig, TilingConfig
+    from nucseg.inference.predict import predict
+
+    api = predict(crop, InferenceConfig(device="cpu", tiling=TilingConfig(256, 64)))  # thresholds left to the model
+    print(f"predict(array) {api.n_nuclei} nuclei")
+    np.testing.assert_array_equal(np.asarray(api.labels), cli)
+    assert api.config.postprocess == labels.metadata["nucseg_result"].config.postprocess

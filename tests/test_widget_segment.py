@@ -567,11 +567,12 @@ def test_old_predictions_are_cleaned_on_the_stated_policy(tmp_path, monkeypatch,
 def test_layer_pyramid_reads_regions_as_the_engine_expects():
     """The napari-layer region source: level pixels, white outside; the engine's `RegionSource` where it exists."""
     from nucseg._napari.layer_source import LayerPyramid
+    from nucseg.inference.source import best_level
 
     image, _ = blob_image((64, 80), n=3, seed=1)
     source = LayerPyramid([image, image[::2, ::2]], 0.5)
     assert source.shape == (64, 80) and list(source.downsamples) == [1.0, 2.0] and source.mpp == 0.5
-    assert source.best_level_for_mpp(1.0) == 1 and source.best_level_for_mpp(0.25) == 0
+    assert best_level(source, 1.0) == 1 and best_level(source, 0.25) == 0 and best_level(source, 0.96) == 1
     out = source.read_region(1, 30, 35, 4, 10)
     assert np.array_equal(out[:2, :5], image[::2, ::2][30:32, 35:40]) and (out[2:] == 255).all()
     protocol = getattr(__import__("nucseg.inference.source", fromlist=["x"]), "RegionSource", None)

@@ -93,9 +93,20 @@ class TilingConfig(_JsonConfig):
 FOREGROUND_METHODS = ("fixed", "otsu")
 
 
+#: the thresholds of a model whose config.json names none of its own ("postprocess"); every other setting left
+#: unset (None) in a `PostprocessConfig` is the model's (`PostprocessConfig.resolved`)
+FALLBACK_POSTPROCESS = {"foreground_threshold": 0.5, "marker_threshold": 0.4, "min_area": 30, "min_marker_area": 10,
+                        "foreground_method": "fixed"}
+
+
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig(_JsonConfig):
     """Turning the network's foreground / contour / distance maps into separate nuclei.
+
+    A setting left None is the model's own (its config.json "postprocess", else `FALLBACK_POSTPROCESS`): the
+    engine fills them in once, from the model it runs (`resolved`, called by
+    `nucseg.inference.plan.plan_prediction`), so `PostprocessConfig()` means "the model's thresholds" for the CLI,
+    the widgets and `predict(array)` alike, and a result's config holds the numbers that were used.
 
     Attributes:
         foreground_threshold: probability above which a pixel belongs to a nucleus (with the "fixed" method).
@@ -107,18 +118,38 @@ class PostprocessConfig(_JsonConfig):
         min_marker_area: seeds smaller than this are merged into their neighbours.
     """
 
-    foreground_threshold: float = 0.5
-    marker_threshold: float = 0.4
-    min_area: int = 30
-    min_marker_area: int = 10
-    foreground_method: str = "fixed"
+    foreground_threshold: float | None = None
+    marker_threshold: float | None = None
+    min_area: int | None = None
+    min_marker_area: int | None = None
+    foreground_method: str | None = None
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.foreground_threshold < 1.0, "foreground threshold must lie strictly between 0 and 1")
-        _check(self.foreground_method in FOREGROUND_METHODS,
-               f"foreground method {self.foreground_method!r} must be one of {', '.join(FOREGROUND_METHODS)}")
-        _check(-1.0 < self.marker_threshold < 1.0, "marker threshold must lie strictly between -1 and 1")
-        _check(self.min_area >= 0 and self.min_marker_area >= 0, "minimum areas must be >= 0")
+        if self.foreground_threshold is not None:
+            _check(0.0 < self.foreground_threshold < 1.0, "foreground threshold must lie strictly between 0 and 1")
+        if self.foreground_method is not None:
+            _check(self.foreground_method in FOREGROUND_METHODS,
+                   f"foreground method {self.foreground_method!r} must be one of {', '.join(FOREGROUND_METHODS)}")
+        if self.marker_threshold is not None:
+            _check(-1.0 < self.marker_threshold < 1.0, "marker threshold must lie strictly between -1 and 1")
+        _check(all(v is None or v >= 0 for v in (self.min_area, self.min_marker_area)), "minimum areas must be >= 0")
+
+    @property
+    def complete(self) -> bool:
+        """Whether every setting is given (nothing is left to the model)."""
+        return all(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    def resolved(self, model_defaults: dict[str, Any] | None = None) -> PostprocessConfig:
+        """Every setting left None taken from `model_defaults` (a model's config.json "postprocess"), else from
+        `FALLBACK_POSTPROCESS`: the one place a model's thresholds are applied."""
+        if self.complete:
+            return self
+        defaults = {**FALLBACK_POSTPROCESS, **PostprocessConfig.from_dict(dict(model_defaults or {})).given()}
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def given(self) -> dict[str, Any]:
+        """The settings that are set (not left to the model)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +160,8 @@ class InferenceConfig(_JsonConfig):
         model: a registry name or a model folder.
         device: "auto" (cuda > mps > cpu) or one of cpu / cuda / mps.
         tiling: tile size, overlap, batch size.
-        postprocess: thresholds for separating nuclei.
+        postprocess: thresholds for separating nuclei; those left None are the model's (filled in by the engine,
+            `plan_prediction`: a `PredictionResult`'s config holds the numbers used).
         tta: average predictions over flips (4x slower, slightly more accurate).
         skip_background: on slides, skip tiles without tissue (from a low-resolution tissue mask).
         block_size: on slides, side of the blocks (at the model's resolution) post-processed at once.

@@ -37,13 +37,6 @@ class LayerPyramid:
         self.shape = tuple(int(s) for s in self.levels[0].shape[:2])
         self.downsamples = [self.shape[0] / int(level.shape[0]) for level in self.levels]
 
-    def best_level_for_mpp(self, target_mpp: float) -> int:
-        """The coarsest level whose pixels are still at least as fine as `target_mpp` (1% slack)."""
-        if not self.mpp:
-            return 0
-        fine = [i for i, d in enumerate(self.downsamples) if self.mpp * d <= target_mpp * 1.01]
-        return max(fine, key=lambda i: self.downsamples[i]) if fine else 0
-
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 pixels of `level` at (y, x); outside the image is white."""
         array = self.levels[level]
@@ -108,7 +101,31 @@ def image_input(layer: Layer) -> ImageInput:
                       path=layer.metadata.get("nucseg_path"), shape=(int(level0.shape[0]), int(level0.shape[1])))
 
 
+def _microns(unit: Any) -> float | None:
+    """How many microns one `unit` is (a pint unit or its name), or None when it is not a length."""
+    try:
+        import pint
+
+        quantity = pint.get_application_registry().Quantity(1, str(unit))
+        return float(quantity.to("micrometer").magnitude)
+    except Exception:  # pint raises several unrelated types for "pixel" and unknown names
+        return None
+
+
+def attributes_mpp(attributes: dict[str, Any]) -> float | None:
+    """Microns per pixel of a layer from its attributes (npe2's writer attributes; `layer_mpp` makes them): its
+    metadata's "mpp", else a square scale in length units (napari ``units``); None if unknown."""
+    mpp = (attributes.get("metadata") or {}).get("mpp")
+    if mpp:
+        return float(mpp)
+    scale, units = attributes.get("scale"), attributes.get("units")
+    if scale is None or len(scale) < 2 or units is None or len(units) < 2:
+        return None
+    sy, sx = (float(s) * (_microns(u) or 0.0) for s, u in zip(scale[-2:], tuple(units)[-2:], strict=True))
+    return sy if sy > 0 and abs(sy - sx) <= 1e-9 * sy else None
+
+
 def layer_mpp(layer: Layer) -> float | None:
-    """Microns per pixel of a layer: ``metadata["mpp"]`` (set by the plugin's reader and by results), else None."""
-    mpp = layer.metadata.get("mpp")
-    return float(mpp) if mpp else None
+    """Microns per pixel of a layer (`attributes_mpp`): ``metadata["mpp"]`` (set by the plugin's reader, by results
+    and by the pixel-size field), else a square scale in length units; None when unknown."""
+    return attributes_mpp({"metadata": layer.metadata, "scale": tuple(layer.scale), "units": tuple(layer.units)})

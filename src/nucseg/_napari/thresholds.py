@@ -42,7 +42,7 @@ class ThresholdsBox(QGroupBox):
         form.addRow("marker threshold", self.marker_spin)
         form.addRow("min area (px)", self.min_area_spin)
         form.addRow("", self.contours_check)
-        self._min_marker_area = PostprocessConfig().min_marker_area
+        self._min_marker_area = PostprocessConfig().resolved().min_marker_area
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REAPPLY_DELAY_MS)
@@ -59,12 +59,12 @@ class ThresholdsBox(QGroupBox):
 
     def set_defaults(self, model_defaults: dict[str, Any]) -> None:
         """Show a model's defaults (its config.json "postprocess"), without re-applying anything."""
-        defaults = {**PostprocessConfig().to_dict(), **model_defaults}
+        defaults = PostprocessConfig().resolved(model_defaults).to_dict()
         for spin, key in zip(self.spins, ("foreground_threshold", "marker_threshold", "min_area")):
             spin.blockSignals(True)
             spin.setValue(defaults[key])
             spin.blockSignals(False)
-        self._min_marker_area = int(defaults.get("min_marker_area", PostprocessConfig().min_marker_area))
+        self._min_marker_area = int(defaults["min_marker_area"])
         self.otsu_check.blockSignals(True)
         self.otsu_check.setChecked(defaults.get("foreground_method") == "otsu")
         self.fg_spin.setEnabled(not self.otsu_check.isChecked())

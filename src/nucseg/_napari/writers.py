@@ -31,6 +31,8 @@ import numpy as np
 
 from nucseg.io import export
 
+from .layer_source import attributes_mpp as layer_mpp  # the one pixel-size rule for layers
+
 __all__ = ["IMAGE_KEY", "source_image", "write_geojson", "write_labels_ome_tiff", "write_labels_zarr",
            "write_measurements_csv"]
 
@@ -42,29 +44,6 @@ def _level0(data: Any, attributes: dict[str, Any]) -> Any:
     if attributes.get("multiscale") or isinstance(data, (list, tuple)):
         return data[0]
     return data
-
-
-def _microns(unit: Any) -> float | None:
-    """How many microns one `unit` is (a pint unit or its name), or None when it is not a length."""
-    try:
-        import pint
-
-        quantity = pint.get_application_registry().Quantity(1, str(unit))
-        return float(quantity.to("micrometer").magnitude)
-    except Exception:  # pint raises several unrelated types for "pixel" and unknown names
-        return None
-
-
-def layer_mpp(attributes: dict[str, Any]) -> float | None:
-    """Microns per pixel of a layer: its metadata's "mpp", else a square scale in length units; None if unknown."""
-    mpp = (attributes.get("metadata") or {}).get("mpp")
-    if mpp:
-        return float(mpp)
-    scale, units = attributes.get("scale"), attributes.get("units")
-    if scale is None or len(scale) < 2 or units is None or len(units) < 2:
-        return None
-    sy, sx = (float(s) * (_microns(u) or 0.0) for s, u in zip(scale[-2:], tuple(units)[-2:], strict=True))
-    return sy if sy > 0 and abs(sy - sx) <= 1e-9 * sy else None
 
 
 def _pair(attributes: dict[str, Any], key: str, default: float) -> np.ndarray:

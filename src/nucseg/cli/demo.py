@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from nucseg.config import InferenceConfig, PostprocessConfig
+    from nucseg.config import InferenceConfig
     from nucseg.inference.predict import iter_predict
     from nucseg.io.export import write_labels_ome_tiff
     from nucseg.io.masks import read_labels
@@ -47,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     image_path, labels_path = sample_paths()
     image, truth = read_image(image_path), read_labels(labels_path)
     mpp = float(sample_info()["mpp"])  # MoNuSeg's documented 40x, 0.25 µm/px: the sample's own, not the model's
-    spec = resolve_model(args.model)
-    config = InferenceConfig(model=args.model, device=args.device, tta=args.tta,
-                             postprocess=PostprocessConfig(**spec.postprocess_defaults))
+    spec = resolve_model(args.model)  # an unknown model is reported before anything is read
+    config = InferenceConfig(model=args.model, device=args.device, tta=args.tta)  # the model's own thresholds
     check_output_folder(args.out)
     paths = {name: new_output_path(args.out / name, args.overwrite)
              for name in ("demo_side_by_side.png", "demo_labels.tif", "demo_metrics.json")}

@@ -71,8 +71,9 @@ def build_config(args: argparse.Namespace):
     from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
     from nucseg.models.registry import resolve_model
 
-    spec = resolve_model(args.model)
-    postprocess = {**spec.postprocess_defaults, **foreground_option(args.foreground_threshold)}
+    resolve_model(args.model)  # an unknown model is reported before any input is opened
+    # the thresholds not given here are the model's: the engine fills them in (PostprocessConfig.resolved)
+    postprocess = foreground_option(args.foreground_threshold)
     return InferenceConfig(
         model=args.model, device=args.device, runtime=args.runtime, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),

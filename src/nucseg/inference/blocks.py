@@ -17,45 +17,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
+from nucseg.inference.forward import Predictor, load_predictor  # noqa: F401  (load_predictor: re-exported)
 from nucseg.inference.plan import BlockPlan, Box, PredictionPlan
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
-    import torch
-
-    from nucseg.config import InferenceConfig, PostprocessConfig
+    from nucseg.config import PostprocessConfig
     from nucseg.inference.source import LevelGeometry, ScaledSource
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictor:
-    """A loaded network and what it needs to run: load once (`load_predictor`), reuse for every block and input.
-
-    Attributes:
-        spec: the model's spec; device: where it runs; net: the network (eval mode).
-    """
-
-    spec: Any
-    device: torch.device
-    net: Any
-
-    @property
-    def runtime(self) -> str:
-        """What runs the network ("pytorch" unless the network says otherwise)."""
-        return str(getattr(self.net, "runtime", "pytorch"))
-
-
-def load_predictor(config: InferenceConfig) -> Predictor:
-    """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`)."""
-    from nucseg.models.build import load_network
-    from nucseg.models.device import select_device
-    from nucseg.models.registry import resolve_model
-
-    spec = resolve_model(config.model)
-    device = select_device(config.device)
-    return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))
 
 
 @dataclasses.dataclass

@@ -1,8 +1,10 @@
-"""One batch of RGB tiles through the network: normalisation, device transfer, autocast, test-time flips."""
+"""The loaded network (`Predictor`, `load_predictor`) and one batch of RGB tiles through it: normalisation, device
+transfer, autocast, test-time flips."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -10,6 +12,37 @@ from nucseg.models.registry import ModelSpec
 
 if TYPE_CHECKING:
     import torch
+
+    from nucseg.config import InferenceConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A loaded network and what it needs to run: load once (`load_predictor`), reuse for every block and input.
+
+    Attributes:
+        spec: the model's spec; device: where it runs; net: the network (eval mode).
+    """
+
+    spec: Any
+    device: torch.device
+    net: Any
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network ("pytorch" unless the network says otherwise)."""
+        return str(getattr(self.net, "runtime", "pytorch"))
+
+
+def load_predictor(config: InferenceConfig) -> Predictor:
+    """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`)."""
+    from nucseg.models.build import load_network
+    from nucseg.models.device import select_device
+    from nucseg.models.registry import resolve_model
+
+    spec = resolve_model(config.model)
+    device = select_device(config.device)
+    return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))
 
 
 def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

@@ -20,8 +20,8 @@ import numpy as np
 
 from nucseg.config import InferenceConfig
 from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
-from nucseg.inference.source import ScaledSource
-from nucseg.inference.tiling import Tile, fitted_tile, tile_starts
+from nucseg.inference.source import ScaledSource, model_shape
+from nucseg.inference.tiling import Tile, fitted_tile, tile_grid
 from nucseg.inference.tissue import tile_has_tissue
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class PredictionPlan:
 
     Attributes:
         source: the region seen at the model's resolution (reads pixels, maps coordinates to level 0).
-        config: the settings.
+        config: the settings, the model's thresholds filled in (`PostprocessConfig.resolved`).
         spec: the model's spec (`nucseg.models.registry.ModelSpec`).
         blocks: the blocks, in writing order.
         tiles: every tile of the run (each computed once in a serial run), row-major.
@@ -112,6 +112,26 @@ class PredictionPlan:
         return None
 
 
+def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Box | None,
+                    block_size: int, model_mpp: float) -> bool:
+    """Whether a run's labels and probabilities stream into a zarr store rather than memory: the one rule for the
+    widgets (a folder under `nucseg.jobs.segment.predictions_dir`) and `nucseg predict` (a scratch store).
+
+    Pyramids always (their results are shown and exported as pyramids, read block by block), and flat images
+    bigger than one block at the model's resolution (`model_shape`), whose probabilities would otherwise sit in
+    memory whole: a 10,000 px square 20x TIFF is 20,000 px square at 40x, 4.8 GB of float32 probabilities.
+
+    Args:
+        shape: level-0 (h, w) of the image; multiscale: whether it is a pyramid.
+        mpp: microns per pixel of level 0 (None: assumed the model's); region: (y, x, h, w) or None (all of it).
+        block_size: `InferenceConfig.block_size`; model_mpp: the model's resolution.
+    """
+    if multiscale:
+        return True
+    h, w = model_shape(region[2:] if region is not None else shape, mpp, model_mpp)
+    return h * w > block_size * block_size
+
+
 def block_boxes(shape: tuple[int, int], block: int) -> list[Box]:
     """Row-major (y, x, h, w) blocks of side `block` over `shape` (the last ones smaller)."""
     return [(y, x, min(block, shape[0] - y), min(block, shape[1] - x))
@@ -125,14 +145,6 @@ def read_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
     return ry0, rx0, min(y + h + halo, shape[0]) - ry0, min(x + w + halo, shape[1]) - rx0
 
 
-def _axis_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts covering [lo, hi) of an axis of `length` (tiles stay inside it when it holds one)."""
-    if hi - lo < tile:
-        lo = max(0, min(lo, length - tile)) if length >= tile else 0
-        hi = lo + tile
-    return [lo + s for s in tile_starts(hi - lo, tile, stride)]
-
-
 def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
                 tissue: tuple[np.ndarray, float] | None) -> list[Tile]:
     """The run's tiles: a grid over the tissue's bounding box (the whole region without a mask), row-major,
@@ -143,9 +155,7 @@ def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         y0, y1 = max(int(rows[0] * down), 0), min(int(np.ceil((rows[-1] + 1) * down)), shape[0])
         x0, x1 = max(int(cols[0] * down), 0), min(int(np.ceil((cols[-1] + 1) * down)), shape[1])
-    stride = tile - overlap
-    tiles = [Tile(y, x, y + tile, x + tile) for y in _axis_starts(y0, y1, shape[0], tile, stride)
-             for x in _axis_starts(x0, x1, shape[1], tile, stride)]
+    tiles = tile_grid(shape, tile, overlap, (y0, x0, y1, x1))
     if tissue is not None:
         tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, tile, tile)]
     return tiles
@@ -188,6 +198,8 @@ def plan_prediction(
 
     config = config or InferenceConfig()
     spec = spec if spec is not None else resolve_model(config.model)
+    # the model's thresholds, for every setting the caller left to it: applied here, once, for every front end
+    config = dataclasses.replace(config, postprocess=config.postprocess.resolved(spec.postprocess_defaults))
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
     shape = source.shape

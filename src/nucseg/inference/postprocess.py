@@ -19,12 +19,13 @@ def probabilities_to_instances(prob: np.ndarray, config: PostprocessConfig | Non
 
     Args:
         prob: float array (3, H, W) in [0, 1] (or uint8 scaled to 0..255).
-        config: thresholds and minimum sizes.
+        config: thresholds and minimum sizes; a setting left None (to the model) is `FALLBACK_POSTPROCESS`'s
+            here, where no model is known (the engine fills in the model's first: `PostprocessConfig.resolved`).
 
     Returns:
         uint32 (H, W) labels, 0 = background, 1..N = nuclei (consecutive).
     """
-    config = config or PostprocessConfig()
+    config = (config or PostprocessConfig()).resolved()
     prob = np.asarray(prob)
     if prob.dtype == np.uint8:
         prob = prob.astype(np.float32) / 255.0
@@ -71,6 +72,7 @@ def foreground_cut(fg_p: np.ndarray, config: PostprocessConfig) -> float:
     (median 0.24-0.45 on the border pixels of TNBC's annotated nuclei), so a fixed 0.5 shrinks nuclei there;
     Otsu's cut follows each image's own contrast (docs/MODEL.md, "Boundary bias").
     """
+    config = config.resolved()
     if config.foreground_method != "otsu" or fg_p.size == 0 or float(fg_p.max()) - float(fg_p.min()) < 1e-3:
         return config.foreground_threshold
     from skimage.filters import threshold_otsu

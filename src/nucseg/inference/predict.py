@@ -46,6 +46,7 @@ from nucseg.inference.blocks import (
 )
 from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.source import LevelGeometry, level0_factor
 from nucseg.inference.tile_store import TileStore
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def iter_predict(
                 yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
             done += block_done
             store.release(block.index)
-            job = (block, probs, config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
+            job = (block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
             if pool is None:
                 if not block_stopped:
                     yield PredictProgress(done, total, "separating nuclei", block.index + 1, blocks)
@@ -207,7 +208,7 @@ def iter_predict(
     source = plan.source
     return PredictionResult(
         labels=labels_out, probabilities=probs_out, region=source.region0, mpp=source.mpp_given,
-        model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=config, seconds=time.perf_counter() - t0,
+        model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=plan.config, seconds=time.perf_counter() - t0,
         stopped=stopped, model_info={"name": plan.spec.name, "sha256": plan.spec.sha256,
                                      "runtime": predictor.runtime},
     )
@@ -219,6 +220,10 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     In-memory results are re-done whole; zarr-backed ones block by block into a "labels-tuned" array beside the
     run's original "labels", which is never overwritten (the tuned array is replaced on each change).
     """
+    if not postprocess.complete:  # settings left to the model: its own, as the run that made `result` took them
+        from nucseg.models.registry import resolve_model
+
+        postprocess = postprocess.resolved(resolve_model(result.config.model).postprocess_defaults)
     config = dataclasses.replace(result.config, postprocess=postprocess)
     probs = result.probabilities
     if isinstance(probs, np.ndarray):
@@ -229,7 +234,8 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     import zarr
 
     shape = probs.shape[1:]
-    source = _ResultGeometry(result, shape)
+    # the run's own mapping to level 0 (its pixel size, else the model's)
+    source = LevelGeometry(result.region, level0_factor(result.mpp or result.model_mpp, result.model_mpp))
     group = zarr.open_group(probs.store, mode="a")
     # one derived array, replaced on each threshold change, beside the run's original "labels" (kept as is)
     labels = group.create_array("labels-tuned", shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32",
@@ -246,18 +252,6 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
         paste_labels(labels, kept, labels_box, next_id)
         next_id += n
     return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
-
-
-class _ResultGeometry:
-    """The mapping from model pixels to level-0 pixels of an earlier result (what `labels_at_level0` needs)."""
-
-    def __init__(self, result: PredictionResult, model_shape: tuple[int, int]):
-        self.region0 = result.region
-        self.factor = result.region[2] / model_shape[0]
-        self.resampled = abs(self.factor - 1.0) > 1e-9
-
-    def to_level0(self, y: float, x: float) -> tuple[int, int]:
-        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
 
 
 def postprocess_workers(device: Any) -> int:

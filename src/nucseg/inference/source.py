@@ -21,6 +21,7 @@ from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
 from nucseg.io.base import as_rgb_uint8, check_mpp  # the one RGB rule, the one mpp range; re-exported
+from nucseg.io.base import best_level as level_for_mpp  # the one pyramid-level rule
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
@@ -115,14 +116,22 @@ def check_scale(mpp: float | None, model_mpp: float, name: str = "the image") ->
 
 
 def best_level(source: RegionSource, target_mpp: float) -> int:
-    """The coarsest level whose pixels are at least as fine as `target_mpp` (the source's own rule if it has one)."""
-    own = getattr(source, "best_level_for_mpp", None)
-    if own is not None:
-        return int(own(target_mpp))
-    if not source.mpp or target_mpp <= 0:
-        return 0
-    fine = [i for i, d in enumerate(source.downsamples) if source.mpp * d <= target_mpp * 1.05]
-    return max(fine, key=lambda i: source.downsamples[i]) if fine else 0
+    """The coarsest level of `source` whose pixels are at least as fine as `target_mpp`
+    (`nucseg.io.base.best_level`, the one rule)."""
+    return level_for_mpp(source.downsamples, source.mpp, target_mpp)
+
+
+def level0_factor(mpp: float | None, model_mpp: float) -> float:
+    """Level-0 pixels per model pixel of an image at `mpp` µm/px (None: assumed at the model's resolution);
+    exactly 1.0 within `RESAMPLE_TOLERANCE`, where the pixels are used as they are."""
+    factor = float(model_mpp) / float(mpp) if mpp else 1.0
+    return 1.0 if abs(factor - 1.0) < RESAMPLE_TOLERANCE else factor
+
+
+def model_shape(shape0: Sequence[int], mpp: float | None, model_mpp: float) -> tuple[int, int]:
+    """(h, w) at the model's resolution of a level-0 box of `shape0` (h, w) at `mpp` µm/px."""
+    factor = level0_factor(mpp, model_mpp)
+    return max(1, round(shape0[0] / factor)), max(1, round(shape0[1] / factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +192,9 @@ class ScaledSource:
         # level to read from: the coarsest whose pixels are still at least as fine as the model's
         self.level = best_level(self.image, self.model_mpp) if len(self.image.downsamples) > 1 else 0
         self.level_down = float(self.image.downsamples[self.level])
-        factor = check_scale(self.mpp0, self.model_mpp)  # level-0 pixels per model pixel
-        self.factor = 1.0 if abs(factor - 1.0) < RESAMPLE_TOLERANCE else factor
-        self.shape = (max(1, round(self.region0[2] / self.factor)), max(1, round(self.region0[3] / self.factor)))
+        check_scale(self.mpp0, self.model_mpp)  # pixels too coarse for the model are refused
+        self.factor = level0_factor(self.mpp0, self.model_mpp)  # level-0 pixels per model pixel
+        self.shape = model_shape(self.region0[2:], self.mpp0, self.model_mpp)
 
     @property
     def resampled(self) -> bool:
@@ -196,8 +205,8 @@ class ScaledSource:
         return LevelGeometry(self.region0, self.factor)
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
-        """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels."""
-        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
+        """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels (`LevelGeometry`)."""
+        return self.geometry.to_level0(y, x)
 
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 at model resolution, region-relative; outside the image is white (no tissue)."""

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nucseg.inference.calibration import CALIBRATION_SIZE, with_image_gates
-from nucseg.inference.forward import predict_batch
+from nucseg.inference.forward import Predictor, predict_batch
 
 if TYPE_CHECKING:
-    from nucseg.inference.blocks import Predictor
     from nucseg.inference.plan import PredictionPlan
 
 #: tile predictions kept for later blocks (a frontier one tile deep along the block border being written)

@@ -25,7 +25,7 @@ class Tile:
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets covering [0, length) with tiles of `tile` pixels, `stride` apart, the last flush with the end.
 
-    `length` must be >= `tile` (pad smaller images first, see `padded_shape`).
+    `length` must be >= `tile` (`tile_grid` lets a shorter axis hold one tile that reaches past its end).
     """
     if length < tile:
         raise ValueError(f"length {length} is smaller than the tile {tile}: pad the image first")
@@ -37,16 +37,27 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def padded_shape(shape: tuple[int, int], tile: int) -> tuple[int, int]:
-    """The image shape after padding each side up to at least one tile."""
-    return max(shape[0], tile), max(shape[1], tile)
+def _axis_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts covering [lo, hi) of an axis of `length` (tiles stay inside it when it holds one)."""
+    if hi - lo < tile:
+        lo = max(0, min(lo, length - tile)) if length >= tile else 0
+        hi = lo + tile
+    return [lo + s for s in tile_starts(hi - lo, tile, stride)]
 
 
-def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
-    """All tiles over an image of `shape` (already padded to at least `tile` on each side), row-major."""
-    ys = tile_starts(shape[0], tile, tile - overlap)
-    xs = tile_starts(shape[1], tile, tile - overlap)
-    return [Tile(y, x, y + tile, x + tile) for y in ys for x in xs]
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int,
+              box: tuple[int, int, int, int] | None = None) -> list[Tile]:
+    """The tiles covering `box` (y0, x0, y1, x1; None: the whole image) of an image of `shape`, row-major: the
+    engine's grid (`nucseg.inference.plan.tile_layout`).
+
+    The last tile of a row or column is flush with the box's end; a box shorter than a tile gets one tile, kept
+    inside the image when the image holds one, else starting at 0 and reaching past the image's end (read as
+    white there, as `pad_to_tile` pads).
+    """
+    y0, x0, y1, x1 = box if box is not None else (0, 0, *shape)
+    stride = tile - overlap
+    return [Tile(y, x, y + tile, x + tile) for y in _axis_starts(y0, y1, shape[0], tile, stride)
+            for x in _axis_starts(x0, x1, shape[1], tile, stride)]
 
 
 def fitted_tile(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 32, smallest: int = 512) -> int:

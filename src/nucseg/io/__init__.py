@@ -7,6 +7,7 @@
   readers share (`_tiff` tifffile, `_openslide`, `_dicom` wsidicom; `_color` ICC and brightfield / fluorescence).
 - `nucseg.io.masks`: `read_labels` (instance label images as 2-D uint32); `nucseg.io.label_files`: tell label
   files from images and open them lazily with their pixel size (the napari reader).
+- `nucseg.io.names`: the one stem rule (`plain_stem` names outputs, `pair_stem` pairs images, labels and maps).
 - `nucseg.io.sample`: `sample_paths` (the H&E tile and ground truth shipped with the package).
 - `nucseg.io.export`: labels, GeoJSON and measurements out.
 

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,29 @@ def check_mpp(mpp: Any, what: str = "--mpp") -> float:
 
 
 # ---------------------------------------------------------------------------------------------- RGB rule
+
+
+#: a pyramid level whose pixels are at most this much coarser than wanted still counts as fine enough
+LEVEL_SLACK = 1.05
+
+
+def best_level(downsamples: Sequence[float], mpp: float | None, target_mpp: float) -> int:
+    """The coarsest pyramid level whose pixels are at least as fine as `target_mpp`, with `LEVEL_SLACK`: the one
+    level rule for every pyramid (slides, napari layers, the engine's reads).
+
+    A level qualifies when its mpp is at most ``target_mpp * 1.05``, so a model trained at 0.5 µm/px reads a
+    0.52 µm/px level rather than one four times finer. Level 0 when no level qualifies (the image is coarser than
+    the target) or when its mpp is unknown.
+
+    Args:
+        downsamples: level-0 pixels per pixel of each level, finest (1.0) first.
+        mpp: microns per pixel of level 0, or None.
+        target_mpp: the resolution wanted.
+    """
+    if not mpp or target_mpp <= 0:
+        return 0
+    fine = [i for i, d in enumerate(downsamples) if mpp * d <= target_mpp * LEVEL_SLACK]
+    return max(fine, key=lambda i: downsamples[i]) if fine else 0
 
 
 def full_scale(dtype: np.dtype, sample: np.ndarray | None = None, bits: int | None = None) -> float:
@@ -274,16 +298,8 @@ class Slide:
         return None if self.mpp is None else self.mpp * self.downsamples[self._check_level(level)]
 
     def best_level_for_mpp(self, target_mpp: float) -> int:
-        """The coarsest level whose pixels are at least as fine as `target_mpp`, with 5% slack.
-
-        A level qualifies when its mpp is at most ``target_mpp * 1.05``, so a model trained at 0.5 µm/px reads
-        a 0.52 µm/px level rather than one four times finer. Level 0 when no level qualifies (the slide is
-        coarser than the target) or when the slide's mpp is unknown.
-        """
-        if not self.mpp or target_mpp <= 0:
-            return 0
-        fine = [i for i, d in enumerate(self.downsamples) if self.mpp * d <= target_mpp * 1.05]
-        return max(fine, key=lambda i: self.downsamples[i]) if fine else 0
+        """The coarsest level whose pixels are at least as fine as `target_mpp` (`best_level`)."""
+        return best_level(self.downsamples, self.mpp, target_mpp)
 
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Pixels of `level` in rows y..y+h and columns x..x+w (level coordinates), as (h, w, 3) uint8.

@@ -15,13 +15,19 @@ import hashlib
 import json
 import os
 import time
-import traceback
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
-from nucseg.io.outputs import BATCH_SUMMARY, check_output_folder, check_replaceable, is_disk_full, write_failure
+from nucseg.io.names import KNOWN_SUFFIXES, plain_stem  # the one stem rule (re-exported)
+from nucseg.io.outputs import (
+    BATCH_SUMMARY,
+    check_output_folder,
+    check_replaceable,
+    write_failure,
+)
+from nucseg.jobs.outcomes import BatchEvent, InputOutcome, done_outcome, failed_outcome
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -37,21 +43,8 @@ from nucseg.jobs.predict_file import (
 __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPlan", "BatchReport", "BatchSettings",
            "InputOutcome", "finished_summary", "iter_batch", "plan_batch", "unique_stems", "write_batch_summary"]
 
-#: file name endings stripped to make an output stem (longest first, case-insensitive); other dots are kept
-KNOWN_SUFFIXES = tuple(sorted((".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".scn", ".mrxs",
-                               ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".zarr", ".png", ".jpg", ".jpeg"),
-                              key=len, reverse=True))
 SUMMARY_NAME = BATCH_SUMMARY
 SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
-
-
-def plain_stem(path: Path) -> str:
-    """The file name without its image or slide suffix: `a.1.png` -> `a.1`, `x.ome.tif` -> `x`."""
-    lower = path.name.lower()
-    for suffix in KNOWN_SUFFIXES:
-        if lower.endswith(suffix) and len(lower) > len(suffix):
-            return path.name[: -len(suffix)]
-    return path.name
 
 
 def _candidates(path: Path, stem: str) -> list[str]:
@@ -197,68 +190,6 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
                 "pass --resume to skip the finished inputs, --overwrite to replace them, or choose another --out")
         raise StoreError(f"{blocked[0]} already exists{more}; {hint}")
     return plan
-
-
-@dataclasses.dataclass
-class InputOutcome:
-    """How one input of a batch went: status "done", "skipped" (finished earlier), "failed" or "not run"."""
-
-    item: BatchItem
-    status: str
-    nuclei: int | None = None
-    seconds: float | None = None
-    worker: str | None = None
-    error: str | None = None
-    summary: dict[str, Any] | None = None
-    #: the input failed because the output disk is full (the batch stops: the other inputs would fail the same way)
-    disk_full: bool = False
-
-    def row(self) -> dict[str, Any]:
-        return {"input": str(self.item.input), "stem": self.item.stem, "status": self.status,
-                "nuclei": "" if self.nuclei is None else self.nuclei,
-                "seconds": "" if self.seconds is None else self.seconds, "worker": self.worker or "",
-                "error": self.error or ""}
-
-
-def worker_label(worker: dict[str, Any] | None) -> str | None:
-    if not worker:
-        return None
-    return str(worker.get("name") if worker.get("name") is not None else worker.get("address"))
-
-
-def done_outcome(item: BatchItem, summary: dict[str, Any], status: str = "done") -> InputOutcome:
-    """A finished input; its worker, or for a slide split into blocks the workers of its blocks ("0+1")."""
-    blocks = summary.get("block_workers")
-    worker = "+".join(blocks) if blocks else worker_label(summary.get("worker"))
-    return InputOutcome(item, status, summary.get("nuclei"), summary.get("seconds"), worker, summary=summary)
-
-
-def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: dict[str, Any] | None
-                   ) -> InputOutcome:
-    """An input that raised: our own errors by their one-line message, anything else with its type (a bug: the
-    traceback goes with it). A full disk is ours too (`nucseg.io.outputs.write_failure`), flagged `disk_full`."""
-    if is_disk_full(err):
-        err = write_failure(item.out, err)  # type: ignore[arg-type]
-    if isinstance(err, NucsegError):
-        message = str(err)
-    else:
-        message = f"{type(err).__name__}: {err}"
-    outcome = InputOutcome(item, "failed", None, round(seconds, 2), worker_label(worker), message,
-                           disk_full=bool(getattr(err, "disk_full", False)))
-    if not isinstance(err, NucsegError):
-        outcome.summary = {"traceback": "".join(traceback.format_exception(err))}
-    return outcome
-
-
-@dataclasses.dataclass
-class BatchEvent:
-    """Progress of a batch. kind: "tiles" (an input's tiles done / total) or "input" (an input ended: `outcome`)."""
-
-    kind: str
-    item: BatchItem
-    done: int = 0
-    total: int = 0
-    outcome: InputOutcome | None = None
 
 
 @dataclasses.dataclass

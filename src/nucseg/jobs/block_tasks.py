@@ -12,19 +12,23 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import os
+import socket
 import threading
 import time
 import traceback
 from typing import Any
 
 from nucseg.errors import NucsegError
-from nucseg.jobs.batch import worker_label
+from nucseg.jobs.outcomes import worker_label
 from nucseg.jobs.predict_file import BatchItem, BatchSettings, OutputSet, input_units, is_big, local_worker
 
 #: slides (and their plans) a worker keeps open for the next blocks of the same slide
 PLANS_PER_WORKER = 2
 _plans: collections.OrderedDict = collections.OrderedDict()
 _plans_lock = threading.Lock()
+#: seconds between two tile-progress events a task sends to the client
+PROGRESS_INTERVAL = 0.5
 
 
 @dataclasses.dataclass
@@ -36,6 +40,23 @@ class BlockResult:
     runtime: str = "pytorch"
     error: str | None = None
     traceback: str | None = None
+
+
+def worker_identity(settings: BatchSettings) -> dict[str, Any]:
+    """The worker running this task: Dask name and address, host, process, device (recorded in the JSON)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    info: dict[str, Any] = {"name": worker.name, "address": worker.address, "host": socket.gethostname(),
+                            "pid": os.getpid()}
+    with contextlib.suppress(Exception):
+        import torch
+
+        from nucseg.models.device import select_device
+
+        device = select_device(settings.config.device)
+        info["device"] = f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else device.type
+    return info
 
 
 def worker_plan(item: BatchItem, settings: BatchSettings):
@@ -72,7 +93,6 @@ def run_block_task(item: BatchItem, settings: BatchSettings, index: int, topic: 
     from distributed import get_worker
 
     from nucseg.inference.blocks import load_predictor, run_block
-    from nucseg.jobs.distributed import PROGRESS_INTERVAL, worker_identity
 
     worker = get_worker()
     who = worker_identity(settings)
@@ -131,9 +151,9 @@ class BlockAssembly:
             return None
         with open_slide(item.input) as slide:
             require_brightfield(slide, settings.allow_fluorescence)  # as iter_predict_file does
-            if not is_big(slide, settings):
-                return None
             mpp, mpp_from = input_units(slide, settings)
+            if not is_big(slide, settings, mpp):
+                return None
             plan = plan_prediction(slide, settings.config, mpp=mpp, region=settings.region)
         if sum(bool(b.tiles) for b in plan.blocks) < 2:
             return None
@@ -179,7 +199,7 @@ class BlockAssembly:
         seconds = time.perf_counter() - self.t0
         result = PredictionResult(
             labels=self.labels, probabilities=self.probs, region=self.plan.source.region0, mpp=self.mpp,
-            model_mpp=spec.mpp, n_nuclei=self.next_id - 1, config=self.settings.config, seconds=seconds,
+            model_mpp=spec.mpp, n_nuclei=self.next_id - 1, config=self.plan.config, seconds=seconds,
             model_info={"name": spec.name, "sha256": spec.sha256, "runtime": self.runtime})
         client = {**local_worker(), "name": "client", "role": "planned the slide and wrote its blocks in order"}
         extra = {"blocks": len(self.indices), "block_workers": dict(sorted(self.block_workers.items()))}

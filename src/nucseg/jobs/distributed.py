@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import queue
-import socket
 import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
@@ -27,12 +26,17 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from nucseg.config import InferenceConfig
 from nucseg.errors import ModelError, NucsegError
-from nucseg.jobs.batch import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
-from nucseg.jobs.block_tasks import BlockAssembly, forget_plans, run_block_task
+from nucseg.jobs.block_tasks import (
+    PROGRESS_INTERVAL,
+    BlockAssembly,
+    forget_plans,
+    run_block_task,
+    worker_identity,
+)
+from nucseg.jobs.outcomes import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
 from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file, local_worker
 
 #: seconds between two tile-progress events from one task
-PROGRESS_INTERVAL = 0.5
 #: how long to wait for the first worker of an existing scheduler
 WORKER_WAIT_S = 120
 
@@ -73,21 +77,6 @@ class ModelPlugin(WorkerPlugin):
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-
-
-def worker_identity(settings: BatchSettings) -> dict[str, Any]:
-    """The worker running this task: Dask name and address, host, process, device (recorded in the JSON)."""
-    worker = get_worker()
-    info: dict[str, Any] = {"name": worker.name, "address": worker.address, "host": socket.gethostname(),
-                            "pid": os.getpid()}
-    with contextlib.suppress(Exception):
-        import torch
-
-        from nucseg.models.device import select_device
-
-        device = select_device(settings.config.device)
-        info["device"] = f"cuda:{torch.cuda.current_device()}" if device.type == "cuda" else device.type
-    return info
 
 
 def run_file_task(item: BatchItem, settings: BatchSettings, topic: str) -> InputOutcome:

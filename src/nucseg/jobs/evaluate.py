@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError, StoreError
+from nucseg.io.names import pair_stem
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 PROB_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
-STEM_TAGS = ("_labels", "_label", "_prob", "_probabilities")
 #: columns of `errors_to_csv`, in order
 ERROR_COLUMNS = ("kind", "label", "plane", "centroid_y", "centroid_x", "y0", "x0", "y1", "x1", "area_px")
 
@@ -176,18 +176,6 @@ def errors_to_csv(errors: Iterable[ErrorObject], path: str | Path, overwrite: bo
 
 # -- label files (nucseg evaluate) ------------------------------------------------------------------------
 
-def file_stem(path: Path) -> str:
-    """The name two files pair by: without extension, ``.ome`` and a trailing ``_labels`` / ``_prob`` tag."""
-    name = path.name
-    for suffix in (*PROB_SUFFIXES, ".ome"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    for tag in STEM_TAGS:
-        if name.endswith(tag) and len(name) > len(tag):
-            return name[: -len(tag)]
-    return name
-
-
 def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InvalidInputError(f"{path} does not exist or is not a file")
@@ -230,7 +218,7 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes:
-            found.setdefault(file_stem(path), path)
+            found.setdefault(pair_stem(path), path)
     return found
 
 
@@ -240,7 +228,7 @@ FilePair = tuple[str, Path, Path, "Path | None"]
 def pair_label_files(truth: Path, pred: Path, prob: Path | None = None) -> tuple[list[FilePair], list[str]]:
     """(name, truth file, prediction file, probability file or None) for two files or two folders.
 
-    Folders pair by `file_stem`. Returns the pairs and the names found on one side only.
+    Folders pair by `nucseg.io.names.pair_stem`. Returns the pairs and the names found on one side only.
 
     Raises:
         InvalidInputError: a path is missing, a file is paired with a folder, or nothing pairs.
@@ -253,7 +241,7 @@ def pair_label_files(truth: Path, pred: Path, prob: Path | None = None) -> tuple
     if not truth.is_dir():
         if prob is not None and prob.is_dir():
             raise InvalidInputError("--prob must be a file when --truth and --pred are files")
-        return [(file_stem(pred), truth, pred, prob)], []
+        return [(pair_stem(pred), truth, pred, prob)], []
     if prob is not None and not prob.is_dir():
         raise InvalidInputError("--prob must be a folder when --truth and --pred are folders")
     truths, preds = _files(truth, LABEL_SUFFIXES), _files(pred, LABEL_SUFFIXES)

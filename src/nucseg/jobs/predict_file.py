@@ -182,11 +182,14 @@ def input_units(slide, settings: BatchSettings) -> tuple[float | None, str]:
     return None, MPP_UNKNOWN
 
 
-def is_big(slide, settings: BatchSettings) -> bool:
-    """More pixels than one block: labels stream into a zarr store rather than memory."""
-    region = settings.region
-    pixels = region[2] * region[3] if region else slide.shape[0] * slide.shape[1]
-    return pixels > settings.config.block_size**2
+def is_big(slide, settings: BatchSettings, mpp: float | None) -> bool:
+    """Whether labels stream into a zarr store rather than memory (`nucseg.inference.plan.streams_to_disk`, the
+    widgets' rule too); `mpp`: the input's, from `input_units`."""
+    from nucseg.inference.plan import streams_to_disk
+    from nucseg.models.registry import resolve_model
+
+    return streams_to_disk(slide.shape, len(slide.downsamples) > 1, mpp, settings.region,
+                           settings.config.block_size, resolve_model(settings.config.model).mpp)
 
 
 class OutputSet:
@@ -257,7 +260,7 @@ class OutputSet:
             **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
             "model": result.model_info, "worker": worker, **(extra or {}),
             "predict_seconds": round(result.seconds, 2), "seconds": round(seconds + time.perf_counter() - t0, 2),
-            "request": self.settings.request(), "config": config.to_dict(),
+            "request": self.settings.request(), "config": result.config.to_dict(),  # the thresholds used
             "labels_dtype": str(np.dtype(labels.dtype)),
         }
         try:
@@ -286,7 +289,7 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
     with OutputSet(item, settings) as outputs, open_slide(item.input) as slide:
         require_brightfield(slide, settings.allow_fluorescence)
         mpp, mpp_from = input_units(slide, settings)
-        big = is_big(slide, settings)
+        big = is_big(slide, settings, mpp)
         result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
                                          out=outputs.store(big))
         image = slide.read_region(0, *result.region) if not big else slide  # a slide: read block by block

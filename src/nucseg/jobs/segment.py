@@ -3,9 +3,8 @@
 What a segmentation face (the napari widget, a script) needs around the engine, free of Qt:
 
 * `segment_regions` runs `iter_predict` on each region in turn and yields its progress records;
-* `reapply_all` re-runs post-processing of finished results with other thresholds (no network);
-* `keep_user_edits` merges such a re-application with a labels map the user has corrected, so that a threshold
-  change never replaces what the user painted, erased or filled;
+* `keep_user_edits` merges a re-application of thresholds (`reapply_postprocess`) with a labels map the user has
+  corrected, so that a threshold change never replaces what the user painted, erased or filled;
 * `predictions_dir` / `new_prediction_path` / `streams_to_disk` decide where slide results stream (zarr), and
   `clean_predictions` removes old runs there on a stated policy.
 """
@@ -23,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.config import InferenceConfig, PostprocessConfig
-from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict, reapply_postprocess
+from nucseg.config import InferenceConfig
+from nucseg.inference.plan import streams_to_disk  # noqa: F401  (the one rule; the widget asks it here)
+from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict
 
 Region = tuple[int, int, int, int]
 
@@ -54,18 +54,6 @@ def new_prediction_path(stem: str, suffix: str = "") -> Path:
         path, n = base.with_name(f"{base.name}-{n}.zarr"), n + 1
     _SESSION_RUNS.add(path)
     return path
-
-
-def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Region | None,
-                    block_size: int, model_mpp: float) -> bool:
-    """Whether a run streams into zarr under `predictions_dir`: slides (pyramids) always, and flat images bigger
-    than one block at the model's resolution, whose probabilities would otherwise sit in memory whole (a 10,000 px
-    square 20x TIFF is 20,000 px square at 40x: 4.8 GB of float32 probabilities)."""
-    if multiscale:
-        return True
-    h, w = (region[2], region[3]) if region is not None else shape
-    scale = (mpp or model_mpp) / model_mpp
-    return h * w * scale * scale > block_size * block_size
 
 
 def _is_prediction(folder: Path) -> bool:
@@ -149,16 +137,6 @@ def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | 
         if stop.is_set():
             break
     return results
-
-
-def reapply_all(results: list[PredictionResult], postprocess: PostprocessConfig
-                ) -> Generator[PredictProgress, None, list[PredictionResult]]:
-    """`reapply_postprocess` on each result (in a worker thread)."""
-    out = []
-    for k, result in enumerate(results):
-        yield PredictProgress(k, len(results), "re-applying thresholds")
-        out.append(reapply_postprocess(result, postprocess))
-    return out
 
 
 def keep_user_edits(current: np.ndarray, written: np.ndarray, edited: np.ndarray | None, fresh: np.ndarray

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from nucseg.errors import InvalidInputError
+from nucseg.io.names import pair_stem
 from nucseg.training.augment import augment_colour, flip_rotate
 from nucseg.training.targets import instance_targets
 
@@ -72,16 +73,8 @@ class TrainingPair:
         return h.hexdigest()[:16]
 
 
-def _stem(path: Path) -> str:
-    stem = path.name.split(".")[0]
-    for suffix in ("_labels", "_label", "_mask", "_masks", "_reviewed"):
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
 def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Images and label files paired by file stem (a `_labels` / `_mask` suffix on the label is ignored).
+    """Images and label files paired by `nucseg.io.names.pair_stem` (a `_labels` / `_mask` tag is ignored).
 
     Raises:
         InvalidInputError: a folder is missing, or no image has a label file.
@@ -92,8 +85,8 @@ def pair_files(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Pat
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
             raise InvalidInputError(f"{folder} is not a folder")
-    labels = {_stem(p): p for p in list_images(labels_dir)}
-    pairs = [(p, labels[_stem(p)]) for p in list_images(images_dir) if _stem(p) in labels]
+    labels = {pair_stem(p): p for p in list_images(labels_dir)}
+    pairs = [(p, labels[pair_stem(p)]) for p in list_images(images_dir) if pair_stem(p) in labels]
     if not pairs:
         raise InvalidInputError(
             f"no image in {images_dir} has a label file of the same name in {labels_dir} "
@@ -119,18 +112,18 @@ def load_pairs(images_dir: str | Path, labels_dir: str | Path, names: Sequence[s
 
         if not Path(reviewed_dir).is_dir():
             raise InvalidInputError(f"{reviewed_dir} is not a folder")
-        masks = {_stem(p): p for p in list_images(Path(reviewed_dir))}
+        masks = {pair_stem(p): p for p in list_images(Path(reviewed_dir))}
     out = []
     for image_path, label_path in pair_files(images_dir, labels_dir):
-        if names is not None and _stem(image_path) not in names:
+        if names is not None and pair_stem(image_path) not in names:
             continue
         image = as_rgb_uint8(read_image(image_path), name=str(image_path))
-        mask_path = masks.get(_stem(image_path))
+        mask_path = masks.get(pair_stem(image_path))
         reviewed = None
         if mask_path is not None:
             with Image.open(mask_path) as im:
                 reviewed = np.asarray(im.convert("L")) > 127
-        out.append(TrainingPair(image, read_labels(label_path), _stem(image_path), str(image_path), reviewed))
+        out.append(TrainingPair(image, read_labels(label_path), pair_stem(image_path), str(image_path), reviewed))
     return out
 
 

@@ -217,7 +217,7 @@ def iter_finetune(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     base = resolve_model(config.base_model)
-    post = postprocess or PostprocessConfig(**base.postprocess_defaults)
+    post = (postprocess or PostprocessConfig()).resolved(base.postprocess_defaults)
     net = build_network(base)
     if base.trained:
         load_weights(net, base)
