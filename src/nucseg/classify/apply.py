@@ -114,7 +114,7 @@ class ClassifiedNuclei:
 
 
 def iter_classify(labels: Any, image: Any, trained: TrainedClassifier, um_per_px: float, *,
-                  offset: Sequence[float] = (0, 0), chunk: int = 1024
+                  offset: Sequence[float] = (0, 0), chunk: int = 1024, stop: Any = None
                   ) -> Generator[ClassifyProgress, None, ClassifiedNuclei]:
     """Classify every nucleus of `labels`, block by block (`nucseg.io.label_blocks`).
 
@@ -124,13 +124,15 @@ def iter_classify(labels: Any, image: Any, trained: TrainedClassifier, um_per_px
             `nucseg.io.export.iter_nuclei`).
         trained: the classifier; um_per_px: microns per label pixel (the image's, else the model's resolution).
         offset: (y0, x0) of `labels` in full-resolution pixels (the centres are given in those).
-        chunk: block side in pixels (a progress record per block; closing the generator stops between blocks).
+        chunk: block side in pixels (a progress record per block).
+        stop: a `threading.Event`; when set, the run ends after the current block, returning the blocks done
+            (marked ``stopped``).
 
     Yields:
         `ClassifyProgress` after each block.
 
     Returns:
-        `ClassifiedNuclei`; a generator closed early returns nothing (its caller keeps the blocks done).
+        `ClassifiedNuclei`.
     """
     from nucseg.io.export import _image_reader
 
@@ -156,7 +158,10 @@ def iter_classify(labels: Any, image: Any, trained: TrainedClassifier, um_per_px
         home = (((wy + margin) // chunk if wy else 0) * -(-w // chunk) + ((wx + margin) // chunk if wx else 0))
         done = max(done, min(total, home + 1))
         yield ClassifyProgress(done, total, nuclei)
+        if stop is not None and stop.is_set():
+            break
+    stopped = bool(stop is not None and stop.is_set())
     if not parts:
-        return ClassifiedNuclei.empty(list(trained.classes))
+        return dataclasses.replace(ClassifiedNuclei.empty(list(trained.classes)), stopped=stopped)
     ids, x, y, names, probability, proba = (np.concatenate(p) for p in zip(*parts, strict=True))
-    return ClassifiedNuclei(ids.astype(np.int64), x, y, names, probability, proba, list(trained.classes))
+    return ClassifiedNuclei(ids.astype(np.int64), x, y, names, probability, proba, list(trained.classes), stopped)

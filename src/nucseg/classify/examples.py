@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.classify.features import block_features
+from nucseg.classify.features import block_features, feature_names
 from nucseg.classify.learner import Example
 from nucseg.errors import InvalidInputError
 from nucseg.io.label_blocks import iter_label_blocks
 
 __all__ = ["POINT_COLUMNS", "Point", "read_points_csv", "write_points_csv", "examples_from_labels",
-           "um_per_pixel", "SkippedPoint", "points_region", "iter_examples_from_points"]
+           "um_per_pixel", "SkippedPoint", "points_region", "iter_examples_from_points", "examples_in_windows"]
 
 POINT_COLUMNS = ("image", "x", "y", "class")
 #: pixels around an image's points that are segmented and measured with them (their neighbours count)
@@ -154,7 +154,43 @@ def examples_from_labels(labels: np.ndarray, read_pixels: Callable[[int, int, in
                 for p in wanted[int(k)]:
                     examples.append(Example(image_name or str(p.image), p.x, p.y, p.klass, int(k)))
                     rows.append(row)
-    return examples, np.array(rows, dtype=np.float64).reshape(len(rows), -1), skipped
+    return examples, np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names(groups))), skipped
+
+
+def examples_in_windows(labels: Any, read_pixels: Callable[[int, int, int, int], np.ndarray],
+                        points: Sequence[Point], um_per_px: float, groups: Sequence[str], *, image_name: str,
+                        cell: int = 256, context_um: float = 40.0
+                        ) -> tuple[list[Example], np.ndarray, list[SkippedPoint]]:
+    """`examples_from_labels` over a large (lazy) label map: the points are grouped by `cell` x `cell` squares and
+    each group is measured in its square plus `context_um` around (its nuclei's neighbours: the features look 25 µm
+    around a nucleus), so a few clicks over a slide cost a few small windows, not the slide.
+
+    Args:
+        labels: instance labels (H, W) aligned with full-resolution pixels (numpy, zarr or dask).
+        read_pixels: (y0, y1, x0, x1) in those pixels -> RGB.
+    """
+    h, w = (int(s) for s in labels.shape)
+    context = int(np.ceil(context_um / um_per_px))
+    groups_of: dict[tuple[int, int], list[Point]] = {}
+    for p in points:
+        groups_of.setdefault((int(p.y) // cell, int(p.x) // cell), []).append(p)
+    examples: list[Example] = []
+    rows, skipped = [], []
+    for (gy, gx), pts in sorted(groups_of.items()):
+        y0, x0 = max(0, gy * cell - context), max(0, gx * cell - context)
+        y1, x1 = min(h, (gy + 1) * cell + context), min(w, (gx + 1) * cell + context)
+        if y1 <= y0 or x1 <= x0:
+            skipped += [SkippedPoint(p, "outside the image") for p in pts]
+            continue
+        window = np.asarray(labels[y0:y1, x0:x1])
+        pixels = read_pixels(y0, y1, x0, x1)
+        got, feats, skip = examples_from_labels(window, lambda a, b, c, d, px=pixels: px[a:b, c:d], pts, um_per_px,
+                                                groups, offset=(y0, x0), image_name=image_name)
+        examples += got
+        rows.append(feats)
+        skipped += skip
+    features = np.concatenate(rows) if rows else np.zeros((0, len(feature_names(groups))))
+    return examples, features, skipped
 
 
 @dataclasses.dataclass
@@ -233,5 +269,5 @@ def iter_examples_from_points(points: Sequence[Point], groups: Sequence[str], *,
         examples += got
         rows.append(feats)
         skipped += skip
-    features = np.concatenate(rows) if rows else np.zeros((0, 0))
+    features = np.concatenate(rows) if rows else np.zeros((0, len(feature_names(groups))))
     return examples, features, skipped
