@@ -13,8 +13,6 @@ CSV and QuPath GeoJSON with each nucleus's class.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,16 +35,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from nucseg.classify.apply import ClassAnnotator, ClassifiedNuclei, iter_classify
+from nucseg.classify.apply import ClassifiedNuclei
 from nucseg.classify.clicks import ClickStore
-from nucseg.classify.examples import examples_in_windows, um_per_pixel
-from nucseg.classify.learner import ClassifierData, ClassifierSettings, TrainedClassifier, train
+from nucseg.classify.learner import ClassifierSettings, TrainedClassifier
 from nucseg.classify.store import list_classifiers, load_trained, save_classifier
 from nucseg.errors import InvalidInputError, NucsegError
 
 from ._forms import fit_width, scrolled
 from ._workers import JobControls, error_message, start_generator_worker
 from .classify_classes import ClassList
+from .classify_jobs import apply_job, export_job, merge, train_job, window
 from .classify_view import (
     MARKER_PX,
     NucleiSource,
@@ -55,7 +53,6 @@ from .classify_view import (
     inside_polygons,
     marker_style,
     nuclei_source,
-    pixel_reader,
     ratio_text,
     region_polygons,
     scope_box,
@@ -243,18 +240,8 @@ class ClassifyWidget(QWidget):
         source, points, classes = self.source, self.store.points(), list(self.classes.classes)
         settings = ClassifierSettings()
 
-        def job():
-            oy, ox = source.offset
-            image = _load(source)
-            local = [dataclasses.replace(p, x=p.x - ox, y=p.y - oy) for p in points]  # label-map pixels
-            examples, features, skipped = examples_in_windows(
-                source.labels, pixel_reader(source, image), local, um_per_pixel(source.mpp, source.model_mpp),
-                settings.groups, image_name=source.key)
-            examples = [dataclasses.replace(e, x=e.x + ox, y=e.y + oy) for e in examples]
-            yield None
-            return train(ClassifierData(classes, settings, dict(source.model), examples, features)), skipped
-
-        self._worker = start_generator_worker(job, on_return=self._trained, on_finished=self._done,
+        self._worker = start_generator_worker(lambda: train_job(source, points, classes, settings),
+                                              on_return=self._trained, on_finished=self._done,
                                               controls=self.controls, desc="training")
 
     def _trained(self, value: tuple[TrainedClassifier, list]) -> None:
@@ -286,33 +273,13 @@ class ClassifyWidget(QWidget):
             show_error(str(err))
             return
         source, trained, self._stop = self.source, self.trained, threading.Event()
-        stop = self._stop
-        oy, ox = source.offset
-        h, w = source.labels.shape[-2:]
-        y0, x0 = max(box[0] - oy, 0), max(box[1] - ox, 0)
-        y1, x1 = min(box[0] + box[2] - oy, h), min(box[1] + box[3] - ox, w)
-        whole = (y0, x0, y1, x1) == (0, 0, h, w)
-
-        def job():
-            image = _load(source)
-            labels = source.labels if whole else np.asarray(source.labels[y0:y1, x0:x1])
-            offset = (oy + y0, ox + x0)
-            if not hasattr(image, "read_region"):
-                image = image[offset[0]:offset[0] + labels.shape[0], offset[1]:offset[1] + labels.shape[1]]
-            return (yield from iter_classify(labels, image, trained, um_per_pixel(source.mpp, source.model_mpp),
-                                             offset=offset, stop=stop))
-
+        whole = window(source, box)[-1]
         self._worker = start_generator_worker(
-            job, on_return=lambda r: self._applied(r, whole), on_finished=self._done, stop_event=stop,
-            controls=self.controls, desc="classifying")
+            lambda: apply_job(source, trained, box, self._stop), on_return=lambda r: self._applied(r, whole),
+            on_finished=self._done, stop_event=self._stop, controls=self.controls, desc="classifying")
 
     def _applied(self, result: ClassifiedNuclei, whole: bool) -> None:
-        old = self.result
-        if old is not None and len(old) and list(old.classes) == list(result.classes):
-            keep = ~np.isin(old.ids, result.ids)
-            merged = [np.concatenate([getattr(old, f)[keep], getattr(result, f)])
-                      for f in ("ids", "x", "y", "names", "probability", "probabilities")]
-            result = ClassifiedNuclei(*merged, classes=list(result.classes), stopped=result.stopped)
+        result = merge(self.result, result)
         self.result = result
         self.slide_done = self.slide_done or (whole and not result.stopped)
         self.suggestions = []
@@ -330,7 +297,7 @@ class ClassifyWidget(QWidget):
                                                self.trained.settings.uncertain_below)
             layer.face_color, layer.border_color, layer.border_width = face, border, width
         layer.refresh()
-        clicks = self.viewer.layers[CLICKS_LAYER] if CLICKS_LAYER in self.viewer.layers else None
+        clicks = next((la for la in self.viewer.layers if la.name == CLICKS_LAYER), None)
         if clicks is not None:  # the clicked labels stay on top
             self.viewer.layers.move(self.viewer.layers.index(clicks), len(self.viewer.layers))
 
@@ -428,27 +395,12 @@ class ClassifyWidget(QWidget):
             folder = QFileDialog.getExistingDirectory(self, "Export nuclei with classes to")
             if not folder:
                 return
-        from nucseg.io.export import write_nuclei_tables
         from nucseg.jobs.batch import plain_stem
 
         source, trained, folder = self.source, self.trained, Path(folder)
         stem = plain_stem(Path(source.key))
-
-        def job():
-            image = _load(source)
-            yield None
-            annotate = ClassAnnotator(trained, um_per_pixel(source.mpp, source.model_mpp))
-            paths = write_nuclei_tables(source.labels, csv_path=folder / f"{stem}_nuclei.csv",
-                                        geojson_path=folder / f"{stem}_nuclei.geojson", image=image,
-                                        mpp=source.mpp, offset=source.offset, annotate=annotate)
-            h, w = source.labels.shape[-2:]
-            area = h * w * source.mpp**2 / 1e6 if source.mpp else None
-            summary = {"image": source.key, "model": source.model, **annotate.summary(area)}
-            (folder / f"{stem}_classes.json").write_text(json.dumps(summary, indent=2))
-            return paths
-
         self._worker = start_generator_worker(
-            job, on_return=lambda p: self.controls.status.setText("exported " + ", ".join(str(v) for v in p.values())),
+            lambda: export_job(source, trained, folder, stem), on_return=lambda p: self.controls.status.setText("exported " + ", ".join(str(v) for v in p.values())),
             on_error=lambda err: show_error(error_message(err)), on_finished=self._done, controls=self.controls,
             desc="exporting")
 
@@ -457,9 +409,3 @@ class ClassifyWidget(QWidget):
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
         super().closeEvent(event)
 
-
-def _load(source: NucleiSource) -> Any:
-    """The image's pixels (array) or slide, read in the worker."""
-    from .layer_source import image_input
-
-    return image_input(source.image_layer).load()
