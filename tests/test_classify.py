@@ -61,6 +61,14 @@ def test_features_are_finite_and_scale_with_the_pixel_size():
     assert f1[lymph, h].mean() > f1[~lymph, h].mean()  # and darker in haematoxylin
 
 
+def test_features_of_selected_nuclei_are_their_rows_of_the_whole_block():
+    img, labels, _ = two_kinds(seed=6)
+    block = next(iter_label_blocks(labels))
+    select = np.array([0, 3, 7, len(block.ids) - 1])
+    np.testing.assert_allclose(block_features(block, img, 0.25, select=select),
+                               block_features(block, img, 0.25)[select], rtol=1e-12)
+
+
 def test_a_classifier_learns_the_two_kinds_on_another_image():
     trained = train(_data(seed=0))
     img, labels, kinds = two_kinds(seed=5)

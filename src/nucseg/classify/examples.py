@@ -148,9 +148,10 @@ def examples_from_labels(labels: np.ndarray, read_pixels: Callable[[int, int, in
             if not mine.size:
                 continue
             (wy, wx), (bh, bw) = block.origin, block.labels.shape
-            features = block_features(block, read_pixels(wy, wy + bh, wx, wx + bw), um_per_px, groups)
-            for k in mine:
-                row = features[np.searchsorted(block.ids, k)]
+            rows_of_mine = np.searchsorted(block.ids, mine)
+            features = block_features(block, read_pixels(wy, wy + bh, wx, wx + bw), um_per_px, groups,
+                                      select=rows_of_mine)
+            for k, row in zip(mine, features, strict=True):
                 for p in wanted[int(k)]:
                     examples.append(Example(image_name or str(p.image), p.x, p.y, p.klass, int(k)))
                     rows.append(row)

@@ -101,8 +101,8 @@ def _neighbours(cy: np.ndarray, cx: np.ndarray, area: np.ndarray, h_mean: np.nda
 
 
 def block_features(block: LabelBlock, pixels: np.ndarray, um_per_px: float,
-                   groups: Sequence[str] = DEFAULT_GROUPS, measured: dict[str, np.ndarray] | None = None
-                   ) -> np.ndarray:
+                   groups: Sequence[str] = DEFAULT_GROUPS, measured: dict[str, np.ndarray] | None = None,
+                   select: Sequence[int] | None = None) -> np.ndarray:
     """Features (n, len(feature_names(groups))) of the nuclei of `block`, in the order of ``block.ids``.
 
     Args:
@@ -111,6 +111,8 @@ def block_features(block: LabelBlock, pixels: np.ndarray, um_per_px: float,
         um_per_px: microns per label pixel (the image's, or the resolution the nuclei were segmented at).
         groups: feature groups (`FEATURE_GROUPS`).
         measured: `measure_block`'s columns of this block when the caller has them already (pixel units).
+        select: increasing indices into ``block.ids``: the features of those nuclei only (the others still count as
+            neighbours and context); the same numbers as their rows of the whole block, for less work.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import expand_labels
@@ -120,18 +122,30 @@ def block_features(block: LabelBlock, pixels: np.ndarray, um_per_px: float,
     if n == 0:
         return np.zeros((0, len(names)))
     um = float(um_per_px)
-    cols = measured if measured is not None and "perimeter_px" in measured else measure_block(block, None, None)
+    sel = np.arange(n) if select is None else np.asarray(select, dtype=np.int64)
     stains = stain_channels(np.asarray(pixels))
     flat = labels.ravel()
     h, e = stains[..., 3], stains[..., 4]
     h_mean, h_std = _per_object(flat, h.ravel(), n)
-    area = cols["area_px"] * um * um
+    area = np.bincount(flat, minlength=n + 1)[1:] * um * um
     f: dict[str, np.ndarray] = {}
     if "shape" in groups:
-        perimeter = cols["perimeter_px"] * um
-        f.update(area_um2=area, perimeter_um=perimeter, eccentricity=cols["eccentricity"],
-                 solidity=cols["solidity"], major_axis_um=cols["major_axis_px"] * um,
-                 minor_axis_um=cols["minor_axis_px"] * um,
+        if measured is not None and "perimeter_px" in measured:
+            cols = {k: np.asarray(v)[sel] for k, v in measured.items()}
+        elif select is None:
+            cols = measure_block(block, None, None)
+        else:  # regionprops (perimeter, convex hull) of the selected nuclei only
+            lut = np.zeros(n + 1, np.intp)
+            lut[sel + 1] = np.arange(1, sel.size + 1)
+            cols = measure_block(LabelBlock(lut[labels], block.ids[sel], block.origin), None, None)
+        perimeter = np.zeros(n)
+        perimeter[sel] = cols["perimeter_px"] * um
+        shape = {"eccentricity": cols["eccentricity"], "solidity": cols["solidity"],
+                 "major_axis_um": cols["major_axis_px"] * um, "minor_axis_um": cols["minor_axis_px"] * um}
+        for name, values in shape.items():
+            f[name] = np.zeros(n)
+            f[name][sel] = values
+        f.update(area_um2=area, perimeter_um=perimeter,
                  circularity=np.clip(4 * np.pi * area / np.maximum(perimeter, 1e-6) ** 2, 0, 2))
     if "stain" in groups:
         e_mean, e_std = _per_object(flat, e.ravel(), n)
@@ -155,4 +169,4 @@ def block_features(block: LabelBlock, pixels: np.ndarray, um_per_px: float,
         cy, _ = _per_object(flat, rr, n)
         cx, _ = _per_object(flat, cc, n)
         f.update(_neighbours(cy, cx, area, h_mean, um))
-    return np.stack([np.asarray(f[name], dtype=np.float64) for name in names], axis=1)
+    return np.stack([np.asarray(f[name], dtype=np.float64)[sel] for name in names], axis=1)
