@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "finetune": "nucseg.cli.finetune",
     "models": "nucseg.cli.models",
     "demo": "nucseg.cli.demo",
+    "classify": "nucseg.cli.classify",
 }
 
 EXIT_USER_ERROR = 2

@@ -54,6 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads-per-worker", type=int, metavar="T",
                    help="torch threads per Dask worker (default: cores / N with --workers; the worker's own "
                    "OMP_NUM_THREADS with --scheduler)")
+    p.add_argument("--classifier", metavar="NAME",
+                   help="a nucleus classifier (`nucseg classify list`; NAME, NAME/vNNN or a folder): adds class and "
+                   "class_probability to the CSV, a QuPath classification to each GeoJSON feature, and counts per "
+                   "class to <stem>_predict.json and batch_summary.csv")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -101,9 +105,25 @@ def build_settings(args: argparse.Namespace):
         check_mpp(args.mpp, "--mpp")
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
-    return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),
+    config = build_config(args)
+    return BatchSettings(config=config, formats=tuple(parse_formats(args.format)),
                          region=parse_region(args.region), mpp=args.mpp,
-                         allow_fluorescence=args.allow_fluorescence)
+                         allow_fluorescence=args.allow_fluorescence,
+                         classifier=classifier_option(getattr(args, "classifier", None), config.model))
+
+
+def classifier_option(name: str | None, model: str) -> str | None:
+    """The folder of --classifier (absolute: workers read it at the same path), checked against the model."""
+    if not name:
+        return None
+    from nucseg.classify.store import check_binding, load_classifier, resolve_classifier
+    from nucseg.models.registry import resolve_model
+
+    folder = resolve_classifier(name).resolve()
+    note = check_binding(load_classifier(folder), resolve_model(model), f"--classifier {name}")
+    if note:
+        print(f"nucseg predict: note: {note}", file=sys.stderr)
+    return str(folder)
 
 
 class BatchBars:
@@ -146,7 +166,9 @@ def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
         blocks = summary.get("block_workers")
         where = (f" in {summary['blocks']} blocks on workers {', '.join(blocks)}" if blocks
                  else f" on worker {outcome.worker}" if distributed else "")
-        bars.write(f"{outcome.item.input}: {summary['nuclei']} nuclei in {summary['seconds']} s{where} -> "
+        classes = (summary.get("classes") or {}).get("counts")
+        kinds = f" ({', '.join(f'{k} {v}' for k, v in classes.items())})" if classes else ""
+        bars.write(f"{outcome.item.input}: {summary['nuclei']} nuclei{kinds} in {summary['seconds']} s{where} -> "
                    f"{', '.join(summary['outputs'].values())}")
     else:
         bars.write(f"nucseg predict: error: {outcome.error}" if outcome.item.input.name in (outcome.error or "")

@@ -132,8 +132,8 @@ def _image_reader(image: Any, labels: Any, offset: Sequence[float], downsample: 
 
 
 def iter_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, offset: Sequence[float] = (0, 0),
-                downsample: float = 1.0, outlines: bool = False,
-                chunk: int = CHUNK) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+                downsample: float = 1.0, outlines: bool = False, chunk: int = CHUNK,
+                annotate: Any = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
     """Measurements (and outlines) of every nucleus, block by block: what the CSV and GeoJSON writers stream.
 
     Args:
@@ -144,6 +144,8 @@ def iter_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, off
         offset: (y0, x0) of the label map in full-resolution pixels; downsample: full-resolution px per label px.
         outlines: also trace each nucleus (shapely geometry in full-resolution pixels).
         chunk: block side in label pixels.
+        annotate: a per-block hook ``annotate(block, pixels, columns) -> more columns`` (the nucleus classes of
+            `nucseg.classify.apply.ClassAnnotator`); it needs `image`.
 
     Yields:
         (columns, geometries) per block: columns as `nucseg.io.measure.measure_block`, geometries an object array
@@ -155,11 +157,15 @@ def iter_nuclei(labels: Any, image: Any = None, mpp: float | None = None, *, off
 
     labels, mpp = _check_labels(labels), _check_mpp(mpp)
     read_image = None if image is None else _image_reader(image, labels, offset, downsample)
+    if annotate is not None and read_image is None:
+        raise InvalidInputError("classifying nuclei needs the image (H&E pixels) the labels were made from")
     block: LabelBlock
     for block in iter_label_blocks(labels, chunk=chunk):
         (wy, wx), (h, w) = block.origin, block.labels.shape
         pixels = None if read_image is None else read_image(wy, wy + h, wx, wx + w)
         cols = measure_block(block, pixels, mpp, offset=offset, downsample=downsample)
+        if annotate is not None:
+            cols.update(annotate(block, pixels, cols))
         geometries = None
         if outlines:
             boxes = ndi.find_objects(block.labels)
@@ -218,8 +224,9 @@ def _collection_info(mpp: float | None, downsample: float) -> dict[str, Any]:
 
 
 def _block_features(cols: dict[str, np.ndarray], geometries: np.ndarray, klass: dict[str, Any],
-                    measurements: Any, given: dict[int, dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The GeoJSON Features of one block's measurements and outlines."""
+                    measurements: Any, given: dict[int, dict[str, Any]] | None,
+                    annotate: Any = None) -> list[dict[str, Any]]:
+    """The GeoJSON Features of one block's measurements and outlines (each nucleus's own class with `annotate`)."""
     from shapely.geometry import mapping
 
     features = []
@@ -230,7 +237,9 @@ def _block_features(cols: dict[str, np.ndarray], geometries: np.ndarray, klass: 
         features.append({
             "type": "Feature", "id": str(uuid.uuid4()),
             "geometry": {"type": shape["type"], "coordinates": shape["coordinates"]},
-            "properties": {"objectType": "detection", "classification": dict(klass), "nucseg_id": label,
+            "properties": {"objectType": "detection", "nucseg_id": label,
+                           "classification": dict(klass) if annotate is None else
+                           annotate.classification(str(row["class"])),
                            "measurements": _qupath_measurements(label, values)}})
     return features
 
@@ -284,7 +293,8 @@ def labels_to_geojson(labels: Any, *, offset: Sequence[float] = (0, 0), downsamp
 def write_nuclei_tables(labels: Any, *, csv_path: str | Path | None = None, geojson_path: str | Path | None = None,
                         image: Any = None, mpp: float | None = None, offset: Sequence[float] = (0, 0),
                         downsample: float = 1.0, measurements: Any = None, classification: str = "Nucleus",
-                        color: Sequence[int] = NUCLEUS_COLOR, overwrite: bool = False) -> dict[str, Path]:
+                        color: Sequence[int] = NUCLEUS_COLOR, overwrite: bool = False,
+                        annotate: Any = None) -> dict[str, Path]:
     """Write the measurements CSV and / or the QuPath GeoJSON in ONE pass over the labels, block by block.
 
     Each block's nuclei are measured once and go to both files, flushed before the next block; both files are
@@ -295,6 +305,10 @@ def write_nuclei_tables(labels: Any, *, csv_path: str | Path | None = None, geoj
     The CSV's last column, ``mpp``, holds the microns per label pixel the micron columns used (area_um2 = area_px
     x mpp²) and is empty when the pixel size is unknown (then there are no micron columns). Its rows are sorted by
     id within a block (a map no larger than one block is sorted by id throughout).
+
+    With `annotate` (a `nucseg.classify.apply.ClassAnnotator`) the CSV gets its columns (``class``,
+    ``class_probability``) before ``mpp``, and each GeoJSON feature its nucleus's class as QuPath's
+    ``classification`` {name, color} (``class_probability`` among its measurements).
     """
     if csv_path is None and geojson_path is None:
         raise InvalidInputError("write_nuclei_tables: give csv_path, geojson_path or both")
@@ -308,20 +322,21 @@ def write_nuclei_tables(labels: Any, *, csv_path: str | Path | None = None, geoj
             tmp = stack.enter_context(atomic_output(csv_path, overwrite))
             table_file = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
             table = csv.writer(table_file)
-            table.writerow([*measurement_columns(mpp is not None, image is not None), "mpp"])
+            table.writerow([*measurement_columns(mpp is not None, image is not None),
+                            *(annotate.columns if annotate is not None else ()), "mpp"])
         if geojson_path is not None:
             tmp = stack.enter_context(atomic_output(geojson_path, overwrite))
             geo = stack.enter_context(open(tmp, "w", encoding="utf-8"))
             geo.write('{"type":"FeatureCollection","features":[')
         for cols, geometries in iter_nuclei(labels, image, mpp, offset=offset, downsample=downsample,
-                                            outlines=geo is not None):
+                                            outlines=geo is not None, annotate=annotate):
             if table is not None:
                 order = np.argsort(cols["id"], kind="stable")
                 for row in rows_of({name: np.asarray(v)[order] for name, v in cols.items()}):
                     table.writerow([*(f"{v:.6g}" if isinstance(v, float) else v for v in row.values()), size])
                 table_file.flush()
             if geo is not None:
-                for feature in _block_features(cols, geometries, klass, measurements, given):
+                for feature in _block_features(cols, geometries, klass, measurements, given, annotate):
                     geo.write(("," if count else "") + json.dumps(feature, separators=(",", ":"), ensure_ascii=False))
                     count += 1
                 geo.flush()  # a block done is a block on disk

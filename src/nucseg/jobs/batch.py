@@ -215,20 +215,30 @@ class BatchReport:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
+def _class_cells(outcome: InputOutcome) -> dict[str, Any]:
+    """The nuclei per class (``class:NAME``) and per mm² (``per_mm2:NAME``, when the pixel size is known)."""
+    classes = (outcome.summary or {}).get("classes") or {}
+    cells = {f"class:{k}": v for k, v in (classes.get("counts") or {}).items()}
+    return {**cells, **{f"per_mm2:{k}": v for k, v in (classes.get("per_mm2") or {}).items()}}
+
+
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
-    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run), written
-    under a temporary name that is removed when the write fails.
+    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run); with a
+    classifier, ``class:NAME`` and ``per_mm2:NAME`` per class. Written under a temporary name that is removed when
+    the write fails.
 
     Raises:
         StoreError: the file cannot be written (a full disk says so).
     """
     path = Path(out) / SUMMARY_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    classes = {name: None for o in outcomes for name in ((o.summary or {}).get("classes") or {}).get("counts", {})}
+    extra = [f"{kind}:{name}" for name in classes for kind in ("class", "per_mm2")]
     try:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=[*SUMMARY_COLUMNS, *extra])
             writer.writeheader()
-            writer.writerows(o.row() for o in outcomes)
+            writer.writerows({**o.row(), **_class_cells(o)} for o in outcomes)
         os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):

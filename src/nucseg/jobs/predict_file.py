@@ -46,10 +46,14 @@ class BatchSettings:
     region: tuple[int, int, int, int] | None = None
     mpp: float | None = None
     allow_fluorescence: bool = False  # slides that look like fluorescence are refused (the model is for H&E)
+    classifier: str | None = None  # a saved nucleus classifier's folder: adds each nucleus's class to the outputs
 
     def request(self) -> dict[str, Any]:
         """The settings as recorded in <stem>_predict.json, to recognise a finished output (JSON-normalised)."""
-        return json.loads(json.dumps({"config": self.config.to_dict(), "region": self.region, "mpp_option": self.mpp}))
+        request = {"config": self.config.to_dict(), "region": self.region, "mpp_option": self.mpp}
+        if self.classifier:
+            request["classifier"] = self.classifier
+        return json.loads(json.dumps(request))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,11 +240,15 @@ class OutputSet:
         t0 = time.perf_counter()
         item, config, temps = self.item, self.settings.config, self.temps
         labels, offset = result.labels, result.region[:2]
+        annotate = self._annotator(mpp)
         if "tif" in temps:
             export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
         if "geojson" in temps or "csv" in temps:  # one pass: the GeoJSON carries the CSV's numbers
             export.write_nuclei_tables(labels, csv_path=temps.get("csv"), geojson_path=temps.get("geojson"),
-                                       image=image, mpp=mpp, offset=offset)
+                                       image=image, mpp=mpp, offset=offset, annotate=annotate)
+        elif annotate is not None:  # classes counted without a table to write them to
+            for _ in export.iter_nuclei(labels, image, mpp, offset=offset, annotate=annotate):
+                pass
         if "zarr" in temps:  # OME-NGFF 0.5 labels (µm axes only when the size is known), copied block by block
             import zarr
 
@@ -263,6 +271,9 @@ class OutputSet:
             "request": self.settings.request(), "config": result.config.to_dict(),  # the thresholds used
             "labels_dtype": str(np.dtype(labels.dtype)),
         }
+        if annotate is not None:
+            area = result.region[2] * result.region[3] * mpp * mpp / 1e6 if mpp else None
+            summary["classes"] = {"classifier": self.settings.classifier, **annotate.summary(area)}
         try:
             self.summary_tmp.write_text(json.dumps(summary, indent=2))
         except OSError as err:
@@ -270,6 +281,21 @@ class OutputSet:
         commit_outputs([(temps[f], self.targets[f]) for f in self.settings.formats],
                        (self.summary_tmp, item.summary_path), item.replace)
         return summary
+
+
+    def _annotator(self, mpp: float | None):
+        """The nucleus-class hook of the exports when the batch has a classifier, else None."""
+        if not self.settings.classifier:
+            return None
+        from nucseg.classify.apply import ClassAnnotator
+        from nucseg.classify.examples import um_per_pixel
+        from nucseg.classify.store import check_binding, load_trained
+        from nucseg.models.registry import resolve_model
+
+        trained, folder = load_trained(self.settings.classifier)
+        spec = resolve_model(self.settings.config.model)
+        check_binding(trained.data, spec, f"classifier {folder}")
+        return ClassAnnotator(trained, um_per_pixel(mpp, spec.mpp))
 
 
 def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str, Any] | None = None
