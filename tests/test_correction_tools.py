@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_widget_segment import (  # noqa: F401 - fixtures
+    MODEL_NAME,
+    make_widget,
+    net,
+    nuclei_layer,
+    nucseg_home,
+    run_and_wait,
+)
 
+from fake_models import blob_image
 from nucseg.config import PostprocessConfig
 from nucseg.editing import tools
 from nucseg.editing.grow import MapWindow, grow_nucleus
@@ -133,18 +142,6 @@ def test_the_history_returns_exactly_to_every_earlier_state():
 
 
 # -- in a real viewer ---------------------------------------------------------------------------------------
-pytest.importorskip("napari")
-from test_widget_segment import (  # noqa: E402,F401 - fixtures
-    MODEL_NAME,
-    make_widget,
-    net,
-    nucseg_home,
-    nuclei_layer,
-    run_and_wait,
-)
-
-from fake_models import blob_image  # noqa: E402
-
 FAINT = (100, 130)  # a nucleus the fake model half sees (foreground ~0.18 at its centre)
 
 
@@ -181,7 +178,7 @@ def nuclei_by_area(labels: np.ndarray) -> list[int]:
 
 
 @pytest.mark.gui
-def test_brush_strokes_then_thresholds_then_undo_keep_ids_whole(make_napari_viewer, qtbot, net):
+def test_brush_strokes_then_thresholds_then_undo_keep_ids_whole(make_napari_viewer, qtbot, net):  # noqa: F811
     """The bug: Ctrl+Z after a threshold change put erased pixels back under their old id, which by then belonged
     to another nucleus (one label in two pieces). napari's own editing path only: it failed before the fix."""
     viewer, segment, _, labels = segmented(make_napari_viewer, qtbot)
@@ -203,7 +200,7 @@ def test_brush_strokes_then_thresholds_then_undo_keep_ids_whole(make_napari_view
 
 
 @pytest.mark.gui
-def test_every_tool_then_thresholds_then_undo_and_redo(make_napari_viewer, qtbot, net):
+def test_every_tool_then_thresholds_then_undo_and_redo(make_napari_viewer, qtbot, net):  # noqa: F811
     """Each tool is one step; a threshold change is one step; undo walks back through exactly the states the
     person saw (so no id is ever in two pieces or names another nucleus), and redo forward again."""
     viewer, segment, corrections, labels = segmented(make_napari_viewer, qtbot)
@@ -300,7 +297,7 @@ def world_to_canvas(viewer, layer, point):
 
 
 @pytest.mark.gui
-def test_keys_and_real_clicks_on_the_canvas(make_napari_viewer, qtbot, net):
+def test_keys_and_real_clicks_on_the_canvas(make_napari_viewer, qtbot, net):  # noqa: F811
     """Under Xvfb, in a shown viewer: D then a mouse click deletes the nucleus under the cursor; A then a click on
     the faint nucleus adds it; Ctrl+Z (napari's key binding) undoes the last."""
     from qtpy.QtCore import QPoint, Qt
@@ -330,7 +327,7 @@ def test_keys_and_real_clicks_on_the_canvas(make_napari_viewer, qtbot, net):
 
 
 @pytest.mark.gui
-def test_add_on_labels_without_a_prediction_runs_the_engine_on_a_window(make_napari_viewer, qtbot, net):
+def test_add_on_labels_without_a_prediction_runs_the_engine_on_a_window(make_napari_viewer, qtbot, net):  # noqa: F811
     """Labels the plugin did not predict (opened from a file): the model runs on a small window around the click
     in a worker, once; the next click nearby reuses it. Without an image, a disc of the typical size is added."""
     from nucseg._napari.corrections_widget import CorrectionsWidget
