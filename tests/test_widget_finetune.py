@@ -75,6 +75,8 @@ def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewe
     viewer.add_labels(labels[20:100, 30:130], name="tile nuclei", translate=(20, 30),
                       metadata={"nucseg_config": {"model": "nucseg-default"}})
     widget = CorrectionsWidget(viewer)
+    assert widget.labels_combo.currentText() == "(none)"  # nobody edited it: not chosen for the person...
+    choose_labels(widget, "tile nuclei")  # ...who chooses it
     assert widget.image_combo.currentText() == "tile" and widget.labels_combo.currentText() == "tile nuclei"
 
     widget.region_combo.setCurrentText(WHOLE)
@@ -120,10 +122,18 @@ def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewe
     assert len(errors) == 1 and "no nucleus" in errors[0] and len(widget.store) == 3
 
 
-def test_corrected_labels_default_to_the_prediction_never_to_the_truth(make_napari_viewer, home, errors):
-    """The widget used to pick the first Labels layer (here the ground truth) as "corrected labels"."""
+def choose_labels(widget, name):
+    """The person picks a labels layer in the Corrections widget."""
+    widget.labels_combo.set_layer(name)
+    widget.labels_combo.activated.emit(widget.labels_combo.currentIndex())
+
+
+def test_corrected_labels_default_to_an_edited_layer_never_to_the_truth(make_napari_viewer, home, errors):
+    """The widget used to pick the first Labels layer (here the ground truth) as "corrected labels", and later the
+    newest prediction even when nobody had corrected it. Now only a layer a person edited is chosen for them."""
     from nucseg._napari.corrections_widget import CorrectionsWidget
-    from nucseg._napari.layer_roles import layer_role
+    from nucseg._napari.label_editing import editing_for
+    from nucseg.editing.tools import delete_nucleus
 
     viewer = make_napari_viewer()
     image, labels = blob_image((64, 64), n=4, seed=1)
@@ -131,18 +141,17 @@ def test_corrected_labels_default_to_the_prediction_never_to_the_truth(make_napa
     viewer.add_labels(labels, name="tile_labels", metadata={"nucseg": {"role": "truth"}})  # opened as truth
     viewer.add_labels(labels, name="ground truth")
     widget = CorrectionsWidget(viewer)
-    # only truth layers: one is shown (the combo cannot be empty), with a warning that says what it is
-    assert layer_role(widget.labels_combo.current_layer()) == "truth" and "ground truth" in widget.truth_warning.text()
-    viewer.add_labels(labels, name="tile nuclei", metadata={"nucseg_result": object()})  # a Segment result
-    assert widget.labels_combo.currentText() == "tile nuclei"
-    viewer.add_labels(labels, name="tile nuclei [2]", metadata={"nucseg": {"role": "prediction"}})
-    assert widget.labels_combo.currentText() == "tile nuclei [2]"  # the newest prediction
-    widget.labels_combo.set_layer("tile nuclei")
-    widget.labels_combo.activated.emit(widget.labels_combo.currentIndex())  # the person's own choice...
-    viewer.add_labels(labels, name="tile nuclei [3]", metadata={"nucseg": {"role": "prediction"}})
-    assert widget.labels_combo.currentText() == "tile nuclei"  # ...is kept
-    widget.labels_combo.set_layer("ground truth")
+    assert widget.labels_combo.currentText() == "(none)" and not widget.truth_warning.text()
+    first = viewer.add_labels(labels.copy(), name="tile nuclei", metadata={"nucseg_result": object()})
+    assert widget.labels_combo.currentText() == "(none)"  # a fresh prediction nobody checked
+    editing_for(first).apply(delete_nucleus(first.data, np.argwhere(first.data == 1)[0]))
+    assert widget.labels_combo.currentText() == "tile nuclei"  # edited: chosen
+    viewer.add_labels(labels.copy(), name="tile nuclei [2]", metadata={"nucseg": {"role": "prediction"}})
+    assert widget.labels_combo.currentText() == "tile nuclei"  # the newer prediction is not edited
+    choose_labels(widget, "ground truth")  # the person's own choice...
     assert "ground truth" in widget.truth_warning.text()
+    viewer.add_labels(labels.copy(), name="tile nuclei [3]", metadata={"nucseg": {"role": "prediction"}})
+    assert widget.labels_combo.currentText() == "ground truth"  # ...is kept
     assert errors == []
 
 
@@ -155,6 +164,7 @@ def test_reviewed_regions_become_the_mask_of_each_correction(make_napari_viewer,
     layer = viewer.add_image(image, name="tile", rgb=True)
     viewer.add_labels(labels, name="tile nuclei", metadata={"nucseg": {"role": "prediction"}})
     widget = CorrectionsWidget(viewer)
+    choose_labels(widget, "tile nuclei")
     assert widget.region_combo.currentText() == REVIEWED_AREAS  # the default
     widget.add_correction()
     assert errors and "nothing is marked as reviewed" in errors[-1] and len(widget.store) == 0

@@ -1,14 +1,18 @@
-"""The "Corrections" dock widget: save corrected nuclei, and what of them was reviewed, as training pairs.
+"""The "Corrections" dock widget: correct nuclei, and save what was corrected or reviewed as training pairs.
 
-Correct a prediction in its Labels layer (paint, erase, fill, split), then say what you checked: press *Mark
-current view as reviewed* (screen by screen), or draw rectangles or polygons in the "reviewed regions" layer
-(`reviewed_regions`). *Add to training set* stores each reviewed region (or the whole labelled area, the field
-of view, or rectangles of another Shapes layer) with its image pixels, labels, reviewed mask and provenance
-in the `CorrectionStore`; fine-tuning learns only inside the reviewed mask. *the whole region was reviewed*
-says you checked all of what is stored.
+*Correct nuclei* (`correction_tools_box`): add a missed nucleus from the model's maps, delete, merge, split or cut
+one, brush and eraser, on the selected labels layer; each is one undoable step (Ctrl+Z / Ctrl+Shift+Z).
 
-The corrected-labels choice defaults to the newest prediction (or corrected prediction), never to a layer
-marked or named as ground truth (`layer_roles`).
+Then say what you checked: press *Mark current view as reviewed* (screen by screen), or draw rectangles or
+polygons in the "reviewed regions" layer (`reviewed_regions`). *Add to training set* stores each reviewed region
+and the neighbourhood of every edit (or the whole labelled area, the field of view, or rectangles of another
+Shapes layer) with its image pixels, labels, reviewed mask and provenance in the `CorrectionStore`; fine-tuning
+learns only inside the reviewed mask: the reviewed regions and the edited nuclei with the background near them
+(`nucseg.training.corrections.edit_neighbourhood`), never a nucleus nobody touched outside a reviewed region.
+*the whole region was reviewed* says you checked all of what is stored.
+
+The corrected-labels choice defaults to the newest layer a person edited, never to a layer nobody edited (a fresh
+prediction) nor one marked or named as ground truth (`layer_roles`); with none edited it is left empty.
 """
 
 from __future__ import annotations
@@ -32,18 +36,27 @@ from qtpy.QtWidgets import (
 )
 
 from nucseg.errors import InvalidInputError, NucsegError
-from nucseg.training.corrections import CorrectionEntry, CorrectionStore, corrections_changed
+from nucseg.training.corrections import (
+    CorrectionEntry,
+    CorrectionStore,
+    corrections_changed,
+    edit_neighbourhood,
+    merge_boxes,
+    region_boxes,
+)
 
 from ._forms import scroll_area
 from ._workers import error_message, start_generator_worker
-from .correction_regions import crop_pair, provenance_of
+from .correction_regions import crop_pair, labels_offset, provenance_of
+from .correction_tools_box import CorrectionToolsBox
 from .corrections_list import CorrectionsList
+from .label_editing import EDITED_KEY, labels_edited, user_edited
 from .layer_roles import OVERLAY, REVIEWED, TRUTH, layer_role, preferred_correction_layer
-from .layers import LayerCombo, Region, field_of_view_region, image_input, shapes_to_regions
-from .reviewed_regions import find_reviewed_layer, mark_view_reviewed, reviewed_boxes, reviewed_mask
+from .layers import LayerCombo, Region, field_of_view_region, image_input, level0_data, shapes_to_regions
+from .reviewed_regions import find_reviewed_layer, mark_view_reviewed, reviewed_boxes_or_none, reviewed_mask
 
-REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES = ("reviewed regions", "whole labelled area", "current field of view",
-                                                "drawn rectangles")
+REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES = ("reviewed regions and my edits", "whole labelled area",
+                                                "current field of view", "drawn rectangles")
 Item = tuple[np.ndarray, np.ndarray, dict[str, Any], "np.ndarray | bool"]
 
 
@@ -73,8 +86,10 @@ class CorrectionsWidget(QWidget):
         self._worker: Any = None
         self._labels_chosen = False  # the person picked the labels layer: keep it
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda layer: layer_role(layer) != OVERLAY)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,),
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), optional=True,
                                        predicate=lambda layer: layer_role(layer) not in (OVERLAY, REVIEWED))
+        self.labels_combo.setToolTip("the labels you corrected; a layer nobody edited is never chosen for you")
+        self.tools_box = CorrectionToolsBox(napari_viewer, self.image_of)
         self.truth_warning = QLabel()
         self.truth_warning.setWordWrap(True)
         self.truth_warning.setStyleSheet("color: #ffb74d")
@@ -100,6 +115,7 @@ class CorrectionsWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._guess_labels)
         self._store_changed_qt.connect(self._store_changed)
         corrections_changed.connect(self._relay_store_changed)
+        labels_edited.connect(self._labels_edited)
         self._guess_labels()
         self._update_enabled()
         self.entries.refresh()
@@ -113,6 +129,7 @@ class CorrectionsWidget(QWidget):
         form.addRow("shapes layer", self.shapes_combo)
         inner = QWidget()
         layout = QVBoxLayout(inner)
+        layout.addWidget(self.tools_box)
         layout.addLayout(form)
         layout.addWidget(self.mark_view_button)
         layout.addWidget(self.whole_check)
@@ -131,14 +148,20 @@ class CorrectionsWidget(QWidget):
         self._labels_chosen = True
 
     def _guess_labels(self, *_: Any) -> None:
-        """The newest prediction unless the person chose a layer that still exists (never a truth layer)."""
+        """The newest layer a person edited, unless the person chose a layer that still exists; none when no
+        layer was edited (never a fresh prediction nobody checked, never a truth layer)."""
         if self._labels_chosen and self.labels_combo.current_layer() is not None:
             return
         self._labels_chosen = False
-        preferred = preferred_correction_layer(self.labels_combo.layers())
-        if preferred is not None:
-            self.labels_combo.set_layer(preferred)
+        preferred = preferred_correction_layer([layer for layer in self.labels_combo.layers() if user_edited(layer)])
+        self.labels_combo.set_layer(preferred if preferred is not None else LayerCombo.NONE)
         self._labels_changed()
+
+    def _labels_edited(self, layer: Any) -> None:
+        try:
+            self._guess_labels()
+        except RuntimeError:  # the widget was closed: stop listening
+            labels_edited.disconnect(self._labels_edited)
 
     def _labels_changed(self, *_: Any) -> None:
         labels = self.labels_combo.current_layer()
@@ -157,6 +180,16 @@ class CorrectionsWidget(QWidget):
             if labels.name.startswith(f"{layer.name} nuclei"):
                 self.image_combo.set_layer(layer)
                 return
+
+    def image_of(self, labels: Labels) -> Image | None:
+        """The image layer a labels layer was made from (recorded by the Segment widget, or named "<image>
+        nuclei ..."), else the chosen image; None when there is no image."""
+        recorded = (labels.metadata.get("nucseg_image") or {}).get("name")
+        images = self.image_combo.layers()
+        for layer in images:
+            if layer.name == recorded or labels.name.startswith(f"{layer.name} nuclei"):
+                return layer
+        return self.image_combo.current_layer()
 
     def _image(self) -> Image:
         image = self.image_combo.current_layer()
@@ -179,10 +212,14 @@ class CorrectionsWidget(QWidget):
         choice = self.region_combo.currentText()
         if choice == REVIEWED_AREAS:
             layer = find_reviewed_layer(self.viewer)
-            if layer is None:
-                raise InvalidInputError("nothing is marked as reviewed yet: press 'Mark current view as reviewed' "
-                                        "or draw the checked areas in a 'reviewed regions' layer")
-            return list(reviewed_boxes(layer, image))
+            boxes = [] if layer is None else reviewed_boxes_or_none(layer, image)
+            boxes += self._edit_boxes(image)
+            if not boxes:
+                raise InvalidInputError("nothing is marked as reviewed and nothing was corrected yet: correct nuclei "
+                                        "in the labels, press 'Mark current view as reviewed', or draw the checked "
+                                        "areas in a 'reviewed regions' layer")
+            merged = merge_boxes([(y, y + h, x, x + w) for y, x, h, w in boxes])
+            return [(y0, x0, y1 - y0, x1 - x0) for y0, y1, x0, x1 in merged]
         if choice == FIELD_OF_VIEW:
             return [field_of_view_region(self.viewer, image)]
         if choice == SHAPES:
@@ -192,6 +229,21 @@ class CorrectionsWidget(QWidget):
             return list(shapes_to_regions(shapes, image))
         return [None]
 
+    def _neighbourhood(self) -> np.ndarray | None:
+        """The edit neighbourhood of the chosen labels (labels pixels), None when nothing was edited."""
+        labels = self.labels_combo.current_layer()
+        edited = None if labels is None else labels.metadata.get(EDITED_KEY)
+        if not isinstance(edited, np.ndarray) or edited.shape != level0_data(labels).shape or not edited.any():
+            return None
+        return edit_neighbourhood(edited, np.asarray(level0_data(labels)))
+
+    def _edit_boxes(self, image: Image) -> list[Region]:
+        near, labels = self._neighbourhood(), self.labels_combo.current_layer()
+        if near is None or labels is None:
+            return []
+        oy, ox = labels_offset(image, labels)
+        return [(y + oy, x + ox, h, w) for y, x, h, w in region_boxes(near)]
+
     def collect(self) -> list[Item]:
         """(image, labels, provenance, reviewed) of each chosen region, read from the layers on the GUI thread.
 
@@ -200,20 +252,26 @@ class CorrectionsWidget(QWidget):
         """
         image, labels = self._image(), self.labels_combo.current_layer()
         if labels is None:
-            raise InvalidInputError("no Labels layer: segment the image first (Segment widget) and correct the result")
+            raise InvalidInputError("no corrected labels chosen: correct nuclei in a labels layer (Correct nuclei "
+                                    "above), or choose the layer you checked")
         image_input(image)  # refuses stacks and non-2-D images with a readable message
         reviewed_layer = find_reviewed_layer(self.viewer)
+        near = self._neighbourhood()
         items: list[Item] = []
         for region in self.regions(image):
             pixels, lab, cropped = crop_pair(image, labels, region)
             reviewed: np.ndarray | bool = True
             if not self.whole_check.isChecked():
                 reviewed = reviewed_mask(reviewed_layer, image, cropped)
+                if near is not None:
+                    oy, ox = labels_offset(image, labels)
+                    y, x, h, w = cropped
+                    reviewed |= near[y - oy : y - oy + h, x - ox : x - ox + w]
                 if not reviewed.any():
                     raise InvalidInputError(
                         f"nothing in the region {cropped[2]}x{cropped[3]} px at ({cropped[0]}, {cropped[1]}) is "
-                        "marked as reviewed: press 'Mark current view as reviewed', draw the checked area in the "
-                        "'reviewed regions' layer, or tick 'the whole region was reviewed'")
+                        "marked as reviewed or was corrected: press 'Mark current view as reviewed', draw the "
+                        "checked area in the 'reviewed regions' layer, or tick 'the whole region was reviewed'")
             prov = provenance_of(image, labels, cropped, self.region_combo.currentText())
             items.append((pixels, lab.copy(), prov, reviewed))
         return items

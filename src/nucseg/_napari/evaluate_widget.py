@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSignalBlocker
@@ -45,6 +46,7 @@ class EvaluateWidget(QWidget):
         self.viewer = napari_viewer
         self.evaluation: Evaluation | None = None
         self._layers: tuple[Labels, Labels] | None = None
+        self._listed: tuple[str, Any] | None = None  # the FP / FN count whose nuclei the list shows
         self._worker: Any = None
         not_overlay = lambda layer: not layer.metadata.get("nucseg_overlay")  # noqa: E731
         self.truth_combo = LayerCombo(napari_viewer, (Labels,), predicate=not_overlay)
@@ -71,6 +73,7 @@ class EvaluateWidget(QWidget):
         self._guess_layers()
         self.evaluate_button.clicked.connect(self.evaluate)
         self.errors_table.chosen.connect(self.go_to_error)
+        self.table.count_clicked.connect(self.list_errors)
         self.export_button.clicked.connect(self._export_dialog)
         self.export_errors_button.clicked.connect(self._export_errors_dialog)
         self.side_button.toggled.connect(self.show_side_by_side)
@@ -147,6 +150,7 @@ class EvaluateWidget(QWidget):
         show_overlay(self.viewer, PIXELS_LAYER, evaluation.pixel_map, pred, visible=False)
         self.viewer.layers.selection.active = pred  # the layer the user corrects, never the truth or an overlay
         self.errors_table.set_errors(evaluation.errors)
+        self._listed = None
         first = evaluation.summary or evaluation.rows[0]
         self.controls.job_finished(f"F1 {first['f1']:.3f}, AJI {first['aji']:.3f}, PQ {first['pq']:.3f} "
                                    f"(objects match at IoU >= {evaluation.iou_threshold:g}); "
@@ -154,6 +158,19 @@ class EvaluateWidget(QWidget):
         for button in (self.export_button, self.export_errors_button, self.side_button):
             button.setEnabled(True)
         fit_width(self)  # the filled tables are wider than the empty ones
+
+    def list_errors(self, kind: str, column: int = 0) -> int:
+        """List only the FP or FN nuclei counted in a column of the metrics table (a click on that count);
+        the same click again lists them all. Returns how many are listed."""
+        if self.evaluation is None:
+            return 0
+        planes = list(np.ndindex(self.evaluation.object_map.shape[:-2]))  # one column each, then MEAN (all)
+        plane = planes[column] if 0 <= column < len(planes) else None
+        if self._listed == (kind, plane):
+            self._listed = None
+            return self.errors_table.show_only(None)
+        self._listed = (kind, plane)
+        return self.errors_table.show_only(kind, plane)
 
     def table_values(self, column: int = 0) -> dict[str, Any]:
         """The metric values shown in one column of the table, by metric key."""

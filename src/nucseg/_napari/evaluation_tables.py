@@ -44,11 +44,22 @@ class _SortItem(QTableWidgetItem):
             return str(mine) < str(theirs)
 
 
+#: the count rows of the metrics table that list their nuclei when clicked
+COUNT_KINDS = {"fp": "FP", "fn": "FN"}
+
+
 class MetricsTable(QTableWidget):
-    """Metric rows (`TABLE_ROWS`) by image columns (plus MEAN for stacks); compact rows so it fits a dock."""
+    """Metric rows (`TABLE_ROWS`) by image columns (plus MEAN for stacks); compact rows so it fits a dock.
+
+    Signals:
+        count_clicked(str, int): the FP or FN count of a column was clicked: ("FP" | "FN", column).
+    """
+
+    count_clicked = Signal(str, int)
 
     def __init__(self):
         super().__init__(0, 1)
+        self.cellClicked.connect(self._clicked)
         self.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)
         self.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
@@ -68,8 +79,16 @@ class MetricsTable(QTableWidget):
                 item = QTableWidgetItem(_format(value))
                 item.setData(Qt.ItemDataRole.UserRole, value)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if key in COUNT_KINDS:
+                    item.setForeground(KIND_COLOURS[COUNT_KINDS[key]])
+                    item.setToolTip(f"click: list these {COUNT_KINDS[key]} nuclei below (click again: all)")
                 self.setItem(i, j, item)
         self.resizeColumnsToContents()
+
+    def _clicked(self, row: int, column: int) -> None:
+        key = TABLE_ROWS[row][1] if 0 <= row < len(TABLE_ROWS) else ""
+        if key in COUNT_KINDS:
+            self.count_clicked.emit(COUNT_KINDS[key], column)
 
     def values(self, column: int = 0) -> dict[str, Any]:
         """The metric values shown in one column, by metric key."""
@@ -118,6 +137,18 @@ class ErrorTable(QTableWidget):
         self.blockSignals(False)
         self.setColumnHidden(1, not any(e.plane for e in self.errors))  # "image": only for stacks
         self.resizeColumnsToContents()
+
+    def show_only(self, kind: str | None, plane: tuple[int, ...] | None = None) -> int:
+        """Show only the errors of `kind` ("FP" / "FN"; None: all), of `plane` when given; returns how many."""
+        shown = 0
+        for r in range(self.rowCount()):
+            index = self.error_index(r)
+            error = self.errors[index] if index is not None else None
+            visible = error is not None and (kind is None or error.kind == kind) and (
+                plane is None or tuple(error.plane) == tuple(plane))
+            self.setRowHidden(r, not visible)
+            shown += visible
+        return shown
 
     def error_index(self, row: int) -> int | None:
         """The evaluation's error index shown in table row `row` (rows move when sorted)."""

@@ -1,10 +1,14 @@
 """Segmentation results as layers, and threshold changes that keep what the user corrected.
 
-A `ResultView` ties a result to its two layers (labels, hidden foreground probability) and remembers, for a labels
-layer the user can edit, what the widget last wrote there. A threshold change then goes: `snapshot` (GUI thread,
-a copy of the labels as they are now) -> `reapply_views` (worker: post-processing again, then
-`nucseg.jobs.segment.keep_user_edits`, so every nucleus the user painted, erased or filled stays as it is) ->
-`apply_update` (GUI thread; refused when the user painted again meanwhile, and the change is re-applied on top).
+A `ResultView` ties a result to its two layers (labels, hidden foreground probability). An editable labels layer
+(one 2-D array in memory) gets its one undo history at once (`label_editing.editing_for`), so every brush stroke
+and correction is a step of it. A threshold change then goes: `snapshot` (GUI thread: the history's version, a
+copy of the labels and of the pixels the user edited) -> `reapply_views` (worker: post-processing again, then
+`nucseg.jobs.segment.keep_user_edits`, so every nucleus the user painted, erased, filled, added, merged or split
+stays as it is) -> `apply_update` (GUI thread; refused when the user edited meanwhile, and the change is re-applied
+on top). The new labels are written as one step of the history, so Ctrl+Z undoes the threshold change itself
+(with the result it showed) before any earlier edit: an undone stroke never brings back an id that the new
+post-processing gave to another nucleus.
 Slide results in zarr are multiscale, which napari does not let anyone paint; they are re-done into a new array
 beside the run's own (never written over) and shown from a pyramid built in the worker.
 """
@@ -22,6 +26,7 @@ from qtpy.QtCore import QTimer
 
 from nucseg.jobs.segment import count_nuclei, keep_user_edits
 
+from .label_editing import EDITED_KEY, editing_for  # noqa: F401  (EDITED_KEY: imported from here too)
 from .layers import ResultDisplay, probability_transform, result_display, result_transform
 
 if TYPE_CHECKING:
@@ -30,27 +35,37 @@ if TYPE_CHECKING:
     from nucseg.config import PostprocessConfig
     from nucseg.inference.predict import PredictionResult, PredictProgress
 
-#: labels-layer metadata key of the pixels the user edited (bool mask), kept across threshold changes
-EDITED_KEY = "nucseg_edited"
-
-
-@dataclasses.dataclass
 class ResultView:
     """One result on screen.
 
     Attributes:
         labels: its Labels layer.
         probability: its (hidden) probability Image layer.
-        result: the result shown (after the last threshold change).
-        written: a copy of what the widget last wrote into `labels` (None: not editable, a multiscale slide).
-        edited: the pixels the user edited so far (None: none yet).
+        editable: whether the labels are one 2-D array in memory, edited through their history (False: a
+            multiscale slide result).
     """
 
-    labels: Labels
-    probability: Image | None
-    result: PredictionResult
-    written: np.ndarray | None
-    edited: np.ndarray | None = None
+    def __init__(self, labels: Labels, probability: Image | None, result: PredictionResult, editable: bool):
+        self.labels = labels
+        self.probability = probability
+        self.editable = editable
+        self._result = result
+
+    @property
+    def result(self) -> PredictionResult:
+        """The result shown: the layer's (an undone threshold change brings back the one before)."""
+        return self.labels.metadata.get("nucseg_result", self._result)
+
+    @result.setter
+    def result(self, result: PredictionResult) -> None:
+        self._result = result
+        self.labels.metadata["nucseg_result"] = result
+
+    @property
+    def edited(self) -> np.ndarray | None:
+        """The pixels the user edited so far (None: none)."""
+        edited = self.labels.metadata.get(EDITED_KEY)
+        return edited if isinstance(edited, np.ndarray) and edited.any() else None
 
 
 def result_metadata(result: PredictionResult) -> dict[str, Any]:
@@ -82,8 +97,9 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
     # the image the writers measure for the CSV's / GeoJSON's H&E columns
     labels.metadata["nucseg_image"] = {"name": image_layer.name, "path": image_layer.metadata.get("nucseg_path")}
     viewer.add_layer(labels)
-    written = None if display.labels_multiscale else np.array(display.labels, copy=True)
-    view = ResultView(labels, None, result, written)
+    view = ResultView(labels, None, result, editable=not display.labels_multiscale)
+    if view.editable:
+        editing_for(labels)  # one history from the first stroke on
 
     def add_probability() -> None:
         if labels not in viewer.layers:
@@ -158,11 +174,13 @@ class StepQueue:
             self.done()
 
 
-def snapshot(view: ResultView) -> np.ndarray | None:
-    """A copy of an editable labels layer as it is now (taken on the GUI thread, compared in the worker)."""
-    if view.written is None:
+def snapshot(view: ResultView) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(history version, a copy of the labels, a copy of the user's pixels) of an editable labels layer, taken on
+    the GUI thread and merged in the worker; None for a multiscale slide result."""
+    if not view.editable:
         return None
-    return np.array(view.labels.data, copy=True)
+    editor = editing_for(view.labels).editor
+    return editor.version, np.array(editor.labels, copy=True), np.array(editor.edited, copy=True)
 
 
 @dataclasses.dataclass
@@ -173,40 +191,47 @@ class Update:
     display: ResultDisplay
     edited: np.ndarray | None
     kept_nuclei: int
-    before: np.ndarray | None  # the snapshot it was merged with
+    version: int | None  # the history version of the snapshot it was merged with
 
 
-def reapply_views(jobs: list[tuple[ResultView, np.ndarray | None]], postprocess: PostprocessConfig
-                  ) -> Generator[PredictProgress, None, list[Update]]:
+def reapply_views(jobs: list[tuple[ResultView, tuple[int, np.ndarray, np.ndarray] | None]],
+                  postprocess: PostprocessConfig) -> Generator[PredictProgress, None, list[Update]]:
     """In a worker: post-process each result again and keep the user's edits (see `keep_user_edits`)."""
     from nucseg.inference.predict import PredictProgress, reapply_postprocess
 
     updates = []
-    for k, (view, current) in enumerate(jobs):
+    for k, (view, snap) in enumerate(jobs):
         yield PredictProgress(k, len(jobs), "re-applying thresholds")
         fresh = reapply_postprocess(view.result, postprocess)
-        if current is None:  # not editable: a multiscale slide result
+        if snap is None:  # not editable: a multiscale slide result
             updates.append(Update(fresh, result_display(fresh, reuse_pyramid=False), None, 0, None))
             continue
-        merged, edited, kept = keep_user_edits(current, view.written, view.edited, np.asarray(fresh.labels))
+        version, current, edited = snap
+        merged, mine, kept = keep_user_edits(current, current, edited, np.asarray(fresh.labels))
         merged = merged.astype(current.dtype, copy=False)
         result = dataclasses.replace(fresh, labels=merged, n_nuclei=count_nuclei(merged))
         display = dataclasses.replace(result_display(fresh, reuse_pyramid=False), labels=merged,
                                       labels_multiscale=False)
-        updates.append(Update(result, display, edited if edited.any() else None, kept, current))
+        updates.append(Update(result, display, mine, kept, version))
     return updates
 
 
 def apply_update(view: ResultView, update: Update) -> bool:
-    """Show a re-applied result; False (nothing changed) when the user edited the layer after its snapshot."""
-    if update.before is not None and not np.array_equal(np.asarray(view.labels.data), update.before):
+    """Show a re-applied result; False (nothing changed) when the user edited the layer after its snapshot.
+
+    An editable layer takes it as one step of its history (consecutive threshold changes make one step), so
+    Ctrl+Z brings back the labels and the result shown before.
+    """
+    if not view.editable:
+        view.labels.metadata.update(result_metadata(update.result))
+        view.labels.data = update.display.labels
+        view.result = update.result
+        return True
+    editing = editing_for(view.labels)
+    if editing.editor.version != update.version:
         return False
-    view.labels.metadata.update(result_metadata(update.result))
-    if update.edited is not None:
-        view.labels.metadata[EDITED_KEY] = update.edited
-    view.labels.data = update.display.labels
-    if update.before is not None:
-        view.written = np.array(update.display.labels, copy=True)
-    view.edited = update.edited
-    view.result = update.result
+    editing.replace(update.display.labels, update.edited, action="thresholds", coalesce=True,
+                    text=f"thresholds re-applied ({update.result.n_nuclei} nuclei)",
+                    metadata=result_metadata(update.result))
+    view._result = update.result
     return True

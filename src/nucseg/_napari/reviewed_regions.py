@@ -103,6 +103,11 @@ def reviewed_boxes(layer: Shapes, image: Image) -> list[Region]:
     return boxes
 
 
+def reviewed_boxes_or_none(layer: Shapes, image: Image) -> list[Region]:
+    """`reviewed_boxes`, or no box when the layer marks nothing yet (edits may still say what was checked)."""
+    return reviewed_boxes(layer, image) if area_polygons(layer, image) else []
+
+
 def reviewed_mask(layer: Shapes | None, image: Image, region: Region) -> np.ndarray:
     """(h, w) bool: the pixels of `region` (level-0 image pixels) inside any reviewed area (pixel centres)."""
     from skimage.draw import polygon2mask

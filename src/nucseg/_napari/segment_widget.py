@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPushButton, QWidget
@@ -27,14 +29,23 @@ from nucseg.inference.predict import PredictProgress
 from nucseg.jobs.segment import layer_title, new_prediction_path, segment_regions, streams_to_disk
 from nucseg.models.registry import resolve_model
 
+from . import rerun_choice
 from . import result_layers as result_steps  # StepQueue, start_startup_job
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
+from .label_editing import editing_for
 from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
 from .pixel_size import PixelSizeField
-from .result_layers import ResultView, add_result_layers, apply_update, reapply_views, snapshot
+from .result_layers import (
+    ResultView,
+    add_result_layers,
+    apply_update,
+    reapply_views,
+    result_metadata,
+    snapshot,
+)
 from .thresholds import ThresholdsBox
 
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
@@ -57,6 +68,7 @@ class SegmentWidget(QWidget):
         self._reapply_worker: Any = None
         self._reapply_pending = False
         self._stop: threading.Event | None = None
+        self._replace: Labels | None = None  # the corrected layer a run replaces (asked first)
         self._steps = result_steps.StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
 
         self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
@@ -207,6 +219,10 @@ class SegmentWidget(QWidget):
 
         geometry = (tuple(layer.scale), tuple(layer.translate), tuple(layer.units)[-2:])
         names = [f"{title} {k}" if len(regions) > 1 else title for k in range(1, len(regions) + 1)]
+        asked = self._ask_about_corrections(layer, names, regions)
+        if asked is None:
+            return
+        names, self._replace = asked
 
         def job() -> Generator[Any, None, list]:
             results = yield from segment_regions(image.load, config, regions, outs, stop, mpp=image.mpp)
@@ -221,6 +237,43 @@ class SegmentWidget(QWidget):
             job, on_return=lambda shown: self._show_results(shown, layer),
             on_finished=self._run_finished, stop_event=stop, controls=self.controls, desc=f"segmenting {image.name}")
 
+    def _ask_about_corrections(self, image_layer: Image, names: list[str], regions: list
+                               ) -> tuple[list[str], Labels | None] | None:
+        """Before a run on an image whose labels a person corrected: ask (`rerun_choice`). Returns the layer
+        names to use and the corrected layer to replace (None: new layers), or None when the person cancelled."""
+        corrected = rerun_choice.corrected_layers(self.viewer, image_layer.name)
+        if not corrected:
+            return names, None
+        target = corrected[-1]
+        new_names = [rerun_choice.new_run_name(self.viewer, name) for name in names]
+        can_replace = len(regions) == 1
+        choice = rerun_choice.ask(self, target, new_names[0], can_replace)
+        if choice is None:
+            return None
+        if choice == rerun_choice.REPLACE and can_replace:
+            return names, target
+        return new_names, None
+
+    def _replace_labels(self, target: Labels, result: Any, display: Any) -> bool:
+        """Put a run's labels into a corrected layer as one step of its history; False when they do not fit."""
+        if display.labels_multiscale or target not in self.viewer.layers:
+            return False
+        labels = np.asarray(display.labels)
+        if labels.shape != target.data.shape:
+            return False
+        editing_for(target).replace(labels.astype(target.data.dtype, copy=False), np.zeros(labels.shape, bool),
+                                    action="new run", text=f"replaced by a new run ({result.n_nuclei} nuclei)",
+                                    metadata=result_metadata(result))
+        view = next((v for v in self.views if v.labels is target), None)
+        if view is None:
+            view = ResultView(target, None, result, editable=True)
+            editing_for(target).changed.connect(functools.partial(self._history_moved, view))
+        view._result = result
+        if view.probability is not None and view.probability in self.viewer.layers:
+            view.probability.data = display.probability
+        self.views = [view]
+        return True
+
     def stop(self) -> None:
         """Ask the running segmentation to stop after its current batch."""
         self.controls.request_stop()
@@ -230,16 +283,37 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(not self._steps)
 
     def _show_results(self, shown: list, image_layer: Image) -> None:
+        target, self._replace = self._replace, None
+        replaced = ""
+        if target is not None and len(shown) == 1 and self._replace_labels(target, *shown[0]):
+            replaced, shown = target.name, []
         added = [add_result_layers(self.viewer, result, display, display.layer.name, image_layer,
                                    self.contours_check.isChecked()) for result, display in shown]
+        for view, _ in added:
+            if view.editable:
+                editing_for(view.labels).changed.connect(functools.partial(self._history_moved, view))
         self._steps.extend([step for _, steps in added for step in steps])
-        n = sum(r.n_nuclei for r, _ in shown)
-        text = f"{n} nuclei in {sum(r.seconds for r, _ in shown):.1f} s"
+        results = [view.result for view, _ in added] or ([target.metadata["nucseg_result"]] if replaced else [])
+        n = sum(r.n_nuclei for r in results)
+        text = f"{n} nuclei in {sum(r.seconds for r in results):.1f} s"
+        corrected = rerun_choice.corrected_layers(self.viewer, image_layer.name)
+        if replaced:
+            text += f"; replaced the labels of {replaced!r} (Ctrl+Z there brings your corrections back)"
+        elif corrected and added:
+            text += (f"; your corrected layer {corrected[-1].name!r} is kept as it is, the new run is "
+                     f"{added[0][0].labels.name!r}")
         if self._stop is not None and self._stop.is_set():
             text = f"stopped: {text} (only what the tiles done so far found is kept)"
             show_info(f"segmentation of {image_layer.name} stopped; {n} nuclei kept")
         self.views = [view for view, _ in added] or self.views
         self.controls.job_finished(text)
+        if corrected and (added or replaced):
+            show_info(text)
+
+    def _history_moved(self, view: ResultView, step: Any) -> None:
+        """A threshold change undone or redone in a result layer: the boxes show the thresholds it shows."""
+        if step is not None and step.action == "thresholds" and view.labels in self.viewer.layers:
+            self.thresholds.set_defaults(view.result.config.postprocess.to_dict())
 
     @property
     def result_layers(self) -> list[Labels]:

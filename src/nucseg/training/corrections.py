@@ -15,7 +15,9 @@ Layout under the store's root (default ``$NUCSEG_HOME/corrections``, NUCSEG_HOME
 Every entry is written in a temporary folder and renamed into place in one step, so a crash never leaves a
 half-written entry, and an id is never reused: nothing is ever overwritten.
 
-Reviewed regions: fine-tuning learns only from labels a person checked. An entry saved with a reviewed mask
+Reviewed regions: fine-tuning learns only from labels a person checked: the regions the person marked as reviewed,
+and the neighbourhood of what the person changed (`edit_neighbourhood`: the edited nuclei and the background
+within `EDIT_MARGIN_PX` of them, never a nucleus nobody touched). An entry saved with a reviewed mask
 trains inside the mask only; one saved as reviewed as a whole trains everywhere; an entry with neither (saved
 before reviewed regions existed, or added through the API without saying) is *unreviewed*: `pairs` leaves it
 out until the person marks it reviewed (`mark_reviewed`) — it is never taken as truth by default.
@@ -48,6 +50,10 @@ REVIEWED_FILE, REVIEW_MARK_FILE = "reviewed.png", "review.json"
 REVIEWED_MASK, REVIEWED_ALL = "mask", "all"
 #: the smallest and largest corrected regions accepted (sides in pixels, pixels in all)
 MIN_SIDE, MAX_PIXELS = 16, 4096 * 4096
+#: background within this many pixels of a person's edits counts as checked (`edit_neighbourhood`)
+EDIT_MARGIN_PX = 16
+#: a region saved around edits spans at least this many pixels a side (image context for the network)
+EDIT_CONTEXT_PX = 128
 _ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 #: emitted (with the store's root) after every add, remove or undo, so lists and counts can refresh
@@ -249,6 +255,69 @@ def check_reviewed(reviewed: np.ndarray | bool | None, shape: tuple[int, ...]) -
         raise InvalidInputError("no part of this region is marked as reviewed: mark what you checked (draw it in "
                                 "the 'reviewed regions' layer, or press 'Mark current view as reviewed')")
     return True if mask.all() else mask
+
+
+def edit_neighbourhood(edited: np.ndarray, labels: np.ndarray, margin: int = EDIT_MARGIN_PX) -> np.ndarray:
+    """The pixels a person's edits vouch for: the edited pixels (whole nuclei the person changed, see
+    `nucseg.editing.history`) and the background within `margin` pixels of them; never the pixels of a
+    nucleus nobody touched (the model's own labels, unchecked).
+
+    Args:
+        edited: (H, W) bool, the pixels the person edited.
+        labels: (H, W) the labels now.
+        margin: pixels of background around the edits that count as checked.
+    """
+    from scipy import ndimage as ndi
+
+    edited = np.asarray(edited, bool)
+    if not edited.any():
+        return edited.copy()
+    near = ndi.distance_transform_edt(~edited) <= margin
+    return near & (edited | (np.asarray(labels) == 0))
+
+
+def region_boxes(mask: np.ndarray, min_side: int = EDIT_CONTEXT_PX) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) boxes around the connected parts of `mask`, each grown to at least `min_side` a side
+    (clipped to the array) and merged with any box it overlaps, so no pixel is stored twice."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    H, W = mask.shape
+    boxes = []
+    for sl in ndi.find_objects(ndi.label(mask)[0]):
+        if sl is None:
+            continue
+        boxes.append(_grown(sl[0].start, sl[0].stop, H, min_side) + _grown(sl[1].start, sl[1].stop, W, min_side))
+    return [(y0, x0, y1 - y0, x1 - x0) for y0, y1, x0, x1 in merge_boxes(boxes)]
+
+
+def _grown(lo: int, hi: int, full: int, min_side: int) -> tuple[int, int]:
+    extra = max(min_side - (hi - lo), 0)
+    lo, hi = lo - extra // 2, hi + extra - extra // 2
+    if lo < 0:
+        lo, hi = 0, min(hi - lo, full)
+    if hi > full:
+        lo, hi = max(lo - (hi - full), 0), full
+    return lo, hi
+
+
+def merge_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) boxes with every overlapping pair replaced by their bounding box, until none overlap."""
+    boxes = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    boxes[i] = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(boxes)
 
 
 class CorrectionStore:
