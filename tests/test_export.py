@@ -497,8 +497,37 @@ def test_nucseg_predict_zarr_is_ome_ngff(tmp_path, monkeypatch, block):
                  *extra]) == 0
     node = list(Reader(parse_url(str(out / "tile_labels.zarr")))())[0]
     assert node.metadata["axes"][0] == {"name": "y", "type": "space", "unit": "micrometer"}
-    assert node.metadata["coordinateTransformations"][0] == [{"type": "scale", "scale": [0.5, 0.5]}]
+    assert node.metadata["coordinateTransformations"][0] == [{"type": "scale", "scale": [0.5, 0.5]},
+                                                             {"type": "translation", "translation": [0.0, 0.0]}]
     assert np.array_equal(np.asarray(node.data[0]), tifffile.imread(out / "tile_labels.tif"))
     attrs = zarr.open_group(str(out / "tile_labels.zarr"), mode="r").attrs["nucseg"]
     assert attrs["mpp"] == 0.5 and attrs["mpp_from"] == "--mpp"
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no scratch left
+
+
+@pytest.mark.parametrize("mpp", [0.5, None])
+def test_labels_exports_record_their_place_on_the_source_image(tmp_path, mpp):
+    """OME-TIFF (Plane position + MapAnnotation) and OME-NGFF (translation) say where the region lies, in µm when
+    the size is known, else in pixels; `open_label_file` reads it back, also from the standard fields alone."""
+    from nucseg.io.label_files import open_label_file
+    from nucseg.io.placement import read_ome_placement
+
+    labels = np.zeros((40, 50), np.uint32)
+    labels[5:15, 10:20] = 3
+    source = {"name": "slide", "path": "/data/slide.svs"}
+    export.write_labels_ome_tiff(labels, tmp_path / "r.ome.tif", mpp=mpp, offset=(600, 900), image=source)
+    export.write_labels_zarr(labels, tmp_path / "r.zarr", mpp=mpp, offset=(600, 900), image=source)
+    for name in ("r.ome.tif", "r.zarr"):
+        found = open_label_file(tmp_path / name)
+        assert found.mpp == mpp and found.placement.offset == (600.0, 900.0)
+        assert dict(found.placement.image) == source
+    with tifffile.TiffFile(tmp_path / "r.ome.tif") as tif:
+        xml = tif.ome_metadata
+    unit = "µm" if mpp else "pixel"
+    assert f'PositionY="{600 * (mpp or 1):g}"'.replace(".0\"", "\"") in xml.replace(".0\"", "\"")
+    assert f'PositionXUnit="{unit}"' in xml
+    standard_only = xml.split("<StructuredAnnotations>")[0] + "</OME>"  # what another OME writer would give
+    assert read_ome_placement(standard_only, mpp).offset == pytest.approx((600.0, 900.0))
+    translation = zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["ome"]["multiscales"][0]["datasets"][0][
+        "coordinateTransformations"][1]
+    assert translation == {"type": "translation", "translation": [600 * (mpp or 1), 900 * (mpp or 1)]}

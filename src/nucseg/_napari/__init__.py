@@ -1,1 +1,10 @@
-"""_napari"""
+"""The napari face of nucseg: reader, writers, dock widgets (everything here may import Qt and napari).
+
+Importing it routes napari's layer saving by the typed file name (`save_routing`): a nuclei layer saved as
+``.geojson``, ``.csv``, ``.zarr`` or ``.ome.tif`` reaches this plugin's writers whatever filter the save dialog
+shows, and a labels layer with a pixel size is never written without it.
+"""
+
+from .save_routing import install as _install_save_routing
+
+_install_save_routing()

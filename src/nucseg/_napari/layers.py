@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 Region = tuple[int, int, int, int]
 
+#: pixels: how far outside a drawn box (or the field of view) a pixel centre may lie and still count as inside
+EDGE_TOLERANCE = 1e-3
 #: multiscale levels of zarr-backed results stop when the longer side is below this many pixels
 PYRAMID_MIN_SIZE = 1024
 
@@ -75,8 +77,11 @@ def _world_box_to_region(layer: Layer, world_points: Sequence[Sequence[float]], 
         data.append(np.asarray(layer.world_to_data(point))[-2:])
     lo, hi = np.min(data, axis=0), np.max(data, axis=0)
     H, W = _level0_shape(layer)
-    y0, x0 = max(math.ceil(lo[0] - 1e-6), 0), max(math.ceil(lo[1] - 1e-6), 0)
-    y1, x1 = min(math.floor(hi[0] + 1e-6) + 1, H), min(math.floor(hi[1] + 1e-6) + 1, W)
+    # a centre within EDGE_TOLERANCE px of the box counts as inside: napari stores shapes in float32, so a corner
+    # drawn on a pixel centre at 449.1 µm comes back as 449.10001 (900.00001 px at 0.499 µm/px)
+    y0, x0 = max(math.ceil(lo[0] - EDGE_TOLERANCE), 0), max(math.ceil(lo[1] - EDGE_TOLERANCE), 0)
+    y1 = min(math.floor(hi[0] + EDGE_TOLERANCE) + 1, H)
+    x1 = min(math.floor(hi[1] + EDGE_TOLERANCE) + 1, W)
     if y1 <= y0 or x1 <= x0:
         raise InvalidInputError(f"{what} does not overlap the image {layer.name!r}")
     return (y0, x0, y1 - y0, x1 - x0)

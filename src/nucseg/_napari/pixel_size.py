@@ -4,13 +4,15 @@ Honesty rule: a size counts as known only when the file says it or the user gave
 PNG for which the user types 0.25 gets µm exports, though 0.25 is also the model's own). Untouched, the field
 shows "unknown": the model then assumes its own resolution and exports stay in pixels. A value the user gave is
 kept on the image layer (``metadata["mpp"]``, ``metadata[MPP_FROM] == "user"``) so corrections, fine-tuning and
-measurements use it too.
+measurements use it too, and when a run starts the image is shown in µm (`show_in_microns`) with the layers on it,
+so the image, its labels and their reopened exports share one frame.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtWidgets import QDoubleSpinBox, QLabel
 
 from nucseg.errors import InvalidInputError
@@ -89,3 +91,46 @@ class PixelSizeField:
                                     "real size, or leave it 'unknown'")
         layer.metadata["mpp"], layer.metadata[MPP_FROM] = value, "user"
         return value
+
+
+#: image-layer metadata key: the µm/px the layer is shown in because the user gave it (see `show_in_microns`)
+SHOWN_MPP = "nucseg_shown_mpp"
+
+
+def _attached(layer: Layer, image: Layer, units: tuple) -> bool:
+    """Whether `layer` sits on `image` in its frame: a result or probability naming it, or labels / shapes /
+    points in the image's units lying within its extent (drawn regions, a truth of the same tile)."""
+    ref = layer.metadata.get("nucseg_image")
+    name = ref.get("name") if isinstance(ref, dict) else ref
+    if name is not None:
+        return name == image.name
+    if layer._type_string not in ("labels", "shapes", "points") or tuple(layer.units)[-2:] != units:
+        return False
+    lo, hi = np.asarray(layer.extent.world)[:, -2:]
+    ilo, ihi = np.asarray(image.extent.world)[:, -2:]
+    step = np.asarray(image.scale[-2:], float)
+    return bool(np.all(lo >= ilo - step) and np.all(hi <= ihi + step))
+
+
+def show_in_microns(viewer, image: Layer, mpp: float | None) -> None:
+    """Show an image whose pixel size the user gave (`mpp`) in µm, with the layers attached to it, so that its
+    results, their exports and their reopened files share one frame; back in pixels when the size is set back to
+    unknown. Images whose size came from their file are left as they are (already in µm)."""
+    if image.metadata.get(MPP_FROM) != "user" and SHOWN_MPP not in image.metadata:
+        return
+    old_size = float(image.scale[-1])
+    old_units = tuple(image.units)[-2:]
+    new_size, new_units = (float(mpp), ("micrometer", "micrometer")) if mpp else (1.0, ("pixel", "pixel"))
+    if image.metadata.get(SHOWN_MPP) == mpp and abs(old_size - new_size) <= 1e-12 * new_size:
+        return
+    ratio = new_size / old_size if old_size else 1.0
+    moving = [image, *(layer for layer in viewer.layers if layer is not image and _attached(layer, image, old_units))]
+    for layer in moving:
+        lead = layer.ndim - 2
+        layer.scale = [*layer.scale[:lead], *(float(s) * ratio for s in layer.scale[-2:])]
+        layer.translate = [*layer.translate[:lead], *(float(t) * ratio for t in layer.translate[-2:])]
+        layer.units = [*tuple(layer.units)[:lead], *new_units]
+    if mpp:
+        image.metadata[SHOWN_MPP] = mpp
+    else:
+        image.metadata.pop(SHOWN_MPP, None)

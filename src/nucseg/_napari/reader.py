@@ -12,7 +12,9 @@
   the same way.
 
 Layers whose file says its microns per pixel get ``scale=(mpp, mpp)`` and ``units=("micrometer",) * 2``, so the
-scale bar reads µm; others stay in pixels. Image layers get ``rgb=True`` and ``metadata={"nucseg_path", "mpp",
+scale bar reads µm; others stay in pixels. Labels exported by this plugin say where they lie on the image they were
+segmented from (`nucseg.io.placement`): they reopen over it (the region's offset as ``translate``), in the units
+the viewer shows that image in when it is open, else in the file's own. Image layers get ``rgb=True`` and ``metadata={"nucseg_path", "mpp",
 "format", "reader", "modality", ...}`` so the widgets can reopen the file and respect its resolution; a slide that
 looks like fluorescence is also reported with a warning (the default model is for brightfield H&E). A file the
 reader claims but cannot read raises `SlideReadError` from the reader function; napari then shows the one-line
@@ -107,17 +109,59 @@ def slide_layer(slide: Slide) -> LayerData:
     return (levels if multiscale else levels[0], _calibrated(kwargs, slide.mpp), "image")
 
 
+def _shown_source(image: Any) -> Any:
+    """The image layer of the current viewer that a label export names as its source (by file path, else by
+    name), or None."""
+    if not image:
+        return None
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return None
+    images = [layer for layer in viewer.layers if getattr(layer, "_type_string", "") == "image"]
+    path, name = image.get("path"), image.get("name")
+
+    def same_file(layer: Any) -> bool:
+        shown = layer.metadata.get("nucseg_path")
+        return bool(path and shown) and (shown == path or Path(shown).resolve() == Path(path).resolve())
+
+    by_path = [layer for layer in images if same_file(layer)]
+    return (by_path or [layer for layer in images if name and layer.name == name] or [None])[0]
+
+
+def _placed(kwargs: dict[str, Any], labels: LabelFile) -> dict[str, Any]:
+    """Scale, units and translate that put the labels where their export says they lie: over their source image
+    as the viewer shows it (its scale, units and translate; so a PNG tile shown in pixels gets its labels in
+    pixels, one given a size in µm gets them in µm), else at the file's own offset in µm (or pixels)."""
+    placement = labels.placement
+    source = _shown_source(placement.image)
+    if source is not None:
+        scale = [float(v) for v in source.scale[-2:]]
+        translate = [float(t) + o * s for t, o, s in zip(source.translate[-2:], placement.offset, scale)]
+        kwargs.update(scale=scale, translate=translate, units=tuple(str(u) for u in source.units[-2:]))
+        return kwargs
+    kwargs = _calibrated(kwargs, labels.mpp)
+    if any(placement.offset):
+        kwargs["translate"] = placement.world(labels.mpp)
+    return kwargs
+
+
 def labels_layer(labels: LabelFile) -> LayerData:
-    """One labels layer tuple for a label file (multiscale for pyramids)."""
+    """One labels layer tuple for a label file (multiscale for pyramids), placed over the image it was segmented
+    from (`_placed`); its metadata names that image for the writers, so a re-export keeps the place."""
     multiscale = len(labels.levels) > 1
     name = _name(labels.path)
+    metadata: dict[str, Any] = {"nucseg_path": str(labels.path), "mpp": labels.mpp, "format": labels.source}
+    if labels.placement.image:
+        metadata["nucseg_image"] = dict(labels.placement.image)
     kwargs: dict[str, Any] = {
         "name": name if "label" in name.lower() else f"{name} labels",  # truth beside its image: not "x [1]"
         "multiscale": multiscale,
-        "metadata": {"nucseg_path": str(labels.path), "mpp": labels.mpp, "format": labels.source},
+        "metadata": metadata,
     }
     data = labels.levels if multiscale else labels.levels[0]
-    return (data, _calibrated(kwargs, labels.mpp), "labels")
+    return (data, _placed(kwargs, labels), "labels")
 
 
 def _inputs(paths: Sequence[str | Path]) -> list[Path]:

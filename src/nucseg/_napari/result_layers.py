@@ -108,7 +108,8 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
         view.probability = Image(display.probability, name=f"{title} foreground probability", colormap="magma",
                                  visible=False, scale=p_scale, translate=p_translate, units=units,
                                  contrast_limits=display.contrast_limits, multiscale=display.probability_multiscale,
-                                 blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region})
+                                 blending="additive", metadata={"mpp": result.model_mpp, "nucseg_region": result.region,
+                                                                     "nucseg_image": {"name": image_layer.name}})
         viewer.layers.insert(viewer.layers.index(labels), view.probability)  # under its labels
         viewer.layers.selection.active = labels  # the layer the user edits
 

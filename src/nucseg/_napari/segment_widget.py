@@ -37,7 +37,7 @@ from ._workers import JobControls, error_message, start_generator_worker
 from .label_editing import editing_for
 from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
-from .pixel_size import PixelSizeField
+from .pixel_size import PixelSizeField, show_in_microns
 from .result_layers import (
     ResultView,
     add_result_layers,
@@ -207,6 +207,7 @@ class SegmentWidget(QWidget):
         except NucsegError as err:
             show_error(error_message(err))
             return
+        show_in_microns(self.viewer, layer, image.mpp)  # a size the user typed: image and results in µm
         stem = Path(image.path).stem if image.path else image.name
         outs = [new_prediction_path(stem, f"-r{k}" if len(regions) > 1 else "")
                 if streams_to_disk(image.shape, image.multiscale, image.mpp, region, config.block_size, spec.mpp)

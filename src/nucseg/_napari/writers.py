@@ -126,14 +126,18 @@ def _stains_note(how: str, path: str) -> None:
 
 
 def write_labels_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer as a tiled (and, when large, pyramidal) OME-TIFF with its pixel size when known."""
-    export.write_labels_ome_tiff(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True)
+    """Save a Labels layer as a tiled (and, when large, pyramidal) OME-TIFF with its pixel size when known and its
+    place on the source image (`layer_offset`, and the image named by ``metadata["nucseg_image"]``)."""
+    export.write_labels_ome_tiff(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True,
+                                 offset=layer_offset(attributes), image=_reference(attributes) or None)
     return [path]
 
 
 def write_labels_zarr(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """Save a Labels layer as an OME-NGFF label image (zarr v3, multiscale; µm axes when the size is known)."""
-    export.write_labels_zarr(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True)
+    """Save a Labels layer as an OME-NGFF label image (zarr v3, multiscale; µm axes when the size is known; scale
+    and translation place it on its source image)."""
+    export.write_labels_zarr(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True,
+                             offset=layer_offset(attributes), image=_reference(attributes) or None)
     return [path]
 
 

@@ -362,27 +362,34 @@ def write_measurements_csv(labels: Any, path: str | Path, image: Any = None, mpp
 
 
 def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = None, pyramid: bool | None = None,
-                          *, overwrite: bool = False, compression: str = "zlib", tile: int = 512) -> Path:
+                          *, overwrite: bool = False, compression: str = "zlib", tile: int = 512,
+                          offset: Sequence[float] = (0, 0), image: Any = None) -> Path:
     """Write uint32 labels as a tiled, compressed OME-TIFF, pyramidal through SubIFDs when large.
 
     Args:
         labels: instance labels (H, W), numpy or lazy (zarr / dask, read tile by tile).
         path: the file to write; overwrite: replace an existing one.
         mpp: microns per pixel, written as OME PhysicalSizeX / Y (µm) and as TIFF resolution.
+        offset: (y0, x0) of the label map in full-resolution pixels of its source image, and image: that image
+            (a name or {"name", "path"}): written as the Plane position and a MapAnnotation
+            (`nucseg.io.placement`), so the labels reopen over the nuclei they came from.
         pyramid: add half, quarter... resolution levels (nearest neighbour: every 2nd, 4th... pixel, so ids stay
             ids) down to one tile; None does so when the image is larger than 4096 px.
         compression: "zlib" (widely readable) or "zstd"; tile: tile side, a multiple of 16.
     """
     import tifffile
 
-    labels = _check_labels(labels)
+    from nucseg.io.placement import Placement, ome_metadata
+
+    labels, mpp = _check_labels(labels), _check_mpp(mpp)
     h, w = (int(s) for s in labels.shape)
     steps = [1]
     if pyramid or (pyramid is None and max(h, w) > 4096):
         while max(-(-h // steps[-1]), -(-w // steps[-1])) > tile:
             steps.append(steps[-1] * 2)
     metadata: dict[str, Any] = {"axes": "YX", "Name": "nuclei labels", **({} if not mpp else {
-        "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"})}
+        "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}),
+        **ome_metadata(Placement.of(offset, image), mpp)}
     resolution = (1e4 / mpp, 1e4 / mpp) if mpp else None
     options = {"tile": (tile, tile), "compression": compression, "photometric": "minisblack",
                "resolutionunit": "CENTIMETER" if mpp else None}
@@ -404,11 +411,13 @@ def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = Non
 
 
 def write_labels_zarr(labels: Any, path: str | Path, chunks: int = 1024, mpp: float | None = None,
-                      *, overwrite: bool = False) -> Path:
-    """Write uint32 labels as an OME-NGFF 0.5 label image (zarr v3): see `nucseg.io.ngff.write_labels_ngff`."""
+                      *, overwrite: bool = False, offset: Sequence[float] = (0, 0), image: Any = None) -> Path:
+    """Write uint32 labels as an OME-NGFF 0.5 label image (zarr v3): see `nucseg.io.ngff.write_labels_ngff`
+    (`offset` and `image` as `write_labels_ome_tiff`: written as each level's translation)."""
     from nucseg.io.ngff import write_labels_ngff
+    from nucseg.io.placement import Placement
 
     labels = _check_labels(labels)
     with atomic_output(path, overwrite) as tmp:
-        write_labels_ngff(labels, tmp, chunks=chunks, mpp=_check_mpp(mpp))
+        write_labels_ngff(labels, tmp, chunks=chunks, mpp=_check_mpp(mpp), placement=Placement.of(offset, image))
     return Path(path)

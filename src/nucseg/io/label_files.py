@@ -2,7 +2,8 @@
 
 A file holds labels, not an image, when it is:
 
-- our own export: an OME-TIFF named "nuclei labels", or a zarr written by `nucseg.io.export.write_labels_zarr`
+- our own export (with its `placement`: where it lies on the image it was segmented from): an OME-TIFF named
+  "nuclei labels", or a zarr written by `nucseg.io.export.write_labels_zarr`
   (an OME-NGFF label image, ``"image-label"`` in its multiscales metadata, or the older single array with
   ``content: "nuclei instance labels..."``); any OME-NGFF label image is read the same way;
 - a single-channel integer PNG or TIFF (MoNuSeg / TNBC / DSB truth, QuPath label exports, binary masks) whose
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.io.placement import Placement, read_ome_placement
+
 #: a single-channel integer image is labels when at least this fraction of pixels equals its right neighbour ...
 FLAT_FRACTION = 0.8
 #: ... and at least this fraction is 0 (background)
@@ -38,6 +41,7 @@ class LabelFile:
     levels: list[Any]
     mpp: float | None
     source: str
+    placement: Placement = dataclasses.field(default_factory=Placement)
 
 
 def looks_like_labels(sample: np.ndarray) -> bool:
@@ -107,10 +111,10 @@ def _open_zarr(path: Path) -> LabelFile:
         arr = zarr.open_array(str(path), mode="r")
         mpp = attrs.get("mpp")
         return LabelFile(path, [arr], float(mpp) if mpp else None, "zarr")
-    from nucseg.io.ngff import read_labels_ngff
+    from nucseg.io.ngff import read_labels_ngff, read_labels_placement
 
     levels, mpp = read_labels_ngff(path)
-    return LabelFile(path, levels, mpp, "ome-ngff")
+    return LabelFile(path, levels, mpp, "ome-ngff", read_labels_placement(path, mpp))
 
 
 # ------------------------------------------------------------------------------------------- PNG / TIFF
@@ -135,6 +139,7 @@ def _tiff_labels(path: Path) -> LabelFile | None:
         mpp = ome_mpp(tif.ome_metadata or "") if tif.is_ome else None
         if mpp is None:
             mpp = resolution_mpp(tif, key)
+        placement = read_ome_placement(tif.ome_metadata, mpp) if tif.is_ome and tif.ome_metadata else Placement()
         n_levels = len(series.levels)
     levels = [zarr.open_array(tifffile.imread(path, aszarr=True, level=i), mode="r") for i in range(n_levels)]
     levels = [lv if lv.ndim == 2 else _Squeezed(lv) for lv in levels]
@@ -142,7 +147,7 @@ def _tiff_labels(path: Path) -> LabelFile | None:
         return None
     from nucseg.io.base import plausible_mpp
 
-    return LabelFile(path, levels, plausible_mpp(mpp) if not ours else mpp, "ome-tiff" if ours else "tiff")
+    return LabelFile(path, levels, plausible_mpp(mpp) if not ours else mpp, "ome-tiff" if ours else "tiff", placement)
 
 
 class _Squeezed:

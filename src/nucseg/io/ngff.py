@@ -10,7 +10,9 @@ Layout of ``<name>.zarr`` (the group itself is the label image, so a viewer open
 
 ``multiscales`` has axes y / x of type "space" with unit "micrometer" and each level's ``coordinateTransformations``
 scale (mpp x 2^level) when the pixel size is known; otherwise axes without a unit and scales in pixels (1, 2, 4...),
-so no physical size is claimed. Level k's pixel i is level 0's pixel i x 2^k, so no translation is needed.
+so no physical size is claimed. Level k's pixel i is level 0's pixel i x 2^k, so every level has the same
+``translation``: the region's origin on its source image (`nucseg.io.placement`; µm, or pixels when the size is
+unknown), repeated as ``nucseg.offset_px`` with the source image in ``nucseg.image``.
 
 ome-zarr 0.18 writes NGFF 0.5 with zarr 3; its `write_labels` would nest the labels under an image as
 ``labels/<name>`` and compute pyramids through dask, so the arrays are written here and the metadata through
@@ -24,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_labels_ngff", "write_labels_ngff"]
+from nucseg.io.placement import Placement
+
+__all__ = ["read_labels_ngff", "read_labels_placement", "write_labels_ngff"]
 
 CONTENT = "nuclei instance labels, 0 = background (napari-nucseg)"
 
@@ -37,7 +41,7 @@ def _levels(h: int, w: int, chunks: int) -> list[int]:
 
 
 def write_labels_ngff(labels: Any, path: str | Path, *, chunks: int = 1024, mpp: float | None = None,
-                      name: str = "nuclei") -> Path:
+                      name: str = "nuclei", placement: Placement | None = None) -> Path:
     """Write labels (numpy, or zarr / dask read block by block) to a new folder `path` as an NGFF label image.
 
     Args:
@@ -46,6 +50,7 @@ def write_labels_ngff(labels: Any, path: str | Path, *, chunks: int = 1024, mpp:
         chunks: chunk side of every level.
         mpp: microns per pixel when known (any positive value); None writes pixel units only.
         name: the multiscale's name.
+        placement: the region's origin on its source image, and that image (None: the origin).
     """
     import warnings
 
@@ -76,13 +81,36 @@ def write_labels_ngff(labels: Any, path: str | Path, *, chunks: int = 1024, mpp:
     unit = {"unit": "micrometer"} if mpp else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
     size = float(mpp) if mpp else 1.0
-    datasets = [{"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [size * s, size * s]}]}
+    placement = placement or Placement()
+    translation = {"type": "translation", "translation": placement.world(mpp)}
+    datasets = [{"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [size * s, size * s]},
+                                                                   translation]}
                 for level, s in enumerate(steps)]
     write_multiscales_metadata(root, datasets, fmt=fmt, axes=axes, name=name)
     add_metadata(root, {"image-label": {"version": fmt.version}}, fmt=fmt)
     root.attrs["nucseg"] = {"mpp": float(mpp) if mpp else None, "content": CONTENT,
-                            "pixel_size": "known" if mpp else "unknown: coordinates in pixels"}
+                            "pixel_size": "known" if mpp else "unknown: coordinates in pixels",
+                            "offset_px": list(placement.offset), "image": placement.image}
     return Path(path)
+
+
+def read_labels_placement(path: str | Path, mpp: float | None) -> Placement:
+    """Where an NGFF label image lies on its source image: ``nucseg.offset_px`` (exact), else level 0's
+    ``translation`` (divided by `mpp` when the axes are in micrometer), else the origin."""
+    import zarr
+
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    ours = attrs.get("nucseg") or {}
+    if ours.get("offset_px") is not None:
+        return Placement.of(ours["offset_px"], ours.get("image"))
+    ome = attrs.get("ome", attrs)
+    dataset = ome["multiscales"][0]["datasets"][0]
+    translation = next((t["translation"] for t in dataset.get("coordinateTransformations", [])
+                        if t.get("type") == "translation"), None)
+    if not translation:
+        return Placement()
+    size = float(mpp) if mpp else 1.0
+    return Placement.of([float(v) / size for v in translation[-2:]])
 
 
 def read_labels_ngff(path: str | Path) -> tuple[list[Any], float | None]:

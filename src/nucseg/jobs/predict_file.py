@@ -235,14 +235,17 @@ class OutputSet:
         import numpy as np
 
         from nucseg.io import export
+        from nucseg.io.slides import suffix_of
         from nucseg.models.registry import resolve_model
 
         t0 = time.perf_counter()
         item, config, temps = self.item, self.settings.config, self.temps
         labels, offset = result.labels, result.region[:2]
         annotate = self._annotator(mpp)
+        source = {"name": item.input.name[: len(item.input.name) - len(suffix_of(item.input))] or item.input.name,
+                  "path": str(item.input.resolve())}  # where the labels lie: named as the napari reader names it
         if "tif" in temps:
-            export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp)
+            export.write_labels_ome_tiff(labels, temps["tif"], mpp=mpp, offset=offset, image=source)
         if "geojson" in temps or "csv" in temps:  # one pass: the GeoJSON carries the CSV's numbers
             export.write_nuclei_tables(labels, csv_path=temps.get("csv"), geojson_path=temps.get("geojson"),
                                        image=image, mpp=mpp, offset=offset, annotate=annotate)
@@ -252,7 +255,7 @@ class OutputSet:
         if "zarr" in temps:  # OME-NGFF 0.5 labels (µm axes only when the size is known), copied block by block
             import zarr
 
-            export.write_labels_zarr(labels, temps["zarr"], mpp=mpp)
+            export.write_labels_zarr(labels, temps["zarr"], mpp=mpp, offset=offset, image=source)
             try:
                 group = zarr.open_group(str(temps["zarr"]), mode="a")
                 group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
