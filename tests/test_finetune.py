@@ -70,7 +70,9 @@ def test_resume_after_a_crash_starts_at_the_next_epoch(tiny_model, tmp_path):
         if record["kind"] == "epoch" and record["epoch"] == 2:
             gen.close()
             break
-    assert records[0]["kind"] == "baseline" and "val_aji" in records[0]
+    assert records[0]["kind"] == "preparing"  # something to show at once, before the model is loaded
+    baseline = next(r for r in records if r["kind"] == "baseline")
+    assert "val_aji" in baseline and "val_score" in baseline
     assert not (out / "model.safetensors").exists()
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 2
 
@@ -78,7 +80,7 @@ def test_resume_after_a_crash_starts_at_the_next_epoch(tiny_model, tmp_path):
     assert epochs_of(resumed) == [3]
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.model_dir == out and not result.stopped
-    assert result.before == {k: v for k, v in records[0].items() if k != "kind"}
+    assert result.before == {k: v for k, v in baseline.items() if k != "kind"}
     spec = resolve_model(out)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["validation"]["after"] and cfg["created"] and cfg["base_model"]["name"] == "tiny"
@@ -119,7 +121,7 @@ def test_stop_keeps_the_best_epoch_and_makes_a_loadable_model(tiny_model, tmp_pa
     assert records[-1]["partial"] is True
     assert result.model_dir is not None and result.after
     best = [r for r in result.history if r["best"]][-1]
-    assert result.after == {k: v for k, v in best.items() if k.startswith("val_")}
+    assert result.after == {k: v for k, v in best.items() if k.startswith("val_") or k == "tiles"}
     net = load_network(result.model_dir)
     assert net is not None
 
@@ -249,16 +251,21 @@ def test_sampler_draws_the_mixed_share_from_the_original_data():
 
 
 def scripted_validation(monkeypatch, ajis):
-    """`validate` in iter_finetune returns these AJIs in turn: the base model's first, then one per epoch."""
+    """The held-out scoring in iter_finetune returns these scores in turn: the base model's first, then one per
+    epoch."""
+    import numpy as np
+
     from nucseg.training import finetune
 
     scores = iter(ajis)
 
-    def fake(*args, **kwargs):
+    def fake(net, spec, heldout, *args, **kwargs):
         aji = next(scores)
-        return {"val_loss": 1 - aji, "val_iou": aji, "val_f1": aji, "val_aji": aji}
+        yield 0, len(heldout)
+        return ({"val_loss": 1 - aji, "val_iou": aji, "val_f1": aji, "val_aji": aji, "val_score": aji},
+                [np.zeros(p.labels.shape, np.uint32) for p in heldout.pairs])
 
-    monkeypatch.setattr(finetune, "validate", fake)
+    monkeypatch.setattr(finetune, "iter_heldout_scores", fake)
 
 
 def test_a_version_worse_than_its_base_is_not_registered_unless_asked(tiny_model, tmp_path, monkeypatch):
@@ -274,14 +281,14 @@ def test_a_version_worse_than_its_base_is_not_registered_unless_asked(tiny_model
     config = FinetuneConfig(base_model=str(tiny_model), **TINY)
     out = tmp_path / "run"
     _, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, keep="if_better"))
-    assert result.verdict == NOT_BETTER and result.best_epoch == 2 and result.after["val_aji"] == 0.857
+    assert result.verdict == NOT_BETTER and result.best_epoch == 2 and result.after["val_score"] == 0.857
     assert result.model_dir is None and result.pending and is_candidate(out)
     assert not (out / "config.json").exists()  # nothing loads it as a model by accident
     assert json.loads((out / "candidate.json").read_text())["validation"]["verdict"] == NOT_BETTER
     # resuming the finished run trains nothing and returns the same decision; keep="always" keeps it
     records, again = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True, keep="always"))
     assert [r["kind"] for r in records] == ["baseline"] and again.model_dir == out and not again.pending
-    assert resolve_model(out).trained and again.before["val_aji"] == 0.988
+    assert resolve_model(out).trained and again.before["val_score"] == 0.988
     with pytest.raises(Exception, match="no model waiting"):
         register_candidate(out)
 

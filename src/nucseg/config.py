@@ -197,6 +197,8 @@ class EvalConfig(_JsonConfig):
 
 LOSSES = ("focal+jaccard", "bce+dice", "ce")
 AUGMENTATIONS = ("flips", "rot90", "stain", "color", "scale", "blur")
+#: what fine-tuning holds out to judge itself: blocks of every correction, or whole images
+HOLDOUTS = ("regions", "images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +217,10 @@ class FinetuneConfig(_JsonConfig):
         patch_size: side of the square training patch.
         loss: foreground loss; the contour head always uses BCE + Dice, the distance head BCE on soft targets.
         augmentations: any of flips, rot90, stain, color, scale, blur.
-        validation_fraction: share of images held out for validation when no explicit split is given.
+        validation_fraction: share held out to judge the run when no validation images are given: of every
+            correction's reviewed blocks (``holdout="regions"``), or of the images (``"images"``).
+        holdout: "regions" holds out blocks of every correction and scores them with the outlines the person
+            accepted credited (`nucseg.training.holdout`); "images" holds out whole images.
         mix_original: fraction of each batch drawn from the base model's original data, against forgetting: the
             folder the user gives, else the replay set the base model carries (the shipped default does); 0 = off.
             On by default (benchmarks/bench_finetune.py, 5 DSB tiles): without it MoNuSeg validation AJI fell by
@@ -245,6 +250,7 @@ class FinetuneConfig(_JsonConfig):
     loss: str = "focal+jaccard"
     augmentations: tuple[str, ...] = ("flips", "rot90", "stain", "color")
     validation_fraction: float = 0.2
+    holdout: str = "regions"
     mix_original: float = 0.5
     freeze_norm: bool = False
     tune_postprocess: bool = False
@@ -265,6 +271,7 @@ class FinetuneConfig(_JsonConfig):
         bad = set(self.augmentations) - set(AUGMENTATIONS)
         _check(not bad, f"unknown augmentations {sorted(bad)}; choose from {', '.join(AUGMENTATIONS)}")
         _check(0.0 <= self.validation_fraction < 1.0, "validation fraction must lie in [0, 1)")
+        _check(self.holdout in HOLDOUTS, f"holdout {self.holdout!r} must be one of {', '.join(HOLDOUTS)}")
         _check(0.0 <= self.mix_original < 1.0, "mix_original must lie in [0, 1)")
         _check(self.early_stopping_patience >= 0 and self.plateau_patience >= 0, "patience must be >= 0")
         _check(self.device in DEVICES, f"device {self.device!r} must be one of {', '.join(DEVICES)}")

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nucseg.config import DEVICES, LOSSES, FinetuneConfig, read_config_json
+from nucseg.config import DEVICES, HOLDOUTS, LOSSES, FinetuneConfig
 from nucseg.errors import InvalidInputError, StoreError
-from nucseg.jobs.finetune import folder_pairs, scores_rows, verdict_lines
+from nucseg.jobs.finetune import folder_pairs, saved_config, scores_rows, tile_rows, verdict_lines
 
 #: exit status of a run that finished but registered no model (not better than its base, no --keep-worse)
 NOT_KEPT = 1
@@ -26,8 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune a model on image / instance-label pairs (paired by file name: tile1.png with "
         "tile1.png or tile1_labels.tif). Writes a new model folder OUT (config.json + model.safetensors) that "
         "`nucseg predict --model OUT` loads. Every epoch is checkpointed: after a crash or Ctrl-C, run the "
-        "same command with --resume to continue. Validation scores (AJI, IoU, F-score) of the base model and "
-        "of the new one are printed at the end; a model that is not better than its base on them is not "
+        "same command with --resume to continue. Without --val-images, a share of every image's blocks is held "
+        "out, and the base model and the new one are scored there at the end (per image, and in all: the "
+        "held-out score is AJI with the outlines a person accepted unchanged credited to a model that finds "
+        "them); a model that is not better than its base on it is not "
         f"registered (exit status {NOT_KEPT}; its weights stay in OUT) unless --keep-worse.",
     )
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of training images")
@@ -53,8 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--val-images", type=Path, metavar="DIR", help="folder of validation images")
     val.add_argument("--val-labels", type=Path, metavar="DIR", help="folder of their labels")
     val.add_argument("--val-fraction", type=float,
-                     help=f"share of the training images held out when no --val-images (default "
-                     f"{defaults.validation_fraction})")
+                     help=f"share held out when no --val-images (default {defaults.validation_fraction})")
+    val.add_argument("--holdout", choices=HOLDOUTS,
+                     help="what --val-fraction holds out: blocks of every image (regions) or whole images "
+                     f"(default {defaults.holdout})")
     orig = p.add_argument_group("original data (mixed into every batch so the model does not forget it; default: "
                                 "the replay set the base model carries, e.g. the shipped default's MoNuSeg crops)")
     orig.add_argument("--original-images", type=Path, metavar="DIR")
@@ -87,7 +91,7 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     saved = args.out / "finetune_config.json"
     if args.resume and saved.is_file():
         try:
-            values.update(read_config_json(saved))
+            values.update(saved_config(saved))
         except StoreError as err:
             from nucseg.training.checkpoint import has_checkpoint
 
@@ -98,7 +102,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
                   "given", file=sys.stderr)
     given = {"base_model": args.base, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
              "learning_rate": args.lr, "batch_size": args.batch_size, "patch_size": args.patch_size,
-             "loss": args.loss, "validation_fraction": args.val_fraction, "device": args.device,
+             "loss": args.loss, "validation_fraction": args.val_fraction, "holdout": getattr(args, "holdout", None),
+             "device": args.device,
              "num_threads": args.threads, "seed": args.seed}
     values.update({k: v for k, v in given.items() if v is not None})
     if args.augment is not None:
@@ -125,12 +130,24 @@ def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, l
                         original_labels=args.original_labels, mpp=args.mpp, config=config)
 
 
+def _heldout_text(val: Any) -> str:
+    from nucseg.training.holdout import HeldOut
+
+    if isinstance(val, HeldOut):
+        return f"{len(val)} regions of {len(set(val.groups))} held out to judge the run"
+    return f"{len(val)} for validation"
+
+
+def _scores_text(record: dict[str, Any]) -> str:
+    score = f"held-out score {record['val_score']:.3f}  " if "val_score" in record else ""
+    return f"{score}AJI {record['val_aji']:.3f}  IoU {record['val_iou']:.3f}  F {record['val_f1']:.3f}"
+
+
 def _fmt(record: dict[str, Any]) -> str:
     parts = [f"epoch {record['epoch']}/{record['epochs']}", f"loss {record['train_loss']:.4f}",
              f"IoU {record['train_iou']:.3f}", f"F {record['train_f1']:.3f}"]
     if "val_aji" in record:
-        parts.append(f"| val loss {record['val_loss']:.4f} IoU {record['val_iou']:.3f} F {record['val_f1']:.3f} "
-                     f"AJI {record['val_aji']:.3f}")
+        parts.append(f"| val loss {record['val_loss']:.4f} {_scores_text(record)}")
     parts.append(f"| {record['seconds']:.0f} s" + (" best" if record.get("best") else ""))
     if record.get("partial"):
         parts.append("(stopped mid-epoch)")
@@ -147,6 +164,18 @@ def scores_table(before: dict[str, float], after: dict[str, float]) -> list[str]
     return lines
 
 
+def tiles_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """One line per tile (correction or validation image): its held-out score before and after."""
+    rows = tile_rows(before, after)
+    if len(rows) < 2:
+        return []
+    width = min(40, max(len(name) for name, *_ in rows))
+    lines = [f"{'per tile':<{width}} {'before':>8} {'after':>8} {'nuclei':>7}"]
+    for name, b, a, nuclei in rows:
+        lines.append(f"{name[:width]:<{width}} {'-' if b is None else f'{b:.4f}':>8} {a:>8.4f} {nuclei:>7}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -154,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
+    from nucseg.training.estimate import format_minutes
     from nucseg.training.postprocess_tuning import describe_tuning
 
     check_output_folder(args.out)  # a file, a read-only folder or a full disk: one line before any work
@@ -173,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             mixed = f", {source} at {config.mix_original:.0%} of each batch"
         reviewed = [p for p in train if p.reviewed is not None]
         partly = f"; {len(reviewed)} learn only inside their reviewed regions" if reviewed else ""
-        print(f"fine-tuning {config.base_model} on {len(train)} images ({len(val)} for validation{mixed}"
+        print(f"fine-tuning {config.base_model} on {len(train)} images ({_heldout_text(val)}{mixed}"
               + f"{partly}): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
               f"{config.patch_size} px", file=sys.stderr)
     gen = folder_finetune(train, val, config, args.out, original=original, resume=args.resume,
@@ -181,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     total = config.epochs * config.steps_per_epoch
     bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr, disable=args.quiet or None,
                dynamic_ncols=True)
+    said_estimate = False
     try:
         while True:
             try:
@@ -188,20 +219,31 @@ def run(args: argparse.Namespace) -> int:
             except StopIteration as done:
                 result = done.value
                 break
-            if record["kind"] == "step":
+            kind = record["kind"]
+            if kind == "step":
                 bar.n = (record["epoch"] - 1) * record["steps"] + record["step"]
-                bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}", refresh=False)
+                left = record.get("eta_s")
+                bar.set_postfix_str(f"epoch {record['epoch']}, loss {record['loss']:.3f}"
+                                    + (f", {format_minutes(left)} left" if left is not None else ""), refresh=False)
                 bar.refresh()
-            elif record["kind"] == "epoch":
+                if left is not None and not said_estimate:
+                    said_estimate = True
+                    tqdm.write(f"measured {record['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
+                               f"(at most; early stopping can end it sooner)", file=sys.stderr)
+            elif kind == "validating":
+                who = "base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
+                bar.set_postfix_str(f"scoring the {who} on held-out data {record['done']}/{record['total']}")
+            elif kind == "preparing":
+                bar.set_postfix_str(record["stage"])
+            elif kind == "epoch":
                 bar.n = record["epoch"] * config.steps_per_epoch
                 tqdm.write(_fmt(record), file=sys.stdout)
-            elif record["kind"] == "note":
+            elif kind == "note":
                 tqdm.write(f"nucseg finetune: note: {record['message']}", file=sys.stderr)
-            elif record["kind"] == "tuning":
+            elif kind == "tuning":
                 bar.set_postfix_str("tuning watershed thresholds on the validation images")
-            elif record["kind"] == "baseline" and "val_aji" in record:
-                tqdm.write(f"base model on validation: AJI {record['val_aji']:.3f}  IoU {record['val_iou']:.3f}  "
-                           f"F {record['val_f1']:.3f}", file=sys.stdout)
+            elif kind == "baseline" and ("val_score" in record or "val_aji" in record):
+                tqdm.write(f"base model on the held-out data: {_scores_text(record)}", file=sys.stdout)
     except KeyboardInterrupt:
         gen.close()
         bar.close()
@@ -213,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     if not result.candidate:
         raise StoreError("no epoch finished, so no model was written; run again with more steps")
     for line in scores_table(result.before, result.after):
+        print(line)
+    for line in tiles_table(result.before, result.after):
         print(line)
     if result.postprocess_tuning:
         print(describe_tuning(result.postprocess_tuning))

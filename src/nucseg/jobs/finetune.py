@@ -26,11 +26,13 @@ if TYPE_CHECKING:
     from nucseg.training.corrections import CorrectionStore
     from nucseg.training.dataset import TrainingPair
     from nucseg.training.finetune import FinetuneResult
+    from nucseg.training.holdout import HeldOut
 
 #: written into a run folder after its first record: which corrections trained and validated it
 RUN_SOURCES = "corrections_run.json"
-#: validation scores shown before / after, in this order
-METRICS = (("val_aji", "AJI"), ("val_iou", "IoU"), ("val_f1", "F-score"), ("val_loss", "loss"))
+#: validation scores shown before / after, in this order (the first decides: see nucseg.training.holdout)
+METRICS = (("val_score", "held-out score"), ("val_aji", "AJI"), ("val_iou", "IoU"), ("val_f1", "F-score"),
+           ("val_loss", "loss"))
 #: `iter_finetune` keep policy of the command line without --keep-worse / with it
 KEEP_FOR_CLI, KEEP_WORSE_FOR_CLI = "if_better", "always"
 
@@ -51,25 +53,32 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
     """
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
-    from nucseg.training.dataset import load_pairs, split_pairs
+    from nucseg.training.dataset import load_pairs
     from nucseg.training.finetune import iter_finetune
+    from nucseg.training.holdout import HeldOut, whole_images
 
     out_dir = Path(out_dir)
     sources = out_dir / RUN_SOURCES
     if resume and is_candidate(out_dir):  # training is over: only the decision on its model is left
         return (yield from iter_finetune([], [], config, out_dir, resume=True, keep=keep))
+    yield {"kind": "preparing", "stage": "reading the corrections"}
     model_mpp = resolve_model(config.base_model).mpp  # corrections from a 20x slide are resampled to it
     unreviewed = len(store.unreviewed())
     if resume and sources.is_file():
         record = json.loads(sources.read_text())
-        train, val = store.pairs(record["train"], model_mpp), store.pairs(record["val"], model_mpp)
         original_dir = record.get("original_dir")
+        if "entries" in record:
+            train, val = split_for_validation(store.pairs(record["entries"], model_mpp), config)
+        else:  # a run that held out whole corrections
+            train, val = store.pairs(record["train"], model_mpp), store.pairs(record["val"], model_mpp)
     else:
         pairs = store.pairs(model_mpp=model_mpp)
         if not pairs:
             raise InvalidInputError(no_reviewed_message(len(store), unreviewed))
-        train, val = split_pairs(pairs, config.validation_fraction, config.seed)
-    yield {"kind": "data", "train": len(train), "val": len(val), "unreviewed": unreviewed}
+        train, val = split_for_validation(pairs, config)
+    heldout = val if isinstance(val, HeldOut) else whole_images(val)
+    yield {"kind": "data", "train": len(train), "val": len(heldout), "val_tiles": len(set(heldout.groups)),
+           "unreviewed": unreviewed}
     original = None  # the base model's replay set, if it carries one
     if original_dir and config.mix_original > 0:
         original = load_pairs(Path(original_dir) / "images", Path(original_dir) / "labels")
@@ -79,11 +88,34 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
     first = next(gen)  # the run folder is prepared (or refused) before this returns
     if not sources.is_file():
         tmp = sources.with_name(f".{RUN_SOURCES}.tmp")
-        tmp.write_text(json.dumps({"store": str(store.root), "train": [p.name for p in train],
-                                   "val": [p.name for p in val], "original_dir": str(original_dir or "") or None}))
+        names = [p.name for p in train] + ([] if isinstance(val, HeldOut) else [p.name for p in val])
+        tmp.write_text(json.dumps({"store": str(store.root), "entries": sorted(names), "holdout": config.holdout,
+                                   "original_dir": str(original_dir or "") or None}))
         os.replace(tmp, sources)
     yield first
     return (yield from gen)
+
+
+def split_for_validation(pairs: Sequence[TrainingPair], config: FinetuneConfig
+                         ) -> tuple[list[TrainingPair], HeldOut | list[TrainingPair]]:
+    """(what trains, what judges the run) by `config.holdout`: held-out blocks of every pair ("regions",
+    `nucseg.training.holdout.split_regions`), or whole pairs ("images")."""
+    from nucseg.training.dataset import split_pairs
+    from nucseg.training.holdout import split_regions
+
+    if config.holdout == "regions":
+        return split_regions(pairs, config.validation_fraction, config.seed)
+    return split_pairs(pairs, config.validation_fraction, config.seed)
+
+
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """The settings a run folder was started with (its finetune_config.json), as a dict for `FinetuneConfig`; runs
+    started before regions were held out keep holding out whole images."""
+    from nucseg.config import read_config_json
+
+    values = read_config_json(path)
+    values.setdefault("holdout", "images")
+    return values
 
 
 def no_reviewed_message(total: int, unreviewed: int) -> str:
@@ -98,12 +130,14 @@ def no_reviewed_message(total: int, unreviewed: int) -> str:
 def folder_pairs(images: Path, labels: Path, *, val_images: Path | None = None, val_labels: Path | None = None,
                  reviewed: Path | None = None, original_images: Path | None = None,
                  original_labels: Path | None = None, mpp: float | None = None,
-                 config: FinetuneConfig) -> tuple[list[TrainingPair], list[TrainingPair], list[TrainingPair] | None]:
+                 config: FinetuneConfig
+                 ) -> tuple[list[TrainingPair], HeldOut | list[TrainingPair], list[TrainingPair] | None]:
     """(train, val, original) pairs from folders, at the base model's resolution.
 
     Args:
         images, labels: paired by file name.
-        val_images, val_labels: validation folders; without them `config.validation_fraction` is split off.
+        val_images, val_labels: validation folders (whole images); without them `split_for_validation` holds
+            out `config.validation_fraction` of the training data (of every image's blocks by default).
         reviewed: optional folder of reviewed masks paired by name (white = reviewed), as the corrections
             store exports them; images without one are taken as reviewed as a whole.
         original_images, original_labels: original data to rehearse (None: the base model's replay set).
@@ -113,7 +147,7 @@ def folder_pairs(images: Path, labels: Path, *, val_images: Path | None = None, 
         InvalidInputError: a folder pair is incomplete, or a bad `mpp`.
     """
     from nucseg.models.registry import resolve_model
-    from nucseg.training.dataset import at_model_resolution, load_pairs, split_pairs
+    from nucseg.training.dataset import at_model_resolution, load_pairs
 
     if (val_images is None) != (val_labels is None):
         raise InvalidInputError("give both --val-images and --val-labels, or neither (then --val-fraction applies)")
@@ -133,13 +167,13 @@ def folder_pairs(images: Path, labels: Path, *, val_images: Path | None = None, 
     if val_images is not None:
         train, val = pairs, load(val_images, val_labels)  # type: ignore[arg-type]
     else:
-        train, val = split_pairs(pairs, config.validation_fraction, config.seed)
+        train, val = split_for_validation(pairs, config)
     # None: the base model's replay set (if it carries one) is mixed in at config.mix_original
     original = load_pairs(original_images, original_labels) if original_images else None
     return train, val, original
 
 
-def folder_finetune(train: Sequence[TrainingPair], val: Sequence[TrainingPair], config: FinetuneConfig,
+def folder_finetune(train: Sequence[TrainingPair], val: HeldOut | Sequence[TrainingPair], config: FinetuneConfig,
                     out_dir: str | Path, *, original: Sequence[TrainingPair] | None = None, resume: bool = False,
                     keep_worse: bool = False, stop: threading.Event | None = None,
                     ) -> Generator[dict[str, Any], None, FinetuneResult]:
@@ -169,33 +203,59 @@ def settle(result: FinetuneResult) -> FinetuneResult:
     return result
 
 
+def heldout_words(result: FinetuneResult) -> str:
+    """"9 held-out regions of 3 corrections", or "2 validation images" when whole images were held out."""
+    n, tiles = result.validation_images, len(result.after.get("tiles") or result.before.get("tiles") or [])
+    if tiles and tiles != n:
+        return f"{n} held-out region{'s' * (n != 1)} of {tiles} correction{'s' * (tiles != 1)}"
+    return f"{n} validation image{'s' * (n != 1)}"
+
+
 def verdict_lines(result: FinetuneResult) -> list[str]:
-    """What came out, in plain words: the comparison with the base model and, after a Stop, how far it got."""
-    from nucseg.training.finetune import BETTER, NOT_BETTER
+    """What came out, in plain words: the comparison with the base model on the held-out data (the score the
+    verdict rests on, and on how many tiles it rose) and, after a Stop, how far it got."""
+    from nucseg.training.finetune import BETTER, NOT_BETTER, verdict_key
 
     lines = []
     if result.stopped:
         lines.append(f"Stopped after {result.steps_done} of {result.steps_planned} training steps; the model is "
                      f"its best epoch so far (epoch {result.best_epoch}).")
-    n = result.validation_images
-    images = f"{n} validation image{'s' * (n != 1)}"
-    before, after = result.before.get("val_aji"), result.after.get("val_aji")
+    where = heldout_words(result)
+    key = verdict_key(result.before, result.after)
+    label = "held-out score" if key == "val_score" else "AJI"
+    tiles = tile_rows(result.before, result.after)
+    rose = sum(1 for _, b, a, _ in tiles if b is not None and a > b)
+    per_tile = f" (higher on {rose} of {len(tiles)} tiles)" if len(tiles) > 1 else ""
     if result.verdict == BETTER:
-        lines.append(f"Better than its base model on the {images}: AJI {before:.3f} -> {after:.3f}.")
+        before, after = result.before[key], result.after[key]
+        lines.append(f"Better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}{per_tile}.")
     elif result.verdict == NOT_BETTER:
-        lines.append(f"NOT better than its base model on the {images}: AJI {before:.3f} -> {after:.3f}. "
-                     "Keeping it would segment these images worse than the model you started from.")
-    elif "val_aji" not in result.after:
-        lines.append("Not compared with its base model: there were no validation images (with fewer than two "
-                     "corrections none is held out); the best epoch was chosen by training loss.")
+        before, after = result.before[key], result.after[key]
+        lines.append(f"NOT better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}"
+                     f"{per_tile}. Keeping it would segment such regions worse than the model you started from.")
+    elif not result.after:
+        lines.append("Not compared with its base model: nothing was held out (no validation images, and no "
+                     "correction large enough to hold out a region: two blocks of 64 px); the best epoch was "
+                     "chosen by training loss.")
     else:
-        lines.append(f"Not compared with its base model (it was untrained); AJI on the {images}: {after:.3f}.")
+        after = result.after.get("val_score", result.after.get("val_aji"))
+        lines.append(f"Not compared with its base model (it was untrained); score on the {where}: {after:.3f}.")
+    if key == "val_score":
+        lines.append("The held-out score is AJI inside the held-out regions, with each outline you accepted "
+                     "unchanged counted as right for a model that finds that nucleus (docs/FINETUNING.md).")
     return lines
 
 
-def scores_rows(before: dict[str, float], after: dict[str, float]) -> list[tuple[str, float | None, float]]:
+def scores_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float | None, float]]:
     """(label, before or None, after) for each validation metric present after fine-tuning."""
     return [(label, before.get(key), after[key]) for key, label in METRICS if key in after]
+
+
+def tile_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float | None, float, int]]:
+    """(tile, held-out score before or None, after, held-out nuclei) for each correction (or validation image)."""
+    old = {t["tile"]: t for t in before.get("tiles") or []}
+    return [(t["tile"], old[t["tile"]]["score"] if t["tile"] in old else None, t["score"], int(t["nuclei"]))
+            for t in after.get("tiles") or []]
 
 
 def finished_version(result: FinetuneResult, keep_checkpoints: bool = False) -> Path | None:

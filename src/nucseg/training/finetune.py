@@ -27,11 +27,11 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.forward import normalise
+from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
-from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
 from nucseg.training.checkpoint import (
     RESUME_FIX,
     append_log,
@@ -42,14 +42,20 @@ from nucseg.training.checkpoint import (
     save_weights,
 )
 from nucseg.training.dataset import PatchSampler, TrainingPair
+from nucseg.training.estimate import pace, remaining_seconds, scoring_seconds_guess
+from nucseg.training.holdout import HeldOut, whole_images
 from nucseg.training.losses import nucseg_loss
 from nucseg.training.postprocess_tuning import tune_postprocess
-from nucseg.training.validation import predict_pairs, validate
+from nucseg.training.validation import iter_heldout_scores, predict_pairs
 
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = "best.safetensors"
 FINETUNE_CONFIG = "finetune_config.json"
 LOG_CSV = "log.csv"
+#: the base model's instances on the held-out crops (the outlines a person accepted are judged against them)
+REFERENCE_FILE = "heldout_reference.npz"
+#: the score that chooses the best epoch and decides the verdict, and the one used before it existed
+SCORE_KEY, LEGACY_SCORE_KEY = "val_score", "val_aji"
 
 #: `FinetuneResult.verdict`: the best epoch against the base model, by AJI on the same validation images
 BETTER, NOT_BETTER, NOT_COMPARED = "better", "not better", "not compared"
@@ -58,12 +64,21 @@ BETTER, NOT_BETTER, NOT_COMPARED = "better", "not better", "not compared"
 KEEP_POLICIES = ("always", "if_better", "ask")
 
 
-def compare_with_base(before: dict[str, float], after: dict[str, float]) -> str:
-    """BETTER when the new model's validation AJI is above the base model's, NOT_BETTER when it is equal or
-    below, NOT_COMPARED without both scores."""
-    if "val_aji" not in before or "val_aji" not in after:
+def verdict_key(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """The score both sides have: the held-out score (`nucseg.training.holdout`), else AJI (runs made before it)."""
+    for key in (SCORE_KEY, LEGACY_SCORE_KEY):
+        if key in before and key in after:
+            return key
+    return None
+
+
+def compare_with_base(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """BETTER when the new model's held-out score is above the base model's on the same held-out data, NOT_BETTER
+    when it is equal or below, NOT_COMPARED without both scores."""
+    key = verdict_key(before, after)
+    if key is None:
         return NOT_COMPARED
-    return BETTER if after["val_aji"] > before["val_aji"] else NOT_BETTER
+    return BETTER if after[key] > before[key] else NOT_BETTER
 
 
 @dataclasses.dataclass
@@ -171,7 +186,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
 
 def iter_finetune(
     train: Sequence[TrainingPair],
-    val: Sequence[TrainingPair],
+    val: Sequence[TrainingPair] | HeldOut,
     config: FinetuneConfig,
     out_dir: str | Path,
     *,
@@ -182,17 +197,18 @@ def iter_finetune(
     info: dict[str, Any] | None = None,
     keep: str = "always",
 ) -> Generator[dict[str, Any], None, FinetuneResult]:
-    """Fine-tune `config.base_model` on `train`, validating on `val` after every epoch.
+    """Fine-tune `config.base_model` on `train`, scoring the held-out data after every epoch.
 
     Args:
-        train: corrected image / label pairs to learn from.
-        val: pairs to choose the best epoch by (AJI); may be empty.
+        train: corrected image / label pairs to learn from (their reviewed masks say where).
+        val: what the run is judged on: held-out regions of the corrections (`nucseg.training.holdout`), or
+            whole validation images (each its own tile); may be empty.
         config: the run's settings (written to the output folder).
         out_dir: the new model folder; with `resume`, an unfinished run's folder.
         original: the base model's own training data, mixed in at `config.mix_original` against forgetting;
             None takes the replay set the base model carries (if any).
         resume: continue from the last checkpoint in `out_dir`.
-        postprocess: thresholds for the AJI computed during validation (default: the base model's).
+        postprocess: thresholds for the scores (default: the base model's).
         stop: when set, the run ends after the current step; the best epoch so far becomes the candidate.
         info: extra fields for the new model's config.json (description, name...).
         keep: "always" registers the candidate as a version; "if_better" only when its verdict is BETTER or
@@ -201,9 +217,12 @@ def iter_finetune(
             training, by a resumed run.
 
     Yields:
-        {"kind": "baseline", ...metrics of the base model}, then per step {"kind": "step", "epoch", "step",
-        "steps", "loss"} and per epoch {"kind": "epoch", "epoch", "epochs", "train_loss", "train_iou",
-        "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr", "best", "seconds"}.
+        {"kind": "preparing", "stage"} while the model loads; {"kind": "validating", "epoch" (0: the base
+        model), "done", "total"} after each held-out crop; {"kind": "baseline", ...scores of the base model};
+        per step {"kind": "step", "epoch", "step", "steps", "loss", "seconds", "elapsed_s", "eta_s"} (eta_s: the
+        rest of the run at the measured pace, None before it is known); per epoch {"kind": "epoch", "epoch",
+        "epochs", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "val_score",
+        "tiles", "lr", "best", "seconds"}.
     """
     if keep not in KEEP_POLICIES:
         raise ValueError(f"keep must be one of {KEEP_POLICIES}, not {keep!r}")
@@ -213,6 +232,9 @@ def iter_finetune(
         result = pending_result(out_dir)
         yield {"kind": "baseline", **result.before}
         return _apply_policy(result, keep)
+    started = time.perf_counter()
+    yield {"kind": "preparing", "stage": "loading the base model"}
+    heldout = val if isinstance(val, HeldOut) else whole_images(val)
     device = select_device(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -236,6 +258,8 @@ def iter_finetune(
     state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {},
                              "steps_done": 0}
     notes: list[str] = []
+    reference: list[np.ndarray] | None = None
+    clock: dict[str, Any] = {"steps": [], "scoring": None}
     if resume and has_checkpoint(ckpt_dir):
         state = load_checkpoint(ckpt_dir, net, optimizer, device)
         checkpoint, damaged = state.pop("checkpoint"), state.pop("damaged_checkpoints")
@@ -248,21 +272,38 @@ def iter_finetune(
         # older checkpoints hold none: a kill between the checkpoint and the best weights' write is repaired here
         if not restore_best(checkpoint, out_dir / BEST_WEIGHTS) and state["best_epoch"] == state["epoch"]:
             save_weights(out_dir / BEST_WEIGHTS, net)
+        reference = _load_reference(out_dir, heldout)
     else:
         config.write_json(out_dir / FINETUNE_CONFIG)
         write_text_atomic(out_dir / "data_manifest.json", json.dumps(
-            {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train), "val": _manifest(val),
+            {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train),
+             "val": _manifest(heldout.pairs), "val_groups": heldout.groups,
              "original": _manifest(original) if config.mix_original else [],
              **({"original_source": original_source} if config.mix_original and original else {})}, indent=1),
             RESUME_FIX)
-        if base.trained and val:
-            state["before"] = validate(net, base, val, device, post, config.loss)
+        if base.trained and heldout:
+            t0 = time.perf_counter()
+            state["before"], reference = yield from _scoring(net, base, heldout, device, post, config.loss, None, 0)
+            clock["scoring"] = time.perf_counter() - t0
+            _save_reference(out_dir, reference)
     for note in notes:
         yield {"kind": "note", "message": note}
     yield {"kind": "baseline", **state["before"]}
     start_epoch = int(state.get("epoch", 0)) + 1
     stopped = False
     best_partial: dict[str, torch.Tensor] | None = None
+    planned = config.epochs * config.steps_per_epoch
+
+    def eta(epoch: int, step: int) -> float | None:
+        step_s = pace(clock["steps"])
+        if step_s is None:
+            return None
+        scoring_s = clock["scoring"]
+        if scoring_s is None:
+            scoring_s = scoring_seconds_guess(heldout.pixels, step_s, config.batch_size, config.patch_size)
+        steps_left = (config.epochs - epoch) * config.steps_per_epoch + config.steps_per_epoch - step
+        return remaining_seconds(steps_left, (config.epochs - epoch + 1) if heldout else 0, step_s, scoring_s)
+
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             if state["since_best"] >= config.early_stopping_patience > 0:
@@ -278,6 +319,7 @@ def iter_finetune(
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
+                t_step = time.perf_counter()
                 images, targets = sampler.sample_batch(rng, config.batch_size)
                 x = normalise(torch.from_numpy(images).to(device), base)
                 if channels_last:
@@ -294,12 +336,19 @@ def iter_finetune(
                 iou, f1 = _batch_scores(logits.detach(), y)
                 ious.append(iou)
                 f1s.append(f1)
-                yield {"kind": "step", "epoch": epoch, "step": step, "steps": config.steps_per_epoch, "loss": losses[-1]}
+                clock["steps"].append(time.perf_counter() - t_step)
+                yield {"kind": "step", "epoch": epoch, "step": step, "steps": config.steps_per_epoch,
+                       "loss": losses[-1], "seconds": round(clock["steps"][-1], 3),
+                       "elapsed_s": round(time.perf_counter() - started, 1), "eta_s": eta(epoch, step)}
             state["steps_done"] += len(losses)
             if stopped and not losses:
                 break
-            scores = validate(net, base, val, device, post, config.loss)
-            score = scores.get("val_aji", -float(np.mean(losses)))
+            t_val = time.perf_counter()
+            scores: dict[str, Any] = {}
+            if heldout:
+                scores, _ = yield from _scoring(net, base, heldout, device, post, config.loss, reference, epoch)
+                clock["scoring"] = time.perf_counter() - t_val
+            score = scores.get(SCORE_KEY, scores.get(LEGACY_SCORE_KEY, -float(np.mean(losses))))
             improved = state["best_score"] is None or score > state["best_score"]
             if improved:
                 state.update(best_score=score, best_epoch=epoch, since_best=0)
@@ -327,20 +376,51 @@ def iter_finetune(
             if stopped:
                 break
         tuning = None
-        if state["best_epoch"] and val and config.tune_postprocess and not stopped:  # Stop means now
+        if state["best_epoch"] and heldout and config.tune_postprocess and not stopped:  # Stop means now
             yield {"kind": "tuning"}
-            tuning = _tune_on_validation(net, base, val, device, post, out_dir, best_partial)
+            tuning = _tune_on_validation(net, base, heldout.pairs, device, post, out_dir, best_partial)
     finally:
         release_device_memory(device)
-    planned = config.epochs * config.steps_per_epoch
     if state["best_epoch"]:
         run = {"stopped": stopped, "steps_done": int(state["steps_done"]), "steps_planned": planned,
-               "validation_images": len(val)}
+               "validation_images": len(heldout), "validation_tiles": len(set(heldout.groups)),
+               "seconds": round(time.perf_counter() - started, 1)}
         _write_candidate(out_dir, base, config, state, info, best_partial, tuning, run)
     result = FinetuneResult(None, state["history"], state["before"], _best_record(state), stopped, tuning, out_dir,
                             bool(state["best_epoch"]), int(state["steps_done"]), planned, int(state["best_epoch"]),
-                            len(val))
+                            len(heldout))
     return _apply_policy(result, keep)
+
+
+def _scoring(net, base: ModelSpec, heldout: HeldOut, device, post: PostprocessConfig, loss: str,
+             reference: list[np.ndarray] | None, epoch: int):
+    """`iter_heldout_scores`, its progress as "validating" records; returns (scores, instances)."""
+    gen = iter_heldout_scores(net, base, heldout, device, post, loss, reference)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as finished:
+            return finished.value
+        yield {"kind": "validating", "epoch": epoch, "done": done, "total": total}
+
+
+def _save_reference(out_dir: Path, reference: list[np.ndarray]) -> None:
+    tmp = out_dir / f".{REFERENCE_FILE}.tmp.npz"
+    np.savez_compressed(tmp, *reference)
+    tmp.replace(out_dir / REFERENCE_FILE)
+
+
+def _load_reference(out_dir: Path, heldout: HeldOut) -> list[np.ndarray] | None:
+    """The base model's held-out instances saved when the run began (None: not saved, e.g. an untrained base)."""
+    path = out_dir / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        arrays = [data[f"arr_{k}"] for k in range(len(data.files))]
+    if len(arrays) != len(heldout) or any(a.shape != p.labels.shape for a, p in zip(arrays, heldout.pairs)):
+        raise StoreError(f"{path} does not fit the held-out data of this run: resume it with the same images and "
+                         "settings, or start a new run")
+    return arrays
 
 
 def _apply_policy(result: FinetuneResult, keep: str) -> FinetuneResult:
@@ -371,7 +451,7 @@ def _freeze_norm_statistics(net: torch.nn.Module) -> None:
 def _best_record(state: dict[str, Any]) -> dict[str, float]:
     """Validation scores of the best epoch (the last record of that epoch: a resumed epoch is re-run)."""
     best = [r for r in state["history"] if r["epoch"] == state["best_epoch"] and r.get("best")]
-    return {k: v for k, v in best[-1].items() if k.startswith("val_")} if best else {}
+    return {k: v for k, v in best[-1].items() if k.startswith("val_") or k == "tiles"} if best else {}
 
 
 def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
