@@ -189,7 +189,7 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             check_replaceable(path_, folder=path_ == zarr_output)
         for path_ in leftovers(item):  # temporary files of a run that was killed
             remove_path(path_)
-        plan.todo.append(dataclasses.replace(item, replace=bool(existing)))
+        plan.todo.append(dataclasses.replace(item, replace=bool(existing) or overwrite))
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
         hint = (f"they do not match this run ({why or 'another input, model, tiling, --mpp, --region or --format'})"
