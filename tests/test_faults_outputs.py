@@ -296,3 +296,18 @@ def test_a_run_given_overwrite_is_not_told_to_pass_overwrite(tiles, tmp_path, mo
     err = capsys.readouterr().err
     assert "pass --overwrite" not in err and code == 0, err
     assert tifffile.imread(out / "t0_labels.tif").max() == 4
+
+
+# -- 17: temporary files survive a --resume that skips their input ---------------------------------------------------
+
+def test_resume_removes_the_temporary_files_of_skipped_inputs(tiles, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 0
+    left = [".t0_labels.tif.0123abcd.partial", "..t0_labels.tif.0123abcd.partial.4567cdef.tmp",
+            ".t1_predict.json.89abcdef.partial", ".batch_summary.csv.4242.partial"]
+    for name in left:  # what a run killed before its inputs were redone and finished left behind
+        (out / name).write_bytes(b"")
+    capsys.readouterr()
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL, "--resume"]) == 0
+    assert "skipped 2 of 2 inputs" in capsys.readouterr().err
+    assert not list(out.glob(".*"))
