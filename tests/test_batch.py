@@ -129,7 +129,7 @@ def test_plan_refuses_existing_outputs_before_running_anything(tiles, tmp_path):
     with pytest.raises(StoreError, match="t2_nuclei.csv already exists"):
         plan_batch(sorted(folder.iterdir()), out, settings)
     plan = plan_batch(sorted(folder.iterdir()), out, settings, overwrite=True)
-    assert [i.replace for i in plan.todo] == [False, False, True]
+    assert [i.replace for i in plan.todo] == [True, True, True]  # --overwrite: whatever is there by then
     assert (out / "t2_nuclei.csv").read_text() == "mine"  # planning touches nothing
 
 

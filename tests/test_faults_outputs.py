@@ -240,3 +240,74 @@ def test_own_outputs_are_recognised_by_name_and_marker(tmp_path):
     ours = write_labels_ome_tiff(labels, tmp_path / "x_labels.tif")
     tifffile.imwrite(tmp_path / "truth_labels.tif", labels)  # a user's ground truth, named alike
     assert is_own_output(ours) and not is_own_output(tmp_path / "truth_labels.tif")
+
+
+# -- 15: two runs into one --out -----------------------------------------------------------------------------------
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_nothing_is_touched(tiles, tmp_path, capsys):
+    from nucseg.io.outputs import LOCK_NAME, output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out, "nucseg predict (the first run)"):
+        assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 2
+        line = one_line_error(capsys, "predict")
+        assert "in use by nucseg predict (the first run)" in line and str(out) in line
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # no output, no summary written over
+    assert not (out / LOCK_NAME).exists()  # released
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 0
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_of_a_run_that_died_is_taken_over(tiles, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from nucseg.io.outputs import LOCK_NAME
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                             "command": "nucseg predict"}))
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 0
+    assert not (out / LOCK_NAME).exists()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-machine", "command": "nucseg predict"}))
+    capsys.readouterr()
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL, "--overwrite"]) == 2
+    line = one_line_error(capsys, "predict")
+    assert "another-machine" in line and f"remove {out / LOCK_NAME}" in line
+
+
+def test_a_run_given_overwrite_is_not_told_to_pass_overwrite(tiles, tmp_path, monkeypatch, capsys):
+    from nucseg.io import export
+
+    out = tmp_path / "out"
+    real = export.write_labels_ome_tiff
+
+    def someone_else_writes_too(labels, path, *args, **kwargs):  # the output appears while the input runs
+        (out / "t0_labels.tif").write_bytes(b"written meanwhile")
+        return real(labels, path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "write_labels_ome_tiff", someone_else_writes_too)
+    code = main(["predict", str(tiles / "t0.png"), "--out", str(out), *MODEL, "--overwrite"])
+    err = capsys.readouterr().err
+    assert "pass --overwrite" not in err and code == 0, err
+    assert tifffile.imread(out / "t0_labels.tif").max() == 4
+
+
+# -- 17: temporary files survive a --resume that skips their input ---------------------------------------------------
+
+def test_resume_removes_the_temporary_files_of_skipped_inputs(tiles, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL]) == 0
+    left = [".t0_labels.tif.0123abcd.partial", "..t0_labels.tif.0123abcd.partial.4567cdef.tmp",
+            ".t1_predict.json.89abcdef.partial", ".batch_summary.csv.4242.partial"]
+    for name in left:  # what a run killed before its inputs were redone and finished left behind
+        (out / name).write_bytes(b"")
+    capsys.readouterr()
+    assert main(["predict", str(tiles), "--out", str(out), *MODEL, "--resume"]) == 0
+    assert "skipped 2 of 2 inputs" in capsys.readouterr().err
+    assert not list(out.glob(".*"))

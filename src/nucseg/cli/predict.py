@@ -178,12 +178,18 @@ def _report_outcome(outcome, bars: BatchBars, distributed: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nucseg.io.outputs import check_output_folder
-    from nucseg.jobs.batch import iter_batch, plan_batch
+    from nucseg.io.outputs import check_output_folder, output_lock
 
     settings = build_settings(args)
     inputs = expand_inputs(args.inputs)
     check_output_folder(args.out)  # read-only, a file, full: one line now, not after all the work
+    with output_lock(args.out, "nucseg predict"):  # one run at a time writes into a folder
+        return _run_locked(args, settings, inputs)
+
+
+def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
+    from nucseg.jobs.batch import iter_batch, plan_batch
+
     plan = plan_batch(inputs, args.out, settings, resume=args.resume, overwrite=args.overwrite)
     distributed = bool(args.workers or args.scheduler)
     if args.resume:

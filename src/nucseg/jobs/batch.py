@@ -144,7 +144,9 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
 
     Without `resume` or `overwrite`, any existing output refuses the whole batch up front (nothing is ever
     written over silently). With `resume`, inputs with a finished, consistent JSON are skipped and leftovers of
-    unfinished ones are replaced; a JSON made with other settings still needs `overwrite`.
+    unfinished ones are replaced; a JSON made with other settings still needs `overwrite`. Temporary files of
+    earlier runs are removed, so call it while holding `nucseg.io.outputs.output_lock` on `out` (as the command
+    line does): then no other run is writing them.
 
     Raises:
         StoreError: existing outputs that the flags do not allow to replace.
@@ -165,6 +167,8 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
         existing = [p for p in [*item.outputs(FORMATS).values(), item.summary_path] if p.exists()]
         done = finished_summary(item, settings) if resume else None
         if done is not None:
+            for path_ in leftovers(item):  # a killed run's temporary files, also of an input finished since
+                remove_path(path_)
             plan.skipped.append((item, done))
             continue
         if existing and not overwrite:
@@ -182,7 +186,10 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             check_replaceable(path_, folder=path_ == zarr_output)
         for path_ in leftovers(item):  # temporary files of a run that was killed
             remove_path(path_)
-        plan.todo.append(dataclasses.replace(item, replace=bool(existing)))
+        plan.todo.append(dataclasses.replace(item, replace=bool(existing) or overwrite))
+    if not blocked:
+        for path_ in out.glob(f".{SUMMARY_NAME}.*.partial"):  # a summary a killed run was writing
+            remove_path(path_)
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
         hint = (f"they do not match this run ({why or 'another input, model, tiling, --mpp, --region or --format'})"

@@ -163,8 +163,10 @@ def commit_outputs(pairs: list[tuple[Path, Path]], summary: tuple[Path, Path], r
     unfinished (never as finished with a mix of old and new files)."""
     targets = [final for _, final in [*pairs, summary]]
     taken = [t for t in targets if t.exists()]
-    if taken and not replace:  # appeared while this input ran (another run into the same folder)
-        raise StoreError(f"{taken[0]} already exists; remove it, choose another --out, or pass --overwrite")
+    if taken and not replace:  # appeared while this input ran: something else writes into the folder
+        raise StoreError(f"{taken[0]} appeared while this input was segmented (another program writes into "
+                         f"{taken[0].parent}?) and is kept; choose another --out, or run again with --overwrite to "
+                         "replace it")
     try:
         if replace and summary[1].exists():
             summary[1].unlink()
