@@ -178,13 +178,13 @@ class BatchReport:
 
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
     """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run)."""
+    from nucseg.io.export import atomic_output
+
     path = Path(out) / SUMMARY_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(o.row() for o in outcomes)
-    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,6 @@ Both faces call `iter_finetune` through these functions, so they cannot drift ap
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -78,10 +77,11 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
                         keep=keep)
     first = next(gen)  # the run folder is prepared (or refused) before this returns
     if not sources.is_file():
-        tmp = sources.with_name(f".{RUN_SOURCES}.tmp")
-        tmp.write_text(json.dumps({"store": str(store.root), "train": [p.name for p in train],
-                                   "val": [p.name for p in val], "original_dir": str(original_dir or "") or None}))
-        os.replace(tmp, sources)
+        from nucseg.io.export import atomic_write_text
+
+        atomic_write_text(sources, json.dumps({"store": str(store.root), "train": [p.name for p in train],
+                                               "val": [p.name for p in val],
+                                               "original_dir": str(original_dir or "") or None}))
     yield first
     return (yield from gen)
 

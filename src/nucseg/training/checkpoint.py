@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nucseg.errors import StoreError
+from nucseg.io.export import atomic_output, atomic_write_text
 
 LATEST = "latest.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -53,18 +47,15 @@ def save_checkpoint(
     folder: Path, epoch: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> Path:
     """Write checkpoint `epoch` under `folder` and make it the latest; older ones are removed."""
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"epoch-{epoch:04d}"
-    tmp = folder / f".epoch-{epoch:04d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "weights.safetensors"))
-    opt_tensors, opt_json = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer": opt_json}, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    _atomic_write_text(folder / LATEST, json.dumps({"checkpoint": target.name, "epoch": epoch}))
+    with atomic_output(target, overwrite=True) as tmp:
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                  str(tmp / "weights.safetensors"))
+        opt_tensors, opt_json = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer": opt_json}, indent=1))
+    atomic_write_text(folder / LATEST, json.dumps({"checkpoint": target.name, "epoch": epoch}))
     for old in folder.glob("epoch-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -93,9 +84,8 @@ def load_checkpoint(
 
 def save_weights(path: Path, net: torch.nn.Module) -> None:
     """Atomically write just the weights (the best model so far)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
 
 
 LOG_FIELDS = ("epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",

@@ -26,6 +26,7 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.forward import normalise
+from nucseg.io.export import atomic_output, atomic_write_text
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
@@ -370,9 +371,8 @@ def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, sta
 
     if weights is None:
         weights = load_file(str(out_dir / BEST_WEIGHTS))
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(weights, str(tmp))
-    tmp.replace(out_dir / WEIGHTS_FILE)
+    with atomic_output(out_dir / WEIGHTS_FILE, overwrite=True) as tmp:
+        save_file(weights, str(tmp))
     cfg = base.to_config()
     cfg.update({
         "name": out_dir.name,
@@ -393,7 +393,5 @@ def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, sta
     if base.replay_dir is not None and not (out_dir / REPLAY_DIR).exists():
         # the lineage keeps rehearsing the original data when this version is fine-tuned in turn
         shutil.copytree(base.replay_dir, out_dir / REPLAY_DIR)
-    cfg_tmp = out_dir / f".{CANDIDATE_CONFIG}.tmp"
-    cfg_tmp.write_text(json.dumps(cfg, indent=2))
-    cfg_tmp.replace(out_dir / CANDIDATE_CONFIG)
+    atomic_write_text(out_dir / CANDIDATE_CONFIG, json.dumps(cfg, indent=2))
     return out_dir
