@@ -40,3 +40,43 @@ def test_one_pyramid_level_rule():
     assert rule(downsamples, 0.25, 0.97) == 1 and rule(downsamples, None, 4.0) == 0
 
 
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """Writes go through `atomic_output`: the hand-written temp-then-rename copies left their temporary behind
+    when the writing failed."""
+    import pytest
+
+    from nucseg.jobs.evaluate import ErrorObject, errors_to_csv
+
+    path = tmp_path / "errors.csv"
+    path.write_text("earlier\n")
+
+    def rows():
+        yield ErrorObject("FP", 1, (), (1.0, 2.0), (0, 0, 2, 2), 4)
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        errors_to_csv(rows(), path, overwrite=True)
+    assert path.read_text() == "earlier\n" and [p.name for p in tmp_path.iterdir()] == ["errors.csv"]
+
+
+def test_results_exports_and_the_viewer_build_pyramids_by_one_rule(tmp_path):
+    import zarr
+
+    from nucseg.inference.result_store import create_result_store, is_result_store, zarr_pyramid
+    from nucseg.io.export import write_labels_zarr
+    from nucseg.io.ngff import read_labels_ngff
+
+    labels = np.arange(300 * 500, dtype=np.uint32).reshape(300, 500)
+    store, _ = create_result_store(tmp_path / "run.zarr", labels.shape, (10, 10))
+    store[...] = labels
+    assert is_result_store(tmp_path / "run.zarr") and not is_result_store(tmp_path)
+    shown = zarr_pyramid(store, 128)
+    write_labels_zarr(labels, tmp_path / "out.zarr", chunks=128)
+    exported, _ = read_labels_ngff(tmp_path / "out.zarr")
+    assert [lv.shape for lv in shown] == [lv.shape for lv in exported] == [(300, 500), (150, 250), (75, 125)]
+    for a, b, step in zip(shown, exported, (1, 2, 4)):
+        np.testing.assert_array_equal(np.asarray(a[...]), labels[::step, ::step])
+        np.testing.assert_array_equal(np.asarray(b[...]), labels[::step, ::step])
+    assert zarr.open_group(str(tmp_path / "run.zarr"), mode="r")["pyramid"]["labels-2"].attrs["complete"]

@@ -280,7 +280,7 @@ def test_big_flat_image_at_20x_streams_into_zarr(make_napari_viewer, qtbot, net,
 def test_multiscale_slide_streams_into_zarr(make_napari_viewer, qtbot, net, nucseg_home, monkeypatch):
     from nucseg._napari import layers as layer_helpers
 
-    monkeypatch.setattr(layer_helpers, "PYRAMID_MIN_SIZE", 128)
+    monkeypatch.setattr(layer_helpers, "PYRAMID_MIN_SIZE", 160)
     viewer = make_napari_viewer()
     image, truth = blob_image((256, 320), n=20, seed=6)
     viewer.add_image([image, image[::2, ::2]], name="slide", rgb=True, multiscale=True, metadata={"mpp": 0.25})

@@ -19,6 +19,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from nucseg.errors import InvalidInputError
+from nucseg.inference.result_store import PYRAMID_MIN_SIZE
 
 from .layer_source import ImageInput, LayerPyramid, image_input, layer_mpp  # noqa: F401  (re-exported)
 
@@ -32,8 +33,6 @@ Region = tuple[int, int, int, int]
 
 #: pixels: how far outside a drawn box (or the field of view) a pixel centre may lie and still count as inside
 EDGE_TOLERANCE = 1e-3
-#: multiscale levels of zarr-backed results stop when the longer side is below this many pixels
-PYRAMID_MIN_SIZE = 1024
 
 
 def field_of_view_region(viewer: napari.viewer.Viewer, layer: Layer) -> Region:
@@ -153,9 +152,9 @@ class ResultDisplay:
 
 def result_display(result: PredictionResult, reuse_pyramid: bool = True) -> ResultDisplay:
     """Prepare a result for its layers (call it in a worker): numpy as it is; zarr as a stored pyramid
-    (`nucseg.jobs.segment.zarr_pyramid`), and a zarr result small enough for one level is read into memory so that
+    (`nucseg.inference.result_store.zarr_pyramid`), and a zarr result small enough for one level is read into memory so that
     it can be edited (the run's array on disk stays as it was written)."""
-    from nucseg.jobs.segment import zarr_pyramid
+    from nucseg.inference.result_store import zarr_pyramid
 
     labels, probs = result.labels, result.probabilities
     if isinstance(labels, np.ndarray):

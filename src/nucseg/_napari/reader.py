@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.io.label_files import LabelFile, is_label_zarr, open_label_file
+from nucseg.io.pyramid import pyramid_steps
 from nucseg.io.slides import (
     Slide,
     is_dicom_folder,
@@ -73,9 +74,8 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
 def display_levels(slide: Slide) -> list[Any]:
     """The slide's levels, plus subsampled ones when a single level is larger than `DISPLAY_LEVEL_SIZE`."""
     levels = list(slide.levels)
-    if len(levels) == 1:
-        while max(levels[-1].shape[:2]) > DISPLAY_LEVEL_SIZE:
-            levels.append(levels[-1][::2, ::2])
+    if len(levels) == 1:  # lazy strided views of level 0 (the one pyramid rule: `nucseg.io.pyramid`)
+        levels += [levels[0][::step, ::step] for step in pyramid_steps(levels[0].shape, DISPLAY_LEVEL_SIZE)[1:]]
     return levels
 
 

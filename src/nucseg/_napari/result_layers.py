@@ -142,7 +142,7 @@ def startup_job(in_use: list) -> Generator[None, None, list[str]]:
 def start_startup_job(viewer: napari.viewer.Viewer, on_devices: Callable[[list[str]], None],
                       on_finished: Callable[[], None]) -> Any:
     """Start `startup_job` in a worker, sparing the slide runs the viewer's layers show; returns the worker."""
-    from nucseg.jobs.segment import result_folder
+    from nucseg.inference.result_store import result_folder
 
     from ._workers import start_generator_worker
 

@@ -46,6 +46,7 @@ from nucseg.inference.blocks import (
 )
 from nucseg.inference.plan import HALO, PredictionPlan, block_boxes, plan_prediction
 from nucseg.inference.postprocess import probabilities_to_instances
+from nucseg.inference.result_store import create_result_store, tuned_labels
 from nucseg.inference.source import LevelGeometry, level0_factor
 from nucseg.inference.tile_store import TileStore
 
@@ -102,13 +103,7 @@ class PredictionResult:
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
     if out is None:
         return np.zeros(label_shape, np.uint32), np.zeros((3, *prob_shape), np.float32)
-    import zarr
-
-    root = zarr.open_group(str(out), mode="w-")
-    labels = root.create_array("labels", shape=label_shape, chunks=(1024, 1024), dtype="uint32", fill_value=0)
-    probs = root.create_array("probabilities", shape=(3, *prob_shape), chunks=(3, 1024, 1024), dtype="uint8",
-                              fill_value=0)
-    return labels, probs
+    return create_result_store(out, label_shape, prob_shape)
 
 
 def iter_predict(
@@ -231,15 +226,11 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
         if inst.shape != tuple(result.labels.shape):
             inst = resize(inst, result.labels.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
         return dataclasses.replace(result, labels=inst, n_nuclei=int(inst.max()), config=config)
-    import zarr
-
     shape = probs.shape[1:]
     # the run's own mapping to level 0 (its pixel size, else the model's)
     source = LevelGeometry(result.region, level0_factor(result.mpp or result.model_mpp, result.model_mpp))
-    group = zarr.open_group(probs.store, mode="a")
     # one derived array, replaced on each threshold change, beside the run's original "labels" (kept as is)
-    labels = group.create_array("labels-tuned", shape=result.labels.shape, chunks=(1024, 1024), dtype="uint32",
-                                fill_value=0, overwrite=True)
+    labels = tuned_labels(probs, result.labels.shape)
     halo = max(HALO, config.tiling.overlap)
     next_id = 1
     for box in block_boxes(shape, config.block_size):

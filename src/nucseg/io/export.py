@@ -32,8 +32,9 @@ import numpy as np
 from nucseg.errors import InvalidInputError, StoreError
 from nucseg.io.label_blocks import CHUNK, LabelBlock, iter_label_blocks
 from nucseg.io.measure import finite_or_none, measure_block, measurement_columns, rows_of
+from nucseg.io.pyramid import pyramid_steps
 
-__all__ = ["CHUNK", "atomic_output", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "write_geojson",
+__all__ = ["CHUNK", "atomic_output", "atomic_write_text", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "write_geojson",
            "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv", "write_nuclei_tables"]
 
 NUCLEUS_COLOR = (220, 50, 50)
@@ -88,6 +89,13 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
+    """Write `text` to `path` through `atomic_output` (a reader never sees half a file); replaces by default."""
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def _check_labels(labels: Any) -> Any:
@@ -383,10 +391,7 @@ def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = Non
 
     labels, mpp = _check_labels(labels), _check_mpp(mpp)
     h, w = (int(s) for s in labels.shape)
-    steps = [1]
-    if pyramid or (pyramid is None and max(h, w) > 4096):
-        while max(-(-h // steps[-1]), -(-w // steps[-1])) > tile:
-            steps.append(steps[-1] * 2)
+    steps = pyramid_steps((h, w), tile) if pyramid or (pyramid is None and max(h, w) > 4096) else [1]
     metadata: dict[str, Any] = {"axes": "YX", "Name": "nuclei labels", **({} if not mpp else {
         "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}),
         **ome_metadata(Placement.of(offset, image), mpp)}

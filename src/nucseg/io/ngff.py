@@ -27,17 +27,11 @@ from typing import Any
 import numpy as np
 
 from nucseg.io.placement import Placement
+from nucseg.io.pyramid import copy_level, pyramid_steps
 
 __all__ = ["read_labels_ngff", "read_labels_placement", "write_labels_ngff"]
 
 CONTENT = "nuclei instance labels, 0 = background (napari-nucseg)"
-
-
-def _levels(h: int, w: int, chunks: int) -> list[int]:
-    steps = [1]
-    while max(-(-h // steps[-1]), -(-w // steps[-1])) > chunks:
-        steps.append(steps[-1] * 2)
-    return steps
 
 
 def write_labels_ngff(labels: Any, path: str | Path, *, chunks: int = 1024, mpp: float | None = None,
@@ -64,19 +58,15 @@ def write_labels_ngff(labels: Any, path: str | Path, *, chunks: int = 1024, mpp:
     fmt = FormatV05()
     h, w = (int(s) for s in labels.shape)
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    steps = _levels(h, w, chunks)
+    steps = pyramid_steps((h, w), chunks)
     previous: Any = labels
     for level, step in enumerate(steps):
         lh, lw = -(-h // step), -(-w // step)
         arr = root.create_array(str(level), shape=(lh, lw), chunks=(min(chunks, max(lh, 1)), min(chunks, max(lw, 1))),
                                 dtype="uint32", fill_value=0, dimension_names=("y", "x"),
                                 chunk_key_encoding=fmt.chunk_key_encoding)
-        factor = 1 if level == 0 else 2
         block = max(lh, lw, 1) if isinstance(labels, np.ndarray) else chunks  # numpy at once, lazy block by block
-        for y in range(0, lh, block):
-            for x in range(0, lw, block):
-                src = np.asarray(previous[y * factor:(y + block) * factor:factor, x * factor:(x + block) * factor:factor])
-                arr[y:y + src.shape[0], x:x + src.shape[1]] = src.astype(np.uint32, copy=False)
+        copy_level(previous, arr, 1 if level == 0 else 2, block)
         previous = arr
     unit = {"unit": "micrometer"} if mpp else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]

@@ -125,16 +125,13 @@ class BlockAssembly:
 
     def __init__(self, item: BatchItem, settings: BatchSettings, plan, mpp: float | None, mpp_from: str,
                  outputs: OutputSet):
-        import zarr
+        from nucseg.inference.result_store import create_result_store
 
         self.item, self.settings, self.plan = item, settings, plan
         self.mpp, self.mpp_from, self.outputs = mpp, mpp_from, outputs
         self.t0 = time.perf_counter()
-        root = zarr.open_group(str(outputs.store(True)), mode="w-")  # the layout `iter_predict` streams into
-        self.labels = root.create_array("labels", shape=plan.label_shape, chunks=(1024, 1024), dtype="uint32",
-                                        fill_value=0)
-        self.probs = root.create_array("probabilities", shape=(3, *plan.shape), chunks=(3, 1024, 1024),
-                                       dtype="uint8", fill_value=0)
+        # the layout `iter_predict` streams into
+        self.labels, self.probs = create_result_store(outputs.store(True), plan.label_shape, plan.shape)
         self.indices = [b.index for b in plan.blocks if b.tiles]
         self.waiting: dict[int, BlockResult] = {}
         self.written, self.next_id = 0, 1

@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import uuid
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nucseg.errors import InvalidInputError, SlideReadError, StoreError
+from nucseg.errors import InvalidInputError, SlideReadError
 from nucseg.io.names import pair_stem
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
@@ -161,16 +159,14 @@ def sort_errors(errors: list[ErrorObject], key: str, descending: bool = False) -
 
 def errors_to_csv(errors: Iterable[ErrorObject], path: str | Path, overwrite: bool = False) -> Path:
     """Write the FP / FN list as CSV (columns `ERROR_COLUMNS`; pixels of the label images), atomically."""
+    from nucseg.io.export import atomic_output
+
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise StoreError(f"{path} already exists; choose another name or allow replacing it")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(ERROR_COLUMNS))
         writer.writeheader()
         for error in errors:
             writer.writerow(error.row())
-    os.replace(tmp, path)
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from nucseg.config import InferenceConfig
 from nucseg.inference.plan import streams_to_disk  # noqa: F401  (the one rule; the widget asks it here)
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict
+from nucseg.inference.result_store import is_result_store
 
 Region = tuple[int, int, int, int]
 
@@ -56,12 +57,6 @@ def new_prediction_path(stem: str, suffix: str = "") -> Path:
     return path
 
 
-def _is_prediction(folder: Path) -> bool:
-    """A folder this job wrote: ``*.zarr`` holding a zarr group with "labels" and "probabilities"."""
-    return (folder.is_dir() and folder.suffix == ".zarr" and (folder / "zarr.json").is_file()
-            and (folder / "labels").is_dir() and (folder / "probabilities").is_dir())
-
-
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -70,7 +65,7 @@ def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP
                       now: float | None = None) -> list[Path]:
     """Remove old runs from `predictions_dir`; returns what was removed.
 
-    Policy: a run (a folder this job wrote, see `_is_prediction`; nothing else there is touched) is removed when
+    Policy: a run (a result store, `is_result_store`; nothing else there is touched) is removed when
     it was last modified more than `keep_days` ago; then, while the remaining runs hold more than `keep_bytes`,
     the oldest is removed. Never removed: runs written by this process and runs in `in_use` (e.g. shown by a
     layer). Call it in a worker thread: it walks the folders to size them.
@@ -80,7 +75,7 @@ def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP
         return []
     protected = {Path(p).resolve() for p in (*in_use, *_SESSION_RUNS)}
     now = time.time() if now is None else now
-    runs = sorted((f.stat().st_mtime, f) for f in root.iterdir() if _is_prediction(f) and f.resolve() not in protected)
+    runs = sorted((f.stat().st_mtime, f) for f in root.iterdir() if is_result_store(f) and f.resolve() not in protected)
     removed: list[Path] = []
     kept: list[tuple[float, Path, int]] = []
     for mtime, folder in runs:
@@ -98,12 +93,6 @@ def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     return removed
-
-
-def result_folder(result: PredictionResult) -> Path | None:
-    """The zarr folder a result streamed into, None for an in-memory result."""
-    root = getattr(getattr(result.labels, "store", None), "root", None)
-    return None if root is None else Path(str(root))
 
 
 def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | None], outs: list[Path | None],
@@ -190,57 +179,3 @@ def layer_title(model_info: dict[str, Any]) -> str:
     name = str(model_info.get("name") or "model")
     version = model_info.get("version")
     return f"{name} v{version}" if version not in (None, "") else name
-
-
-#: the coarsest pyramid level of a zarr result has its longer side just above this many pixels
-PYRAMID_MIN_SIZE = 1024
-#: output pixels per side written at a time when building pyramid levels
-_PYRAMID_BLOCK = 2048
-
-
-def zarr_pyramid(array: Any, min_size: int = PYRAMID_MIN_SIZE, channel: int | None = None, reuse: bool = True
-                 ) -> list[Any]:
-    """Levels ``[a, a/2, a/4, ...]`` of a zarr result array, down to `min_size` pixels, for a multiscale layer.
-
-    The coarser levels are real zarr arrays stored beside `array` in its group (``pyramid/<name>-<k>``, every other
-    pixel of the level above: nearest, so labels stay labels), built here (call it in a worker) and reused when
-    present. A viewer showing the whole slide then reads a small array instead of striding through level 0's
-    chunks on the GUI thread. The run's own arrays are only read.
-
-    Args:
-        array: a 2-D zarr array, or 3-D (C, H, W) with `channel` chosen.
-        min_size: stop when the next level's longer side would be below this.
-        channel: for (C, H, W) arrays, the channel to show (level 0 is then a lazy dask view of it).
-        reuse: take levels already stored; False rebuilds them (for an array that was rewritten).
-
-    Returns:
-        Level arrays, finest first; ``[array]`` (or its channel) when it is already small.
-    """
-    import dask.array as da
-    import zarr
-
-    base = da.from_zarr(array)[channel] if channel is not None else array
-    shape = tuple(int(s) for s in array.shape[-2:])
-    levels: list[Any] = [base]
-    if max(shape) / 2 < min_size:
-        return levels
-    group = zarr.open_group(array.store, mode="a").require_group("pyramid")
-    name = array.path.rsplit("/", 1)[-1] + ("" if channel is None else f"-c{channel}")
-    previous, k = base, 1
-    while max(shape) / 2**k >= min_size:
-        key = f"{name}-{2**k}"
-        level_shape = tuple(-(-s // 2**k) for s in shape)
-        existing = group.get(key)
-        if reuse and existing is not None and tuple(existing.shape) == level_shape and existing.attrs.get("complete"):
-            level = existing
-        else:
-            level = group.create_array(key, shape=level_shape, chunks=(1024, 1024), dtype=array.dtype,
-                                       fill_value=0, overwrite=True)
-            for y in range(0, level_shape[0], _PYRAMID_BLOCK):
-                for x in range(0, level_shape[1], _PYRAMID_BLOCK):
-                    h, w = min(_PYRAMID_BLOCK, level_shape[0] - y), min(_PYRAMID_BLOCK, level_shape[1] - x)
-                    level[y : y + h, x : x + w] = np.asarray(previous[2 * y : 2 * (y + h) : 2, 2 * x : 2 * (x + w) : 2])
-            level.attrs["complete"] = True
-        levels.append(level)
-        previous, k = level, k + 1
-    return levels

@@ -37,6 +37,7 @@ from typing import Any
 from psygnal import SignalInstance
 
 from nucseg.errors import ModelError, StoreError
+from nucseg.io.export import atomic_write_text
 from nucseg.models.registry import (
     CONFIG_FILE,
     ENCODERS,
@@ -296,9 +297,7 @@ def rename(old: str | Path, new: str) -> Path:
     except OSError as err:
         raise StoreError(f"cannot rename {folder.name} to {new}: {err}") from err
     cfg["name"] = new
-    tmp = target / f".{CONFIG_FILE}.{uuid.uuid4().hex[:6]}.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp, target / CONFIG_FILE)
+    atomic_write_text(target / CONFIG_FILE, json.dumps(cfg, indent=2))
     _forget_cached(folder)
     versions_changed.emit()
     return target

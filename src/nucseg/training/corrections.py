@@ -42,6 +42,7 @@ import numpy as np
 from psygnal import SignalInstance
 
 from nucseg.errors import InvalidInputError, StoreError
+from nucseg.io.export import atomic_write_text
 from nucseg.training.dataset import TrainingPair
 
 IMAGE_FILE, LABELS_FILE, ENTRY_FILE = "image.png", "labels.tif", "entry.json"
@@ -71,12 +72,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_safe(value: Any) -> Any:
@@ -385,7 +380,7 @@ class CorrectionStore:
         if entry.reviewed is not None:
             raise StoreError(f"correction {entry_id} already records its reviewed region ({entry.reviewed})")
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        _atomic_write_text(entry.folder / REVIEW_MARK_FILE, json.dumps({"reviewed": REVIEWED_ALL, "marked": stamp}))
+        atomic_write_text(entry.folder / REVIEW_MARK_FILE, json.dumps({"reviewed": REVIEWED_ALL, "marked": stamp}))
         corrections_changed.emit(self.root)
         return CorrectionEntry.read(entry.folder)
 
@@ -481,7 +476,7 @@ class CorrectionStore:
             os.rename(entry.folder, target)
         except OSError as err:
             raise StoreError(f"cannot move correction {entry_id} to {self.trash_dir}: {err}") from err
-        _atomic_write_text(self.trash_dir / "removed.json", json.dumps([*log, entry_id]))
+        atomic_write_text(self.trash_dir / "removed.json", json.dumps([*log, entry_id]))
         corrections_changed.emit(self.root)
         return CorrectionEntry.read(target)
 
@@ -498,7 +493,7 @@ class CorrectionStore:
                                      "remove one by hand")
                 self.entries_dir.mkdir(parents=True, exist_ok=True)
                 os.rename(source, target)
-                _atomic_write_text(self.trash_dir / "removed.json", json.dumps(log[:-1]))
+                atomic_write_text(self.trash_dir / "removed.json", json.dumps(log[:-1]))
                 corrections_changed.emit(self.root)
                 return CorrectionEntry.read(target)
             log.pop()  # moved away by hand: skip it
