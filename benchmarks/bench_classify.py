@@ -7,7 +7,7 @@ clicks are drawn (seeded) from one fold, the classifier is trained on them and s
 the other fold, both ways, `REPEATS` draws each. Also: which feature groups help (at 20 clicks per class), the
 network's own encoder features pooled at each nucleus (``--encoder``), and the two learners.
 
-    python benchmarks/bench_classify.py [--encoder] [--repeats 5]
+    python benchmarks/bench_classify.py [--encoder] [--repeats 5] [--cache /tmp/classify_features.npz]
 
 Prints markdown tables and one JSON line.
 """
@@ -127,26 +127,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", action="store_true", help="also the network's encoder features")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cache", type=Path, help="keep the features in this .npz (a rerun skips computing them)")
     args = parser.parse_args()
     groups = tuple(FEATURE_GROUPS)
     names = feature_names(groups)
     t0 = time.perf_counter()
-    feats, labels, folds, enc = [], [], [], []
-    for image, points in sorted(load_points().items()):
-        f, lab = tile_features(image, points, groups)
-        feats.append(f)
-        labels += lab
-        folds += [fold_of(image)] * len(lab)
-        if args.encoder:
-            enc.append(encoder_features(image, points))
-    features, labels, folds = np.concatenate(feats), np.array(labels), np.array(folds)
+    if args.cache and args.cache.exists():
+        cached = np.load(args.cache)
+        features, labels, folds = cached["features"], cached["labels"], cached["folds"]
+        encoded = cached["encoded"] if "encoded" in cached and args.encoder else None
+    else:
+        feats, labels, folds, enc = [], [], [], []
+        for image, points in sorted(load_points().items()):
+            f, lab = tile_features(image, points, groups)
+            feats.append(f)
+            labels += lab
+            folds += [fold_of(image)] * len(lab)
+            if args.encoder:
+                enc.append(encoder_features(image, points))
+        features, labels, folds = np.concatenate(feats), np.array(labels), np.array(folds)
+        encoded = np.concatenate(enc) if args.encoder else None
+        if args.cache:
+            np.savez(args.cache, features=features, labels=labels, folds=folds,
+                     **({"encoded": encoded} if encoded is not None else {}))
     t_features = time.perf_counter() - t0
     n_enc = 0
-    if args.encoder:
-        encoded = np.concatenate(enc)
+    if encoded is not None:
         n_enc = encoded.shape[1]
         features = np.concatenate([features, encoded], axis=1)
-    counts = {c: {f: int(((labels == c) & (folds == f)).sum()) for f in (0, 1)} for c in sorted(set(labels))}
+    counts = {str(c): {f: int(((labels == c) & (folds == f)).sum()) for f in (0, 1)} for c in sorted(set(labels))}
     print(f"{len(labels)} labelled nuclei in {len(load_points())} tiles; per class and fold: {counts}; features "
           f"{t_features:.1f} s")
     cheap = list(range(len(names)))

@@ -31,11 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 PER_TILE = 8
 MPP = 0.25
-#: (tile stem, nucleus id) of candidates judged not to be their class by eye in the contact sheets
-REJECTED: set[tuple[str, int]] = set()
-#: (tile stem, class): tiles where none of that class's candidates looked like it (e.g. no lymphocyte at all)
-REJECTED_TILES: set[tuple[str, str]] = set()
-
+#: (tile stem, nucleus id) of candidates judged not to be their class by eye in the contact sheets (two nuclei
+#: outlined as one, a shape cut by the crop, an odd blot)
+REJECTED: set[tuple[str, int]] = {
+    ("TCGA-NH-A8F7-01A-01-TS1", 303), ("tnbc_05_3", 28), ("tnbc_04_7", 31), ("tnbc_08_2", 23), ("tnbc_10_3", 55),
+    ("tnbc_07_1", 29), ("tnbc_06_2", 6), ("TCGA-A7-A13E-01Z-00-DX1", 116), ("TCGA-G9-6348-01Z-00-DX1", 388),
+    ("TCGA-38-6178-01Z-00-DX1", 192), ("TCGA-21-5784-01Z-00-DX1", 392), ("tnbc_01_7", 33), ("tnbc_05_4", 60),
+}
+#: (tile stem, class): tiles where that class's candidates did not look like it as a whole: for lymphocytes,
+#: tiles whose small dark nuclei are epithelial or tumour nuclei (nucleoli, open chromatin, cell borders around
+#: them) or pale; for all classes, blurred or very dark tiles where outlines hold several nuclei
+REJECTED_TILES: set[tuple[str, str]] = {
+    *((f"TCGA-{t}", "lymphocyte") for t in (
+        "18-5592-01Z-00-DX1", "21-5786-01Z-00-DX1", "49-4488-01Z-00-DX1", "50-5931-01Z-00-DX1",
+        "AR-A1AK-01Z-00-DX1", "AR-A1AS-01Z-00-DX1", "CH-5767-01Z-00-DX1", "DK-A2I6-01A-01-TS1",
+        "G2-A2EK-01A-02-TSB", "G9-6336-01Z-00-DX1", "G9-6348-01Z-00-DX1", "G9-6356-01Z-00-DX1",
+        "G9-6362-01Z-00-DX1", "G9-6363-01Z-00-DX1", "HE-7129-01Z-00-DX1", "HE-7130-01Z-00-DX1")),
+    *((f"tnbc_{t}", "lymphocyte") for t in ("01_1", "01_2", "01_3", "01_4", "01_5", "01_6", "01_7", "02_1", "02_2",
+                                           "02_3", "05_1", "05_2", "05_3", "05_4", "06_1", "06_2", "06_3",
+                                           "09_1", "09_2", "09_3", "09_4", "09_5", "09_6", "11_1", "11_2",
+                                           "11_3")),
+    *((f"TCGA-{t}", klass) for t in ("AY-A8YK-01A-01-TS1", "DK-A2I6-01A-01-TS1", "G2-A2EK-01A-02-TSB",
+                                     "NH-A8F7-01A-01-TS1") for klass in ("tumour", "stroma")),
+    ("TCGA-RD-A8N9-01A-01-TS1", "tumour"), ("TCGA-18-5592-01Z-00-DX1", "stroma"),
+}
 
 def tiles() -> list[tuple[Path, Path]]:
     out = []

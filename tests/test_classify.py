@@ -82,6 +82,21 @@ def test_a_classifier_learns_the_two_kinds_on_another_image():
     assert len(worst) == 3 and 0 not in worst
 
 
+def test_stop_ends_after_the_current_block_and_keeps_it():
+    import threading
+
+    trained = train(_data(seed=0))
+    img, labels, kinds = two_kinds(seed=5)
+    stop = threading.Event()
+    gen = iter_classify(labels, img, trained, 0.25, chunk=128, stop=stop)
+    first = next(gen)
+    stop.set()
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    result = done.value.value
+    assert result.stopped and 0 < len(result) == first.nuclei < len(kinds) and first.done < first.total
+
+
 def test_saved_versions_retrain_to_the_same_classifier_and_are_never_overwritten(tmp_path):
     data = _data()
     first = save_classifier(data, "kinds", root=tmp_path)
@@ -166,3 +181,21 @@ def test_exports_carry_each_nucleus_class(tmp_path):
     assert summary["per_mm2"]["tumour"] == pytest.approx(summary["counts"]["tumour"] / 0.5)
     with pytest.raises(InvalidInputError, match="needs the image"):
         write_nuclei_tables(labels, csv_path=tmp_path / "m.csv", annotate=annotate)
+
+
+@pytest.mark.shared_data
+def test_the_benchmark_labels_are_a_points_csv_on_nuclei(shared_data, repo_root):
+    """benchmarks/data/classes.csv reads as `nucseg classify train --points` reads it, and every point lies on its
+    nucleus of the tile's truth labels."""
+    from PIL import Image
+
+    points = read_points_csv(repo_root / "benchmarks" / "data" / "classes.csv")
+    assert {p.klass for p in points} == {"tumour", "lymphocyte", "stroma"} and len(points) > 300
+    with open(repo_root / "benchmarks" / "data" / "classes.csv", newline="") as fh:
+        ids = [int(r["nucleus_id"]) for r in csv.DictReader(fh)]
+    tiles: dict = {}
+    for p, nid in zip(points, ids, strict=True):
+        assert p.image.is_file(), p.image
+        if p.image not in tiles:
+            tiles[p.image] = np.asarray(Image.open(p.image.parent.parent / "labels" / p.image.name))
+        assert tiles[p.image][int(p.y), int(p.x)] == nid

@@ -1,8 +1,9 @@
 """The Classify dock end to end on the real small_HE.svs: clicks (kept on disk, undo, reopened), train, apply to the
-whole slide, the view and a drawn region, counts per mm², suggest next, save, export with classes.
+whole labelled area, the view and a drawn region, counts per mm², suggest next, save, export with classes.
 
-The nuclei are a fixed haematoxylin threshold of the slide (cheap and deterministic; the Segment dock's own
-tests cover segmentation), labelled 'lymphocyte' when small and 'tumour' when large, so the truth is known.
+The nuclei are a fixed haematoxylin threshold of a 1200 px region of the slide (cheap and deterministic; the
+Segment dock's own tests cover segmentation; a region, as the Segment dock makes them, so offsets are exercised),
+labelled 'lymphocyte' when small and 'tumour' when large, so the truth is known.
 """
 
 import csv
@@ -55,17 +56,22 @@ def test_classify_dock_on_small_he(make_napari_viewer, qtbot, shared_data, home,
     viewer = make_napari_viewer(show=True)
     path = shared_data / "slides" / "small_HE.svs"
     [image] = viewer.open(str(path), plugin="napari-nucseg")
-    rgb = np.asarray(image.data[0])
-    nuclei = _threshold_nuclei(rgb)
+    # the nuclei of a region of the slide, as the Segment dock gives them (offset in nucseg_region)
+    oy, ox, size = 600, 400, 1200
+    nuclei = _threshold_nuclei(np.asarray(image.data[0][oy:oy + size, ox:ox + size]))
     labels = viewer.add_labels(nuclei, name="nuclei", scale=image.scale, opacity=0.4,
-                               metadata={"nucseg_image": {"name": image.name, "path": str(path)}})
+                               translate=np.asarray(image.translate) + np.array([oy, ox]) * image.scale,
+                               metadata={"nucseg_image": {"name": image.name, "path": str(path)},
+                                         "nucseg_region": (oy, ox, size, size)})
     ids = np.arange(1, int(nuclei.max()) + 1)
     area = ndi.sum(np.ones_like(nuclei), nuclei, ids)
-    centre = np.array(ndi.center_of_mass(np.ones_like(nuclei), nuclei, ids))
-    centre_on = nuclei[np.round(centre[:, 0]).astype(int), np.round(centre[:, 1]).astype(int)] == ids
+    local = np.array(ndi.center_of_mass(np.ones_like(nuclei), nuclei, ids))
+    on = np.floor(local + 0.5).astype(int)  # the pixel a click at the centre falls in
+    centre_on = nuclei[on[:, 0], on[:, 1]] == ids
+    centre = local + [oy, ox]  # full-resolution pixels of the slide
     small, large = np.percentile(area, 30), np.percentile(area, 75)
     widget = ClassifyWidget(viewer, choose_color=lambda c: (255, 0, 255))
-    viewer.window.add_dock_widget(widget)
+    viewer.window.add_dock_widget(widget, name="Classify nuclei")
     assert widget.labels_combo.current_layer() is labels and widget.source.mpp == pytest.approx(0.499)
     names = [c.name for c in widget.classes.classes]
     assert names[:4] == ["tumour", "lymphocyte", "stroma", "other"]
@@ -123,16 +129,17 @@ def test_classify_dock_on_small_he(make_napari_viewer, qtbot, shared_data, home,
     assert widget.ratio_text.text().startswith("lymphocytes per tumour cell:")
 
     # a drawn region: its counts are those of the nuclei whose centre lies inside
-    viewer.add_shapes([[[500, 400], [500, 1200], [1500, 1200], [1500, 400]]], shape_type="polygon",
-                      name=REGION_LAYER, scale=image.scale)
+    viewer.add_shapes([[[700, 500], [700, 1300], [1700, 1300], [1700, 500]]], shape_type="polygon",
+                      name=REGION_LAYER, scale=image.scale, face_color="transparent", edge_color="yellow",
+                      edge_width=6)
     region_counts, region_area = widget.counts()["region"]
-    inside = (result.y >= 500.5) & (result.y < 1500.5) & (result.x >= 400.5) & (result.x < 1200.5)
+    inside = (result.y >= 700.5) & (result.y < 1700.5) & (result.x >= 500.5) & (result.x < 1300.5)
     assert sum(region_counts.values()) == pytest.approx(inside.sum(), abs=3)
     assert region_area == pytest.approx(1000 * 800, rel=0.01)
 
     # the view: zoom in and apply to it alone
-    viewer.camera.center = image.data_to_world((1000, 800))
-    viewer.camera.zoom = 2.0 / 0.499
+    viewer.scene.camera.center = image.data_to_world((1200, 1000))
+    viewer.scene.camera.zoom = 2.0 / 0.499
     widget.scope_combo.setCurrentIndex(0)
     widget.apply_button.click()
     _wait(qtbot, widget)
@@ -141,16 +148,18 @@ def test_classify_dock_on_small_he(make_napari_viewer, qtbot, shared_data, home,
     assert 0 < sum(view_counts.values()) < len(ids)
 
     # suggest next: the view goes to an uncertain nucleus not yet labelled
-    before = np.array(viewer.camera.center)
+    before = np.array(viewer.scene.camera.center)
     first = widget.suggest_next()
     assert first is not None and first not in [c.nucleus_id for c in widget.store.clicks]
-    assert not np.allclose(before, viewer.camera.center)
-    viewer.camera.zoom = 0.5 / 0.499
-    viewer.reset_view()
+    assert not np.allclose(before, viewer.scene.camera.center)
+    viewer.window._qt_window.resize(1500, 860)
+    viewer.scene.camera.center = image.data_to_world((1150, 1000))
+    viewer.scene.camera.zoom = 1.4 / 0.499  # about 450 x 330 slide pixels on the canvas
+    labels.visible = False  # the class markers on the H&E
 
     shot = tmp_path / "classify_small_HE.png"
-    viewer.window._qt_window.resize(1400, 820)
     pixels = viewer.screenshot(str(shot), canvas_only=False)
+    labels.visible = True
     assert pixels[..., :3].std() > 10
     if os.environ.get("NUCSEG_SCREENSHOTS"):
         shutil.copy(shot, ROOT / "docs" / "screenshots" / shot.name)
@@ -164,6 +173,8 @@ def test_classify_dock_on_small_he(make_napari_viewer, qtbot, shared_data, home,
     with open(out / "small_HE_nuclei.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(ids) and {r["class"] for r in rows} == {"tumour", "lymphocyte"}
+    x, y = float(rows[0]["centroid_x"]), float(rows[0]["centroid_y"])  # full-resolution slide pixels
+    assert nuclei[int(y) - oy, int(x) - ox] == int(rows[0]["id"])
     features = json.loads((out / "small_HE_nuclei.geojson").read_text())["features"]
     assert {f["properties"]["classification"]["name"] for f in features} == {"tumour", "lymphocyte"}
     summary = json.loads((out / "small_HE_classes.json").read_text())

@@ -98,6 +98,7 @@ class ClassifyWidget(QWidget):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["view", "region", "slide"])
         self.ratio_text = QLabel("")
+        self.ratio_text.setWordWrap(True)
         self.name_edit = QLineEdit("my-classifier")
         self.save_button, self.export_button = QPushButton("Save classifier"), QPushButton("Export…")
         self.saved_combo, self.load_button = QComboBox(), QPushButton("Load")
@@ -122,7 +123,7 @@ class ClassifyWidget(QWidget):
         form.addRow("image", self.image_combo)
         layout = scrolled(self)
         layout.addLayout(form)
-        layout.addWidget(QLabel("classes (click a nucleus to give it the selected one):"))
+        layout.addWidget(_wrapped("classes (click a nucleus to give it the selected one):"))
         layout.addWidget(self.classes)
         row = QHBoxLayout()
         row.addWidget(self.click_check)
@@ -136,7 +137,7 @@ class ClassifyWidget(QWidget):
         apply_row.addWidget(self.suggest_button)
         layout.addLayout(apply_row)
         layout.addWidget(self.controls)
-        layout.addWidget(QLabel("nuclei per class (per mm² when the pixel size is known):"))
+        layout.addWidget(_wrapped("nuclei per class (per mm² when the pixel size is known):"))
         layout.addWidget(self.table)
         layout.addWidget(self.ratio_text)
         save_row = QHBoxLayout()
@@ -202,8 +203,9 @@ class ClassifyWidget(QWidget):
     def _points_layer(self, name: str, **kwargs: Any) -> Points:
         layer = next((la for la in self.viewer.layers if la.name == name and isinstance(la, Points)), None)
         if layer is None:
-            layer = self.viewer.add_points(np.zeros((0, 2)), name=name, scale=self.source.image_layer.scale[-2:],
-                                           translate=self.source.image_layer.translate[-2:], **kwargs)
+            image = self.source.image_layer
+            layer = self.viewer.add_points(np.zeros((0, 2)), name=name, scale=image.scale[-2:],
+                                           translate=image.translate[-2:], units=tuple(image.units)[-2:], **kwargs)
             layer.metadata["nucseg"] = {"role": OVERLAY}
         return layer
 
@@ -409,3 +411,8 @@ class ClassifyWidget(QWidget):
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
         super().closeEvent(event)
 
+
+def _wrapped(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
