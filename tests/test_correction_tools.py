@@ -79,14 +79,20 @@ def test_merge_fills_a_thin_gap_and_the_result_is_one_piece():
     assert set(np.unique(labels)) == {0, 1} and np.all(labels[6:14, 12:14] == 1) and one_piece_each(labels)
 
 
-def test_add_takes_free_pixels_connected_to_the_click_only():
+def test_add_takes_free_pixels_and_fragments_never_a_neighbour():
     labels = discs()
     mask = np.zeros(labels.shape, bool)
-    mask[35:56, 50:71] = True  # overlaps nucleus 3
+    mask[35:56, 50:58] = True  # covers a third of nucleus 3 (a neighbour: kept)
     edit = tools.add_nucleus(labels, mask, (36, 51), 9)
     assert np.all(labels.reshape(-1)[edit.indices] == 0) and set(edit.values) == {9}
     with pytest.raises(tools.EditRefused, match="inside nucleus"):
         tools.add_nucleus(labels, mask, (45, 60), 9)
+    mask[35:56, 50:71] = True  # nucleus 3 lies wholly inside: a fragment of the missed one, taken in whole
+    edit = tools.add_nucleus(labels, mask, (36, 51), 9)
+    after = labels.copy()
+    after.reshape(-1)[edit.indices] = edit.values
+    assert not (after == 3).any() and np.all(after[labels == 3] == 9) and edit.ids == (9, 3)
+    assert one_piece_each(after)
 
 
 def maps_with(shape, centre, radius, peak):

@@ -19,8 +19,12 @@ from nucseg.config import PostprocessConfig
 
 #: below this foreground probability at the click the model sees no nucleus there
 MIN_PROBABILITY = 0.05
-#: a missed nucleus is cut at this fraction of the click's foreground probability
-RELAX = 0.5
+#: a missed nucleus is cut at this fraction of the click's foreground probability...
+RELAX = 0.8
+#: ...and seeded where distance - contour exceeds this fraction of its highest value next to the click
+SEED_RELAX = 0.5
+#: "next to the click": within this many map pixels
+SEED_SEARCH_PX = 4
 #: the fallback disc, when no map is available and the layer holds no nucleus to take a size from (pixels)
 DEFAULT_RADIUS_PX = 8
 
@@ -79,11 +83,16 @@ def grow_nucleus(window: MapWindow, point: tuple[float, float], labels_shape: tu
     config = window.postprocess
     instances = probabilities_to_instances(probs, config)
     label = int(instances[my, mx])
-    if not label:  # missed: the same post-processing with the cut lowered to what the model saw at the click
+    if not label:  # missed: the same post-processing with the cuts lowered to what the model saw at the click
+        r = SEED_SEARCH_PX
+        near = probs[:, max(my - r, 0) : my + r + 1, max(mx - r, 0) : mx + r + 1]
+        seed_peak = float((near[2] - near[1]).max())
         relaxed = dataclasses.replace(config, foreground_method="fixed",
                                       foreground_threshold=max(min(RELAX * fg_here, config.foreground_threshold),
                                                                MIN_PROBABILITY / 2),
-                                      min_area=0)
+                                      marker_threshold=max(min(config.marker_threshold, SEED_RELAX * seed_peak),
+                                                           -0.99),
+                                      min_area=0, min_marker_area=min(config.min_marker_area, 3))
         instances = probabilities_to_instances(probs, relaxed)
         label = int(instances[my, mx])
         if not label:

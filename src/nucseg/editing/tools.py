@@ -55,11 +55,14 @@ class Edit:
     def describe(self) -> str:
         """One line for the status bar, e.g. "split nucleus 12 into 12 and 431"."""
         ids = [int(i) for i in self.ids]
+        if not ids:
+            return f"{self.action}: {len(self)} px"
         if self.action == "add":
-            return f"added nucleus {ids[0]} ({len(self)} px)"
+            taken = f", taking in {', '.join(map(str, ids[1:]))}" if len(ids) > 1 else ""
+            return f"added nucleus {ids[0]} ({len(self)} px{taken})"
         if self.action == "delete":
             return f"deleted nucleus {ids[0]} ({len(self)} px)"
-        if self.action == "merge":
+        if self.action == "merge" and len(ids) > 1:
             return f"merged nucleus {ids[1]} into {ids[0]}"
         if self.action == "split":
             return f"split nucleus {ids[0]} into {' and '.join(map(str, ids))}"
@@ -288,8 +291,14 @@ def _one_piece_each(parts: np.ndarray, n_parts: int) -> np.ndarray:
     return parts
 
 
+#: `add_nucleus` takes in a nucleus that lies at least this share inside the grown mask (a fragment of it)
+ABSORB_SHARE = 0.5
+
+
 def add_nucleus(labels: np.ndarray, mask: np.ndarray, point: Point, new_id: int) -> Edit:
-    """Make a new nucleus of the background pixels of `mask` connected to `point` (never over another nucleus).
+    """Make a new nucleus of `mask` around `point`: its background pixels, and the whole of any nucleus lying at
+    least `ABSORB_SHARE` inside it (a fragment the model found of the nucleus it missed); other nuclei are never
+    touched. The part connected to `point` is kept.
 
     Args:
         labels: the labels map.
@@ -307,13 +316,21 @@ def add_nucleus(labels: np.ndarray, mask: np.ndarray, point: Point, new_id: int)
     new_id = _check_new_id(labels, new_id)
     if mask.shape != labels.shape:
         raise InvalidInputError(f"the grown mask {mask.shape} and the labels {labels.shape} differ in size")
-    free = mask & (labels == 0)
-    if not free[y, x]:
+    if not mask[y, x]:
         raise EditRefused(f"nothing was grown at ({y}, {x}): the model sees no nucleus here; paint it with the brush")
-    box = _box(free, 1)
-    pieces, _ = ndi.label(free[box])
+    box = _box(mask, 1)
+    local, grown = labels[box], mask[box]
+    inside, counts = np.unique(local[grown], return_counts=True)
+    absorbed = [int(i) for i, n in zip(inside, counts)
+                if i and n >= ABSORB_SHARE * int((labels == i).sum())]
+    if absorbed:  # their pixels outside the box too
+        box = _box(mask | np.isin(labels, absorbed), 1)
+        local, grown = labels[box], mask[box]
+    free = (grown & (local == 0)) | np.isin(local, absorbed)
+    pieces, _ = ndi.label(free, ndi.generate_binary_structure(2, 2))  # a nucleus taken in is taken whole
     mine = pieces == pieces[y - box[0].start, x - box[1].start]
-    return _edit(labels, _flat(labels, box, mine), new_id, "add", (new_id,))
+    ids = tuple([new_id, *[i for i in absorbed if (mine & (local == i)).any()]])
+    return _edit(labels, _flat(labels, box, mine), new_id, "add", ids)
 
 
 def pieces_per_id(labels: np.ndarray) -> dict[int, int]:
