@@ -39,7 +39,10 @@ KNOWN_SUFFIXES = tuple(sorted((".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".
                                ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".zarr", ".png", ".jpg", ".jpeg"),
                               key=len, reverse=True))
 SUMMARY_NAME = "batch_summary.csv"
-SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
+SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "tissue_px2",
+                   "nuclei_per_mpx", "seconds", "worker", "error")
+#: the `<stem>_predict.json` "density" figures copied into the batch summary (empty when unknown)
+DENSITY_COLUMNS = ("tissue_mm2", "nuclei_per_mm2", "tissue_px2", "nuclei_per_mpx")
 
 
 def plain_stem(path: Path) -> str:
@@ -185,8 +188,10 @@ class InputOutcome:
     summary: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
+        density = (self.summary or {}).get("density") or {}
         return {"input": str(self.item.input), "stem": self.item.stem, "status": self.status,
                 "nuclei": "" if self.nuclei is None else self.nuclei,
+                **{k: "" if density.get(k) is None else density[k] for k in DENSITY_COLUMNS},
                 "seconds": "" if self.seconds is None else self.seconds, "worker": self.worker or "",
                 "error": self.error or ""}
 
@@ -246,7 +251,8 @@ class BatchReport:
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
-    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run)."""
+    """`out/batch_summary.csv`: input, stem, status, nuclei, the density figures (mm² ones only when the pixel
+    size is known), seconds, worker, error (replaced at each run)."""
     path = Path(out) / SUMMARY_NAME
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     with open(tmp, "w", newline="") as fh:
