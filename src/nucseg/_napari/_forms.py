@@ -4,7 +4,16 @@ on a 1000-px-high screen."""
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFrame, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFrame,
+    QLayout,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
@@ -53,11 +62,20 @@ def scrolled(owner: QWidget) -> QVBoxLayout:
 def fit_width(owner: QWidget) -> None:
     """After `scrolled`'s layout is filled: the dock as wide as its content needs (the scroll area scrolls only
     vertically), with combo boxes that do not grow with the longest layer or model name."""
-    scroll: QScrollArea = owner.scroll_area  # type: ignore[attr-defined]
-    for combo in scroll.widget().findChildren(QComboBox):
+    fit_scroll_width(owner.scroll_area)  # type: ignore[attr-defined]
+
+
+def fit_scroll_width(scroll: QScrollArea) -> None:
+    """A vertical-only scroll area as wide as its content needs, so nothing in it is cut at the right edge; its
+    combo boxes do not grow with the longest layer or model name (a `LayerCombo` elides the name it shows)."""
+    content = scroll.widget()
+    for combo in content.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         combo.setMinimumContentsLength(14)
-    content = scroll.widget()
+    for layout in content.findChildren(QLayout):  # measure with the narrower combos, not cached sizes
+        layout.invalidate()
+    if content.layout() is not None:
+        content.layout().activate()
     # the preferred width (tables ask for their columns), within reason; plus the vertical scroll bar
     width = max(content.minimumSizeHint().width(), min(content.sizeHint().width(), MAX_DOCK_WIDTH))
     scroll.setMinimumWidth(width + scroll.verticalScrollBar().sizeHint().width() + 8)

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter, QWidget
 
 from nucseg.errors import InvalidInputError
 from nucseg.inference.result_store import PYRAMID_MIN_SIZE
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 Region = tuple[int, int, int, int]
 
+#: a layer choice is this many characters wide, whatever the names (longer ones are elided)
+MIN_NAME_CHARS = 14
 #: pixels: how far outside a drawn box (or the field of view) a pixel centre may lie and still count as inside
 EDGE_TOLERANCE = 1e-3
 
@@ -183,8 +186,54 @@ def plane_index(layer: Layer, viewer: napari.viewer.Viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(v)), 0, shape[i] - 1)) for i, v in enumerate(data_point[:lead]))
 
 
+def elided_text(combo: QComboBox) -> str:
+    """A combo box's current text elided in the middle to the width of its text field."""
+    option = QStyleOptionComboBox()
+    combo.initStyleOption(option)
+    field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                         QStyle.SubControl.SC_ComboBoxEditField, combo)
+    return combo.fontMetrics().elidedText(option.currentText, Qt.TextElideMode.ElideMiddle, field.width())
+
+
+def paint_elided(combo: QComboBox) -> None:
+    """Draw a (non-editable) combo box with its current text elided in the middle (Qt clips it at the right)."""
+    painter = QStylePainter(combo)
+    option = QStyleOptionComboBox()
+    combo.initStyleOption(option)
+    painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+    option.currentText = elided_text(combo)
+    painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)
+    painter.end()
+
+
+class ElideNames(QObject):
+    """An event filter that draws a plain combo box's long entries elided in the middle (as `LayerCombo` does)
+    and gives it the whole text as its tooltip; `install` puts it on a combo box."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Paint and isinstance(watched, QComboBox) and not watched.isEditable():
+            paint_elided(watched)
+            return True
+        return False
+
+    @classmethod
+    def install(cls, combo: QComboBox) -> None:
+        if isinstance(combo, LayerCombo) or combo.isEditable() or combo.property("nucseg_elided"):
+            return
+        combo.setProperty("nucseg_elided", True)
+        keeper = cls(combo)  # parented: lives as long as the combo
+        combo.installEventFilter(keeper)
+        combo.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        hint = combo.toolTip()
+        combo.currentTextChanged.connect(lambda text: combo.setToolTip("\n".join(t for t in (text, hint) if t)))
+        combo.setToolTip("\n".join(t for t in (combo.currentText(), hint) if t))
+
+
 class LayerCombo(QComboBox):
     """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed.
+
+    A name too long for the box is shown elided in the middle ("TCGA-A7-A1…v2)"), so neither the dock nor the box
+    grows with it and both ends (the slide, the model version) stay readable; the whole name is its tooltip.
 
     Args:
         viewer: the napari viewer.
@@ -208,7 +257,31 @@ class LayerCombo(QComboBox):
         viewer.layers.events.inserted.connect(self._watch_name)
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
+        self._hint = ""
+        # set before the first size is computed: QComboBox caches its minimum size hint, and a policy set later
+        # (`_forms.fit_scroll_width`) does not shrink it again
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(MIN_NAME_CHARS)
+        self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.currentTextChanged.connect(self._show_name_tip)
         self.refresh()
+        self._show_name_tip()
+
+    def setToolTip(self, text: str) -> None:  # noqa: N802 - Qt's name
+        """What the choice is for; shown under the chosen layer's whole name."""
+        self._hint = text
+        self._show_name_tip()
+
+    def _show_name_tip(self, *_: Any) -> None:
+        name = self.currentText()
+        super().setToolTip("\n".join(t for t in (name, self._hint) if t))
+
+    def shown_text(self) -> str:
+        """The chosen name as drawn: elided in the middle to the width of the box's text field."""
+        return elided_text(self)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        paint_elided(self)
 
     def _watch_name(self, event: Any) -> None:
         event.value.events.name.connect(self.refresh)

@@ -27,7 +27,7 @@ from nucseg.io.outputs import (
     check_replaceable,
     write_failure,
 )
-from nucseg.jobs.outcomes import BatchEvent, InputOutcome, done_outcome, failed_outcome
+from nucseg.jobs.outcomes import DENSITY_COLUMNS, BatchEvent, InputOutcome, done_outcome, failed_outcome
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -44,7 +44,7 @@ __all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPl
            "InputOutcome", "finished_summary", "iter_batch", "plan_batch", "unique_stems", "write_batch_summary"]
 
 SUMMARY_NAME = BATCH_SUMMARY
-SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", "seconds", "worker", "error")
+SUMMARY_COLUMNS = ("input", "stem", "status", "nuclei", *DENSITY_COLUMNS, "seconds", "worker", "error")
 
 
 def _candidates(path: Path, stem: str) -> list[str]:
@@ -230,9 +230,9 @@ def _class_cells(outcome: InputOutcome) -> dict[str, Any]:
 
 
 def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
-    """`out/batch_summary.csv`: input, stem, status, nuclei, seconds, worker, error (replaced at each run); with a
-    classifier, ``class:NAME`` and ``per_mm2:NAME`` per class. Written under a temporary name that is removed when
-    the write fails.
+    """`out/batch_summary.csv`: input, stem, status, nuclei, the density figures (mm² ones only when the pixel
+    size is known), seconds, worker, error (replaced at each run); with a classifier, ``class:NAME`` and
+    ``per_mm2:NAME`` per class. Written under a temporary name that is removed when the write fails.
 
     Raises:
         StoreError: the file cannot be written (a full disk says so).

@@ -12,7 +12,11 @@ from nucseg.errors import NucsegError
 from nucseg.io.outputs import is_disk_full, write_failure
 from nucseg.jobs.predict_file import BatchItem
 
-__all__ = ["BatchEvent", "InputOutcome", "done_outcome", "failed_outcome", "worker_label"]
+__all__ = ["DENSITY_COLUMNS", "BatchEvent", "InputOutcome", "done_outcome", "failed_outcome", "worker_label"]
+
+
+#: the `<stem>_predict.json` "density" figures copied into the batch summary (empty when unknown)
+DENSITY_COLUMNS = ("tissue_mm2", "nuclei_per_mm2", "tissue_px2", "nuclei_per_mpx")
 
 
 @dataclasses.dataclass
@@ -30,8 +34,10 @@ class InputOutcome:
     disk_full: bool = False
 
     def row(self) -> dict[str, Any]:
+        density = (self.summary or {}).get("density") or {}
         return {"input": str(self.item.input), "stem": self.item.stem, "status": self.status,
                 "nuclei": "" if self.nuclei is None else self.nuclei,
+                **{k: "" if density.get(k) is None else density[k] for k in DENSITY_COLUMNS},
                 "seconds": "" if self.seconds is None else self.seconds, "worker": self.worker or "",
                 "error": self.error or ""}
 

@@ -18,6 +18,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nucseg.config import InferenceConfig
 from nucseg.errors import StoreError
 from nucseg.io.outputs import OUTPUT_NAMES, summary_name, write_failure
@@ -263,12 +265,13 @@ class OutputSet:
                 group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
             except OSError as err:
                 raise write_failure(self.targets["zarr"], err) from err
+        density = area_density(result, image, mpp)
         summary = {
             "summary_version": SUMMARY_VERSION,
             "input": str(item.input), "input_bytes": self.fingerprint["bytes"], "input_fingerprint": self.fingerprint,
             "stem": item.stem,
             **({"stem_note": item.stem_note} if item.stem_note else {}),
-            "outputs": {k: str(v) for k, v in self.targets.items()}, "nuclei": result.n_nuclei,
+            "outputs": {k: str(v) for k, v in self.targets.items()}, "nuclei": result.n_nuclei, "density": density,
             "region": list(result.region), "mpp": mpp, "mpp_from": mpp_from,
             **({} if mpp else {"segmented_at_mpp": resolve_model(config.model).mpp}),
             "model": result.model_info, "worker": worker, **(extra or {}),
@@ -301,6 +304,16 @@ class OutputSet:
         spec = resolve_model(self.settings.config.model)
         check_binding(trained.data, spec, f"classifier {folder}")
         return ClassAnnotator(trained, um_per_pixel(mpp, spec.mpp))
+
+
+def area_density(result: Any, image: Any, mpp: float | None) -> dict[str, Any]:
+    """The nuclei of a result per area of tissue (`nucseg.metrics.density`): `image` is the region's pixels (an
+    array) or the slide (read at a coarse level); mm² only when `mpp` is known."""
+    from nucseg.metrics.density import summarize, tissue_map
+
+    region = None if hasattr(image, "shape") and not hasattr(image, "read_region") else result.region
+    tissue = tissue_map(image, region)
+    return summarize(np.zeros((0, 2)), tissue, mpp, count=result.n_nuclei).to_dict()
 
 
 def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str, Any] | None = None
