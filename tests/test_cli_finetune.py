@@ -69,14 +69,14 @@ def test_bad_inputs_exit_2_with_one_line(tiny_model, folders, tmp_path, capsys):
 
 def test_resume_continues_with_the_saved_settings(tiny_model, folders, tmp_path, capsys):  # noqa: F811
     from nucseg.config import FinetuneConfig
-    from nucseg.training.dataset import load_pairs, split_pairs
+    from nucseg.jobs.finetune import folder_pairs
     from nucseg.training.finetune import iter_finetune
 
     images, labels = folders
     out = tmp_path / "run"
     config = FinetuneConfig(base_model=str(tiny_model), epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64,
                             augmentations=("flips",), device="cpu", num_threads=1)
-    train, val = split_pairs(load_pairs(images, labels), config.validation_fraction, config.seed)
+    train, val, _ = folder_pairs(images, labels, config=config)  # as the command line splits them
     gen = iter_finetune(train, val, config, out)
     for record in gen:  # interrupted after epoch 1
         if record["kind"] == "epoch":

@@ -18,7 +18,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from nucseg.errors import NucsegError
-from nucseg.jobs.finetune import finished_version, scores_rows, should_ask, verdict_lines
+from nucseg.jobs.finetune import finished_version, scores_rows, should_ask, tile_rows, verdict_lines
 from nucseg.models import versions
 
 from ._workers import error_message
@@ -33,7 +33,17 @@ def scores_html(before: dict[str, float], after: dict[str, float]) -> str:
         return "no validation corrections: the best epoch was chosen by training loss"
     rows = "".join(f"<tr><td>{label}</td><td align='right'>{'-' if b is None else f'{b:.3f}'}</td>"
                    f"<td align='right'>{a:.3f}</td></tr>" for label, b, a in scores_rows(before, after))
-    return f"<table><tr><th>validation</th><th>before</th><th>after</th></tr>{rows}</table>"
+    table = f"<table><tr><th>held out</th><th>before</th><th>after</th></tr>{rows}</table>"
+    tiles = tile_rows(before, after)
+    if len(tiles) > 1:  # the verdict per correction: where it rose and where it fell
+        cells = "".join(
+            f"<tr><td>{escape(name[-28:])}</td><td align='right'>{'-' if b is None else f'{b:.3f}'}</td>"
+            f"<td align='right'><b>{a:.3f}</b></td><td align='right'>{n}</td></tr>" if b is not None and a > b else
+            f"<tr><td>{escape(name[-28:])}</td><td align='right'>{'-' if b is None else f'{b:.3f}'}</td>"
+            f"<td align='right'>{a:.3f}</td><td align='right'>{n}</td></tr>" for name, b, a, n in tiles)
+        table += (f"<table><tr><th>per correction</th><th>before</th><th>after</th><th>nuclei</th></tr>{cells}"
+                  "</table>")
+    return table
 
 
 def result_html(result: FinetuneResult, head: str) -> str:

@@ -110,6 +110,11 @@ class FinetuneSettings(QWidget):
         layout.addWidget(data)
         layout.addWidget(train)
 
+    def changed_signals(self) -> list[Any]:
+        """The signals of the settings a run's duration depends on."""
+        return [spin.valueChanged for spin in (self.epochs_spin, self.steps_spin, self.batch_spin, self.patch_spin,
+                                               self.val_spin, self.threads_spin)]
+
     def set_resuming(self, resuming: bool) -> None:
         """A resumed run keeps its saved settings: they are shown but cannot be changed."""
         self._resuming = resuming

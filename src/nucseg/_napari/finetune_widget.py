@@ -1,11 +1,17 @@
 """The "Fine-tune" dock widget: train a new model version on the reviewed corrections, with live curves.
 
 Thin by design: it builds a `FinetuneConfig` (`finetune_settings`), runs `nucseg.jobs.finetune.
-corrections_finetune` in a thread worker with a progress bar and Stop, feeds every epoch record to the curves
-(`plots.TrainingPlots`, docked below the canvas), and hands the outcome to the `finetune_decision` panel: a
+corrections_finetune` in a thread worker with a progress bar and Stop, feeds every step and epoch record to the
+curves (`plots.TrainingPlots`, docked below the canvas) and the time left to the status line, and hands the
+outcome to the `finetune_decision` panel: a
 model better than its base on validation is kept at once; one that is not, or a stopped run, waits for the
 person's Keep or Discard. A run cut short (the viewer closed, the machine crashed) can be resumed from its last
 epoch. The versions panel lists, renames, deletes (to the trash) and exports fine-tuned versions.
+
+Before Start, the widget says how long a run will take: once it is shown, and again when the base model, the
+device or the batch settings change, it times one real training step in a worker (`nucseg.training.estimate.
+measure_step`, kept per setting for the session) and multiplies it out with the same function the run's own
+remaining time comes from.
 
 Layout for small screens: the base model, Start, the progress and the result stay at the top; the settings
 and the versions list scroll below them.
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import napari
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,9 +37,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from nucseg.config import FinetuneConfig, read_config_json
+from nucseg.config import FinetuneConfig
 from nucseg.errors import InvalidInputError, NucsegError
-from nucseg.jobs.finetune import corrections_finetune, no_reviewed_message, settle
+from nucseg.jobs.finetune import corrections_finetune, no_reviewed_message, saved_config, settle
+from nucseg.training.estimate import format_minutes
 from nucseg.models import versions
 from nucseg.models.device import available_devices
 from nucseg.models.registry import DEFAULT_MODEL, model_catalog, resolve_model
@@ -77,6 +84,14 @@ class FinetuneWidget(QWidget):
         self.device_combo.addItems(["auto", *available_devices()])
         self.data_label = QLabel()
         self.data_label.setWordWrap(True)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setWordWrap(True)
+        self.estimates: dict[tuple, dict[str, Any]] = {}  # measured steps, by (base, batch, patch, device, threads)
+        self._estimate_worker: Any = None
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(1500)  # settles after a spin box is scrolled through several values
+        self._estimate_timer.timeout.connect(self.update_estimate)
         self.resume_check = QCheckBox("resume the last unfinished run")
         self.start_button = QPushButton("Start fine-tuning")
         self.controls = JobControls(self)
@@ -94,6 +109,9 @@ class FinetuneWidget(QWidget):
         self.refresh_versions()
         self.refresh_data()
         self._offer_pending_decision()
+        for signal in (self.model_combo.currentIndexChanged, self.device_combo.currentIndexChanged,
+                       *self.settings.changed_signals()):
+            signal.connect(self._schedule_estimate)
 
     @property
     def result(self) -> FinetuneResult | None:
@@ -105,6 +123,7 @@ class FinetuneWidget(QWidget):
         form.addRow("base model", self.model_combo)
         form.addRow("device", self.device_combo)
         form.addRow(self.data_label)
+        form.addRow(self.estimate_label)
         form.addRow(self.resume_check)
         inner = QWidget()
         scrolled = QVBoxLayout(inner)
@@ -214,7 +233,7 @@ class FinetuneWidget(QWidget):
         try:
             if resume:
                 out = self._resumable
-                config = FinetuneConfig.from_dict(read_config_json(out / versions.RUN_CONFIG))
+                config = FinetuneConfig.from_dict(saved_config(out / versions.RUN_CONFIG))
                 original = None
             else:
                 config = self.config()
@@ -262,16 +281,24 @@ class FinetuneWidget(QWidget):
 
     def _on_record(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
-        if kind == "epoch":
+        if kind == "step":
+            self.plots.add_step(record)
+        elif kind == "preparing":
+            self.controls.status.setText(f"{record['stage']}…")
+        elif kind == "validating":
+            who = "the base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
+            self.controls.status.setText(f"scoring {who} on the held-out regions: {record['done']}/{record['total']}")
+        elif kind == "epoch":
             self.plots.add_epoch(record)
             if "val_aji" in record:
                 self.controls.status.setText(f"epoch {record['epoch']}: validation AJI {record['val_aji']:.3f}, "
                                              f"IoU {record['val_iou']:.3f}, F {record['val_f1']:.3f}")
         elif kind == "baseline" and "val_aji" in record:
             self.plots.set_baseline(record)
-        elif kind == "data" and record["unreviewed"]:
-            self.controls.status.setText(f"training on {record['train']} reviewed corrections, validating on "
-                                         f"{record['val']}; {record['unreviewed']} unreviewed left out")
+        elif kind == "data":
+            left = f"; {record['unreviewed']} unreviewed left out" if record["unreviewed"] else ""
+            self.controls.status.setText(f"training on {record['train']} reviewed corrections, judging on "
+                                         f"{record['val']} held-out regions of {record.get('val_tiles', 0)}{left}")
         elif kind == "tuning":
             self.controls.status.setText("tuning the watershed thresholds on the validation corrections…")
         elif kind == "note":  # e.g. a damaged checkpoint passed over on resume
@@ -282,10 +309,78 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(True)
         self.refresh_versions()
 
+    # -- time estimate -----------------------------------------------------------------------------------
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not self.estimates:
+            self._schedule_estimate()
+
+    def _schedule_estimate(self, *_: Any) -> None:
+        if self.isVisible():
+            self._estimate_timer.start()
+
+    def _estimate_key(self, config: FinetuneConfig) -> tuple:
+        return (config.base_model, config.batch_size, config.patch_size, config.device, config.num_threads)
+
+    def update_estimate(self) -> None:
+        """Say how long a run with the current settings takes; time one training step first (in a worker) when
+        these settings were not timed yet. Nothing is measured while a run trains (it would slow it down)."""
+        try:
+            config = self.config()
+        except NucsegError as err:
+            self.estimate_label.setText(error_message(err))
+            return
+        measured = self.estimates.get(self._estimate_key(config))
+        if measured is not None:
+            self.estimate_label.setText(self.estimate_text(config, measured))
+            return
+        if self.running or self._estimate_worker is not None:
+            return
+        from nucseg.training.estimate import measure_step
+
+        key = self._estimate_key(config)
+        self.estimate_label.setText("timing one training step to estimate the run…")
+
+        def job():
+            yield from ()
+            return measure_step(config.base_model, config.batch_size, config.patch_size, config.device,
+                                config.num_threads)
+
+        def done(result: dict[str, Any]) -> None:
+            self.estimates[key] = result
+
+        def finished() -> None:
+            self._estimate_worker = None
+            if self.estimates:
+                self.update_estimate()  # the settings may have changed meanwhile
+
+        self._estimate_worker = start_generator_worker(job, on_return=done, on_finished=finished,
+                                                       on_error=lambda err: self.estimate_label.setText(
+                                                           f"no estimate: {error_message(err)}"),
+                                                       desc="timing a training step", progress_of=lambda _: None)
+
+    def estimate_text(self, config: FinetuneConfig, measured: dict[str, Any]) -> str:
+        """The run's duration from a measured step and the held-out pixels of the reviewed corrections."""
+        from nucseg.training.estimate import heldout_pixels_guess, run_seconds
+
+        try:
+            entries = [e for e in self.store.entries() if e.reviewed]
+        except NucsegError:
+            entries = []
+        pixels = heldout_pixels_guess([e.shape[0] * e.shape[1] * (e.reviewed_fraction or 1.0) for e in entries],
+                                      config.validation_fraction)
+        scoring = pixels * measured["predict_px_s"] * 1.5
+        total = run_seconds(config.epochs, config.steps_per_epoch, measured["step_s"], scoring, bool(pixels))
+        return (f"A run takes {format_minutes(total)} here: {config.epochs * config.steps_per_epoch} steps of "
+                f"{measured['step_s']:.1f} s (one timed just now on the {measured['device'].upper()}, "
+                f"{measured['threads']} threads)" + (f", and the held-out regions scored {config.epochs + 1} times"
+                                                      if pixels else "") + "; early stopping can end it sooner.")
+
 
 def _progress(record: dict[str, Any], epochs: int, total: int) -> tuple[int, int, str] | None:
     if record.get("kind") != "step":
         return None
     done = (record["epoch"] - 1) * record["steps"] + record["step"]
-    return done, total, f"epoch {record['epoch']}/{epochs}, step {record['step']}/{record['steps']}, " \
-                        f"loss {record['loss']:.3f}"
+    left = record.get("eta_s")
+    return done, total, (f"epoch {record['epoch']}/{epochs}, step {record['step']}/{record['steps']}, "
+                         f"loss {record['loss']:.3f}" + (f"; {format_minutes(left)} left" if left is not None else ""))

@@ -1,4 +1,6 @@
-"""Live training curves for the fine-tune widget: loss, IoU and F-score per epoch, training vs validation.
+"""Live training curves for the fine-tune widget: loss, IoU and F-score per epoch, training vs validation, and the
+training loss of every step (a faint line on the loss panel, redrawn at most every `STEP_REDRAW_S` seconds, so the
+curves move within half a minute of Start and keep moving between the epochs' points).
 
 Drawing a three-panel matplotlib figure takes from a few hundred milliseconds to a second on a busy CPU, far
 more than the GUI thread can spare, so the figure never touches Qt: a plotting thread renders it with Agg to an
@@ -22,10 +24,14 @@ from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 PANELS = (
     ("loss", [("train_loss", "train", "-"), ("val_loss", "validation", "--")]),
     ("IoU (foreground)", [("train_iou", "train", "-"), ("val_iou", "validation", "--"),
-                          ("val_aji", "validation AJI", ":")]),
+                          ("val_aji", "validation AJI", ":"), ("val_score", "held-out score", "-.")]),
     ("F-score (Dice)", [("train_f1", "train", "-"), ("val_f1", "validation", "--")]),
 )
-TRAIN_COLOUR, VAL_COLOUR, AJI_COLOUR = "#4fc3f7", "#ffb74d", "#ce93d8"
+TRAIN_COLOUR, VAL_COLOUR, AJI_COLOUR, SCORE_COLOUR = "#4fc3f7", "#ffb74d", "#ce93d8", "#81c784"
+#: the key of the per-step training loss line (not a per-epoch series)
+STEP_KEY = "step_loss"
+#: seconds between two redraws caused by step losses alone (an epoch's point redraws at once)
+STEP_REDRAW_S = 10.0
 DPI = 90
 MIN_HEIGHT = 200
 
@@ -57,6 +63,9 @@ class TrainingPlots(QWidget):
         self.epochs: list[int] = []
         self.values: dict[str, list[float]] = {key: [] for _, series in PANELS for key, _, _ in series}
         self.baseline: dict[str, float] = {}
+        self.step_x: list[float] = []  # fractional epochs: epoch - 1 + step / steps
+        self.step_loss: list[float] = []
+        self._last_step_draw = -math.inf
         self.draws = 0
         self._lock = threading.Lock()
         self._idle = threading.Event()
@@ -75,7 +84,24 @@ class TrainingPlots(QWidget):
             for series in self.values.values():
                 series.clear()
             self.baseline = {}
+            self.step_x.clear()
+            self.step_loss.clear()
         self._request()
+
+    def add_step(self, record: dict[str, Any]) -> bool:
+        """Append one ``"step"`` record's loss; redraws when `STEP_REDRAW_S` passed since the last such redraw
+        (returns whether it asked for one)."""
+        import time
+
+        with self._lock:
+            self.step_x.append(record["epoch"] - 1 + record["step"] / record["steps"])
+            self.step_loss.append(float(record["loss"]))
+        now = time.monotonic()
+        if now - self._last_step_draw < STEP_REDRAW_S:
+            return False
+        self._last_step_draw = now
+        self._request()
+        return True
 
     def set_baseline(self, record: dict[str, Any]) -> None:
         """The base model's validation scores (a ``"baseline"`` record), drawn as faint horizontal lines."""
@@ -141,9 +167,10 @@ class TrainingPlots(QWidget):
                 epochs = list(self.epochs)
                 values = {k: list(v) for k, v in self.values.items()}
                 baseline = dict(self.baseline)
+                steps = (list(self.step_x), list(self.step_loss))
                 width, height = self._target
             try:
-                image = self._render(epochs, values, baseline, width, height)
+                image = self._render(epochs, values, baseline, width, height, steps)
                 self.draws += 1
                 self._rendered.emit(image)
             except Exception:  # noqa: BLE001 - a deleted widget or a failed draw: curves are not worth a crash
@@ -153,10 +180,13 @@ class TrainingPlots(QWidget):
                 return
 
     def _render(self, epochs: list[int], values: dict[str, list[float]], baseline: dict[str, float],
-                width: int, height: int) -> QImage:
+                width: int, height: int, steps: tuple[list[float], list[float]] = ([], [])) -> QImage:
         figure = self._figure
         figure.set_size_inches(width / DPI, height / DPI)
         for key, line in self._lines.items():
+            if key == STEP_KEY:
+                line.set_data(*steps)
+                continue
             line.set_data(epochs, values[key])
         for key, line in self._before.items():
             value = baseline.get(key, math.nan)
@@ -164,8 +194,9 @@ class TrainingPlots(QWidget):
         for ax in figure.axes:
             ax.relim()
             ax.autoscale_view()
-            if epochs:
-                ax.set_xlim(0.5, max(epochs) + 0.5)
+            last = max([*epochs, *(math.ceil(x) for x in steps[0][-1:])], default=0)
+            if last:
+                ax.set_xlim(0 if steps[0] else 0.5, last + 0.5)
         canvas = figure.canvas
         canvas.draw()
         w, h = canvas.get_width_height()
@@ -191,9 +222,13 @@ def _make_figure(dark: bool) -> tuple[Figure, dict[str, Any], dict[str, Any]]:
             spine.set_color("#606060")
         ax.grid(True, color="#444444" if dark else "#dddddd", linewidth=0.5)
         for key, label, style in series:
-            colour = AJI_COLOUR if key == "val_aji" else TRAIN_COLOUR if key.startswith("train") else VAL_COLOUR
+            colour = (AJI_COLOUR if key == "val_aji" else SCORE_COLOUR if key == "val_score"
+                      else TRAIN_COLOUR if key.startswith("train") else VAL_COLOUR)
             (lines[key],) = ax.plot([], [], style, color=colour, marker="o", markersize=3, label=label)
             if key.startswith("val"):
                 before[key] = ax.axhline(math.nan, color=colour, linestyle=":", linewidth=1, alpha=0.6)
+        if title == "loss":
+            (lines[STEP_KEY],) = ax.plot([], [], "-", color=TRAIN_COLOUR, linewidth=0.8, alpha=0.45,
+                                         label="train (each step)")
         ax.legend(fontsize=7, loc="best", facecolor=face, edgecolor="#606060", labelcolor=fore)
     return figure, lines, before

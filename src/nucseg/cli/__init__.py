@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nucseg.models.device import passive_thread_waits
+
+    passive_thread_waits()  # before any subcommand imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

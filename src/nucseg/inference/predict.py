@@ -242,6 +242,11 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
         kept, labels_box = labels_at_level0(kept, (ry0, rx0), source)
         paste_labels(labels, kept, labels_box, next_id)
         next_id += n
+    from nucseg.jobs.slide_patches import max_id, replay_patches
+
+    labels.attrs["nucseg_max_id"] = next_id - 1
+    if replay_patches(result.labels, labels):  # patches a person accepted into the slide result stay as accepted
+        next_id = max_id(labels) + 1
     return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
 
 

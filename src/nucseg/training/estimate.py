@@ -51,6 +51,15 @@ def scoring_seconds_guess(pixels: int, step_s: float, batch_size: int, patch_siz
     return 1.5 * pixels * per_pixel
 
 
+def heldout_pixels_guess(areas: Sequence[float], fraction: float) -> int:
+    """Pixels predicted to score the held-out regions of corrections of these reviewed areas (at the model's
+    resolution): `fraction` of each, with the context around every block (`nucseg.training.holdout`)."""
+    from nucseg.training.holdout import BLOCK, CONTEXT
+
+    context = ((BLOCK + 2 * CONTEXT) / BLOCK) ** 2
+    return int(sum(areas) * fraction * context)
+
+
 def format_minutes(seconds: float) -> str:
     """"about 40 s", "about 9 min", "about 1 h 05 min"."""
     if seconds < 90:
