@@ -206,7 +206,7 @@ class ImageProgress:
 def _labels_for(image: Path, labels_dir: Path | None) -> Path | None:
     if labels_dir is None:
         return None
-    from nucseg.jobs.batch import plain_stem
+    from nucseg.io.names import plain_stem
 
     path = labels_dir / f"{plain_stem(image)}_labels.tif"
     if not path.is_file():

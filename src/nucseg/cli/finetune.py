@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
                 if left is not None and not said_estimate:
                     said_estimate = True
                     tqdm.write(f"measured {record['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
-                               f"(at most; early stopping can end it sooner)", file=sys.stderr)
+                               f"(at most; early stopping can end it sooner)", file=sys.stdout)
             elif kind == "validating":
                 who = "base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
                 bar.set_postfix_str(f"scoring the {who} on held-out data {record['done']}/{record['total']}")
