@@ -99,6 +99,9 @@ def build_settings(args: argparse.Namespace):
         raise InvalidInputError(f"--mpp {args.mpp}: give the microns per pixel as a positive number (20x is about 0.5)")
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise InvalidInputError(f"--threads-per-worker {args.threads_per_worker}: give at least 1 torch thread per "
+                                "worker (or leave it out)")
     return BatchSettings(config=build_config(args), formats=tuple(parse_formats(args.format)),
                          region=parse_region(args.region), mpp=args.mpp,
                          allow_fluorescence=args.allow_fluorescence)
