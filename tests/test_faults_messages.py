@@ -3,9 +3,9 @@ one line that names the file and the real fix, exit 2, no traceback."""
 
 from __future__ import annotations
 
-import shutil
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path

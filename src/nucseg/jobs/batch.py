@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import NucsegError, StoreError
-from nucseg.io.outputs import BATCH_SUMMARY, check_output_folder, check_replaceable, is_disk_full, write_failure
+from nucseg.io.outputs import (
+    BATCH_SUMMARY,
+    check_output_folder,
+    check_replaceable,
+    is_disk_full,
+    write_failure,
+)
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,

@@ -27,11 +27,11 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.forward import normalise
+from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
-from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
 from nucseg.training.checkpoint import (
     RESUME_FIX,
     append_log,
