@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import tifffile
 from PIL import Image
-from test_finetune import TINY, drain, epochs_of, tiny_pairs
-from test_finetune import tiny_model  # noqa: F401 - fixture
+from test_finetune import (
+    TINY,
+    drain,
+    epochs_of,
+    tiny_model,  # noqa: F401 - fixture
+    tiny_pairs,
+)
 
 from fake_models import blob_image
 from nucseg.cli import main

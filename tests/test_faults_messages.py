@@ -3,7 +3,11 @@ one line that names the file and the real fix, exit 2, no traceback."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,40 @@ def test_read_failure_of_a_permission_error_says_permission():
     err = PermissionError(13, "Permission denied", "/data/x.svs")
     message = str(read_failure(Path("/data/x.svs"), err))
     assert "permission denied" in message and "damaged" not in message
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.7])
+def test_a_truncated_svs_says_truncated_and_no_tifffile_line_leaks(shared_data, tmp_path, capsys, fraction):
+    svs = (shared_data / "slides" / "small_HE.svs").read_bytes()
+    path = tmp_path / "cut.svs"
+    path.write_bytes(svs[: int(len(svs) * fraction)])  # at 0.7 the first image survives, the later ones are lost
+    assert main(["info", str(path)]) == 2
+    line = one_line_error(capsys, "info")
+    assert "truncated" in line and "copy it again" in line and str(path) in line
+    # outside pytest (whose log capture hides it) tifffile's own log line reached stderr as well
+    done = subprocess.run([sys.executable, "-m", "nucseg", "info", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip() == line, done.stderr
+
+
+def test_evaluate_takes_our_own_zarr_as_a_label_image(tmp_path, capsys):
+    from nucseg.io.export import write_labels_zarr
+    from nucseg.io.masks import read_labels
+
+    lab = SAMPLE / "he_breast_monuseg_labels.png"
+    pred = write_labels_zarr(read_labels(lab), tmp_path / "x_labels.zarr")
+    assert main(["evaluate", "--truth", str(lab), "--pred", str(pred), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["f1"] == 1.0 and scores["fn"] == 0
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    assert main(["evaluate", "--truth", str(lab), "--pred", str(folder)]) == 2
+    assert str(folder) in one_line_error(capsys, "evaluate")
+
+
+def test_a_negative_threads_per_worker_is_not_blamed_on_the_model(tmp_path, capsys):
+    code = main(["predict", str(TILE), "--out", str(tmp_path / "out"), *MODEL, "--workers", "1",
+                 "--threads-per-worker", "-1"])
+    assert code == 2
+    line = one_line_error(capsys, "predict")
+    assert "--threads-per-worker -1" in line and "model" not in line

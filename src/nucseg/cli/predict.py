@@ -105,6 +105,9 @@ def build_settings(args: argparse.Namespace):
         check_mpp(args.mpp, "--mpp")
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers {args.workers}: give at least 1 worker process")
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise InvalidInputError(f"--threads-per-worker {args.threads_per_worker}: give at least 1 torch thread per "
+                                "worker (or leave it out)")
     config = build_config(args)
     return BatchSettings(config=config, formats=tuple(parse_formats(args.format)),
                          region=parse_region(args.region), mpp=args.mpp,

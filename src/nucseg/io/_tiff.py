@@ -9,8 +9,11 @@ SignificantBits when the file gives fewer bits than the samples hold (`nucseg.io
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,16 +176,63 @@ def ome_modality(xml: str) -> str | None:
     return None
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextlib.contextmanager
+def tifffile_messages() -> Iterator[list[str]]:
+    """Collect what tifffile logs (a broken page chain, a bad tag) instead of letting it reach stderr: it goes into
+    one clear error, or nowhere."""
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def check_page_chain(path: Path, messages: list[str], has_image: bool) -> None:
+    """Raise the error tifffile's parse `messages` stand for: a chain of image directories pointing past the end of
+    the file is a truncated file (even when the first image survived: later levels or images are lost); no image at
+    all is a damaged file, with tifffile's reason."""
+    size = path.stat().st_size
+    for message in messages:
+        offsets = [int(n) for n in re.findall(r"\d+", message) if int(n) >= size]
+        if ("offset" in message or "tag list" in message) and (offsets or "requires a buffer" in message):
+            where = f": an image directory lies at byte {offsets[0]}" if offsets else ""
+            raise SlideReadError(path, f"the file is truncated{where} but the file has {size} bytes"
+                                 if offsets else "the file is truncated in the middle of an image directory",
+                                 "the download or copy is incomplete; copy it again")
+    if not has_image:
+        said = f" (tifffile: {messages[0][:160]})" if messages else ""
+        raise SlideReadError(path, f"the TIFF holds no readable image{said}", "export or copy the image again")
+
+
 def open_tiff(path: Path) -> Slide:
     """Open a TIFF-based file with tifffile as a `Slide` (the file handle is kept until `Slide.close`)."""
     import tifffile
     import zarr
 
-    tif = tifffile.TiffFile(path)
+    with tifffile_messages() as messages:
+        tif = tifffile.TiffFile(path)
+        try:
+            series = tif.series
+            for level in series[0].levels if series else []:
+                _ = level.keyframe  # every page of the main image is parsed now, with its messages
+        except BaseException:
+            tif.close()
+            raise
     try:
-        series = tif.series
-        if not series:
-            raise SlideReadError(path, "the TIFF holds no image", "export the image again")
+        check_page_chain(path, messages, bool(series))
         main = series[0]
         key = main.levels[0].keyframe
         meta: dict[str, Any] = {"dtype": str(main.dtype), "axes": main.axes}

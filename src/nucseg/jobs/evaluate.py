@@ -193,10 +193,27 @@ def _read_array(path: Path) -> np.ndarray:
     raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use PNG or TIFF label images")
 
 
-def read_label_file(path: Path) -> np.ndarray:
-    """A label image as a 2-D integer array, via `nucseg.io.masks.read_labels`."""
-    from nucseg.io.masks import read_labels
+def _is_label_zarr(path: Path) -> bool:
+    """A zarr folder holding one label image (ours from `nucseg predict --format zarr`, or any OME-NGFF labels)."""
+    from nucseg.io.label_files import is_label_zarr
 
+    return path.is_dir() and is_label_zarr(path)
+
+
+def read_label_file(path: Path) -> np.ndarray:
+    """A label image as a 2-D integer array, via `nucseg.io.masks.read_labels`; a label zarr (its full resolution)
+    via `nucseg.io.label_files.open_label_file`."""
+    from nucseg.io.masks import as_label_image, read_labels
+
+    if _is_label_zarr(path):
+        from nucseg.io.base import read_errors, read_failure
+        from nucseg.io.label_files import open_label_file
+
+        try:
+            level = open_label_file(path).levels[0]  # type: ignore[union-attr]
+            return as_label_image(np.asarray(level[...]), str(path))
+        except (*read_errors(), MemoryError) as err:
+            raise read_failure(path, err) from err
     return np.asarray(read_labels(path))
 
 
@@ -210,10 +227,12 @@ def read_prob_file(path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _files(folder: Path, suffixes: tuple[str, ...], zarrs: bool = False) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes:
+        if path.name.startswith("."):
+            continue
+        if (path.is_file() and path.suffix.lower() in suffixes) or (zarrs and _is_label_zarr(path)):
             found.setdefault(pair_stem(path), path)
     return found
 
@@ -232,15 +251,17 @@ def pair_label_files(truth: Path, pred: Path, prob: Path | None = None) -> tuple
     for name, value in (("truth", truth), ("pred", pred), ("prob", prob)):
         if value is not None and not value.exists():
             raise InvalidInputError(f"--{name} {value} does not exist")
-    if truth.is_dir() != pred.is_dir():
-        raise InvalidInputError("--truth and --pred must both be files or both be folders")
-    if not truth.is_dir():
+    folders = [value.is_dir() and not _is_label_zarr(value) for value in (truth, pred)]  # a label zarr is one image
+    if folders[0] != folders[1]:
+        raise InvalidInputError("--truth and --pred must both be label images (files, or label zarrs) or both be "
+                                f"folders of them: {truth if folders[0] else pred} is a folder of files")
+    if not folders[0]:
         if prob is not None and prob.is_dir():
             raise InvalidInputError("--prob must be a file when --truth and --pred are files")
         return [(pair_stem(pred), truth, pred, prob)], []
     if prob is not None and not prob.is_dir():
         raise InvalidInputError("--prob must be a folder when --truth and --pred are folders")
-    truths, preds = _files(truth, LABEL_SUFFIXES), _files(pred, LABEL_SUFFIXES)
+    truths, preds = _files(truth, LABEL_SUFFIXES, zarrs=True), _files(pred, LABEL_SUFFIXES, zarrs=True)
     probs = _files(prob, PROB_SUFFIXES) if prob is not None else {}
     common = sorted(set(truths) & set(preds))
     if not common:
