@@ -310,3 +310,47 @@ def test_the_widgets_lists_show_the_rest_and_name_each_damaged_version(home_with
     segment.model_combo.refresh()
     finetune.refresh_versions()
     assert len(warned) == 3
+
+
+# --------------------------------------------------------------- 2: real slides as one Dask task, and as blocks
+
+from test_distributed import scheduler  # noqa: E402, F401 - fixture: a local cluster whose workers run BlobNet
+
+SLIDES = {"svs": ("slides", "small_HE.svs"), "dicom": ("slides", "formats", "dicom_cmu1_small_region")}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("kind", list(SLIDES))
+def test_a_real_slide_region_of_one_task_runs_on_dask_workers(kind, scheduler, shared_data, tmp_path,  # noqa: F811
+                                                               monkeypatch, capsys):
+    """The workers check the slide's thumbnail (brightfield or fluorescence): its lazy pixels were computed on the
+    cluster from inside the task ("Could not serialize object of type _HLGExprSequence")."""
+    install_blobnet(monkeypatch)
+    slide = shared_data.joinpath(*SLIDES[kind])
+    common = [str(slide), *MODEL, "--region", "800,600,500,500", "--format", "tif,csv"]
+    assert main(["predict", *common, "--out", str(tmp_path / "local")]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "dist"), "--scheduler", scheduler]) == 0, \
+        capsys.readouterr().err
+    [local] = (tmp_path / "local").glob("*_labels.tif")
+    dist = tmp_path / "dist" / local.name
+    labels = tifffile.imread(dist)
+    assert labels.shape == (500, 500) and labels.max() > 20  # labels at the input's resolution
+    np.testing.assert_array_equal(labels, tifffile.imread(local))
+    summary = json.loads(next((tmp_path / "dist").glob("*_predict.json")).read_text())
+    assert "blocks" not in summary and summary["worker"]["address"].startswith("tcp://127.0.0.1:")
+    assert summary["region"] == [600, 800, 500, 500]
+
+
+@pytest.mark.shared_data
+def test_a_real_svs_of_several_blocks_runs_as_block_tasks(scheduler, shared_data, tmp_path, monkeypatch,  # noqa: F811
+                                                          capsys):
+    install_blobnet(monkeypatch)
+    common = [str(shared_data / "slides" / "small_HE.svs"), *MODEL, "--region", "700,500,700,700",
+              "--block-size", "512", "--format", "tif"]
+    assert main(["predict", *common, "--out", str(tmp_path / "local")]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "dist"), "--scheduler", scheduler]) == 0, \
+        capsys.readouterr().err
+    labels = tifffile.imread(tmp_path / "dist" / "small_HE_labels.tif")
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "local" / "small_HE_labels.tif"))
+    summary = json.loads((tmp_path / "dist" / "small_HE_predict.json").read_text())
+    assert summary["blocks"] >= 4 and sum(summary["block_workers"].values()) == summary["blocks"]

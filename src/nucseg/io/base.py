@@ -99,6 +99,17 @@ def access_failure(path: Any, err: OSError) -> SlideReadError:
     return SlideReadError(path, reason, FIX_ACCESS)
 
 
+def compute_here(array: Any) -> np.ndarray:
+    """The pixels of a lazy (dask) array or an array-like, computed in this thread.
+
+    Inside a Dask distributed task, dask's default scheduler is the worker's client: ``np.asarray(lazy)`` would
+    send the graph, which holds the slide's open file handle, to the scheduler ("Could not serialize object of
+    type _HLGExprSequence"). A slide's pixels are always read where the slide is open.
+    """
+    compute = getattr(array, "compute", None)
+    return np.asarray(compute(scheduler="synchronous") if compute is not None else array)
+
+
 def read_failure(path: Path, err: BaseException, where: str = "") -> SlideReadError:
     """The `SlideReadError` for an error met while reading `path` (`where`: e.g. "pixels at level 0, y=0 x=0"):
     lack of memory and lack of permission say so; anything else is a damaged file."""
@@ -321,7 +332,7 @@ class Slide:
                 if self._readers:
                     pixels = self._readers[level](y0, y1, x0, x1)
                 else:
-                    pixels = np.asarray(self.levels[level][y0:y1, x0:x1])
+                    pixels = compute_here(self.levels[level][y0:y1, x0:x1])
             except (*read_errors(), MemoryError) as err:
                 raise read_failure(self.path, err, f"pixels at level {level}, y={y0} x={x0}") from err
             out[y0 - y : y1 - y, x0 - x : x1 - x] = pixels
@@ -338,7 +349,7 @@ class Slide:
             have = ", ".join(self.associated) or "none"
             raise InvalidInputError(f"{self.path.name} has no associated image {name!r} (it has: {have})")
         try:
-            return as_rgb_uint8(np.asarray(self.associated[name]), f"{self.path.name} {name}")
+            return as_rgb_uint8(compute_here(self.associated[name]), f"{self.path.name} {name}")
         except (*read_errors(), MemoryError) as err:
             raise read_failure(self.path, err, f"the associated image {name!r}") from err
 

@@ -60,7 +60,9 @@ def looks_like_labels(sample: np.ndarray) -> bool:
 def _centre(level: Any) -> np.ndarray:
     h, w = level.shape[:2]
     y, x = max(0, (h - PEEK) // 2), max(0, (w - PEEK) // 2)
-    return np.asarray(level[y : y + PEEK, x : x + PEEK])
+    from nucseg.io.base import compute_here
+
+    return compute_here(level[y : y + PEEK, x : x + PEEK])
 
 
 # ------------------------------------------------------------------------------------------------ zarr
