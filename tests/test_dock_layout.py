@@ -32,7 +32,8 @@ pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[1]
 SLIDE = ROOT.parent / "shared" / "data" / "slides" / "small_HE.svs"
 #: as napari's Plugins menu names them (napari.yaml)
-DOCKS = ("Segment nuclei", "Evaluate (TP / FP / FN)", "Corrections", "Fine-tune", "Slide label and macro")
+DOCKS = ("Segment nuclei", "Evaluate (TP / FP / FN)", "Corrections", "Fine-tune", "Slide label and macro",
+         "Measurements")
 LONG_NAME = "TCGA-A7-A13E-01Z-00-DX1.5D6E6E5C-1A3B-4B8E-9C5C-2C0B7F1E0A4B"
 
 

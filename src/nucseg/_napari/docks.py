@@ -96,6 +96,7 @@ DOCKS = {
     "CorrectionsDock": ("corrections_widget", "CorrectionsWidget"),
     "FinetuneDock": ("finetune_widget", "FinetuneWidget"),
     "SlideImagesDock": ("slide_images", "SlideImagesWidget"),
+    "MeasurementsDock": ("measurements_widget", "MeasurementsWidget"),
 }
 _made: dict[str, type] = {}
 

@@ -116,7 +116,13 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
     def show_contours() -> None:
         labels.contour = 2 if contours else 0
 
-    return view, [add_probability, show_contours]
+    def measure() -> None:  # in a worker: the status bar then shows each nucleus's area, perimeter, haematoxylin
+        from .measurements import measure_layer
+
+        if labels in viewer.layers:
+            measure_layer(viewer, labels)
+
+    return view, [add_probability, show_contours, measure]
 
 
 def prewarm_layer_modules() -> None:

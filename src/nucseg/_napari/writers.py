@@ -33,7 +33,8 @@ from nucseg.io import export
 
 from .layer_source import attributes_mpp as layer_mpp  # the one pixel-size rule for layers
 
-__all__ = ["IMAGE_KEY", "source_image", "write_geojson", "write_labels_ome_tiff", "write_labels_zarr",
+__all__ = ["IMAGE_KEY", "find_source", "opened_source", "source_image", "write_geojson", "write_labels_ome_tiff",
+           "write_labels_zarr",
            "write_measurements_csv"]
 
 #: labels-layer metadata naming the image the labels were segmented from: {"name": ..., "path": ...} or a name
@@ -84,15 +85,13 @@ def _reference(attributes: dict[str, Any]) -> dict[str, Any]:
     return {"name": ref} if isinstance(ref, str) else dict(ref)
 
 
-@contextlib.contextmanager
-def source_image(labels: Any, attributes: dict[str, Any]) -> Iterator[tuple[Any, str]]:
-    """Yield (the RGB pixels under `labels`: an array aligned with them, a `Slide`, or None; how they were found)."""
+def find_source(labels: Any, attributes: dict[str, Any], viewer: Any = None) -> tuple[Any, str | None, str]:
+    """Where the RGB pixels under `labels` are (cheap; on the GUI thread): (an array aligned with the labels from
+    an image layer, or None; else the image file to open, or None; how they were found)."""
     import napari
 
-    from nucseg.errors import NucsegError
-
     shape = (int(labels.shape[0]), int(labels.shape[1]))
-    ref, viewer = _reference(attributes), napari.current_viewer()
+    ref, viewer = _reference(attributes), viewer or napari.current_viewer()
     layers = list(viewer.layers) if viewer is not None else []
     fits = [(layer, pixels) for layer in layers if (pixels := _overlay(layer, shape, attributes)) is not None]
     chosen = next((f for f in fits if ref.get("name") and f[0].name == ref["name"]), None)
@@ -102,20 +101,36 @@ def source_image(labels: Any, attributes: dict[str, Any]) -> Iterator[tuple[Any,
     if chosen is None and len(fits) == 1:
         chosen = fits[0]
     if chosen is not None:
-        yield chosen[1], f"image layer {chosen[0].name!r}"
-        return
+        return chosen[1], None, f"image layer {chosen[0].name!r}"
     if ref.get("path"):
-        from nucseg.io.slides import open_slide
+        return None, str(ref["path"]), f"file {ref['path']}"
+    return None, None, ("several image layers fit these labels" if fits else "no image layer under these labels")
 
-        try:
-            slide = open_slide(ref["path"])
-        except NucsegError:
-            slide = None
-        if slide is not None:
-            with slide:
-                yield slide, f"file {ref['path']}"
-            return
-    yield None, ("several image layers fit these labels" if fits else "no image layer under these labels")
+
+@contextlib.contextmanager
+def opened_source(pixels: Any, path: str | None, how: str) -> Iterator[tuple[Any, str]]:
+    """Yield (the pixels, or the slide at `path` opened for the duration, or None; how) from `find_source`."""
+    from nucseg.errors import NucsegError
+
+    if pixels is not None or path is None:
+        yield pixels, how
+        return
+    from nucseg.io.slides import open_slide
+
+    try:
+        slide = open_slide(path)
+    except NucsegError:
+        yield None, f"{how} cannot be opened"
+        return
+    with slide:
+        yield slide, how
+
+
+@contextlib.contextmanager
+def source_image(labels: Any, attributes: dict[str, Any]) -> Iterator[tuple[Any, str]]:
+    """Yield (the RGB pixels under `labels`: an array aligned with them, a `Slide`, or None; how they were found)."""
+    with opened_source(*find_source(labels, attributes)) as found:
+        yield found
 
 
 def _stains_note(how: str, path: str) -> None:

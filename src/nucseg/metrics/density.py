@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AreaSummary", "TissueMap", "density_grid", "summarize", "tissue_map"]
+__all__ = ["AreaSummary", "DensityGrid", "TissueMap", "density_grid", "nucleus_columns", "summarize", "tissue_map"]
 
 #: cells of the density heatmap: this many µm square when the pixel size is known ...
 GRID_UM = 100.0
@@ -63,13 +63,14 @@ class TissueMap:
         wy, wx = self._weights(0, y, y + h), self._weights(1, x, x + w)
         return float(wy @ self.mask.astype(np.float64) @ wx)
 
-    def polygon_area_px(self, polygon: np.ndarray) -> float:
-        """Tissue area in level-0 px² inside a polygon ((N, 2) level-0 y, x vertices): mask pixels whose centre
-        lies inside count whole (the polygon is resolved at the mask's pixel, `down` level-0 pixels)."""
+    def polygon_area_px(self, polygon: Any) -> float:
+        """Tissue area in level-0 px² inside a polygon ((N, 2) level-0 y, x vertices) or a list of them (their
+        union): mask pixels whose centre lies inside count whole (resolved at the mask's pixel, `down` px)."""
         from skimage.draw import polygon2mask
 
-        verts = (np.asarray(polygon, float) - np.asarray(self.origin)) / self.down - 0.5  # centres at integers
-        inside = polygon2mask(self.mask.shape, verts)
+        inside = np.zeros(self.mask.shape, bool)
+        for poly in _polygons(polygon):
+            inside |= polygon2mask(self.mask.shape, (poly - np.asarray(self.origin)) / self.down - 0.5)
         wy = self._weights(0, -math.inf, math.inf)
         wx = self._weights(1, -math.inf, math.inf)
         return float(((inside & self.mask) * np.outer(wy, wx)).sum())
@@ -86,17 +87,27 @@ def tissue_map(image: Any, region: Sequence[int] | None = None) -> TissueMap:
     return TissueMap(np.asarray(mask, bool), float(down), (float(y0), float(x0)), (float(h), float(w)))
 
 
-def _inside(centroids: np.ndarray, window: Sequence[float] | None, polygon: np.ndarray | None) -> np.ndarray:
+def _polygons(polygon: Any) -> list[np.ndarray]:
+    """One (N, 2) polygon or a list of them, as a list."""
+    if polygon is None:
+        return []
+    if isinstance(polygon, np.ndarray) and polygon.ndim == 2:
+        return [polygon.astype(float)]
+    return [np.asarray(p, float) for p in polygon]
+
+
+def _inside(centroids: np.ndarray, window: Sequence[float] | None, polygon: Any) -> np.ndarray:
     centroids = np.asarray(centroids, float).reshape(-1, 2)
     keep = np.ones(len(centroids), bool)
     if window is not None:
         y, x, h, w = window
         keep &= (centroids[:, 0] >= y) & (centroids[:, 0] < y + h) & (centroids[:, 1] >= x) & (centroids[:, 1] < x + w)
-    if polygon is not None:
+    polygons = _polygons(polygon)
+    if polygons:
         import shapely
 
-        poly = np.asarray(polygon, float)
-        keep &= shapely.contains_xy(shapely.Polygon(poly[:, ::-1]), centroids[:, 1], centroids[:, 0])
+        shape = shapely.union_all([shapely.Polygon(p[:, ::-1]).buffer(0) for p in polygons])
+        keep &= shapely.contains_xy(shape, centroids[:, 1], centroids[:, 0])
     return keep
 
 
@@ -149,8 +160,8 @@ def _round(value: float | None) -> float | None:
 
 def summarize(centroids: np.ndarray, tissue: TissueMap, mpp: float | None, *, window: Sequence[float] | None = None,
               polygon: np.ndarray | None = None, count: int | None = None) -> AreaSummary:
-    """Nuclei and tissue inside `window` (y, x, h, w) and / or `polygon` ((N, 2) y, x), both in level-0 pixels;
-    neither: the whole tissue map.
+    """Nuclei and tissue inside `window` (y, x, h, w) and / or `polygon` ((N, 2) y, x, or a list of them: their
+    union), all in level-0 pixels; neither: the whole tissue map.
 
     Args:
         centroids: (N, 2) nucleus centroids (y, x) in level-0 pixels (`nucseg.io.measure`'s centroid_y / _x).
@@ -166,6 +177,22 @@ def summarize(centroids: np.ndarray, tissue: TissueMap, mpp: float | None, *, wi
     area = tissue.area_px(window) if polygon is None else tissue.polygon_area_px(polygon) if window is None else \
         min(tissue.area_px(window), tissue.polygon_area_px(polygon))
     return AreaSummary(nuclei, area, mpp)
+
+
+def nucleus_columns(labels: Any, image: Any = None, mpp: float | None = None,
+                    offset: Sequence[float] = (0, 0)) -> dict[str, np.ndarray]:
+    """Every nucleus's measurements as columns sorted by id (`nucseg.io.export.iter_nuclei` over
+    `nucseg.io.measure`, block by block; `image` and `mpp` as there): centroids in full-resolution pixels."""
+    from nucseg.io.export import iter_nuclei
+    from nucseg.io.measure import measurement_columns
+
+    blocks = [cols for cols, _ in iter_nuclei(labels, image, mpp, offset=offset)]
+    names = measurement_columns(bool(mpp), image is not None)
+    if not blocks:
+        return {name: np.zeros(0, np.int64 if name == "id" else np.float64) for name in names}
+    columns = {name: np.concatenate([np.asarray(b[name]) for b in blocks]) for name in names}
+    order = np.argsort(columns["id"], kind="stable")
+    return {name: values[order] for name, values in columns.items()}
 
 
 @dataclasses.dataclass(frozen=True)
