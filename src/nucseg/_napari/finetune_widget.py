@@ -40,11 +40,11 @@ from qtpy.QtWidgets import (
 from nucseg.config import FinetuneConfig
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.jobs.finetune import corrections_finetune, no_reviewed_message, saved_config, settle
-from nucseg.training.estimate import format_minutes
 from nucseg.models import versions
 from nucseg.models.device import available_devices
 from nucseg.models.registry import DEFAULT_MODEL, list_models, resolve_model
 from nucseg.training.corrections import CorrectionStore, corrections_changed
+from nucseg.training.estimate import format_minutes
 
 from ._forms import scroll_area
 from ._native import isolate_triton

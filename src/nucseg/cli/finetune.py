@@ -170,11 +170,10 @@ def tiles_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from nucseg.training.estimate import format_minutes
-
     from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
+    from nucseg.training.estimate import format_minutes
     from nucseg.training.postprocess_tuning import describe_tuning
 
     if args.out.exists() and not args.resume and any(args.out.iterdir()):
@@ -191,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
         if config.mix_original > 0 and (original or base.replay_dir):
             source = f"{len(original)} original images" if original else f"{base.name}'s replay set"
             mixed = f", {source} at {config.mix_original:.0%} of each batch"
-        reviewed = [p for p in train if p.reviewed is not None]
-        partly = f"; {len(reviewed)} learn only inside their reviewed regions" if reviewed else ""
+        partly = "; each learns only inside its reviewed mask" if getattr(args, "reviewed", None) else ""
         print(f"fine-tuning {config.base_model} on {len(train)} images ({_heldout_text(val)}{mixed}"
               + f"{partly}): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
               f"{config.patch_size} px", file=sys.stderr)

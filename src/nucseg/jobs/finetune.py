@@ -23,10 +23,10 @@ from nucseg.config import FinetuneConfig
 from nucseg.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from nucseg.training.holdout import HeldOut
     from nucseg.training.corrections import CorrectionStore
     from nucseg.training.dataset import TrainingPair
     from nucseg.training.finetune import FinetuneResult
+    from nucseg.training.holdout import HeldOut
 
 #: written into a run folder after its first record: which corrections trained and validated it
 RUN_SOURCES = "corrections_run.json"
