@@ -25,6 +25,19 @@ cores. The clock: wall minutes, and the CPU minutes the run used; on a machine s
 time is longer than the CPU minutes / 2 that two free cores would need, so both are printed with the load.
 """
 
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
 from _common import MONUSEG, ROOT, emit
 from nucseg.models.registry import resolve_model
 

@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
         if config.mix_original > 0 and (original or base.replay_dir):
             source = f"{len(original)} original images" if original else f"{base.name}'s replay set"
             mixed = f", {source} at {config.mix_original:.0%} of each batch"
-        reviewed = [p for p in train if p.reviewed is not None]
-        partly = f"; {len(reviewed)} learn only inside their reviewed regions" if reviewed else ""
+        partly = "; each learns only inside its reviewed mask" if getattr(args, "reviewed", None) else ""
         print(f"fine-tuning {config.base_model} on {len(train)} images ({_heldout_text(val)}{mixed}"
               + f"{partly}): {config.epochs} epochs x {config.steps_per_epoch} steps x {config.batch_size} patches of "
               f"{config.patch_size} px", file=sys.stderr)

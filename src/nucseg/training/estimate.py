@@ -70,27 +70,28 @@ def format_minutes(seconds: float) -> str:
     return f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
-def measure_step(base_model: str, batch_size: int, patch_size: int, device: str = "auto", num_threads: int = 0,
+def measure_step(base_model: Any, batch_size: int, patch_size: int, device: str = "auto", num_threads: int = 0,
                  steps: int = 2) -> dict[str, Any]:
-    """Time real training steps of `base_model` on random pixels (forward, loss, backward, Adam), as
-    `iter_finetune` runs them, and one forward pass in evaluation mode: ``{"step_s", "predict_px_s", "device",
-    "threads"}`` (predict_px_s: seconds per predicted pixel). The last step counts (the first pays for set-up)."""
+    """Time real training steps of `base_model` (a registry name, a folder or a `ModelSpec`) on random pixels
+    (forward, loss, backward, Adam), as `iter_finetune` runs them, and one forward pass in evaluation mode:
+    ``{"step_s", "cpu_s", "predict_px_s", "device", "threads"}`` (cpu_s: the process's CPU seconds in that step,
+    all threads; predict_px_s: seconds per predicted pixel). The last step counts (the first pays for set-up)."""
     import numpy as np
     import torch
 
     from nucseg.inference.forward import normalise
     from nucseg.models.build import build_network, load_weights
     from nucseg.models.device import select_device
-    from nucseg.models.registry import resolve_model
+    from nucseg.models.registry import ModelSpec, resolve_model
     from nucseg.training.losses import nucseg_loss
     from nucseg.training.targets import instance_targets
 
     if num_threads:
         torch.set_num_threads(num_threads)
-    spec = resolve_model(base_model)
+    spec = base_model if isinstance(base_model, ModelSpec) else resolve_model(base_model)
     dev = select_device(device)
     net = build_network(spec)
-    if spec.trained:
+    if spec.trained and spec.weights_path is not None:
         load_weights(net, spec)
     net.to(dev)
     if dev.type == "cpu":
@@ -106,9 +107,9 @@ def measure_step(base_model: str, batch_size: int, patch_size: int, device: str 
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(targets).to(dev)
     net.train()
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, steps)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = nucseg_loss(net(x).float(), y)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,6 +117,7 @@ def measure_step(base_model: str, batch_size: int, patch_size: int, device: str 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     net.eval()
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -123,5 +125,5 @@ def measure_step(base_model: str, batch_size: int, patch_size: int, device: str 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         predict_s = time.perf_counter() - t0
-    return {"step_s": times[-1], "predict_px_s": predict_s / (patch_size * patch_size), "device": dev.type,
+    return {"step_s": times[-1], "cpu_s": cpu[-1], "predict_px_s": predict_s / (patch_size * patch_size), "device": dev.type,
             "threads": torch.get_num_threads()}

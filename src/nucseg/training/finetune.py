@@ -11,10 +11,7 @@ Nothing overwrites another folder.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -27,11 +24,11 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.forward import normalise
-from nucseg.io.outputs import check_output_folder, write_failure, write_text_atomic
+from nucseg.io.outputs import check_output_folder, write_text_atomic
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
-from nucseg.models.registry import CONFIG_FILE, REPLAY_DIR, WEIGHTS_FILE, ModelSpec, resolve_model
-from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
+from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
+from nucseg.models.versions import is_candidate
 from nucseg.training.checkpoint import (
     RESUME_FIX,
     append_log,
@@ -47,103 +44,27 @@ from nucseg.training.holdout import HeldOut, whole_images
 from nucseg.training.losses import nucseg_loss
 from nucseg.training.postprocess_tuning import tune_postprocess
 from nucseg.training.validation import iter_heldout_scores, predict_pairs
+from nucseg.training.verdict import (  # noqa: F401 - the verdict's names, re-exported for the callers of this module
+    BEST_WEIGHTS,
+    BETTER,
+    KEEP_POLICIES,
+    LEGACY_SCORE_KEY,
+    NOT_BETTER,
+    NOT_COMPARED,
+    SCORE_KEY,
+    FinetuneResult,
+    best_record,
+    compare_with_base,
+    pending_result,
+    verdict_key,
+    write_candidate,
+)
 
 CHECKPOINTS = "checkpoints"
-BEST_WEIGHTS = "best.safetensors"
 FINETUNE_CONFIG = "finetune_config.json"
 LOG_CSV = "log.csv"
 #: the base model's instances on the held-out crops (the outlines a person accepted are judged against them)
 REFERENCE_FILE = "heldout_reference.npz"
-#: the score that chooses the best epoch and decides the verdict, and the one used before it existed
-SCORE_KEY, LEGACY_SCORE_KEY = "val_score", "val_aji"
-
-#: `FinetuneResult.verdict`: the best epoch against the base model, by AJI on the same validation images
-BETTER, NOT_BETTER, NOT_COMPARED = "better", "not better", "not compared"
-#: `iter_finetune(keep=...)`: register the candidate always, only when it beat its base (or could not be
-#: compared: no validation images or an untrained base), or never (the caller asks the user)
-KEEP_POLICIES = ("always", "if_better", "ask")
-
-
-def verdict_key(before: dict[str, Any], after: dict[str, Any]) -> str | None:
-    """The score both sides have: the held-out score (`nucseg.training.holdout`), else AJI (runs made before it)."""
-    for key in (SCORE_KEY, LEGACY_SCORE_KEY):
-        if key in before and key in after:
-            return key
-    return None
-
-
-def compare_with_base(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """BETTER when the new model's held-out score is above the base model's on the same held-out data, NOT_BETTER
-    when it is equal or below, NOT_COMPARED without both scores."""
-    key = verdict_key(before, after)
-    if key is None:
-        return NOT_COMPARED
-    return BETTER if after[key] > before[key] else NOT_BETTER
-
-
-@dataclasses.dataclass
-class FinetuneResult:
-    """What a run produced.
-
-    Attributes:
-        model_dir: the new version's folder once it is kept (registered); None while it waits for a decision,
-            when it was not kept, or when no epoch finished.
-        history: the epoch records.
-        before: the base model's validation scores.
-        after: the best epoch's validation scores (same images, same thresholds).
-        stopped: Stop ended the run.
-        postprocess_tuning: the watershed re-tuning, when asked.
-        run_dir: the run's folder (the candidate lies there until it is kept or discarded).
-        candidate: a model was written (at least one epoch, or part of one, was validated).
-        steps_done: training steps that ran; steps_planned: epochs x steps per epoch.
-        best_epoch: the epoch the model comes from (0: none).
-        validation_images: how many images `before` and `after` were scored on.
-    """
-
-    model_dir: Path | None
-    history: list[dict[str, Any]]
-    before: dict[str, float]
-    after: dict[str, float]
-    stopped: bool
-    postprocess_tuning: dict[str, Any] | None = None
-    run_dir: Path | None = None
-    candidate: bool = False
-    steps_done: int = 0
-    steps_planned: int = 0
-    best_epoch: int = 0
-    validation_images: int = 0
-
-    @property
-    def verdict(self) -> str:
-        return compare_with_base(self.before, self.after)
-
-    @property
-    def pending(self) -> bool:
-        """A candidate waits for the keep / discard decision."""
-        return self.candidate and self.model_dir is None and self.run_dir is not None and is_candidate(self.run_dir)
-
-    def keep(self) -> Path:
-        """Register the candidate as a version (the user chose to keep it); returns its folder."""
-        if self.run_dir is None:
-            raise StoreError("this run wrote no model: nothing to keep")
-        self.model_dir = register_candidate(self.run_dir)
-        return self.model_dir
-
-
-def pending_result(run_dir: str | Path) -> FinetuneResult:
-    """The result of a finished run whose candidate waits for a decision, read back from its candidate.json."""
-    run_dir = Path(run_dir)
-    try:
-        cfg = json.loads((run_dir / CANDIDATE_CONFIG).read_text())
-    except (OSError, ValueError) as err:
-        raise StoreError(f"cannot read {run_dir / CANDIDATE_CONFIG}: {err}") from err
-    run = cfg.get("run") or {}
-    validation = cfg.get("validation") or {}
-    return FinetuneResult(None, list(cfg.get("history") or []), dict(validation.get("before") or {}),
-                          dict(validation.get("after") or {}), bool(run.get("stopped")), cfg.get("postprocess_tuning"),
-                          run_dir, True, int(run.get("steps_done", 0)), int(run.get("steps_planned", 0)),
-                          int(cfg.get("best_epoch", 0)), int(run.get("validation_images", 0)))
-
 
 def _manifest(pairs: Sequence[TrainingPair]) -> list[dict[str, Any]]:
     return [{"name": p.name, "source": p.source, "shape": list(p.labels.shape), "nuclei": int(len(np.unique(p.labels)) - 1),
@@ -385,8 +306,8 @@ def iter_finetune(
         run = {"stopped": stopped, "steps_done": int(state["steps_done"]), "steps_planned": planned,
                "validation_images": len(heldout), "validation_tiles": len(set(heldout.groups)),
                "seconds": round(time.perf_counter() - started, 1)}
-        _write_candidate(out_dir, base, config, state, info, best_partial, tuning, run)
-    result = FinetuneResult(None, state["history"], state["before"], _best_record(state), stopped, tuning, out_dir,
+        write_candidate(out_dir, base, config, state, info, best_partial, tuning, run)
+    result = FinetuneResult(None, state["history"], state["before"], best_record(state), stopped, tuning, out_dir,
                             bool(state["best_epoch"]), int(state["steps_done"]), planned, int(state["best_epoch"]),
                             len(heldout))
     return _apply_policy(result, keep)
@@ -446,59 +367,3 @@ def _freeze_norm_statistics(net: torch.nn.Module) -> None:
     for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def _best_record(state: dict[str, Any]) -> dict[str, float]:
-    """Validation scores of the best epoch (the last record of that epoch: a resumed epoch is re-run)."""
-    best = [r for r in state["history"] if r["epoch"] == state["best_epoch"] and r.get("best")]
-    return {k: v for k, v in best[-1].items() if k.startswith("val_") or k == "tiles"} if best else {}
-
-
-def _write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
-                     info: dict[str, Any] | None, weights: dict[str, torch.Tensor] | None = None,
-                     tuning: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
-    """Write model.safetensors + candidate.json from the best epoch (`weights`, else best.safetensors)."""
-    import datetime as _dt
-
-    from safetensors.torch import load_file, save_file
-
-    from nucseg.models.registry import sha256_of
-
-    if weights is None:
-        weights = load_file(str(out_dir / BEST_WEIGHTS))
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    try:
-        save_file(weights, str(tmp))
-        tmp.replace(out_dir / WEIGHTS_FILE)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_failure(out_dir / WEIGHTS_FILE, err, RESUME_FIX) from err
-    cfg = base.to_config()
-    cfg.update({
-        "name": out_dir.name,
-        "description": f"fine-tuned from {base.name}",
-        "base_model": {"name": base.name, "sha256": base.sha256},
-        "finetune": config.to_dict(),
-        "best_epoch": state["best_epoch"],
-        "validation": {"before": state["before"], "after": _best_record(state),
-                       "verdict": compare_with_base(state["before"], _best_record(state))},
-        "run": run or {},
-        "history": state["history"],
-        "postprocess": tuning["chosen"] if tuning else base.postprocess_defaults,
-        **({"postprocess_tuning": tuning} if tuning else {}),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **(info or {}),
-        "sha256": sha256_of(out_dir / WEIGHTS_FILE),
-    })
-    if base.replay_dir is not None and not (out_dir / REPLAY_DIR).exists():
-        # the lineage keeps rehearsing the original data when this version is fine-tuned in turn
-        replay_tmp = out_dir / f".{REPLAY_DIR}.tmp"
-        try:
-            shutil.rmtree(replay_tmp, ignore_errors=True)
-            shutil.copytree(base.replay_dir, replay_tmp)
-            os.replace(replay_tmp, out_dir / REPLAY_DIR)
-        except OSError as err:
-            shutil.rmtree(replay_tmp, ignore_errors=True)
-            raise write_failure(out_dir / REPLAY_DIR, err, RESUME_FIX) from err
-    write_text_atomic(out_dir / CANDIDATE_CONFIG, json.dumps(cfg, indent=2), RESUME_FIX)
-    return out_dir
