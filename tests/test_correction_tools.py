@@ -106,7 +106,7 @@ def maps_with(shape, centre, radius, peak):
 
 def test_grow_takes_the_nucleus_the_model_half_saw_and_nothing_where_it_saw_none():
     shape = (64, 64)
-    config = PostprocessConfig()
+    config = PostprocessConfig().resolved()  # the fallback thresholds, every setting given
     seen = MapWindow(maps_with(shape, (30, 30), 8, 0.9), (0, 0, 64, 64), config)
     grown = grow_nucleus(seen, (30, 30), shape)
     assert grown is not None and abs(int(grown.sum()) - int(np.pi * 64)) < 30

@@ -104,7 +104,7 @@ class EngineMaps:
         box = self.box_around(point)
         pixels = np.asarray(self.read_pixels(box))
         result = predict(pixels, self.config, mpp=self.mpp)
-        window = MapWindow(as_float_maps(np.asarray(result.probabilities)), box, self.config.postprocess)
+        window = MapWindow(as_float_maps(np.asarray(result.probabilities)), box, result.config.postprocess)
         self._windows[box] = window
         while len(self._windows) > CACHE_WINDOWS:
             self._windows.popitem(last=False)
