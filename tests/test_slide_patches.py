@@ -16,7 +16,7 @@ def result(tmp_path):
     """A slide-sized zarr result (labels in 1024 px chunks, with its stored pyramid), and its labels in memory."""
     import zarr
 
-    from nucseg.jobs.segment import zarr_pyramid
+    from nucseg.inference.result_store import zarr_pyramid
 
     _, small = blob_image((300, 300), n=60, seed=5, radius=(6, 14))
     labels = np.zeros((2300, 2100), np.uint32)

@@ -11,7 +11,7 @@ multiscale layer, which napari cannot paint. So:
   between is finished at the next `recover` (the blocks are written again from the entry), so a patch is never half
   in. Nuclei the person painted get new ids above every id of the slide (``nucseg_max_id`` in the array's
   attributes); a nucleus they erased that reaches beyond the patch is erased beyond it too (no piece is left).
-  The stored pyramid levels (`nucseg.jobs.segment.zarr_pyramid`) are updated over the same area.
+  The stored pyramid levels (`nucseg.inference.result_store.zarr_pyramid`) are updated over the same area.
 * `undo_patch` puts back the previous contents of the last applied patch (marked "undoing", then "undone": a crash
   in between is finished by `recover` too). Nothing is deleted: the entry keeps both versions.
 * `replay_patches` pastes every applied patch, as it was accepted, into an array re-made with other thresholds

@@ -30,6 +30,8 @@ LATEST = "latest.json"
 #: checkpoints kept (the newest first): a damaged newest one falls back to the one before
 KEEP = 2
 BEST_IN_CHECKPOINT = "best.safetensors"
+#: keys `load_checkpoint` adds to the state it returns (where it came from), never saved back
+LOADED_KEYS = ("checkpoint", "damaged_checkpoints")
 #: what to do after a failed write of the training state
 RESUME_FIX = "then run the same command with --resume"
 
@@ -101,7 +103,8 @@ def save_checkpoint(
             _link_or_copy(tmp / "weights.safetensors", tmp / BEST_IN_CHECKPOINT)
         elif best is not None and best.is_file():
             _link_or_copy(best, tmp / BEST_IN_CHECKPOINT)
-        (tmp / "state.json").write_text(json.dumps({**state, "epoch": epoch, "optimizer": opt_json}, indent=1))
+        kept = {k: v for k, v in state.items() if k not in LOADED_KEYS}  # what load_checkpoint adds, not state
+        (tmp / "state.json").write_text(json.dumps({**kept, "epoch": epoch, "optimizer": opt_json}, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     except OSError as err:
