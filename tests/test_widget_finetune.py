@@ -323,8 +323,8 @@ def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
     run_widget(qtbot, widget)
     assert errors == [] and widget.decision.asking
     run_dir = widget.result.run_dir
-    assert "NOT better than its base model on the 1 validation image: AJI 0.988 -> 0.857" in \
-        html.unescape(widget.decision.text.text())
+    said = html.unescape(widget.decision.text.text())
+    assert "NOT better than its base model on the 3 validation images: held-out score 0.988 -> 0.857" in said, said
     assert run_dir.name not in widget.versions_panel.names()
     # the viewer is closed without a decision; the next Fine-tune widget asks again, in sight on a 1000 px screen
     viewer = make_napari_viewer(show=True)
@@ -418,7 +418,7 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     set_tiny(widget, epochs=6, steps=3)
     widget.settings.lr_spin.setValue(0.003)
     run_widget(qtbot, widget)
-    assert widget.plots.epochs == list(range(1, 7))
+    assert widget.plots.epochs[:5] == [1, 2, 3, 4, 5]  # six asked; early stopping may end it after the fifth
     viewer.window._qt_window.resize(1500, 1000)
     finetune.raise_()
     qtbot.wait(500)
