@@ -3,13 +3,15 @@ of "is this one of our outputs", of the writable-folder check and of the output-
 
 - Names: `OUTPUT_NAMES` (``<stem>_labels.tif`` ...), `summary_name` (``<stem>_predict.json``, the manifest of
   one input's outputs) and `BATCH_SUMMARY`; `own_output_name` parses a name back.
-- Ours: `is_own_output` says whether a path holds something nucseg wrote: a label zarr carrying our marker
-  (``"nucseg"`` attributes), an OME-TIFF named "nuclei labels", or an output listed in its summary JSON.
-  ``--overwrite`` replaces a folder only when it is ours (`nucseg.io.export.replace_into_place`); a batch
-  listing a folder of inputs skips our outputs (`nucseg predict --out` may be the input folder).
+- Ours: `is_own_output` says whether a path holds something nucseg wrote: a folder that is a label zarr carrying
+  our marker (``"nucseg"`` attributes), or a file named as our outputs are and confirmed by the summary JSON
+  beside it or, for labels TIFFs, by the OME name "nuclei labels". `check_replaceable`: ``--overwrite`` replaces
+  a folder only when it is ours (`nucseg.io.export.replace_into_place`); a batch listing a folder of inputs skips
+  our outputs (`nucseg predict --out` may be the input folder).
 - `check_output_folder`: create the folder and write a probe into it before any work, so a read-only, full or
   impossible folder fails at once with one line.
-- `write_failure`: the one-line `StoreError` of a failed write (a full disk says so).
+- `write_failure`: the one-line `StoreError` of a failed write (a full disk says so); `write_text_atomic`: a
+  small file written through a temporary name, never left empty or half-written.
 - `output_lock`: one run at a time per output folder (``.nucseg.lock`` with pid, host and command; the lock
   of a process that died on this host is taken over).
 """
@@ -90,8 +92,9 @@ def _listed_in_summary(path: Path, stem: str) -> bool:
 
 
 def is_own_output(path: str | Path) -> bool:
-    """Whether `path` is something nucseg wrote: a label zarr with our marker, an OME-TIFF of our labels, or an
-    output listed by the summary JSON beside it (see the module docstring). A missing path is not."""
+    """Whether `path` is something nucseg wrote: a folder that is a label zarr with our marker, or a file named as
+    our outputs are (`OUTPUT_NAMES`) that the summary JSON beside it lists or that is an OME-TIFF of our labels. A
+    missing path is not."""
     path = Path(path)
     try:
         if path.is_symlink() or not path.exists():
@@ -102,10 +105,10 @@ def is_own_output(path: str | Path) -> bool:
             return is_own_label_zarr(path)
     except OSError:
         return False
-    named = own_output_name(path)
-    if named is not None and named[0] not in ("summary", "zarr") and _listed_in_summary(path, named[1]):
-        return True
-    return path.suffix.lower() in (".tif", ".tiff") and _tiff_marker(path)
+    named = own_output_name(path)  # a file: named as our outputs are, then confirmed (a user's x_labels.tif is not)
+    if named is None or named[0] in ("summary", "zarr"):
+        return False
+    return _listed_in_summary(path, named[1]) or (named[0] == "tif" and _tiff_marker(path))
 
 
 def check_replaceable(path: str | Path, folder: bool | None = None) -> None:
@@ -138,7 +141,8 @@ def is_disk_full(err: BaseException) -> bool:
 
 def write_failure(path: str | Path, err: OSError, fix: str = "") -> StoreError:
     """The one-line `StoreError` for `err` met while writing `path`; a full disk says so."""
-    where = Path(getattr(err, "filename", None) or path)
+    named = getattr(err, "filename", None)
+    where = Path(named) if named and not Path(named).name.startswith(".") else Path(path)  # not our hidden temporary
     if is_disk_full(err):
         error = StoreError(f"cannot write {where}: the disk is full ({err.strerror}); free some space or choose "
                            f"another folder{'; ' + fix if fix else ''}")
