@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -97,6 +98,8 @@ class ClassifyWidget(QWidget):
         self.controls = JobControls(self)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["view", "region", "slide"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setWordWrap(True)
         self.ratio_text = QLabel("")
         self.ratio_text.setWordWrap(True)
         self.name_edit = QLineEdit("my-classifier")
