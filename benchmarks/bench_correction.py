@@ -9,6 +9,9 @@ until AJI >= 0.90 (or nothing left helps). Two regimes:
   and the brush / eraser;
 * brush: brush / eraser only.
 
+The stroke model is ideal, in the brush's favour: its strokes paint exactly the truth's pixels, so a nucleus painted
+by hand needs no outline repair, while a nucleus added by a click has the model's outline and may need some.
+
 Stroke model (brush and eraser): the brush is napari's default, 10 px across. One stroke paints or erases one
 band 10 px wide along a drag; painting (or erasing) a connected set of pixels takes as many strokes as 10-px
 bands across its shorter side: ``max(1, ceil(minor axis length / 10))`` (scikit-image's ellipse minor axis),
@@ -234,6 +237,9 @@ class Reviewer:
                                       False, one))
                 out.append(Action("repaint", ("merge", t), gain,
                                   lambda a=q1, b=q2: (self.pred_pixels(b), a), False, brush_cost))
+            # the last resort: paint the whole nucleus over whatever covers it (a new label, preserve labels off)
+            out.append(Action("overpaint", ("overpaint", t), gain * 0.5,
+                              lambda sl=sl, tm=tm: (self._flat(sl, tm), self.editor.next_id()), False, brush_cost))
             free = tm & (L[sl] == 0)
             if free.sum() >= 0.3 * ta:  # missed (or mostly): add it
                 if self.use_tools and ("add", t) not in self.failed:

@@ -3,6 +3,8 @@ a labels layer in a real viewer (clicks, keys, undo / redo across threshold chan
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from test_widget_segment import (  # noqa: F401 - fixtures
@@ -384,3 +386,91 @@ def test_ground_truth_and_slides_are_never_edited_by_the_tools(make_napari_viewe
     viewer.layers.selection.active = gt
     assert corrections.tools_box.tools.layer is None
     assert not corrections.tools_box.buttons["delete"].isEnabled()
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not os.environ.get("NUCSEG_SCREENSHOTS"), reason="set NUCSEG_SCREENSHOTS=1 to refresh docs/")
+def test_screenshot_correction_tools(make_napari_viewer, qtbot):
+    """docs/screenshots/correction_tools.png: the sample tile segmented by the default model, a missed nucleus added
+    with one click (A), a false one deleted (D); correction_tools_split.png: a nucleus split by two clicks (S)."""
+    from pathlib import Path
+
+    from PIL import Image as PILImage
+
+    from nucseg._napari.corrections_widget import CorrectionsWidget
+    from nucseg._napari.segment_widget import SegmentWidget
+    from nucseg.metrics.matching import match_instances
+    from nucseg.models.registry import DEFAULT_MODEL, shipped_models
+
+    if DEFAULT_MODEL not in shipped_models():
+        pytest.skip("no default model shipped")
+    root = Path(__file__).resolve().parents[1]
+    image = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg.png").convert("RGB"))
+    truth = np.asarray(PILImage.open(root / "sample_data" / "he_breast_monuseg_labels.png")).astype(np.int64)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 1000)
+    viewer.add_image(image, name="H&E breast (MoNuSeg)", rgb=True, metadata={"mpp": 0.25})
+    segment = SegmentWidget(viewer)
+    assert segment.model_combo.set_model(DEFAULT_MODEL)
+    segment.run_button.click()
+    qtbot.waitUntil(lambda: not segment.running, timeout=900000)
+    labels = segment.result_layers[0]
+    corrections = CorrectionsWidget(viewer)
+    viewer.window.add_dock_widget(corrections, name="Corrections")
+    viewer.layers.selection.active = labels
+    tools_ = corrections.tools_box.tools
+    data = labels.data
+    match = match_instances(truth, data)
+    from nucseg.editing.grow import grow_nucleus
+    from nucseg.editing.maps import ResultMaps
+
+    result = labels.metadata["nucseg_result"]
+    maps = ResultMaps(result.probabilities, data.shape, result.config.postprocess)
+    clicked = None
+    for t in match.fn_ids:  # a missed nucleus whose one-click result fits it (for the picture)
+        free = (truth == t) & (data == 0)
+        if free.sum() < 0.6 * (truth == t).sum():
+            continue
+        ys, xs = np.nonzero(free)
+        point = (int(np.median(ys)), int(np.median(xs)))
+        if min(point) < 50 or max(point) > min(data.shape) - 50:
+            continue  # away from the edges, so the zoomed view is all tissue
+        grown = grow_nucleus(maps.window(point), point, data.shape)
+        if free[point] and grown is not None and ((grown & (truth == t)).sum() / (grown | (truth == t)).sum()) > 0.5:
+            clicked = point
+            break
+    assert clicked is not None
+    near = [p for p in match.fp_ids if np.hypot(*(np.argwhere(data == p).mean(0) - clicked)) < 60]
+    if near:
+        tools_.activate("delete")
+        tools_.click(tuple(np.argwhere(data == near[0])[0]))
+    tools_.activate("add")
+    tools_.click(clicked)  # the status line says what was added
+    assert data[clicked]
+    viewer.camera.center = tuple(np.clip(clicked, 90, min(data.shape) - 90))
+    viewer.camera.zoom = 5
+    qtbot.wait(500)
+    out = root / "docs" / "screenshots"
+    viewer.screenshot(str(out / "correction_tools.png"), canvas_only=False)
+    # split: a nucleus the model drew over two truth nuclei
+    for p in np.unique(data[data > 0]):
+        inside = np.unique(truth[data == p])
+        big = [t for t in inside if t and ((truth == t) & (data == p)).sum() > 0.6 * (truth == t).sum()]
+        if len(big) == 2:
+            seeds = [tuple(int(v) for v in np.argwhere((truth == t) & (data == p)).mean(0)) for t in big]
+            centre = np.mean(seeds, axis=0)
+            if all(data[s] == p for s in seeds) and 100 < centre.min() and centre.max() < min(data.shape) - 100:
+                break
+    else:
+        pytest.skip("no under-segmented nucleus in the sample")
+    viewer.camera.center = tuple(np.mean(seeds, axis=0))
+    viewer.camera.zoom = 8
+    labels.contour = 0  # filled: the two parts in two colours
+    qtbot.wait(300)
+    viewer.screenshot(str(out / "correction_tools_before_split.png"), canvas_only=True)
+    tools_.activate("split")
+    tools_.click(seeds[0])
+    tools_.click(seeds[1])
+    assert data[seeds[0]] != data[seeds[1]]
+    qtbot.wait(300)
+    viewer.screenshot(str(out / "correction_tools_split.png"), canvas_only=True)

@@ -33,6 +33,7 @@ class CorrectionToolsBox(QGroupBox):
         self.viewer = viewer
         self.status = QLabel("select a labels layer to correct")
         self.status.setWordWrap(True)
+        self.status.setMinimumWidth(1)  # wraps in a narrow dock instead of widening it
         self.tools = CorrectionTools(viewer, self.status.setText, image_for)
         self.buttons: dict[str, QPushButton] = {}
         self.group = QButtonGroup(self)
@@ -45,17 +46,18 @@ class CorrectionToolsBox(QGroupBox):
             button.clicked.connect(lambda checked, n=name: self.tools.activate(n if checked else None))
             self.group.addButton(button)
             self.buttons[name] = button
-            grid.addWidget(button, k // 4, k % 4)
+            grid.addWidget(button, k // 3, k % 3)
         self.undo_button = QPushButton("Undo")
         self.undo_button.setToolTip("undo the last change to the layer (Ctrl+Z): a tool, a stroke or a threshold "
                                     "change")
         self.redo_button = QPushButton("Redo")
         self.redo_button.setToolTip("redo the last undone change (Ctrl+Shift+Z)")
-        grid.addWidget(self.undo_button, 2, 0)
-        grid.addWidget(self.redo_button, 2, 1)
+        grid.addWidget(self.undo_button, 2, 1)
+        grid.addWidget(self.redo_button, 2, 2)
         self.help = QLabel(HELP)
         self.help.setWordWrap(True)
         self.help.setStyleSheet("color: #9e9e9e")
+        self.help.setMinimumWidth(1)
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
         layout.addWidget(self.help)

@@ -44,6 +44,7 @@ class CorrectionsList(QWidget):
         self.store = store
         self.count_label = QLabel()
         self.count_label.setWordWrap(True)
+        self.count_label.setMinimumWidth(1)  # a long store path wraps instead of widening the dock
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.list.setMinimumHeight(120)

@@ -135,6 +135,9 @@ class CorrectionsWidget(QWidget):
         layout.addWidget(self.whole_check)
         layout.addWidget(self.add_button)
         layout.addWidget(self.entries, 1)
+        for combo in inner.findChildren(QComboBox):  # long layer names do not widen the dock past the window
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(14)
         scroll = scroll_area(inner)  # fits a small screen: scrolls rather than squashing the list
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)

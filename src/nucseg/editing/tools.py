@@ -174,15 +174,13 @@ def _distance_between(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
 
 
 def split_by_seeds(labels: np.ndarray, seeds: Sequence[Point], new_id: int) -> Edit:
-    """Cut the nucleus under the seeds into one nucleus per seed (watershed on its distance to the border).
+    """Cut the nucleus under the seeds into one nucleus per seed (`_seeded_parts`: at the neck between them).
 
     The first seed's part keeps the id; the others get `new_id`, `new_id + 1`, ...
 
     Raises:
         EditRefused: fewer than two seeds, a seed on background or in another nucleus, two seeds on one pixel.
     """
-    from skimage.segmentation import watershed
-
     if len(seeds) < 2:
         raise EditRefused("split needs two clicks inside the nucleus, one in each part")
     pixels = [_pixel(labels, p) for p in seeds]
@@ -197,9 +195,28 @@ def split_by_seeds(labels: np.ndarray, seeds: Sequence[Point], new_id: int) -> E
     markers = np.zeros(mask.shape, np.int32)
     for k, (y, x) in enumerate(pixels, start=1):
         markers[y - box[0].start, x - box[1].start] = k
-    distance = ndi.distance_transform_edt(mask)
-    parts = watershed(-distance, markers, mask=mask)
+    parts = _seeded_parts(mask, markers)
     return _split_edit(labels, box, parts, label, new_id, len(pixels))
+
+
+def _seeded_parts(mask: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """One part per marker: the watershed of the distance to the border, from the deepest point of each marker's
+    nearest-pixel cell, so a cut falls at the neck between touching nuclei; where the shape has no neck (one
+    deepest point: a part would get under a quarter of its cell), the cells themselves."""
+    from skimage.segmentation import watershed
+
+    cells = watershed(np.zeros(mask.shape, np.uint8), markers, mask=mask)  # nearest seed, along the mask
+    distance = ndi.distance_transform_edt(mask)
+    deepest = np.zeros_like(markers)
+    for k in range(1, int(markers.max()) + 1):
+        inside = np.flatnonzero((cells == k).reshape(-1))
+        if inside.size:
+            deepest.reshape(-1)[inside[np.argmax(distance.reshape(-1)[inside])]] = k
+    parts = watershed(-distance, deepest, mask=mask)
+    for k in range(1, int(markers.max()) + 1):
+        if (parts == k).sum() < 0.25 * (cells == k).sum():
+            return cells
+    return parts
 
 
 def split_by_line(labels: np.ndarray, line: Sequence[Point], new_id: int) -> Edit:
