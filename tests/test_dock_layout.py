@@ -54,6 +54,11 @@ def clipped(dock: QDockWidget) -> list[str]:
         if viewport is None or not isinstance(viewport, QTableView):
             if x0 < 0 or x0 + w.width() > right + 1:
                 problems.append(f"{name} reaches x {x0}..{x0 + w.width()} past the dock's width {right}")
+        if isinstance(viewport, QScrollArea) and viewport.viewport() in _parents(w, dock):
+            # nor under the scroll area's right edge (its vertical scroll bar)
+            edge = viewport.viewport().mapTo(dock, viewport.viewport().rect().topRight()).x() + 1
+            if x0 + w.width() > edge + 1:
+                problems.append(f"{name} reaches x {x0 + w.width()}, under the scroll area's edge at {edge}")
         if isinstance(w, QAbstractButton) and w.text():
             if w.width() < w.sizeHint().width() - 1:
                 problems.append(f"{name} is {w.width()} px wide, its text needs {w.sizeHint().width()}")

@@ -3,17 +3,8 @@ on a 1000-px-high screen."""
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFrame,
-    QLayout,
-    QScrollArea,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFrame, QLayout, QScrollArea, QSpinBox, QVBoxLayout, QWidget
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
@@ -76,6 +67,35 @@ def fit_scroll_width(scroll: QScrollArea) -> None:
         layout.invalidate()
     if content.layout() is not None:
         content.layout().activate()
+    _fit(scroll)
+    if not content.property("nucseg_fits"):  # and again whenever the content's layout changes (a list filled)
+        content.setProperty("nucseg_fits", True)
+        content.installEventFilter(_Refit(scroll))
+
+
+def _fit(scroll: QScrollArea) -> None:
+    content = scroll.widget()
     # the preferred width (tables ask for their columns), within reason; plus the vertical scroll bar
     width = max(content.minimumSizeHint().width(), min(content.sizeHint().width(), MAX_DOCK_WIDTH))
-    scroll.setMinimumWidth(width + scroll.verticalScrollBar().sizeHint().width() + 8)
+    width += scroll.verticalScrollBar().sizeHint().width() + 8
+    if width > scroll.minimumWidth():  # only ever wider: a dock that shrank under the user's drag would jump
+        scroll.setMinimumWidth(width)
+
+
+class _Refit(QObject):
+    """Refits a scroll area when its content asks for a new layout (it grew wider than when it was fitted)."""
+
+    def __init__(self, scroll: QScrollArea):
+        super().__init__(scroll)
+        self.scroll = scroll
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.LayoutRequest:
+            QTimer.singleShot(0, self._refit)
+        return False
+
+    def _refit(self) -> None:
+        try:
+            _fit(self.scroll)
+        except RuntimeError:  # the dock was closed meanwhile
+            pass

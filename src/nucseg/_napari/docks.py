@@ -20,6 +20,7 @@ import weakref
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox, QDockWidget, QMainWindow, QScrollArea, QWidget
 
+from . import tooltips
 from ._forms import fit_scroll_width
 from .layers import MIN_NAME_CHARS, ElideNames
 
@@ -72,8 +73,9 @@ def tab_with_siblings(widget: QWidget) -> None:
 
 
 def docked(widget: QWidget) -> QWidget:
-    """Fit `widget`'s scroll areas to their content and, once napari has put it in a dock (the next turn of the
-    event loop), tab that dock with the plugin's others."""
+    """Give `widget`'s settings their tooltips (`tooltips`), fit its scroll areas to their content and, once
+    napari has put it in a dock (the next turn of the event loop), tab that dock with the plugin's others."""
+    tooltips.apply(widget)  # first: an eliding combo box keeps its tooltip under the whole name
     for combo in widget.findChildren(QComboBox):  # before any size is computed (QComboBox caches its minimum)
         if combo.sizeAdjustPolicy() == QComboBox.SizeAdjustPolicy.AdjustToContentsOnFirstShow:
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushB
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.jobs.evaluate import Evaluation
 
+from . import shortcuts
 from ._forms import _dspin, fit_width, scrolled
 from ._workers import JobControls, error_message, start_generator_worker
 from .evaluation_layers import HIGHLIGHT_LAYER, OBJECTS_LAYER, PIXELS_LAYER, go_to_error, show_overlay
@@ -77,6 +78,24 @@ class EvaluateWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.export_errors_button.clicked.connect(self._export_errors_dialog)
         self.side_button.toggled.connect(self.show_side_by_side)
+        self._bind_shortcuts()
+
+    def _bind_shortcuts(self) -> None:
+        for name, button, action in (("evaluate", self.evaluate_button, self.evaluate),
+                                     ("next_error", None, lambda: self.step_error(1)),
+                                     ("previous_error", None, lambda: self.step_error(-1)),
+                                     ("side_by_side", self.side_button, self.side_button.toggle),
+                                     ("stop", self.controls.stop_button, self.controls.request_stop)):
+            if shortcuts.bind(self.viewer, name, self, action) and button is not None:
+                button.setToolTip(shortcuts.with_shortcut(button.toolTip(), name))
+
+    def step_error(self, step: int) -> None:
+        """Go to the next (`step` 1) or previous (-1) FP / FN in the list as it is sorted."""
+        rows = self.errors_table.rowCount()
+        if not rows:
+            return
+        row = self.errors_table.currentRow()
+        self.errors_table.selectRow(min(max(row + step, 0), rows - 1) if row >= 0 else 0)
 
     def _build_layout(self) -> None:
         form = QFormLayout()

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from nucseg.errors import InvalidInputError
 from nucseg.metrics.density import density_grid, summarize
 
-from . import measurements
+from . import measurements, shortcuts
 from .evaluation_layers import centre_on
 from .layers import LayerCombo, field_of_view_region
 
@@ -148,6 +148,8 @@ class MeasurementsWidget(QWidget):
         measurements.on_measured(self._measured)
         self.destroyed.connect(lambda *_: measurements.forget(self._measured))
         self._watched_shapes: Shapes | None = None
+        if shortcuts.bind(napari_viewer, "heatmap", self, self.add_heatmap):
+            self.heatmap_button.setToolTip(shortcuts.with_shortcut(self.heatmap_button.toolTip(), "heatmap"))
         self._prefer_newest_result()
         self._labels_chosen()
 

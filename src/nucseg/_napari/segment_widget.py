@@ -31,12 +31,14 @@ from nucseg.models.registry import resolve_model
 
 from . import rerun_choice
 from . import result_layers as result_steps  # StepQueue, start_startup_job
+from . import shortcuts
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .label_editing import editing_for
 from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
+from .fluorescence import FluorescenceGuard
 from .pixel_size import PixelSizeField, show_in_microns
 from .result_layers import (
     ResultView,
@@ -75,6 +77,7 @@ class SegmentWidget(QWidget):
         self.model_combo = ModelCombo()
         self.device_combo = QComboBox()
         self.device_combo.addItem("auto")  # the devices are listed by a worker: finding them imports torch
+        self.fluorescence = FluorescenceGuard()
         self.pixel_size = PixelSizeField(self._model_mpp)
         self.mpp_spin, self.mpp_note = self.pixel_size.spin, self.pixel_size.note
         tiling = TilingConfig()
@@ -105,11 +108,16 @@ class SegmentWidget(QWidget):
         self._update_enabled()
         self._sync_pixel_size()
         self._background = result_steps.start_startup_job(napari_viewer, self._devices_found, self._startup_finished)
+        for name, button, action in (("segment_run", self.run_button, self.run),
+                                     ("stop", self.controls.stop_button, self.stop)):
+            if shortcuts.bind(napari_viewer, name, self, action):
+                button.setToolTip(shortcuts.with_shortcut(button.toolTip(), name))
 
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
         form = QFormLayout()
-        for label, widget in (("image", self.image_combo), ("pixel size", self.mpp_spin), ("", self.mpp_note),
+        for label, widget in (("image", self.image_combo), ("", self.fluorescence), ("pixel size", self.mpp_spin),
+                              ("", self.mpp_note),
                               ("model", self.model_combo), ("device", self.device_combo),
                               ("tile size", self.tile_spin), ("overlap", self.overlap_spin),
                               ("batch size", self.batch_spin), ("", self.tta_check), ("region", self.region_combo),
@@ -160,6 +168,8 @@ class SegmentWidget(QWidget):
 
     def _sync_pixel_size(self, *_: Any) -> None:
         self.pixel_size.sync(self.image_combo.current_layer())
+        self.fluorescence.sync(self.image_combo.current_layer())
+
     def add_model_folder(self, folder: str | Path) -> bool:
         """Add a model folder to the list and choose it; shows an error and returns False when it is not one."""
         try:
@@ -200,6 +210,7 @@ class SegmentWidget(QWidget):
             layer = self.image_combo.current_layer()
             if layer is None:
                 raise InvalidInputError("no image layer: open an H&E image first (File > Open, or a sample)")
+            self.fluorescence.check(layer)  # as nucseg predict refuses it without --allow-fluorescence
             spec = self._spec()
             config = self.inference_config()
             image = dataclasses.replace(image_input(layer), mpp=self.pixel_size.value_for(layer))

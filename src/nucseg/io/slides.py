@@ -133,10 +133,13 @@ def require_brightfield(slide: Slide, allow_fluorescence: bool = False) -> None:
 
     kind, reason = slide_modality(slide)
     if kind == "fluorescence" and not allow_fluorescence:
-        raise InvalidInputError(
-            f"{slide.path} looks like a fluorescence slide ({reason}); the default model segments nuclei in "
-            f"brightfield H&E - pass {FLUORESCENCE_FIX} to segment it anyway, or use a model fine-tuned on "
-            "fluorescence")
+        raise InvalidInputError(fluorescence_refusal(slide.path, reason, f"pass {FLUORESCENCE_FIX}"))
+
+
+def fluorescence_refusal(what: Any, reason: str, fix: str) -> str:
+    """The one message refusing a fluorescence image (the CLI's and the viewer's): `fix` says how to go on."""
+    return (f"{what} looks like a fluorescence slide ({reason}); the default model segments nuclei in brightfield "
+            f"H&E - {fix} to segment it anyway, or use a model fine-tuned on fluorescence")
 
 
 # ------------------------------------------------------------------------------------------- PNG / JPEG
