@@ -143,3 +143,17 @@ def test_torch_threads_wait_passively_in_the_cli_and_the_plugin():
     out = subprocess.run([sys.executable, "-c", code.format(setup="import nucseg._napari")],
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "ACTIVE"  # the user's choice stands
+
+
+def test_the_verdict_rests_on_the_corrections_one_by_one():
+    """Seen on 3 TNBC tiles: pooled 0.636 -> 0.645 "better", per tile 0.569 -> 0.466, 0.680 -> 0.683, and a held-out
+    region without nuclei (0 -> 0) whose smaller false nucleus lifted the pooled score."""
+    from nucseg.training.verdict import BETTER, NOT_BETTER, compare_with_base
+
+    def scores(total, *tiles):
+        return {"val_score": total, "tiles": [{"tile": f"t{k}", "score": s} for k, s in enumerate(tiles)]}
+
+    assert compare_with_base(scores(0.636, 0.569, 0.680, 0.0), scores(0.645, 0.466, 0.683, 0.0)) == NOT_BETTER
+    assert compare_with_base(scores(0.60, 0.5, 0.6, 0.7), scores(0.62, 0.55, 0.65, 0.69)) == BETTER
+    assert compare_with_base(scores(0.60, 0.5, 0.6), scores(0.59, 0.55, 0.65)) == NOT_BETTER  # lower in all
+    assert compare_with_base(scores(0.60, 0.5), scores(0.6004, 0.5004)) == BETTER  # one tile: the score decides

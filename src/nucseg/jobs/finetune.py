@@ -205,8 +205,9 @@ def settle(result: FinetuneResult) -> FinetuneResult:
 
 def heldout_words(result: FinetuneResult) -> str:
     """"9 held-out regions of 3 corrections", or "2 validation images" when whole images were held out."""
-    n, tiles = result.validation_images, len(result.after.get("tiles") or result.before.get("tiles") or [])
-    if tiles and tiles != n:
+    scores = result.after or result.before
+    n, tiles = result.validation_images, len(scores.get("tiles") or [])
+    if scores.get("val_heldout") == "regions":
         return f"{n} held-out region{'s' * (n != 1)} of {tiles} correction{'s' * (tiles != 1)}"
     return f"{n} validation image{'s' * (n != 1)}"
 
@@ -214,7 +215,7 @@ def heldout_words(result: FinetuneResult) -> str:
 def verdict_lines(result: FinetuneResult) -> list[str]:
     """What came out, in plain words: the comparison with the base model on the held-out data (the score the
     verdict rests on, and on how many tiles it rose) and, after a Stop, how far it got."""
-    from nucseg.training.finetune import BETTER, NOT_BETTER, verdict_key
+    from nucseg.training.verdict import BETTER, NOT_BETTER, tile_changes, verdict_key
 
     lines = []
     if result.stopped:
@@ -224,15 +225,18 @@ def verdict_lines(result: FinetuneResult) -> list[str]:
     key = verdict_key(result.before, result.after)
     label = "held-out score" if key == "val_score" else "AJI"
     tiles = tile_rows(result.before, result.after)
-    rose = sum(1 for _, b, a, _ in tiles if b is not None and a > b)
-    per_tile = f" (higher on {rose} of {len(tiles)} tiles)" if len(tiles) > 1 else ""
+    up, down = tile_changes(result.before, result.after)
+    per_tile = f" (higher on {up}, lower on {down} of {len(tiles)} corrections)" if len(tiles) > 1 else ""
     if result.verdict == BETTER:
         before, after = result.before[key], result.after[key]
         lines.append(f"Better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}{per_tile}.")
     elif result.verdict == NOT_BETTER:
         before, after = result.before[key], result.after[key]
+        why = (" It is higher in all, but lower on at least as many corrections as it is higher on."
+               if after > before else "")
         lines.append(f"NOT better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}"
-                     f"{per_tile}. Keeping it would segment such regions worse than the model you started from.")
+                     f"{per_tile}.{why} Keeping it would segment such regions worse than the model you started "
+                     "from.")
     elif not result.after:
         lines.append("Not compared with its base model: nothing was held out (no validation images, and no "
                      "correction large enough to hold out a region: two blocks of 64 px); the best epoch was "

@@ -59,10 +59,12 @@ class HeldOut:
     Attributes:
         pairs: one crop per held-out block (image with context, its labels, and in `reviewed` the pixels scored).
         groups: the correction (tile) each crop comes from, for per-tile scores.
+        kind: "regions" (blocks held out of the corrections) or "images" (whole validation images).
     """
 
     pairs: list[TrainingPair]
     groups: list[str]
+    kind: str = "regions"
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -165,7 +167,7 @@ def split_regions(pairs: Sequence[TrainingPair], fraction: float, seed: int = 0
 
 def whole_images(pairs: Sequence[TrainingPair]) -> HeldOut:
     """Validation images given as such (e.g. ``nucseg finetune --val-images``): each one its own group."""
-    return HeldOut(list(pairs), [p.name for p in pairs])
+    return HeldOut(list(pairs), [p.name for p in pairs], "images")
 
 
 @dataclasses.dataclass(frozen=True)
