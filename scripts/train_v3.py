@@ -230,8 +230,13 @@ def validate(net, spec, sets) -> dict:
 def train(args) -> None:
     from safetensors.torch import load_file
 
-    from nucseg.models.registry import sha256_of
-    from nucseg.training.checkpoint import append_log, has_checkpoint, load_checkpoint, save_checkpoint, save_weights
+    from nucseg.training.checkpoint import (
+        append_log,
+        has_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+        save_weights,
+    )
 
     torch.set_num_threads(args.threads)
     run = TRAIN_ROOT / args.run

@@ -4,7 +4,16 @@ on a 1000-px-high screen."""
 from __future__ import annotations
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFrame, QLayout, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFrame,
+    QLayout,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:

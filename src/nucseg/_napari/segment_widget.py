@@ -29,16 +29,15 @@ from nucseg.inference.predict import PredictProgress
 from nucseg.jobs.segment import layer_title, new_prediction_path, segment_regions, streams_to_disk
 from nucseg.models.registry import resolve_model
 
-from . import rerun_choice
+from . import rerun_choice, shortcuts
 from . import result_layers as result_steps  # StepQueue, start_startup_job
-from . import shortcuts
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
+from .fluorescence import FluorescenceGuard
 from .label_editing import editing_for
 from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
-from .fluorescence import FluorescenceGuard
 from .pixel_size import PixelSizeField, show_in_microns
 from .result_layers import (
     ResultView,
