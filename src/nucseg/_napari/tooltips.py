@@ -44,18 +44,18 @@ HELP: dict[str, tuple[str, Callable[[], Any], str]] = {
     "shapes_layer": ("The Shapes layer whose rectangles are segmented, each on its own", lambda: "none",
                      "when the region is 'drawn rectangles'"),
     "foreground_threshold": ("Probability above which a pixel belongs to a nucleus",
-                             lambda: f"the model's own ({PostprocessConfig().foreground_threshold:g} unless its "
+                             lambda: f"the model's own ({PostprocessConfig().resolved().foreground_threshold:g} unless its "
                                      "config says otherwise)",
                              "lower it when pale nuclei are missed, raise it when stroma or background is taken "
                              "for nuclei; re-applied live, your edits are kept"),
     "otsu": ("Cut each image's foreground map at Otsu's threshold instead of the fixed one", lambda: "off "
              "(the model's own choice)", "when nuclei come out thin because the model is unsure at their rims"),
     "marker_threshold": ("How sure a pixel must be to seed a nucleus (distance minus contour)",
-                         lambda: f"the model's own ({PostprocessConfig().marker_threshold:g} unless its config says "
+                         lambda: f"the model's own ({PostprocessConfig().resolved().marker_threshold:g} unless its config says "
                                  "otherwise)",
                          "lower it when touching nuclei are merged into one, raise it when one nucleus is split"),
     "min_area": ("Nuclei smaller than this many pixels (at the model's resolution) are dropped",
-                 lambda: f"the model's own ({PostprocessConfig().min_area} px unless its config says otherwise)",
+                 lambda: f"the model's own ({PostprocessConfig().resolved().min_area} px unless its config says otherwise)",
                  "raise it to drop debris and lymphocyte fragments, lower it to keep small nuclei"),
     "contours": ("Draw the nuclei as outlines rather than filled", lambda: "on",
                  "turn it off to see which pixels each nucleus holds while correcting"),
