@@ -232,11 +232,8 @@ def verdict_lines(result: FinetuneResult) -> list[str]:
         lines.append(f"Better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}{per_tile}.")
     elif result.verdict == NOT_BETTER:
         before, after = result.before[key], result.after[key]
-        why = (" It is higher in all, but lower on at least as many corrections as it is higher on."
-               if after > before else "")
         lines.append(f"NOT better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}"
-                     f"{per_tile}.{why} Keeping it would segment such regions worse than the model you started "
-                     "from.")
+                     f"{per_tile}. Keeping it would segment such regions worse than the model you started from.")
     elif not result.after:
         lines.append("Not compared with its base model: nothing was held out (no validation images, and no "
                      "correction large enough to hold out a region: two blocks of 64 px); the best epoch was "
