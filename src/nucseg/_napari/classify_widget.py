@@ -412,6 +412,8 @@ class ClassifyWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
         if self._on_mouse in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        for i in range(9):  # the class shortcuts go with the dock
+            self.viewer.bind_key(f"Shift-{i + 1}", None, overwrite=True)
         super().closeEvent(event)
 
 
