@@ -105,8 +105,9 @@ class TrainingPlots(QWidget):
 
     def set_baseline(self, record: dict[str, Any]) -> None:
         """The base model's validation scores (a ``"baseline"`` record), drawn as faint horizontal lines."""
-        with self._lock:
-            self.baseline = {k: float(v) for k, v in record.items() if k.startswith("val_")}
+        with self._lock:  # a baseline record also says what was held out ("val_kind": "regions"): numbers only
+            self.baseline = {k: float(v) for k, v in record.items()
+                             if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._request()
 
     def set_history(self, history: list[dict[str, Any]]) -> None:
