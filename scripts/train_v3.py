@@ -154,13 +154,13 @@ def _pick(rng, pairs):
     return pairs[int(rng.choice(len(pairs), p=areas / areas.sum()))]
 
 
-def v3_loss(logits, truth, soft, is_tnbc, truth_weight):
-    """Distillation (BCE to version 2's probabilities) + the truth losses; TNBC's truth teaches the foreground only
-    and version 2's foreground is not distilled there (it is what shrinks TNBC's nuclei)."""
+def v3_loss(logits, truth, soft, is_tnbc, truth_weight, head_weights=(1.0, 1.0, 1.0)):
+    """Distillation (BCE to version 2's probabilities, heads weighted) + the truth losses; TNBC's truth teaches the
+    foreground only and version 2's foreground is not distilled there (it is what shrinks TNBC's nuclei)."""
     from nucseg.training.losses import foreground_loss, nucseg_loss
 
     bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=(2, 3))  # (B, 3)
-    keep = torch.ones_like(bce)
+    keep = torch.ones_like(bce) * torch.tensor(head_weights, dtype=bce.dtype)
     keep[is_tnbc, 0] = 0.0
     distill = (bce * keep).sum() / keep.sum()
     terms = {"distill": distill}
@@ -184,13 +184,17 @@ def student_spec():
                                info={"postprocess": teacher.postprocess_defaults}), teacher
 
 
-def new_student():
+def new_student(init: str | None = None):
+    """The student with version 2's encoder, or (init) all the weights of an earlier run's best network."""
     from safetensors.torch import load_file
 
     from nucseg.models.build import build_network
 
     spec, teacher = student_spec()
     net = build_network(spec)
+    if init:
+        net.load_state_dict(load_file(str(TRAIN_ROOT / init)))
+        return net, spec
     encoder = {k: v.float() for k, v in load_file(str(teacher.weights_path)).items() if k.startswith("encoder.")}
     missing, unexpected = net.load_state_dict(encoder, strict=False)
     assert not unexpected and not [k for k in missing if k.startswith("encoder.")], "encoder does not fit"
@@ -242,11 +246,15 @@ def train(args) -> None:
     run = TRAIN_ROOT / args.run
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "settings.json"
-    settings = json.loads(saved.read_text()) if saved.is_file() else {**SETTINGS, **({"steps": args.steps}
-                                                                                    if args.steps else {})}
+    if saved.is_file():
+        settings = json.loads(saved.read_text())  # a run keeps the settings it started with
+    else:
+        given = {"steps": args.steps, "lr": args.lr, "warmup": args.warmup, "truth_weight": args.truth_weight,
+                 "init": args.init, "head_weights": args.head_weights}
+        settings = {**SETTINGS, **{k: v for k, v in given.items() if v is not None}}
     monuseg, monuseg_val = load_split()
     tnbc, tnbc_val = tnbc_split()
-    net, spec = new_student()
+    net, spec = new_student(settings.get("init"))
     if not saved.is_file():
         _, teacher = student_spec()
         settings.update(teacher=TEACHER, teacher_sha256=teacher.sha256, decoder_channels=list(DECODER),
@@ -285,7 +293,8 @@ def train(args) -> None:
         x = to_input_tensor(images, spec, torch.device("cpu"))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings)
-        terms = v3_loss(net(x), truth, soft, is_tnbc, settings["truth_weight"])
+        terms = v3_loss(net(x), truth, soft, is_tnbc, settings["truth_weight"],
+                        settings.get("head_weights", (1.0, 1.0, 1.0)))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -366,6 +375,13 @@ def main() -> None:
     parser.add_argument("--run", default="v3", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     parser.add_argument("--steps", type=int, help="total steps of a new run (default SETTINGS['steps'])")
     parser.add_argument("--threads", type=int, default=2)
+    new = "(a new run only; a run resumes with the settings it started with)"
+    parser.add_argument("--init", help=f"warm start from this weights file under the train folder {new}")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate {new}")
+    parser.add_argument("--warmup", type=int, help=f"warm-up steps {new}")
+    parser.add_argument("--truth-weight", type=float, help=f"weight of the truth losses {new}")
+    parser.add_argument("--head-weights", type=float, nargs=3, metavar=("FG", "CONTOUR", "DIST"),
+                        help=f"weights of the three distilled heads {new}")
     parser.add_argument("--dest", type=Path, help="export: the new model folder (never overwritten)")
     parser.add_argument("--name", default="nucseg-default", help="export: the model's name in its config")
     parser.add_argument("--version", default="3", help="export: the model's version")
