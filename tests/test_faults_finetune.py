@@ -137,15 +137,21 @@ def test_out_naming_a_file_gives_one_line(tiny_model, folders, tmp_path, capsys)
     assert out.read_text() == "mine"
 
 
+@pytest.mark.parametrize("raised", ["OSError", "SafetensorError"])
 def test_a_full_disk_while_checkpointing_gives_one_line_then_resume_finishes(tiny_model, folders, tmp_path,  # noqa: F811
-                                                                            capsys, monkeypatch):
+                                                                            capsys, monkeypatch, raised):
+    from safetensors import SafetensorError
+
     from nucseg.training import checkpoint
 
     real = checkpoint.save_file
 
     def full(tensors, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\0" * 64)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if raised == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # what safetensors raises on a full disk (seen on a full tmpfs)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(checkpoint, "save_file", full)
     images, labels = folders

@@ -225,8 +225,8 @@ def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
         gen.close()
         bars.close()
     if report.disk_full is not None:
-        print(f"nucseg predict: error: {report.disk_full.error}; finished inputs are kept: run the same command with "
-              "--resume once there is space", file=sys.stderr)
+        print(f"nucseg predict: error: {report.disk_full.item.input}: {report.disk_full.error}; finished inputs are "
+              "kept: run the same command with --resume once there is space", file=sys.stderr)
         return EXIT_USER_ERROR
     if report.summary_error:
         print(f"nucseg predict: error: {report.summary_error}", file=sys.stderr)

@@ -142,14 +142,15 @@ def is_disk_full(err: BaseException) -> bool:
 def write_failure(path: str | Path, err: OSError, fix: str = "") -> StoreError:
     """The one-line `StoreError` for `err` met while writing `path`; a full disk says so."""
     named = getattr(err, "filename", None)
-    where = Path(named) if named and not Path(named).name.startswith(".") else Path(path)  # not our hidden temporary
+    where = Path(named) if named and not Path(named).name.startswith(".") else Path(path)
+    target = f"into {where.parent}" if where.name.startswith(".") else str(where)  # not our hidden temporary
     if is_disk_full(err):
-        error = StoreError(f"cannot write {where}: the disk is full ({err.strerror}); free some space or choose "
+        error = StoreError(f"cannot write {target}: the disk is full ({err.strerror}); free some space or choose "
                            f"another folder{'; ' + fix if fix else ''}")
         error.disk_full = True  # type: ignore[attr-defined]
         return error
     reason = err.strerror or str(err) or type(err).__name__
-    return StoreError(f"cannot write {where}: {reason}; check that the folder exists and that you may write "
+    return StoreError(f"cannot write {target}: {reason}; check that the folder exists and that you may write "
                       f"there{'; ' + fix if fix else ''}")
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,16 @@ BEST_IN_CHECKPOINT = "best.safetensors"
 LOADED_KEYS = ("checkpoint", "damaged_checkpoints")
 #: what to do after a failed write of the training state
 RESUME_FIX = "then run the same command with --resume"
+
+
+def write_error(err: BaseException) -> OSError:
+    """`err` as the OSError it stands for: safetensors reports a failed write (e.g. a full disk) as a
+    SafetensorError whose message ends in "(os error N)"."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"os error (\d+)", str(err))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -107,9 +119,9 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps({**kept, "epoch": epoch, "optimizer": opt_json}, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise write_failure(target, err, RESUME_FIX) from err
+        raise write_failure(target, write_error(err), RESUME_FIX) from err
     _atomic_write_text(folder / LATEST, json.dumps({"checkpoint": target.name, "epoch": epoch}))
     for old in checkpoints(folder)[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
@@ -187,10 +199,10 @@ def save_weights(path: Path, net: torch.nn.Module) -> None:
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise write_failure(path, err, RESUME_FIX) from err
+        raise write_failure(path, write_error(err), RESUME_FIX) from err
 
 
 LOG_FIELDS = ("epoch", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "lr",

@@ -142,9 +142,11 @@ def write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, stat
     """Write model.safetensors + candidate.json from the best epoch (`weights`, else best.safetensors)."""
     import datetime as _dt
 
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     from nucseg.models.registry import sha256_of
+    from nucseg.training.checkpoint import write_error
 
     if weights is None:
         weights = load_file(str(out_dir / BEST_WEIGHTS))
@@ -152,9 +154,9 @@ def write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, stat
     try:
         save_file(weights, str(tmp))
         tmp.replace(out_dir / WEIGHTS_FILE)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         tmp.unlink(missing_ok=True)
-        raise write_failure(out_dir / WEIGHTS_FILE, err, RESUME_FIX) from err
+        raise write_failure(out_dir / WEIGHTS_FILE, write_error(err), RESUME_FIX) from err
     cfg = base.to_config()
     cfg.update({
         "name": out_dir.name,
