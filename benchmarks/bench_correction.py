@@ -24,6 +24,8 @@ IoU 0.5 and 0.9 (fix the outline with brush and eraser). It ranks them by estima
 them in that order. The brush's outcome is foreseen (no stroke is spent on what does not help); a tool's is not:
 a click whose nucleus does not look right (IoU with the truth nucleus under 0.7; for a split, either part) or that
 lowers AJI is undone, which costs the click and the undo (2 actions), and that error is then painted by hand.
+The reviewer learns: it tries add or split only while that tool's success rate so far (one success and one failure
+counted before the first try) makes a try cheaper on average than painting (rate > 2 / (1 + strokes to paint)).
 Actions are counted until AJI first reaches the target (0.90; the AJI after every action is recorded too).
 
     PYTHONPATH=src python benchmarks/bench_correction.py [--tiles N] [--target 0.90] [--max-actions 4000]
@@ -171,6 +173,7 @@ class Reviewer:
         self.editor = LabelEditor(labels)
         self.table = AjiTable(truth, labels)
         self.failed: set[tuple] = set()
+        self.record: dict[str, tuple[int, int]] = {}  # tool -> (successes, failures), with one of each to start
         self.actions = 0
         self.counts: dict[str, int] = {}
         self._boxes = {int(i + 1): sl for i, sl in enumerate(ndi.find_objects(truth)) if sl is not None}
@@ -225,7 +228,7 @@ class Reviewer:
             parts = [(m, q) for m, q in covering if m >= 0.2 * ta]
             if shared:  # under-segmented: split the prediction it shares with another truth
                 q, other = shared[0]
-                if self.use_tools and ("split", t) not in self.failed:
+                if self.use_tools and ("split", t) not in self.failed and self.worth_trying("split", tm):
                     out.append(Action("split", ("split", t), gain, lambda t=t, q=q, o=other: self.split(t, q, o),
                                       True, one, (t, other)))
                 out.append(Action("repaint", ("split", t), gain, lambda t=t, q=q: self.repaint_part(t, q), False,
@@ -242,12 +245,19 @@ class Reviewer:
                               lambda sl=sl, tm=tm: (self._flat(sl, tm), self.editor.next_id()), False, brush_cost))
             free = tm & (L[sl] == 0)
             if free.sum() >= 0.3 * ta:  # missed (or mostly): add it
-                if self.use_tools and ("add", t) not in self.failed:
+                if self.use_tools and ("add", t) not in self.failed and self.worth_trying("add", free):
                     out.append(Action("add", ("add", t), gain, lambda t=t: self.add(t), True, one, (t,)))
                 out.append(Action("paint", ("add", t), gain,
                                   lambda sl=sl, free=free: (self._flat(sl, free), self.editor.next_id()), False,
                                   brush_cost))
         return out
+
+    def worth_trying(self, kind: str, mask: np.ndarray) -> bool:
+        """A click is worth trying when, at the tool's success rate so far (one success and one failure counted
+        before the first try), it costs less on average than painting: a success costs 1, a failure 2 (the click
+        and its undo) plus the painting; so try when rate > 2 / (1 + strokes to paint)."""
+        ok, bad = self.record.get(kind, (1, 1))
+        return ok / (ok + bad) > 2 / (1 + strokes(mask))
 
     def outline(self, t: int, p: int):
         sl, tm = self.t_mask(t)
@@ -323,10 +333,15 @@ class Reviewer:
             after = self.table.aji_after(idx, old, new)
             if after <= aji or (action.tool and not self.looks_right(action, idx, old, new)):
                 if action.tool:  # clicked, saw it, undid it
+                    ok, bad = self.record.get(action.kind, (1, 1))
+                    self.record[action.kind] = (ok, bad + 1)
                     self.actions += 2
                     self.counts["failed " + action.kind] = self.counts.get("failed " + action.kind, 0) + 1
                     self.failed.add(action.key)
                 continue
+            if action.tool:
+                ok, bad = self.record.get(action.kind, (1, 1))
+                self.record[action.kind] = (ok + 1, bad)
             cost = action.cost_of(idx, new)
             self.editor.apply(Edit(idx, new, action.kind))
             self.table.change(idx, old, new)

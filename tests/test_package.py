@@ -15,6 +15,7 @@ CORE_MODULES = [
     "nucseg", "nucseg.config", "nucseg.errors", "nucseg.cli", "nucseg.io.slides", "nucseg.io.masks", "nucseg.io.export",
     "nucseg.models.registry", "nucseg.models.build", "nucseg.inference.predict", "nucseg.inference.postprocess",
     "nucseg.metrics.report", "nucseg.metrics.overlays", "nucseg.training.finetune", "nucseg.training.corrections",
+    "nucseg.editing.tools", "nucseg.editing.grow", "nucseg.editing.maps", "nucseg.editing.history",
 ]
 
 
