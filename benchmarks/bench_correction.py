@@ -28,7 +28,8 @@ The reviewer learns: it tries add or split only while that tool's success rate s
 counted before the first try) makes a try cheaper on average than painting (rate > 2 / (1 + strokes to paint)).
 Actions are counted until AJI first reaches the target (0.90; the AJI after every action is recorded too).
 
-    PYTHONPATH=src python benchmarks/bench_correction.py [--tiles N] [--target 0.90] [--max-actions 4000]
+    PYTHONPATH=src python benchmarks/bench_correction.py [--tiles N] [--target 0.90] [--looks-right 0.7]
+        [--always-try] [--max-actions 4000]
 
 The prediction's maps are computed once (the default model, the engine's default tiling, model's thresholds) and
 kept in benchmarks/results/correction_cache. Prints a table and writes a JSON line per tile and in all.
@@ -53,6 +54,8 @@ from _common import MONUSEG, RESULTS, default_model_name, emit  # noqa: E402
 BRUSH_PX = 10  # napari's default brush size
 #: a nucleus a tool drew "looks right" to the reviewer when it overlaps the truth nucleus with at least this IoU
 LOOKS_RIGHT = 0.7
+#: try add / split on every error they fit, without learning whether they pay (--always-try)
+ALWAYS_TRY = False
 #: AJI levels on the way whose action counts are reported too
 MILESTONES = (0.75, 0.80, 0.85)
 CACHE = RESULTS / "correction_cache"
@@ -256,6 +259,8 @@ class Reviewer:
         """A click is worth trying when, at the tool's success rate so far (one success and one failure counted
         before the first try), it costs less on average than painting: a success costs 1, a failure 2 (the click
         and its undo) plus the painting; so try when rate > 2 / (1 + strokes to paint)."""
+        if ALWAYS_TRY:
+            return True
         ok, bad = self.record.get(kind, (1, 1))
         return ok / (ok + bad) > 2 / (1 + strokes(mask))
 
@@ -436,7 +441,7 @@ def review(truth, labels, maps, postprocess, use_tools, target, max_actions):
 
 
 def main() -> None:
-    global LOOKS_RIGHT
+    global LOOKS_RIGHT, ALWAYS_TRY
     from PIL import Image
     from train_default import VALIDATION
 
@@ -450,8 +455,9 @@ def main() -> None:
     parser.add_argument("--max-actions", type=int, default=4000)
     parser.add_argument("--looks-right", type=float, default=LOOKS_RIGHT,
                         help="IoU with the truth nucleus above which the reviewer keeps what a tool drew")
+    parser.add_argument("--always-try", action="store_true", help="try add / split wherever they fit (no learning)")
     args = parser.parse_args()
-    LOOKS_RIGHT = args.looks_right
+    LOOKS_RIGHT, ALWAYS_TRY = args.looks_right, args.always_try
     model = default_model_name()
     postprocess = PostprocessConfig(**resolve_model(model).postprocess_defaults)
     rows = []
@@ -467,7 +473,7 @@ def main() -> None:
             record[regime]["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(record)
         emit("bench_correction", {"model": model, "target": args.target, "brush_px": BRUSH_PX,
-                                  "looks_right": LOOKS_RIGHT, **record})
+                                  "looks_right": LOOKS_RIGHT, "always_try": ALWAYS_TRY, **record})
     print(f"\nactions to reach AJI {args.target:.2f} (model {model}; brush {BRUSH_PX} px, strokes counted; "
           f"a tool's nucleus kept at IoU >= {LOOKS_RIGHT})")
     levels = [f"{m:.2f}" for m in MILESTONES if m < args.target]
