@@ -24,9 +24,12 @@ IoU 0.5 and 0.9 (fix the outline with brush and eraser). It ranks them by estima
 them in that order. The brush's outcome is foreseen (no stroke is spent on what does not help); a tool's is not:
 a click whose nucleus does not look right (IoU with the truth nucleus under 0.7; for a split, either part) or that
 lowers AJI is undone, which costs the click and the undo (2 actions), and that error is then painted by hand.
+The reviewer learns: it tries add or split only while that tool's success rate so far (one success and one failure
+counted before the first try) makes a try cheaper on average than painting (rate > 2 / (1 + strokes to paint)).
 Actions are counted until AJI first reaches the target (0.90; the AJI after every action is recorded too).
 
-    PYTHONPATH=src python benchmarks/bench_correction.py [--tiles N] [--target 0.90] [--max-actions 4000]
+    PYTHONPATH=src python benchmarks/bench_correction.py [--tiles N] [--target 0.90] [--looks-right 0.7]
+        [--always-try] [--max-actions 4000]
 
 The prediction's maps are computed once (the default model, the engine's default tiling, model's thresholds) and
 kept in benchmarks/results/correction_cache. Prints a table and writes a JSON line per tile and in all.
@@ -51,6 +54,8 @@ from _common import MONUSEG, RESULTS, default_model_name, emit  # noqa: E402
 BRUSH_PX = 10  # napari's default brush size
 #: a nucleus a tool drew "looks right" to the reviewer when it overlaps the truth nucleus with at least this IoU
 LOOKS_RIGHT = 0.7
+#: try add / split on every error they fit, without learning whether they pay (--always-try)
+ALWAYS_TRY = False
 #: AJI levels on the way whose action counts are reported too
 MILESTONES = (0.75, 0.80, 0.85)
 CACHE = RESULTS / "correction_cache"
@@ -171,6 +176,7 @@ class Reviewer:
         self.editor = LabelEditor(labels)
         self.table = AjiTable(truth, labels)
         self.failed: set[tuple] = set()
+        self.record: dict[str, tuple[int, int]] = {}  # tool -> (successes, failures), with one of each to start
         self.actions = 0
         self.counts: dict[str, int] = {}
         self._boxes = {int(i + 1): sl for i, sl in enumerate(ndi.find_objects(truth)) if sl is not None}
@@ -225,7 +231,7 @@ class Reviewer:
             parts = [(m, q) for m, q in covering if m >= 0.2 * ta]
             if shared:  # under-segmented: split the prediction it shares with another truth
                 q, other = shared[0]
-                if self.use_tools and ("split", t) not in self.failed:
+                if self.use_tools and ("split", t) not in self.failed and self.worth_trying("split", tm):
                     out.append(Action("split", ("split", t), gain, lambda t=t, q=q, o=other: self.split(t, q, o),
                                       True, one, (t, other)))
                 out.append(Action("repaint", ("split", t), gain, lambda t=t, q=q: self.repaint_part(t, q), False,
@@ -242,12 +248,21 @@ class Reviewer:
                               lambda sl=sl, tm=tm: (self._flat(sl, tm), self.editor.next_id()), False, brush_cost))
             free = tm & (L[sl] == 0)
             if free.sum() >= 0.3 * ta:  # missed (or mostly): add it
-                if self.use_tools and ("add", t) not in self.failed:
+                if self.use_tools and ("add", t) not in self.failed and self.worth_trying("add", free):
                     out.append(Action("add", ("add", t), gain, lambda t=t: self.add(t), True, one, (t,)))
                 out.append(Action("paint", ("add", t), gain,
                                   lambda sl=sl, free=free: (self._flat(sl, free), self.editor.next_id()), False,
                                   brush_cost))
         return out
+
+    def worth_trying(self, kind: str, mask: np.ndarray) -> bool:
+        """A click is worth trying when, at the tool's success rate so far (one success and one failure counted
+        before the first try), it costs less on average than painting: a success costs 1, a failure 2 (the click
+        and its undo) plus the painting; so try when rate > 2 / (1 + strokes to paint)."""
+        if ALWAYS_TRY:
+            return True
+        ok, bad = self.record.get(kind, (1, 1))
+        return ok / (ok + bad) > 2 / (1 + strokes(mask))
 
     def outline(self, t: int, p: int):
         sl, tm = self.t_mask(t)
@@ -323,10 +338,15 @@ class Reviewer:
             after = self.table.aji_after(idx, old, new)
             if after <= aji or (action.tool and not self.looks_right(action, idx, old, new)):
                 if action.tool:  # clicked, saw it, undid it
+                    ok, bad = self.record.get(action.kind, (1, 1))
+                    self.record[action.kind] = (ok, bad + 1)
                     self.actions += 2
                     self.counts["failed " + action.kind] = self.counts.get("failed " + action.kind, 0) + 1
                     self.failed.add(action.key)
                 continue
+            if action.tool:
+                ok, bad = self.record.get(action.kind, (1, 1))
+                self.record[action.kind] = (ok + 1, bad)
             cost = action.cost_of(idx, new)
             self.editor.apply(Edit(idx, new, action.kind))
             self.table.change(idx, old, new)
@@ -421,7 +441,7 @@ def review(truth, labels, maps, postprocess, use_tools, target, max_actions):
 
 
 def main() -> None:
-    global LOOKS_RIGHT
+    global LOOKS_RIGHT, ALWAYS_TRY
     from PIL import Image
     from train_default import VALIDATION
 
@@ -435,8 +455,9 @@ def main() -> None:
     parser.add_argument("--max-actions", type=int, default=4000)
     parser.add_argument("--looks-right", type=float, default=LOOKS_RIGHT,
                         help="IoU with the truth nucleus above which the reviewer keeps what a tool drew")
+    parser.add_argument("--always-try", action="store_true", help="try add / split wherever they fit (no learning)")
     args = parser.parse_args()
-    LOOKS_RIGHT = args.looks_right
+    LOOKS_RIGHT, ALWAYS_TRY = args.looks_right, args.always_try
     model = default_model_name()
     postprocess = PostprocessConfig(**resolve_model(model).postprocess_defaults)
     rows = []
@@ -452,7 +473,7 @@ def main() -> None:
             record[regime]["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(record)
         emit("bench_correction", {"model": model, "target": args.target, "brush_px": BRUSH_PX,
-                                  "looks_right": LOOKS_RIGHT, **record})
+                                  "looks_right": LOOKS_RIGHT, "always_try": ALWAYS_TRY, **record})
     print(f"\nactions to reach AJI {args.target:.2f} (model {model}; brush {BRUSH_PX} px, strokes counted; "
           f"a tool's nucleus kept at IoU >= {LOOKS_RIGHT})")
     levels = [f"{m:.2f}" for m in MILESTONES if m < args.target]

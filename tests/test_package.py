@@ -16,6 +16,7 @@ CORE_MODULES = [
     "nucseg.models.registry", "nucseg.models.build", "nucseg.inference.predict", "nucseg.inference.postprocess",
     "nucseg.metrics.report", "nucseg.metrics.overlays", "nucseg.training.finetune", "nucseg.training.corrections",
     "nucseg.classify.store", "nucseg.classify.apply", "nucseg.classify.examples", "nucseg.classify.clicks",
+    "nucseg.editing.tools", "nucseg.editing.grow", "nucseg.editing.maps", "nucseg.editing.history",
 ]
 
 

@@ -117,7 +117,7 @@ class LayerEditing:
         if self.editor.user_edited:
             set_role(layer, CORRECTED)
         elif layer_role(layer) == CORRECTED:
-            set_role(layer, self.base_role or PREDICTION)
+            set_role(layer, self.base_role)  # None: the role the other rules give it (layer_roles)
 
     # -- napari's own tools ----------------------------------------------------------------------------------
     def _on_paint(self, event: Any) -> None:

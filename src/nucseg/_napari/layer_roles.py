@@ -3,7 +3,7 @@
 The rule, in order:
 
 1. ``layer.metadata["nucseg"]["role"]``: ``"prediction"`` (set by whoever makes a prediction layer),
-   ``"corrected"`` (a prediction a person edited), ``"truth"`` (reference annotations: the evaluate widget's
+   ``"corrected"`` (a layer a person edited: set by `label_editing` at the first edit, undone with the last), ``"truth"`` (reference annotations: the evaluate widget's
    ground truth, label files opened as truth), ``"reviewed"`` (the reviewed-regions layer), ``"overlay"``.
 2. The plugin's own markers: ``"nucseg_result"`` in the metadata (a segment result) is a prediction;
    ``"nucseg_overlay"`` an overlay.
@@ -39,8 +39,9 @@ def layer_role(layer: Any) -> str | None:
     return None
 
 
-def set_role(layer: Any, role: str) -> None:
-    """Record `role` in ``layer.metadata["nucseg"]["role"]`` (keeping the rest of that dict)."""
+def set_role(layer: Any, role: str | None) -> None:
+    """Record `role` in ``layer.metadata["nucseg"]["role"]`` (keeping the rest of that dict); None leaves the role
+    to the other rules."""
     own = layer.metadata.get("nucseg")
     layer.metadata["nucseg"] = {**(own if isinstance(own, dict) else {}), "role": role}
 
