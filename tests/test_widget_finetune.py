@@ -313,8 +313,8 @@ def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
     run_widget(qtbot, widget)
     assert errors == [] and widget.decision.asking
     run_dir = widget.result.run_dir
-    assert "NOT better than its base model on the 1 validation image: AJI 0.988 -> 0.857" in \
-        html.unescape(widget.decision.text.text())
+    assert "NOT better than its base model on the 3 held-out regions of 3 corrections: held-out score 0.988 -> " \
+           "0.857" in html.unescape(widget.decision.text.text())
     assert run_dir.name not in widget.versions_panel.names()
     # the viewer is closed without a decision; the next Fine-tune widget asks again, in sight on a 1000 px screen
     viewer = make_napari_viewer(show=True)

@@ -205,7 +205,7 @@ def heldout_words(result: FinetuneResult) -> str:
     """"9 held-out regions of 3 corrections", or "2 validation images" when whole images were held out."""
     scores = result.after or result.before
     n, tiles = result.validation_images, len(scores.get("tiles") or [])
-    if scores.get("val_heldout") == "regions":
+    if scores.get("heldout") == "regions":
         return f"{n} held-out region{'s' * (n != 1)} of {tiles} correction{'s' * (tiles != 1)}"
     return f"{n} validation image{'s' * (n != 1)}"
 

@@ -130,7 +130,7 @@ def pending_result(run_dir: str | Path) -> FinetuneResult:
 def best_record(state: dict[str, Any]) -> dict[str, Any]:
     """Validation scores of the best epoch (the last record of that epoch: a resumed epoch is re-run)."""
     best = [r for r in state["history"] if r["epoch"] == state["best_epoch"] and r.get("best")]
-    return {k: v for k, v in best[-1].items() if k.startswith("val_") or k == "tiles"} if best else {}
+    return {k: v for k, v in best[-1].items() if k.startswith("val_") or k in ("tiles", "heldout")} if best else {}
 
 
 def write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, state: dict[str, Any],
