@@ -408,7 +408,7 @@ def test_screenshot_of_the_finetune_widget_with_curves(make_napari_viewer, qtbot
     set_tiny(widget, epochs=6, steps=3)
     widget.settings.lr_spin.setValue(0.003)
     run_widget(qtbot, widget)
-    assert widget.plots.epochs == list(range(1, 7))
+    assert widget.plots.epochs[:5] == [1, 2, 3, 4, 5]  # early stopping may end it after 4 epochs without a gain
     viewer.window._qt_window.resize(1500, 1000)
     finetune.raise_()
     qtbot.wait(500)
