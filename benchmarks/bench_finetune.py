@@ -10,9 +10,10 @@ Sources:
   unknown; the default model never saw it). `colour` takes all 107; they are three kinds, told apart here by the
   colour of the pixels outside nuclei: `lavender` (66 tissue sections in a purple stain, several magnifications),
   `smear` (37 cell preparations on a pale grey background, one magnification) and 4 pink H&E tiles.
-* `tnbc`: the TNBC tiles (512 x 512, 40x) of one patient (`--patient`; 03, 06, 09 and 11 are the patients that
-  model version 3 keeps out of its training). `--tiles` of them (default: half) are the "corrections", their truth
-  standing in for a pathologist's; the new model is scored on the patient's other tiles. Whether the run's own
+* `tnbc`: the TNBC tiles (512 x 512, 40x) of one patient or several (`--patient 09` or `--patient 03,06,09,11`:
+  the patients that model version 3 keeps out of its training). `--tiles` of each patient's (default: half) are
+  the "corrections", their truth standing in for a pathologist's; the new model is scored on the patients' other
+  tiles. Whether the run's own
   verdict (held out from the corrections alone) says "better" is compared with that.
 * `monuseg-train`: 5 MoNuSeg training tiles of 1000 x 1000 px (the default model learnt from them, so nothing is
   scored): the clock of fine-tuning five 1000 x 1000 corrections.
@@ -98,11 +99,14 @@ def pick(args) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
 
     rng = np.random.default_rng(args.seed)
     if args.source == "tnbc":
-        ids = tnbc_tiles(args.patient)
-        if len(ids) < 2:
-            raise SystemExit(f"patient {args.patient} has {len(ids)} TNBC tiles in {TNBC}; choose another --patient")
-        n = args.tiles or len(ids) // 2
-        chosen = [ids[i] for i in sorted(rng.choice(len(ids), n, replace=False))]
+        ids, chosen = [], []
+        for patient in args.patient.split(","):  # each patient: half its tiles corrected, the others scored
+            tiles = tnbc_tiles(patient)
+            if len(tiles) < 2:
+                raise SystemExit(f"patient {patient} has {len(tiles)} TNBC tiles in {TNBC}; choose another --patient")
+            n = args.tiles or len(tiles) // 2
+            ids += tiles
+            chosen += [tiles[i] for i in sorted(rng.choice(len(tiles), n, replace=False))]
         folder = TNBC
     elif args.source == "monuseg-train":
         ids = sorted(p.stem for p in (MONUSEG / "images").glob("*.png") if p.stem not in VALIDATION)
@@ -147,7 +151,7 @@ def run_cli(chosen: list[tuple[Path, Path]], tmp: Path, extra: list[str]) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=("colour", "lavender", "smear", "tnbc", "monuseg-train"), default="colour")
-    parser.add_argument("--patient", default="09", help="TNBC patient (with --source tnbc)")
+    parser.add_argument("--patient", default="09", help="TNBC patient(s), comma-separated (with --source tnbc)")
     parser.add_argument("--tiles", type=int, default=0, help="corrected tiles (default 5; tnbc: half the patient's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval", type=int, default=0, help="score on this many of the other tiles (0 = all)")

@@ -121,7 +121,7 @@ def test_stop_keeps_the_best_epoch_and_makes_a_loadable_model(tiny_model, tmp_pa
     assert records[-1]["partial"] is True
     assert result.model_dir is not None and result.after
     best = [r for r in result.history if r["best"]][-1]
-    assert result.after == {k: v for k, v in best.items() if k.startswith("val_") or k == "tiles"}
+    assert result.after == {k: v for k, v in best.items() if k.startswith("val_") or k in ("tiles", "heldout")}
     net = load_network(result.model_dir)
     assert net is not None
 
@@ -262,7 +262,10 @@ def scripted_validation(monkeypatch, ajis):
     def fake(net, spec, heldout, *args, **kwargs):
         aji = next(scores)
         yield 0, len(heldout)
-        return ({"val_loss": 1 - aji, "val_iou": aji, "val_f1": aji, "val_aji": aji, "val_score": aji},
+        tiles = [{"tile": g, "score": aji, "aji": aji, "nuclei": 100, "accepted": 0, "found": 100}
+                 for g in dict.fromkeys(heldout.groups)]
+        return ({"val_loss": 1 - aji, "val_iou": aji, "val_f1": aji, "val_aji": aji, "val_score": aji,
+                 "heldout": heldout.kind, "tiles": tiles},
                 [np.zeros(p.labels.shape, np.uint32) for p in heldout.pairs])
 
     monkeypatch.setattr(finetune, "iter_heldout_scores", fake)

@@ -149,18 +149,35 @@ def test_the_verdict_pools_the_held_out_regions_and_counts_the_corrections_it_ro
     """TNBC patient 09, 3 corrected tiles (bench_finetune.py --source tnbc, 30 steps): held-out score 0.636 -> 0.645,
     per tile 0.569 -> 0.466, 0.680 -> 0.683 and a region without nuclei; the model gained +0.045 AJI on the
     patient's 3 other tiles. A vote of the tiles would have said "not better"; the pooled score says better, and the
-    words say where it fell."""
+    words say where it fell. (Here with 40 held-out nuclei a tile; that run had 20 in all: see the next test.)"""
     from nucseg.jobs.finetune import verdict_lines
     from nucseg.training.verdict import BETTER, NOT_BETTER, FinetuneResult, compare_with_base, tile_changes
 
-    def scores(total, *tiles):
-        return {"val_score": total, "val_aji": total, "val_heldout": "regions",
-                "tiles": [{"tile": f"t{k}", "score": s, "nuclei": 5} for k, s in enumerate(tiles)]}
+    def scores(total, *tiles, nuclei=20):
+        return {"val_score": total, "val_aji": total, "heldout": "regions",
+                "tiles": [{"tile": f"t{k}", "score": s, "nuclei": nuclei} for k, s in enumerate(tiles)]}
 
-    before, after = scores(0.636, 0.569, 0.680, 0.0), scores(0.645, 0.466, 0.683, 0.0)
+    before, after = scores(0.636, 0.569, 0.680, 0.0, nuclei=40), scores(0.645, 0.466, 0.683, 0.0, nuclei=40)
     assert compare_with_base(before, after) == BETTER and tile_changes(before, after) == (1, 1)
-    assert compare_with_base(scores(0.60, 0.5, 0.6), scores(0.59, 0.55, 0.65)) == NOT_BETTER
+    assert compare_with_base(scores(0.60, 0.5, 0.6, nuclei=40), scores(0.59, 0.55, 0.65, nuclei=40)) == NOT_BETTER
     result = FinetuneResult(None, [], before, after, False, validation_images=3)
     (line, _) = verdict_lines(result)
     assert line == ("Better than its base model on the 3 held-out regions of 3 corrections: held-out score 0.636 -> "
                     "0.645 (higher on 1, lower on 1 of 3 corrections).")
+
+
+def test_too_few_held_out_nuclei_to_tell_leave_the_choice_to_the_person():
+    """TNBC patient 09, 3 corrected tiles, 20 held-out nuclei, with the defaults: held-out score 0.636 -> 0.632
+    ("not better") while the model gained +0.038 AJI on the patient's 3 other tiles. So few nuclei cannot tell."""
+    from nucseg.jobs.finetune import verdict_lines
+    from nucseg.training.verdict import NOT_COMPARED, FinetuneResult, compare_with_base
+
+    def scores(total, nuclei):
+        return {"val_score": total, "val_aji": total, "heldout": "regions",
+                "tiles": [{"tile": f"t{k}", "score": total, "nuclei": n} for k, n in enumerate(nuclei)]}
+
+    before, after = scores(0.636, (6, 14, 0)), scores(0.632, (6, 14, 0))
+    assert compare_with_base(before, after) == NOT_COMPARED
+    result = FinetuneResult(None, [], before, after, False, validation_images=3)
+    assert verdict_lines(result)[0].startswith("Not judged: the 3 held-out regions of 3 corrections hold 20 nuclei, "
+                                               "too few to tell a gain from chance")

@@ -324,7 +324,8 @@ def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
     assert errors == [] and widget.decision.asking
     run_dir = widget.result.run_dir
     said = html.unescape(widget.decision.text.text())
-    assert "NOT better than its base model on the 3 validation images: held-out score 0.988 -> 0.857" in said, said
+    assert "NOT better than its base model on the 3 held-out regions of 3 corrections: held-out score 0.988 -> " \
+           "0.857" in said, said
     assert run_dir.name not in widget.versions_panel.names()
     # the viewer is closed without a decision; the next Fine-tune widget asks again, in sight on a 1000 px screen
     viewer = make_napari_viewer(show=True)

@@ -247,6 +247,7 @@ class FinetuneWidget(QWidget):
         except NucsegError as err:
             show_error(error_message(err))
             return
+        self._estimate_timer.stop()  # no step is timed for an estimate while the run trains
         self._show_plots()
         self.plots.reset()
         if resume:

@@ -207,7 +207,7 @@ def heldout_words(result: FinetuneResult) -> str:
     """"9 held-out regions of 3 corrections", or "2 validation images" when whole images were held out."""
     scores = result.after or result.before
     n, tiles = result.validation_images, len(scores.get("tiles") or [])
-    if scores.get("val_heldout") == "regions":
+    if scores.get("heldout") == "regions":
         return f"{n} held-out region{'s' * (n != 1)} of {tiles} correction{'s' * (tiles != 1)}"
     return f"{n} validation image{'s' * (n != 1)}"
 
@@ -215,7 +215,14 @@ def heldout_words(result: FinetuneResult) -> str:
 def verdict_lines(result: FinetuneResult) -> list[str]:
     """What came out, in plain words: the comparison with the base model on the held-out data (the score the
     verdict rests on, and on how many tiles it rose) and, after a Stop, how far it got."""
-    from nucseg.training.verdict import BETTER, NOT_BETTER, tile_changes, verdict_key
+    from nucseg.training.verdict import (
+        BETTER,
+        MIN_HELDOUT_NUCLEI,
+        NOT_BETTER,
+        heldout_nuclei,
+        tile_changes,
+        verdict_key,
+    )
 
     lines = []
     if result.stopped:
@@ -238,6 +245,11 @@ def verdict_lines(result: FinetuneResult) -> list[str]:
         lines.append("Not compared with its base model: nothing was held out (no validation images, and no "
                      "correction large enough to hold out a region: two blocks of 64 px); the best epoch was "
                      "chosen by training loss.")
+    elif key is not None and result.before:
+        n = int(heldout_nuclei(result.after))
+        lines.append(f"Not judged: the {where} hold {n} nuclei, too few to tell a gain from chance (at least "
+                     f"{MIN_HELDOUT_NUCLEI}): {label} {result.before[key]:.3f} -> {result.after[key]:.3f}{per_tile}. "
+                     "Keep it if it segments your slides better; correct more, or larger, regions for a verdict.")
     else:
         after = result.after.get("val_score", result.after.get("val_aji"))
         lines.append(f"Not compared with its base model (it was untrained); score on the {where}: {after:.3f}.")

@@ -119,7 +119,7 @@ def iter_heldout_scores(net, spec, heldout, device, postprocess: PostprocessConf
             yield k + 1, total
     everything = sum(pooled.values(), Parts())
     scores = {key: float(np.mean([s[key] for s in per_crop])) for key in ("val_loss", "val_iou", "val_f1")}
-    scores.update(val_aji=everything.aji, val_score=everything.score, val_heldout=heldout.kind, tiles=[
+    scores.update(val_aji=everything.aji, val_score=everything.score, heldout=heldout.kind, tiles=[
         {"tile": group, "score": p.score, "aji": p.aji, "nuclei": p.nuclei, "accepted": p.accepted, "found": p.found}
         for group, p in pooled.items()])
     return scores, instances
