@@ -3,8 +3,19 @@ on a 1000-px-high screen."""
 
 from __future__ import annotations
 
+import contextlib
+
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFrame, QLayout, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFrame,
+    QLayout,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
@@ -95,7 +106,5 @@ class _Refit(QObject):
         return False
 
     def _refit(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
             _fit(self.scroll)
-        except RuntimeError:  # the dock was closed meanwhile
-            pass
