@@ -51,9 +51,8 @@ def clipped(dock: QDockWidget) -> list[str]:
         name = f"{type(w).__name__} {_text(w)!r}"
         x0 = w.mapTo(dock, w.rect().topLeft()).x()
         viewport = next((p for p in _parents(w, dock) if isinstance(p, QAbstractScrollArea)), None)
-        if viewport is None or not isinstance(viewport, QTableView):
-            if x0 < 0 or x0 + w.width() > right + 1:
-                problems.append(f"{name} reaches x {x0}..{x0 + w.width()} past the dock's width {right}")
+        if (viewport is None or not isinstance(viewport, QTableView)) and (x0 < 0 or x0 + w.width() > right + 1):
+            problems.append(f"{name} reaches x {x0}..{x0 + w.width()} past the dock's width {right}")
         if isinstance(viewport, QScrollArea) and viewport.viewport() in _parents(w, dock):
             # nor under the scroll area's right edge (its vertical scroll bar)
             edge = viewport.viewport().mapTo(dock, viewport.viewport().rect().topRight()).x() + 1

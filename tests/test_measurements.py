@@ -15,7 +15,7 @@ import pytest
 from test_reopen_in_place import REGION, SLIDE, blob_net, needs_slide, segment_region  # noqa: F401 (fixture)
 from test_widget_segment import make_widget, nucseg_home, run_and_wait  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("blob_net")]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def measured_dock(viewer, qtbot):
 
 @needs_slide
 @pytest.mark.shared_data
-def test_slide_region_numbers_per_mm2_heatmap_hover_and_table(make_napari_viewer, qtbot, blob_net, tmp_path):
+def test_slide_region_numbers_per_mm2_heatmap_hover_and_table(make_napari_viewer, qtbot, tmp_path):
     from nucseg.io.slides import open_slide
     from nucseg.metrics.density import summarize, tissue_map
 
@@ -96,8 +96,12 @@ def test_slide_region_numbers_per_mm2_heatmap_hover_and_table(make_napari_viewer
     centre = np.asarray(labels.world_to_data(viewer.scene.camera.center))[-2:]
     assert np.allclose(centre, [rr.mean(), cc.mean()], atol=0.05) and labels.selected_label == k
     if os.environ.get("NUCSEG_SCREENSHOTS"):
+        from nucseg._napari.evaluation_layers import centre_on
+
         viewer.window._qt_window.resize(1600, 1000)
-        viewer.scene.camera.zoom /= 3
+        qtbot.wait(300)
+        centre_on(viewer, labels, (), (REGION[2] / 2, REGION[3] / 2), max(REGION[2:]), fraction=0.8)
+        viewer.status = hover(viewer, labels, [rr[len(rr) // 2], cc[len(cc) // 2]])  # as the cursor there shows
         qtbot.wait(500)
         viewer.screenshot(str(ROOT / "docs" / "screenshots" / "measurements.png"), canvas_only=False)
 
@@ -110,7 +114,7 @@ def test_slide_region_numbers_per_mm2_heatmap_hover_and_table(make_napari_viewer
     assert k not in set(labels.metadata["nucseg_measured"].columns["id"].tolist())
 
 
-def test_without_a_pixel_size_everything_stays_in_pixels(make_napari_viewer, qtbot, blob_net, tmp_path):
+def test_without_a_pixel_size_everything_stays_in_pixels(make_napari_viewer, qtbot, tmp_path):
     from fake_models import blob_image
 
     viewer = make_napari_viewer(show=True)

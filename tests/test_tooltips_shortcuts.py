@@ -18,7 +18,7 @@ from test_widget_segment import MODEL_NAME, net, nucseg_home  # noqa: F401  (fix
 
 from fake_models import blob_image
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("net")]
 
 ROOT = Path(__file__).resolve().parents[1]
 NDPI = ROOT.parent / "shared" / "data" / "slides" / "formats" / "hamamatsu_dapi_fluorescence.ndpi"
@@ -49,7 +49,7 @@ def test_every_setting_has_a_tooltip_with_its_default_and_when_to_change_it(make
     assert HELP["epochs"][1]() == str(FinetuneConfig().epochs)
 
 
-def test_shortcuts_run_and_review_from_the_canvas(make_napari_viewer, qtbot, net):
+def test_shortcuts_run_and_review_from_the_canvas(make_napari_viewer, qtbot):
     from nucseg._napari import shortcuts
 
     viewer = make_napari_viewer(show=True)
@@ -84,7 +84,7 @@ def test_shortcuts_run_and_review_from_the_canvas(make_napari_viewer, qtbot, net
 
 @pytest.mark.shared_data
 @pytest.mark.skipif(not NDPI.is_file(), reason="needs ../shared/data/slides/formats/hamamatsu_dapi_fluorescence.ndpi")
-def test_a_fluorescence_slide_is_not_segmented_until_the_user_says_so(make_napari_viewer, qtbot, net, monkeypatch):
+def test_a_fluorescence_slide_is_not_segmented_until_the_user_says_so(make_napari_viewer, qtbot, monkeypatch):
     from nucseg._napari import _workers, segment_widget
     from nucseg._napari.fluorescence import ALLOW_TEXT
 

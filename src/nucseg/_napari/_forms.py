@@ -3,6 +3,8 @@ on a 1000-px-high screen."""
 
 from __future__ import annotations
 
+import contextlib
+
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -104,7 +106,5 @@ class _Refit(QObject):
         return False
 
     def _refit(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
             _fit(self.scroll)
-        except RuntimeError:  # the dock was closed meanwhile
-            pass

@@ -23,10 +23,13 @@ message (as "Original error from plugin ...") and keeps running.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nucseg.io.label_files import LabelFile, is_label_zarr, open_label_file
 from nucseg.io.pyramid import pyramid_steps
@@ -44,6 +47,10 @@ LayerData = tuple[Any, dict[str, Any], str]
 #: a single-level slide with a side longer than this gets subsampled display levels
 DISPLAY_LEVEL_SIZE = 2048
 MICRONS = ("micrometer", "micrometer")
+#: opened in the background, a slide's coarsest display level is read into memory when it has at most this many
+#: pixels: napari's first draw and its layer thumbnail read it anyway, on the GUI thread (for a one-level slide
+#: its every-2nd-pixel level means decoding the whole slide)
+COARSE_PIXELS = 4096 * 4096
 
 
 def _is_zarr_folder(path: Path) -> bool:
@@ -177,8 +184,9 @@ def _inputs(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_slides(path: str | Sequence[str]) -> list[LayerData]:
-    """Read one or more files or folders into image and labels layer tuples.
+def read_layers(path: str | Sequence[str], in_memory_overview: bool = False) -> list[LayerData]:
+    """Read one or more files or folders into image and labels layer tuples (`read_slides` without the choice of
+    thread). `in_memory_overview`: read a slide's coarsest display level now (see `COARSE_PIXELS`).
 
     Raises:
         SlideReadError: a file cannot be read (missing, empty, truncated, corrupt), or a folder holds no images.
@@ -192,5 +200,69 @@ def read_slides(path: str | Sequence[str]) -> list[LayerData]:
             labels = open_label_file(f)
         except read_errors():  # not readable as labels: open_slide says why, in one line
             labels = None
-        layers.append(labels_layer(labels) if labels is not None else slide_layer(open_slide(f)))
+        if labels is not None:
+            layers.append(labels_layer(labels))
+            continue
+        data, kwargs, kind = slide_layer(open_slide(f))
+        if in_memory_overview and kwargs.get("multiscale") and np.prod(data[-1].shape[:2]) <= COARSE_PIXELS:
+            data = [*data[:-1], np.asarray(data[-1])]  # napari's first draw and thumbnail read it: read it here
+        layers.append((data, kwargs, kind))
     return layers
+
+
+def read_slides(path: str | Sequence[str]) -> list[LayerData]:
+    """Read one or more files or folders into image and labels layer tuples.
+
+    Opened from the GUI (inside its event loop, a viewer open), files are read in a worker and their layers added
+    when ready: napari runs readers on its GUI thread, and opening a slide there froze the window for seconds
+    (first use of the slide libraries, the fluorescence check, the first read of its overview). napari is then
+    told "nothing to add now" (its ``[(None,)]`` reader result) and an error is shown as one line. Called from
+    a script or a test (no running event loop), the layers are returned as napari readers do.
+
+    Raises:
+        SlideReadError: a file cannot be read (missing, empty, truncated, corrupt), or a folder holds no images.
+        UnsupportedFileError: a file's suffix is not handled.
+    """
+    import napari
+
+    from ._loop import in_event_loop
+
+    viewer = napari.current_viewer()
+    if viewer is None or not in_event_loop() or os.environ.get("NUCSEG_SYNC_OPEN"):
+        return read_layers(path)
+    _open_in_background(viewer, path)
+    return [(None,)]
+
+
+def _open_in_background(viewer: Any, path: str | Sequence[str]) -> Any:
+    from napari.utils.notifications import show_warning
+
+    from ._workers import start_generator_worker
+
+    def job():
+        from napari.layers import Layer
+
+        yield None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tuples = read_layers(path, in_memory_overview=True)
+        # napari's layer model is Qt-free: built here, with the modules it imports the first time (seconds of
+        # GUI time on a busy machine), it leaves the GUI thread only the layer's controls and visual
+        layers = [Layer.create(data, kwargs, kind) for data, kwargs, kind in tuples]
+        return layers, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+    def add(result) -> None:
+        layers, warned = result
+        for layer in layers:
+            viewer.add_layer(layer)
+        for message in warned:
+            show_warning(message)
+
+    worker = start_generator_worker(job, on_return=add, desc=f"opening {path}",
+                                    on_finished=lambda: _opening.remove(worker) if worker in _opening else None)
+    _opening.append(worker)
+    return worker
+
+
+#: workers opening files (kept referenced while they run)
+_opening: list[Any] = []

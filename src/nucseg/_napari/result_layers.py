@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,54 @@ def start_startup_job(viewer: napari.viewer.Viewer, on_devices: Callable[[list[s
               if "nucseg_result" in layer.metadata]
     return start_generator_worker(lambda: startup_job([p for p in in_use if p is not None]), on_return=on_devices,
                                   on_finished=on_finished, desc="listing devices")
+
+
+def preload_job(model: str) -> Generator[None, None, None]:
+    """In a worker: load the network a run of `model` on the default device will use (`load_predictor`, cached by
+    `nucseg.models.build.load_network`): importing torch, reading the weights and, on the CPU, exporting the
+    model for ONNX Runtime the first time ever took the first run tens of seconds of "loading model"."""
+    from nucseg.config import InferenceConfig
+    from nucseg.inference.blocks import load_predictor
+
+    yield None
+    done = _loading.setdefault(model, threading.Event())
+    try:
+        load_predictor(InferenceConfig(model=model))
+    finally:
+        done.set()
+        _loading.pop(model, None)
+
+
+_preloading: list[Any] = []
+#: models being loaded by `preload_job`: a run waits for that load instead of doing it a second time alongside
+_loading: dict[str, threading.Event] = {}
+
+
+def preloading(model: str | None) -> bool:
+    """Whether `preload_job` is loading `model` now."""
+    return str(model) in _loading
+
+
+def wait_for_preload(model: str | None) -> None:
+    """In a run's worker: wait until a preload of `model` that is under way has finished (it then is cached)."""
+    event = _loading.get(str(model))
+    if event is not None:
+        event.wait()
+
+
+def start_preload(model: str | None) -> Any:
+    """Start `preload_job` from the GUI (a dock opened, a model chosen); None from a script or a test (nothing to
+    hide a wait from), or without a model. A failure is left for the run to report."""
+    from ._loop import in_event_loop
+    from ._workers import start_generator_worker
+
+    if not model or not in_event_loop():
+        return None
+    worker = start_generator_worker(lambda: preload_job(str(model)), on_error=lambda err: None,
+                                    desc="loading the model",
+                                    on_finished=lambda: _preloading.remove(worker) if worker in _preloading else None)
+    _preloading.append(worker)
+    return worker
 
 
 class StepQueue:

@@ -107,6 +107,7 @@ class SegmentWidget(QWidget):
         self._update_enabled()
         self._sync_pixel_size()
         self._background = result_steps.start_startup_job(napari_viewer, self._devices_found, self._startup_finished)
+        result_steps.start_preload(self.model_combo.current_model())  # the first Run does not wait for it
         for name, button, action in (("segment_run", self.run_button, self.run),
                                      ("stop", self.controls.stop_button, self.stop)):
             if shortcuts.bind(napari_viewer, name, self, action):
@@ -154,6 +155,7 @@ class SegmentWidget(QWidget):
     def _on_model_chosen(self, _: str) -> None:
         self._set_threshold_defaults()
         self._sync_pixel_size()
+        result_steps.start_preload(self.model_combo.current_model())
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a model folder (config.json + model.safetensors)")
@@ -236,6 +238,9 @@ class SegmentWidget(QWidget):
         names, self._replace = asked
 
         def job() -> Generator[Any, None, list]:
+            if result_steps.preloading(config.model):  # the dock started loading it: no second load alongside
+                yield PredictProgress(0, 0, "loading the model")
+                result_steps.wait_for_preload(config.model)
             results = yield from segment_regions(image.load, config, regions, outs, stop, mpp=image.mpp)
             yield PredictProgress(1, 1, "preparing the layers")
             shown = [(r, result_display(r), name) for r, name in zip(results, names) if not (r.stopped and not r.n_nuclei)]

@@ -143,38 +143,87 @@ def _stains_note(how: str, path: str) -> None:
 def write_labels_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Save a Labels layer as a tiled (and, when large, pyramidal) OME-TIFF with its pixel size when known and its
     place on the source image (`layer_offset`, and the image named by ``metadata["nucseg_image"]``)."""
-    export.write_labels_ome_tiff(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True,
-                                 offset=layer_offset(attributes), image=_reference(attributes) or None)
-    return [path]
+    return _labels_file(path, data, attributes, export.write_labels_ome_tiff)
 
 
 def write_labels_zarr(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Save a Labels layer as an OME-NGFF label image (zarr v3, multiscale; µm axes when the size is known; scale
     and translation place it on its source image)."""
-    export.write_labels_zarr(_level0(data, attributes), path, mpp=layer_mpp(attributes), overwrite=True,
-                             offset=layer_offset(attributes), image=_reference(attributes) or None)
-    return [path]
+    return _labels_file(path, data, attributes, export.write_labels_zarr)
+
+
+def _labels_file(path: str, data: Any, attributes: dict[str, Any], write_file: Any) -> list[str]:
+    from ._loop import in_event_loop
+
+    labels, background = _level0(data, attributes), in_event_loop()
+    if background and isinstance(labels, np.ndarray):
+        labels = labels.copy()
+    kwargs = {"mpp": layer_mpp(attributes), "overwrite": True, "offset": layer_offset(attributes),
+              "image": _reference(attributes) or None}
+    return _in_background(path, lambda: write_file(labels, path, **kwargs) and None, background)
+
+
+def _tables(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list[str]:
+    """The GeoJSON or the CSV: the image is found on the GUI thread, the nuclei measured and written (in the
+    background when saved from the GUI, `_in_background`)."""
+    from ._loop import in_event_loop
+
+    labels = _level0(data, attributes)
+    found = find_source(labels, attributes)
+    mpp, offset = layer_mpp(attributes), layer_offset(attributes)
+    background = in_event_loop()
+    if background and isinstance(labels, np.ndarray):
+        labels = labels.copy()  # painting while the file is written does not change what is written
+
+    def write() -> None:
+        with opened_source(*found) as (image, how):
+            if kind == "geojson":
+                export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)
+            else:
+                export.write_measurements_csv(labels, path, image=image, mpp=mpp, offset=offset, overwrite=True)
+        return None if image is not None else how
+
+    return _in_background(path, write, background)
 
 
 def write_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Save a Labels layer as QuPath detections (outline + the CSV's measurements, full-resolution pixels)."""
-    labels = _level0(data, attributes)
-    with source_image(labels, attributes) as (image, how):
-        export.write_geojson(labels, path, offset=layer_offset(attributes), image=image,
-                             mpp=layer_mpp(attributes), overwrite=True)
-    if image is None:
-        _stains_note(how, path)
-    return [path]
+    return _tables(path, data, attributes, "geojson")
 
 
 def write_measurements_csv(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Save per-nucleus measurements (centroid, area, axes...; microns when the size is known; H&E intensities
     when the image is found)."""
-    labels = _level0(data, attributes)
-    with source_image(labels, attributes) as (image, how):
-        export.write_measurements_csv(labels, path, image=image, mpp=layer_mpp(attributes),
-                                      offset=layer_offset(attributes), overwrite=True)
-    if image is None:
-        _stains_note(how, path)
-    return [path]
+    return _tables(path, data, attributes, "csv")
 
+
+#: exports running in the background (kept referenced until they end)
+_exports: list[Any] = []
+
+
+def _in_background(path: str, write: Any, background: bool) -> list[str]:
+    """Run `write()` (it returns None, or why the stain columns are missing) now, or, saved from the GUI (inside
+    its event loop: the save dialog), in a worker: measuring a slide's nuclei froze the window for seconds. The
+    file is written under a temporary name and appears whole when done (a notification says so)."""
+    if not background:
+        missing = write()
+        if missing is not None:
+            _stains_note(missing, path)
+        return [path]
+    from napari.utils.notifications import show_info
+
+    from ._workers import start_generator_worker
+
+    def job():
+        yield None
+        return write()
+
+    def done(missing: Any) -> None:
+        if missing is not None:
+            _stains_note(missing, path)
+        show_info(f"saved {path}")
+
+    worker = start_generator_worker(job, on_return=done, desc=f"saving {path}",
+                                    on_finished=lambda: _exports.remove(worker) if worker in _exports else None)
+    _exports.append(worker)
+    return [path]

@@ -1,0 +1,264 @@
+"""The longest stall of napari's GUI thread (gap between 10 ms timer ticks) while a user opens a slide, a DICOM
+folder, turns side by side on and off, exports a whole-slide GeoJSON / CSV and gets result layers; and the seconds
+from Run to the first tile on the first run (the model loaded when the Segment dock opened, or not).
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/bench_viewer_stalls.py [SCENARIO ...]
+
+Everything is triggered from inside the event loop, as a click or a menu is (a QTimer), in a real window
+(1600 x 1000). Figures only (no assertion): docs/VIEWER.md has the before / after table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIDES = ROOT.parent / "shared" / "data" / "slides"
+SLIDE = SLIDES / "small_HE.svs"
+DICOM = SLIDES / "formats" / "dicom_cmu1_small_region"
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+class GapMeter:
+    """Intervals between QTimer ticks on the GUI thread."""
+
+    def __init__(self, interval_ms: int = 10):
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.gaps: list[float] = []
+        self.ends: list[float] = []
+        self.last = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self.last)
+        self.ends.append(now)
+        self.last = now
+
+    def __enter__(self) -> GapMeter:
+        self.last = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.stop()
+
+    @property
+    def longest_ms(self) -> float:
+        return max(self.gaps, default=0.0) * 1000
+
+
+def pump(seconds: float = 0.0, until=None, timeout: float = 300.0) -> None:
+    """Run the event loop (a nested loop: what a click runs in) for `seconds`, or until `until()` is true."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    start = time.perf_counter()
+
+    def check() -> None:
+        done = until() if until is not None else time.perf_counter() - start >= seconds
+        if done or time.perf_counter() - start > timeout:
+            loop.quit()
+        else:
+            QTimer.singleShot(10, check)
+
+    QTimer.singleShot(0, check)
+    loop.exec()
+
+
+def measure(action, until, settle: float = 1.0) -> float:
+    """The longest stall from `action` (called in the event loop) until `until()` and `settle` s of drawing."""
+    from qtpy.QtCore import QTimer
+
+    with GapMeter() as meter:
+        QTimer.singleShot(20, action)
+        pump(until=until)
+        pump(settle)
+    return meter.longest_ms
+
+
+def new_viewer():
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    pump(1.0)
+    return viewer
+
+
+def scenario_open(path: Path) -> float:
+    viewer = new_viewer()
+    n = len(viewer.layers)
+    stall = measure(lambda: viewer.open(str(path), plugin="napari-nucseg"), lambda: len(viewer.layers) > n)
+    viewer.close()
+    return stall
+
+
+def nuclei_like(shape, n, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint32)
+    for k, (y, x) in enumerate(zip(rng.integers(8, shape[0] - 8, n), rng.integers(8, shape[1] - 8, n)), start=1):
+        labels[y - 4:y + 4, x - 5:x + 5] = k
+    return labels
+
+
+def open_in_loop(viewer, path: Path):
+    """Open as File > Open does (from the event loop); the layer, once it is there."""
+    from qtpy.QtCore import QTimer
+
+    n = len(viewer.layers)
+    QTimer.singleShot(0, lambda: viewer.open(str(path), plugin="napari-nucseg"))
+    pump(until=lambda: len(viewer.layers) > n)
+    pump(0.5)
+    return viewer.layers[n]
+
+
+def slide_with_labels(viewer):
+    image = open_in_loop(viewer, SLIDE)
+    shape = (image.data[0] if image.multiscale else image.data).shape[:2]
+    labels = nuclei_like(shape, 4000)
+    pred = viewer.add_labels(labels, name=f"{image.name} nuclei", scale=image.scale, units=image.units,
+                             metadata={"mpp": image.metadata["mpp"]})
+    truth = viewer.add_labels(np.roll(labels, 3, axis=1), name="truth", scale=image.scale, units=image.units)
+    pump(1.0)
+    return image, pred, truth
+
+
+def scenario_side_by_side() -> tuple[float, float]:
+    from nucseg._napari.evaluate_widget import EvaluateWidget
+
+    viewer = new_viewer()
+    image, pred, truth = slide_with_labels(viewer)
+    widget = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.truth_combo.set_layer(truth)
+    widget.pred_combo.set_layer(pred)
+    widget.image_combo.set_layer(image)
+    widget.evaluate()
+    pump(until=lambda: widget.evaluation is not None and widget._worker is None)
+    pump(1.0)
+    on = measure(lambda: widget.side_button.setChecked(True), lambda: widget.side_by_side.enabled and not
+                 getattr(widget.side_by_side, "busy", False))
+    off = measure(lambda: widget.side_button.setChecked(False), lambda: not widget.side_by_side.enabled and not
+                  getattr(widget.side_by_side, "busy", False))
+    viewer.close()
+    return on, off
+
+
+def scenario_export(suffix: str) -> float:
+    viewer = new_viewer()
+    image, pred, _ = slide_with_labels(viewer)
+    out = Path(tempfile.mkdtemp()) / f"slide{suffix}"
+    stall = measure(lambda: pred.save(str(out)), lambda: out.exists())
+    viewer.close()
+    return stall
+
+
+def scenario_result_layers() -> float:
+    """A 1024 x 1024 tile segmented by a fake network: the longest stall once the result is ready."""
+    from test_widget_segment import fake_model_folder
+
+    from fake_models import BlobNet, blob_image
+    from nucseg._napari.segment_widget import SegmentWidget
+    from nucseg.models import build
+
+    home = Path(tempfile.mkdtemp())
+    os.environ["NUCSEG_HOME"] = str(home)
+    model = fake_model_folder(home)
+    net = BlobNet().eval()
+    build.load_network = lambda spec, device="cpu", runtime="auto": net
+    viewer = new_viewer()
+    tile, _ = blob_image((256, 256), n=20, seed=3)
+    viewer.add_image(np.tile(tile, (4, 4, 1)), name="large", rgb=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_combo.set_model(model)
+    pump(until=lambda: widget.ready)
+    pump(1.0)
+    returned = []
+    show = widget._show_results
+    widget._show_results = lambda *a: (returned.append(time.perf_counter()), show(*a))
+    from qtpy.QtCore import QTimer
+
+    with GapMeter() as meter:
+        QTimer.singleShot(20, widget.run_button.click)
+        pump(until=lambda: not widget.running and returned)
+        pump(1.5)
+    after = [g for t, g in zip(meter.ends, meter.gaps) if t >= returned[0]]
+    viewer.close()
+    return max(after, default=0.0) * 1000
+
+
+def scenario_first_run(wait_s: float = 60.0) -> tuple[float, float]:
+    """The real default model, a fresh export cache: open the Segment dock, wait `wait_s` (a user choosing the
+    settings), click Run on a field of view: seconds to the first tile done, and the longest stall meanwhile."""
+    os.environ["NUCSEG_CACHE"] = tempfile.mkdtemp()
+    os.environ["NUCSEG_HOME"] = tempfile.mkdtemp()
+    viewer = new_viewer()
+    open_in_loop(viewer, SLIDE)
+    viewer.scene.camera.zoom *= 8
+    from qtpy.QtCore import QTimer
+
+    opened = []  # from the event loop, as the Plugins menu opens it
+    QTimer.singleShot(0, lambda: opened.append(viewer.window.add_plugin_dock_widget("napari-nucseg",
+                                                                                      "Segment nuclei")[1]))
+    pump(until=lambda: bool(opened))
+    widget = opened[0]
+    widget.region_combo.setCurrentText("current field of view")
+    pump(wait_s)
+    texts = []
+    t0 = []
+
+    def click():
+        t0.append(time.perf_counter())
+        widget.run_button.click()
+
+    with GapMeter() as meter:
+        QTimer.singleShot(20, click)
+        pump(until=lambda: bool(t0) and (widget.controls.progress_bar.value() > 0 or not widget.running),
+             timeout=600)
+        first_tile = time.perf_counter() - t0[0]
+        texts.append(widget.controls.status.text())
+    widget.stop()
+    pump(until=lambda: not widget.running, timeout=600)
+    viewer.close()
+    return first_tile, meter.longest_ms
+
+
+def main() -> None:
+    import napari  # noqa: F401
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.instance() or QApplication([])
+    chosen = sys.argv[1:] or ["open_svs", "open_dicom", "side_by_side", "geojson", "csv", "result_layers"]
+    for name in chosen:
+        t = time.perf_counter()
+        if name == "open_svs":
+            print(f"open small_HE.svs: longest stall {scenario_open(SLIDE):.0f} ms", flush=True)
+        elif name == "open_dicom":
+            print(f"open the DICOM folder: longest stall {scenario_open(DICOM):.0f} ms", flush=True)
+        elif name == "side_by_side":
+            on, off = scenario_side_by_side()
+            print(f"side by side on: {on:.0f} ms, off: {off:.0f} ms", flush=True)
+        elif name in ("geojson", "csv"):
+            print(f"save whole-slide {name} (4000 nuclei): longest stall {scenario_export('.' + name):.0f} ms",
+                  flush=True)
+        elif name == "result_layers":
+            print(f"adding result layers (1024 x 1024): longest stall {scenario_result_layers():.0f} ms", flush=True)
+        elif name == "first_run":
+            first, stall = scenario_first_run()
+            print(f"first run, Run -> first tile: {first:.1f} s (longest stall {stall:.0f} ms)", flush=True)
+        print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""What the GUI starts (inside its event loop: a menu, a click, the save dialog) runs off its thread: opening a
+slide, saving, side by side step by step, loading the model when the Segment dock opens. Called from a script or
+a test outside the event loop, the same calls finish before they return (as napari's API promises).
+
+The stall figures of these paths are benchmarks/bench_viewer_stalls.py's (docs/VIEWER.md), not assertions here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+from test_widget_segment import MODEL_NAME, nucseg_home  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.gui
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIDE = ROOT.parent / "shared" / "data" / "slides" / "small_HE.svs"
+BROKEN = ROOT.parent / "shared" / "data" / "slides" / "broken" / "unreadable.svs"
+
+
+def from_the_event_loop(qtbot, action, until, timeout=120000):
+    """Call `action` from inside the event loop (as a click does); wait until `until()`; its return value."""
+    out = []
+    QTimer.singleShot(0, lambda: out.append(action()))
+    qtbot.waitUntil(lambda: bool(out) and until(), timeout=timeout)
+    return out[0]
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SLIDE.is_file(), reason="needs ../shared/data/slides/small_HE.svs")
+def test_a_slide_opened_from_the_gui_is_read_in_a_worker(make_napari_viewer, qtbot, monkeypatch):
+    from nucseg._napari import reader
+
+    viewer = make_napari_viewer()
+    threads = []
+    read = reader.read_layers
+    monkeypatch.setattr(reader, "read_layers", lambda *a, **k: (threads.append(__import__("threading")
+                                                                                .current_thread().name),
+                                                                 read(*a, **k))[1])
+    returned = from_the_event_loop(qtbot, lambda: viewer.open(str(SLIDE), plugin="napari-nucseg"),
+                                   lambda: len(viewer.layers) == 1)
+    assert returned == [] and threads and threads[0] != "MainThread"  # napari told "nothing yet"; read elsewhere
+    layer = viewer.layers[0]
+    synchronous = reader.read_layers(str(SLIDE))[0]  # what a script gets
+    assert layer.name == synchronous[1]["name"] and layer.metadata["mpp"] == synchronous[1]["metadata"]["mpp"]
+    assert tuple(layer.scale) == tuple(synchronous[1]["scale"]) and layer.multiscale
+    assert isinstance(layer.data[-1], np.ndarray)  # the overview read in the worker, not at the first draw
+    assert np.array_equal(layer.data[-1][:50, :50], np.asarray(synchronous[0][-1][:50, :50]))
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not BROKEN.is_file(), reason="needs ../shared/data/slides/broken")
+def test_a_broken_file_opened_from_the_gui_is_one_line_and_the_viewer_goes_on(make_napari_viewer, qtbot,
+                                                                              monkeypatch):
+    from nucseg._napari import _workers
+
+    errors: list[str] = []
+    monkeypatch.setattr(_workers, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    from_the_event_loop(qtbot, lambda: viewer.open(str(BROKEN), plugin="napari-nucseg"), lambda: bool(errors))
+    assert len(errors) == 1 and "\n" not in errors[0] and "unreadable.svs" in errors[0]
+    assert len(viewer.layers) == 0
+
+
+def nuclei(shape=(300, 400), n=60):
+    rng = np.random.default_rng(0)
+    labels = np.zeros(shape, np.uint32)
+    for k, (y, x) in enumerate(zip(rng.integers(6, shape[0] - 6, n), rng.integers(6, shape[1] - 6, n)), start=1):
+        labels[y - 3:y + 3, x - 4:x + 4] = k
+    return labels
+
+
+def test_saving_from_the_gui_writes_in_a_worker_what_the_layer_held(make_napari_viewer, qtbot, tmp_path):
+    import nucseg._napari  # noqa: F401
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(nuclei(), name="n", metadata={"mpp": 0.5})
+    expected = np.unique(labels.data[labels.data > 0]).tolist()
+    target = tmp_path / "n.geojson"
+
+    def save_then_paint():
+        written = labels.save(str(target))
+        labels.data[:] = 0  # the user paints right after: the file keeps what was saved
+        return written
+
+    written = from_the_event_loop(qtbot, save_then_paint, target.exists)
+    assert written == [str(target)]
+    features = json.loads(target.read_text())["features"]
+    assert sorted(f["properties"]["nucseg_id"] for f in features) == expected
+    for name in ("n.ome.tif", "n.zarr", "n.csv"):  # every format takes the same path
+        path = tmp_path / name
+        labels.data = nuclei()
+        from_the_event_loop(qtbot, lambda p=path: labels.save(str(p)), path.exists)
+    assert labels.save(str(tmp_path / "sync.csv")) == [str(tmp_path / "sync.csv")]  # a script: done on return
+    assert (tmp_path / "sync.csv").read_text() == (tmp_path / "n.csv").read_text()
+
+
+def test_side_by_side_from_the_gui_adds_its_layers_one_turn_at_a_time(make_napari_viewer, qtbot):
+    from nucseg._napari.side_by_side import SideBySide
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((300, 400, 3), 200, np.uint8), rgb=True, name="image")
+    truth = viewer.add_labels(nuclei(), name="truth")
+    pred = viewer.add_labels(np.roll(nuclei(), 2, axis=1), name="pred")
+    side = SideBySide(viewer)
+    seen_busy = []
+    from_the_event_loop(qtbot, lambda: (side.enable(image, truth, pred), seen_busy.append(side.busy)),
+                        lambda: side.enabled and not side.busy)
+    assert seen_busy == [True]  # returned before the layers were all added
+    assert len(viewer.layers) == 3 + 6 and viewer.grid.enabled
+    from_the_event_loop(qtbot, side.disable, lambda: not side.busy)
+    assert len(viewer.layers) == 3 and not viewer.grid.enabled and all(layer.visible for layer in viewer.layers)
+    side.enable(image, truth, pred)  # from a script: done on return
+    assert len(viewer.layers) == 9 and not side.busy
+    side.disable()
+    assert len(viewer.layers) == 3
+
+
+def test_the_segment_dock_loads_the_model_when_it_opens_from_the_gui(make_napari_viewer, qtbot, monkeypatch):
+    from fake_models import BlobNet
+    from nucseg.models import build
+
+    loaded = []
+    net = BlobNet().eval()
+    monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": (loaded.append(spec.name),
+                                                                                           net)[1])
+    viewer = make_napari_viewer()
+    from_the_event_loop(qtbot, lambda: viewer.window.add_plugin_dock_widget("napari-nucseg", "Segment nuclei"),
+                        lambda: bool(loaded))
+    assert loaded[0]  # before any Run
+    from nucseg._napari.segment_widget import SegmentWidget
+
+    loaded.clear()
+    SegmentWidget(viewer)  # from a script: nothing loaded behind its back
+    qtbot.wait(300)
+    assert loaded == []
