@@ -84,10 +84,13 @@ def fit_scroll_width(scroll: QScrollArea) -> None:
         content.installEventFilter(_Refit(scroll))
 
 
-def _fit(scroll: QScrollArea) -> None:
+def _fit(scroll: QScrollArea, preferred: bool = True) -> None:
+    """Make `scroll` at least as wide as its content's minimum (and, `preferred`, its preferred width within
+    `MAX_DOCK_WIDTH`: tables ask for their columns), plus the vertical scroll bar; never narrower than it is."""
     content = scroll.widget()
-    # the preferred width (tables ask for their columns), within reason; plus the vertical scroll bar
-    width = max(content.minimumSizeHint().width(), min(content.sizeHint().width(), MAX_DOCK_WIDTH))
+    width = content.minimumSizeHint().width()
+    if preferred:
+        width = max(width, min(content.sizeHint().width(), MAX_DOCK_WIDTH))
     width += scroll.verticalScrollBar().sizeHint().width() + 8
     if width > scroll.minimumWidth():  # only ever wider: a dock that shrank under the user's drag would jump
         scroll.setMinimumWidth(width)
@@ -106,5 +109,7 @@ class _Refit(QObject):
         return False
 
     def _refit(self) -> None:
+        # the minimum only: a status line's preferred width grows with its text, and every widening of the dock
+        # resizes napari's OpenGL canvas (a second of GUI time with software rendering)
         with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
-            _fit(self.scroll)
+            _fit(self.scroll, preferred=False)
