@@ -46,3 +46,22 @@ def _runtime_cache(tmp_path_factory):
         os.environ.pop("NUCSEG_CACHE", None)
     else:
         os.environ["NUCSEG_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _workers_end_with_their_test(request):
+    """A GUI test's thread workers (model loads, measurements, exports) finish before the next test starts and
+    before Qt is torn down: a worker that finished after its signals' Qt objects were deleted aborted the whole
+    pytest process (rc 134, 'GeneratorWorkerSignals has been deleted'), and one still running disturbed the next
+    test's docks."""
+    yield
+    if "qtpy" not in __import__("sys").modules:
+        return
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    pool = QThreadPool.globalInstance()
+    if pool.activeThreadCount() and not pool.waitForDone(60_000):
+        pytest.fail(f"thread workers still running 60 s after {request.node.name}")
+    if QApplication.instance() is not None:
+        QApplication.processEvents()
