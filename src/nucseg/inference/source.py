@@ -223,14 +223,15 @@ class ScaledSource:
         still finer, then pooled (highest saturation per block: small stained objects are kept), so a flat image
         and a pyramid are handled alike (and a flat image's mask costs little).
         """
-        from nucseg.inference.tissue import tissue_mask
+        from nucseg.inference.tissue import tissue_mask_blockwise
 
         y0, x0, h, w = self.region0
         target = max(TISSUE_MASK_DOWNSAMPLE * self.factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
         downs = [float(d) for d in self.image.downsamples]
         level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
         down = downs[level]
-        thumb = self.image.read_region(level, int(y0 / down), int(x0 / down),
-                                       max(1, math.ceil(h / down)), max(1, math.ceil(w / down)))
+        ly, lx = int(y0 / down), int(x0 / down)
         k = max(1, int(target / down + 0.01))
-        return tissue_mask(thumb, pool=k), down * k / self.factor
+        mask = tissue_mask_blockwise(lambda y, x, bh, bw: self.image.read_region(level, ly + y, lx + x, bh, bw),
+                                     (max(1, math.ceil(h / down)), max(1, math.ceil(w / down))), pool=k)
+        return mask, down * k / self.factor
