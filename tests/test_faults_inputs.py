@@ -411,3 +411,98 @@ print(*mask.shape, down, mask[192:256, 256:320].mean(), mask[2496:2560, 0:64].me
     h, w, down, stained, corner, glass = (float(v) for v in done.stdout.split())
     assert (h, w, down) == (2560, 2560, 8.0)
     assert stained > 0.1 and corner > 0.1 and glass == 0.0  # the three stained tiles found (one in a corner)
+
+
+# ------------------------------------------------------------------------------ 11: decompression bombs refused
+
+
+def _zlib_zeros(n_bytes: int, unit: int) -> bytes:
+    """A zlib stream of `n_bytes` zero bytes without ever holding them: `unit` zeros compressed once after a full
+    flush (so every later unit compresses to the same bytes), repeated, then the final block and the Adler-32."""
+    import zlib
+
+    assert n_bytes % unit == 0
+    c = zlib.compressobj(1)
+    first = c.compress(bytes(unit)) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(bytes(unit)) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = ((n_bytes % 65521) << 16) | 1  # Adler-32 of zeros: a stays 1, b counts the bytes
+    return first + again * (n_bytes // unit - 1) + b"\x03\x00" + adler.to_bytes(4, "big")
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    """A single-strip 25000² RGB zlib TIFF (8 MB on disk, 1.9 GB decoded), a tiled TIFF declaring 10⁶ x 10⁶ px
+    (0.5 MB: every tile empty), and a small label image."""
+    folder = tmp_path_factory.mktemp("bombs")
+    side = 25000
+    tifffile.imwrite(folder / "strip.tif", iter([_zlib_zeros(side * side * 3, side * 3 * 100)]), shape=(side, side, 3),
+                     dtype=np.uint8, photometric="rgb", compression="zlib", rowsperstrip=side)
+    side, tile = 10**6, 4096
+    tifffile.imwrite(folder / "declared.tif", (b"" for _ in range((-(-side // tile)) ** 2)), shape=(side, side, 3),
+                     dtype=np.uint8, photometric="rgb", tile=(tile, tile), compression="zlib")
+    tifffile.imwrite(folder / "labels.tif", blob_image((100, 120), n=5)[1].astype(np.uint16))
+    return folder
+
+
+def test_nucseg_info_refuses_a_single_strip_bomb_without_decoding_it(bombs):
+    """It decoded 1.9 GB in 52 s; under a 2 GiB cap that is a MemoryError."""
+    done = cli_capped(["info", str(bombs / "strip.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "info")
+    assert done.returncode == 2 and "strip.tif" in line and "strips of 25000 x 25000 px" in line
+    assert "tiled TIFF" in line
+
+
+def test_nucseg_info_refuses_a_file_declaring_a_trillion_pixels(bombs):
+    done = cli_capped(["info", str(bombs / "declared.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "info")
+    assert done.returncode == 2 and "declared.tif" in line and "1000000 x 1000000 px" in line
+
+
+def test_evaluate_compares_the_probability_map_s_shape_before_decoding_it(bombs):
+    """--prob raised MemoryError before comparing shapes."""
+    labels = str(bombs / "labels.tif")
+    done = cli_capped(["evaluate", "--truth", labels, "--pred", labels, "--prob", str(bombs / "strip.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "evaluate")
+    assert done.returncode == 2 and "strip.tif" in line and "(25000, 25000)" in line and "(100, 120)" in line
+
+
+def test_evaluate_refuses_label_images_too_large_to_read_whole(bombs):
+    done = cli_capped(["evaluate", "--truth", str(bombs / "strip.tif"), "--pred", str(bombs / "labels.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "evaluate")
+    assert done.returncode == 2 and "strip.tif" in line and "too large to read whole" in line
+
+
+@pytest.mark.parametrize("name, said", [("declared.tif", "1000000 x 1000000 px"), ("strip.tif", "strips of 25000")])
+def test_the_napari_reader_refuses_a_bomb_in_one_line(bombs, name, said):
+    """The reader used 5.2 GB on a file declaring 10⁶ x 10⁶ px, then raised a raw MemoryError (napari itself is not
+    needed: the reader function is plain Python)."""
+    code = f"""
+from nucseg._napari.reader import read_slides
+from nucseg.errors import SlideReadError
+try:
+    read_slides({str(bombs / name)!r})
+except SlideReadError as err:
+    print("refused:", err)
+"""
+    done = run_capped(code, cap_gb=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = done.stdout.splitlines()
+    assert line.startswith(f"refused: cannot read {bombs / name}") and said in line
+
+
+def test_a_bomb_among_a_slide_s_associated_images_is_left_out(tmp_path):
+    side = 25000
+    path = tmp_path / "slide.tif"
+    image, _ = blob_image((600, 700), n=20)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, photometric="rgb", tile=(256, 256), compression="zlib")
+        tif.write(iter([_zlib_zeros(side * side * 3, side * 3 * 100)]), shape=(side, side, 3), dtype=np.uint8,
+                  photometric="rgb", compression="zlib", rowsperstrip=side)
+    code = f"""
+from nucseg.io.slides import open_slide
+with open_slide({str(path)!r}) as slide:
+    print(slide.shape, sorted(slide.associated), slide.metadata.get("skipped_associated"))
+"""
+    done = run_capped(code, cap_gb=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("(600, 700) [] {") and "25000 x 25000 px, too large to read whole" in done.stdout

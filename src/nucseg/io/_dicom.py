@@ -20,6 +20,7 @@ from nucseg.io._color import icc_of, icc_transform
 from nucseg.io.base import (
     Slide,
     as_rgb_uint8,
+    check_declared_size,
     decode_first_tiles,
     lazy_image,
     lazy_level,
@@ -152,6 +153,7 @@ def open_dicom(path: Path) -> Slide:
         tag = f"nucseg-dicom-{id(wsi):x}-{slide_path.name}"
         base = wsi.levels[0] if hasattr(wsi.levels, "__getitem__") else next(iter(wsi.levels))
         w0, h0 = int(base.size.width), int(base.size.height)
+        check_declared_size(slide_path, h0, w0, what="level 0")
         levels, readers, downsamples = [], [], []
         for lv in sorted(wsi.levels, key=lambda lv: -int(lv.size.width)):
             w, h = int(lv.size.width), int(lv.size.height)

@@ -18,6 +18,7 @@ from nucseg.errors import SlideReadError
 from nucseg.io._color import icc_of, icc_transform
 from nucseg.io.base import (
     Slide,
+    check_declared_size,
     composite_on_white,
     decode_first_tiles,
     lazy_image,
@@ -102,6 +103,7 @@ def open_openslide(path: Path) -> Slide:
         tag = f"nucseg-openslide-{id(osr):x}-{path.name}"
         levels, readers, downsamples = [], [], []
         for i, (w, h) in enumerate(osr.level_dimensions):
+            check_declared_size(path, h, w, what=f"level {i}")
             down = float(osr.level_downsamples[i])
             tile = (int(props.get(f"openslide.level[{i}].tile-height", 256)),
                     int(props.get(f"openslide.level[{i}].tile-width", 256)))

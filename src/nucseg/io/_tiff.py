@@ -18,7 +18,7 @@ import numpy as np
 
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform
-from nucseg.io.base import Slide, decode_first_tiles, plausible_mpp, rgb_converter
+from nucseg.io.base import Slide, check_tiff_series, decode_first_tiles, plausible_mpp, rgb_converter
 
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
                "Å": 1e-4, "pm": 1e-6}
@@ -184,6 +184,7 @@ def open_tiff(path: Path) -> Slide:
         if not series:
             raise SlideReadError(path, "the TIFF holds no image", "export the image again")
         main = series[0]
+        check_tiff_series(path, main, what="level 0")  # declared sizes and strip sizes, before any decoding
         key = main.levels[0].keyframe
         meta: dict[str, Any] = {"dtype": str(main.dtype), "axes": main.axes}
         mpp, bits, modality = None, None, None
@@ -229,7 +230,11 @@ def open_tiff(path: Path) -> Slide:
             name = (other.name or "").strip().lower() or f"image{j}"
             try:
                 oindex, oplanar = plane_index(path, other.axes, other.shape)
+                check_tiff_series(path, other, whole=True, what=f"the associated image {name!r}")
             except UnsupportedFileError:
+                continue
+            except SlideReadError as err:  # an associated image too large to decode: not offered, the slide is
+                meta.setdefault("skipped_associated", {})[name] = err.reason
                 continue
             z = zarr.open_array(other.aszarr(level=0), mode="r")
             oconvert = rgb_converter(np.dtype(other.dtype), None, None, colour)

@@ -25,8 +25,9 @@ import numpy as np
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform, slide_modality
 from nucseg.io._dicom import DICOM_SUFFIXES, folder_dicom_files, is_dicom_file
-from nucseg.io.base import (
+from nucseg.io.base import (  # MAX_WHOLE_IMAGE_PIXELS: `read_image` and the PNG / JPEG reader refuse more
     FIX_DAMAGED,
+    MAX_WHOLE_IMAGE_PIXELS,
     PLAUSIBLE_MPP,
     READ_ERRORS,
     Slide,
@@ -48,8 +49,6 @@ OPENSLIDE_VENDORS = ("hamamatsu", "mirax", "leica", "ventana", "philips", "sakur
 #: file name endings the readers handle (".ome.tif" files end in ".tif" too)
 SUPPORTED_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg",
                       *OPENSLIDE_SUFFIXES, *DICOM_SUFFIXES)
-#: `read_image` refuses images with more pixels than this (use `open_slide` and `read_region` instead)
-MAX_WHOLE_IMAGE_PIXELS = 12000 * 12000
 FLUORESCENCE_FIX = "--allow-fluorescence"
 
 
@@ -146,7 +145,7 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
 
 
 def _open_pil(path: Path) -> Slide:
-    array, meta, mpp = _pil_array(path)
+    array, meta, mpp = _pil_array(path, MAX_WHOLE_IMAGE_PIXELS)  # decoded whole: its declared size is checked first
     return Slide(path, PIL_FORMATS[suffix_of(path)], [array], [1.0], mpp, {}, meta, reader="pillow",
                  icc=meta.pop("icc", None))
 
