@@ -506,3 +506,67 @@ with open_slide({str(path)!r}) as slide:
     done = run_capped(code, cap_gb=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("(600, 700) [] {") and "25000 x 25000 px, too large to read whole" in done.stdout
+
+
+# ------------------------------------------------------------------- 12: pixels that are not square are refused
+
+
+def _anisotropic(tmp_path, how: str, x: float = 0.5, y: float = 0.25):
+    from PIL import Image
+
+    image, truth = blob_image((160, 200), n=8, seed=4)
+    if how == "ome":
+        path = tmp_path / "aniso.ome.tif"
+        tifffile.imwrite(path, image, photometric="rgb", ome=True,
+                         metadata={"axes": "YXS", "PhysicalSizeX": x, "PhysicalSizeY": y})
+    elif how == "resolution":
+        path = tmp_path / "aniso.tif"
+        tifffile.imwrite(path, image, photometric="rgb", resolution=(1e4 / x, 1e4 / y), resolutionunit="CENTIMETER")
+    else:
+        path = tmp_path / "aniso.png"
+        Image.fromarray(image).save(path, dpi=(25400 / x, 25400 / y))
+    return path, truth
+
+
+@pytest.mark.parametrize("how", ["ome", "resolution", "png"])
+def test_predict_refuses_pixels_that_are_not_square(tmp_path, monkeypatch, capsys, how):
+    """X 0.5 and Y 0.25 µm/px were taken as 0.5 square: area_um2 came out twice the truth, and nothing warned."""
+    install_blobnet(monkeypatch)
+    path, _ = _anisotropic(tmp_path, how)
+    out = tmp_path / "o"
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--format", "csv"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert path.name in line and "not square (0.5 µm wide, 0.25 µm high)" in line
+    assert "vips resize IN OUT 2 --vscale 1" in line
+    assert not list(out.glob("*_nuclei.csv"))
+    # --mpp does not make them square either
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--format", "csv", "--mpp", "0.25"]) == 2
+    assert "not square" in _one_error_line(capsys.readouterr().err)
+
+
+def test_square_pixels_within_two_percent_are_one_size(tmp_path, monkeypatch, capsys):
+    from nucseg.io.slides import open_slide
+
+    install_blobnet(monkeypatch)
+    path, truth = _anisotropic(tmp_path, "ome", 0.2500, 0.2510)
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.2505) and slide.mpp_xy == (0.25, 0.251)
+    assert main(["predict", str(path), "--out", str(tmp_path / "o"), *MODEL, "--format", "csv"]) == 0
+    rows = (tmp_path / "o" / "aniso_nuclei.csv").read_text().strip().splitlines()
+    assert len(rows) == truth.max() + 1 and "area_um2" in rows[0]
+    capsys.readouterr()
+
+
+def test_info_and_the_napari_reader_show_both_sizes(tmp_path, capsys):
+    from nucseg._napari.reader import read_slides
+    from nucseg.io._openslide import _mpp
+
+    path, _ = _anisotropic(tmp_path, "ome")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "microns/pixel  not square: 0.5 wide, 0.25 high" in out
+    [(data, kwargs, kind)] = read_slides(str(path))
+    assert kind == "image" and kwargs["scale"] == (0.25, 0.5) and kwargs["metadata"]["mpp"] is None
+    assert kwargs["metadata"]["mpp_xy"] == [0.5, 0.25]
+    assert _mpp({"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.25"}) == (None, (0.5, 0.25))
+    assert _mpp({"openslide.mpp-x": "0.2527", "openslide.mpp-y": "0.2526"})[0] == pytest.approx(0.25265)

@@ -20,7 +20,7 @@ import numpy as np
 from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
-from nucseg.io.base import as_rgb_uint8, check_mpp  # the one RGB rule, the one mpp range; re-exported
+from nucseg.io.base import as_rgb_uint8, check_mpp, require_square_pixels  # the one RGB rule, mpp range
 
 #: within this relative difference of the model's resolution, pixels are used as they are
 RESAMPLE_TOLERANCE = 0.1
@@ -163,6 +163,7 @@ class ScaledSource:
     def __init__(self, image: np.ndarray | RegionSource, model_mpp: float, mpp: float | None = None,
                  region: tuple[int, int, int, int] | None = None):
         self.image = as_source(image)
+        require_square_pixels(self.image)  # X 0.5 and Y 0.25 µm/px taken as square gave areas twice the truth
         full = tuple(int(v) for v in self.image.shape[:2])
         model_mpp = check_mpp(model_mpp, "the model's mpp")
         if mpp:  # None or 0: unknown

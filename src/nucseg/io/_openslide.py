@@ -24,7 +24,7 @@ from nucseg.io.base import (
     lazy_image,
     lazy_level,
     one_line,
-    plausible_mpp,
+    pixel_size,
     read_errors,
 )
 
@@ -70,12 +70,13 @@ def _associated(osr: Any, name: str, colour: Any) -> Any:
     return load
 
 
-def _mpp(props: Any) -> float | None:
+def _mpp(props: Any) -> tuple[float | None, tuple[float, float] | None]:
+    """(square microns per pixel or None, (x, y) or None) from OpenSlide's mpp-x / mpp-y (`pixel_size`)."""
     try:
         x, y = float(props["openslide.mpp-x"]), float(props.get("openslide.mpp-y", props["openslide.mpp-x"]))
     except (KeyError, ValueError):
-        return None
-    return plausible_mpp((x + y) / 2)
+        return None, None
+    return pixel_size(x, y)
 
 
 def open_openslide(path: Path) -> Slide:
@@ -127,8 +128,9 @@ def open_openslide(path: Path) -> Slide:
         for key in ("openslide.comment", "tiff.Software", "tiff.Model"):
             if props.get(key):
                 meta[key.split(".", 1)[1].lower()] = " ".join(str(props[key]).split())[:200]
-        slide = Slide(path, format_name(vendor, path), levels, downsamples, _mpp(props), associated, meta, readers, [osr],
-                      reader="openslide", icc=icc)
+        mpp, mpp_xy = _mpp(props)
+        slide = Slide(path, format_name(vendor, path), levels, downsamples, mpp, associated, meta, readers, [osr],
+                      reader="openslide", icc=icc, mpp_xy=mpp_xy)
         decode_first_tiles(path, readers)
         return slide
     except BaseException:

@@ -32,7 +32,7 @@ from nucseg.io.base import (  # MAX_WHOLE_IMAGE_PIXELS: `read_image` and the PNG
     READ_ERRORS,
     Slide,
     as_rgb_uint8,
-    plausible_mpp,
+    pixel_size,
     read_errors,
     read_failure,
 )
@@ -130,7 +130,7 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
         im.load()
         meta: dict[str, Any] = {"mode": im.mode, "pil_format": im.format}
         dpi = im.info.get("dpi")
-        mpp = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+        mpp_x, mpp_y = (25400.0 / float(d) if d and float(d) > 0 else None for d in (tuple(dpi) if dpi else (0, 0)))
         icc_bytes = im.info.get("icc_profile")
         if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
             im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -141,13 +141,15 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
     colour, icc = icc_of(icc_transform(icc_bytes))
     if icc is not None:
         meta["icc"] = icc
-    return (colour.apply(rgb) if colour is not None else rgb), meta, plausible_mpp(mpp)
+    meta["mpp_xy"] = pixel_size(mpp_x, mpp_y)[1]
+    return (colour.apply(rgb) if colour is not None else rgb), meta, pixel_size(mpp_x, mpp_y)[0]
 
 
 def _open_pil(path: Path) -> Slide:
     array, meta, mpp = _pil_array(path, MAX_WHOLE_IMAGE_PIXELS)  # decoded whole: its declared size is checked first
+    mpp_xy = meta.pop("mpp_xy", None)
     return Slide(path, PIL_FORMATS[suffix_of(path)], [array], [1.0], mpp, {}, meta, reader="pillow",
-                 icc=meta.pop("icc", None))
+                 icc=meta.pop("icc", None), mpp_xy=mpp_xy)
 
 
 # ------------------------------------------------------------------------------------------------ entry
