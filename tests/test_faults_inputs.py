@@ -570,3 +570,73 @@ def test_info_and_the_napari_reader_show_both_sizes(tmp_path, capsys):
     assert kwargs["metadata"]["mpp_xy"] == [0.5, 0.25]
     assert _mpp({"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.25"}) == (None, (0.5, 0.25))
     assert _mpp({"openslide.mpp-x": "0.2527", "openslide.mpp-y": "0.2526"})[0] == pytest.approx(0.25265)
+
+
+# ------------------------------------------------------------------------ 5: --scheduler, a bounded handshake
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word; it stops itself after `life`
+    seconds (or on exit from the with block)."""
+
+    def __init__(self, life: float = 300.0):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(life,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, life: float) -> None:
+        import time
+
+        end = time.monotonic() + life
+        while not self.stop.is_set() and time.monotonic() < end:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                continue
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_scheduler_that_accepts_but_says_nothing_ends_in_one_line(tmp_path, monkeypatch):
+    """It hung past 600 s: the Client's 30 s covered only the TCP connect. Now the whole handshake is bounded by
+    Dask's connect timeout (3 s here)."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "3s")
+    with SilentServer() as server:
+        done = cli_capped(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL,
+                           "--scheduler", f"tcp://127.0.0.1:{server.port}"], timeout=180)
+        assert server.conns  # it was reached
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 2 and f"127.0.0.1:{server.port} did not answer within 3 s" in line
+    assert not (tmp_path / "o" / "t_labels.tif").exists()
+
+
+def test_a_scheduler_address_that_is_not_one_is_refused_at_once(tmp_path):
+    """It gave a traceback after 61 s."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    done = cli_capped(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL,
+                       "--scheduler", "not-an-address"], timeout=180)
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 2 and "'not-an-address' is not a Dask scheduler address" in line
+    assert "tcp://10.0.0.5:8786" in line
