@@ -20,7 +20,6 @@ from nucseg.io._color import icc_of, icc_transform
 from nucseg.io.base import (
     Slide,
     as_rgb_uint8,
-    check_declared_size,
     decode_first_tiles,
     lazy_image,
     lazy_level,
@@ -28,6 +27,7 @@ from nucseg.io.base import (
     pixel_size,
     read_errors,
 )
+from nucseg.io.limits import check_declared_size
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: the SOP class of VL Whole Slide Microscopy images

@@ -18,7 +18,6 @@ from nucseg.errors import SlideReadError
 from nucseg.io._color import icc_of, icc_transform
 from nucseg.io.base import (
     Slide,
-    check_declared_size,
     composite_on_white,
     decode_first_tiles,
     lazy_image,
@@ -27,6 +26,7 @@ from nucseg.io.base import (
     pixel_size,
     read_errors,
 )
+from nucseg.io.limits import check_declared_size
 
 #: OpenSlide vendors that this reader serves (aperio and plain generic TIFF go to tifffile first)
 VENDOR_FORMATS = {"hamamatsu": "Hamamatsu NDPI / VMS", "mirax": "3DHISTECH MRXS", "leica": "Leica SCN",

@@ -18,7 +18,8 @@ import numpy as np
 
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform
-from nucseg.io.base import Slide, check_tiff_series, decode_first_tiles, pixel_size, rgb_converter
+from nucseg.io.base import Slide, decode_first_tiles, pixel_size, rgb_converter
+from nucseg.io.limits import check_tiff_series
 
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
                "Å": 1e-4, "pm": 1e-6}

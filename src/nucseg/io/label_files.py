@@ -112,7 +112,7 @@ def _tiff_labels(path: Path) -> LabelFile | None:
     import zarr
 
     from nucseg.io._tiff import ome_mpp, resolution_mpp
-    from nucseg.io.base import check_tiff_series
+    from nucseg.io.limits import check_tiff_series
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
@@ -154,7 +154,7 @@ class _Squeezed:
 def _png_labels(path: Path) -> LabelFile | None:
     from PIL import Image
 
-    from nucseg.io.base import check_declared_size
+    from nucseg.io.limits import check_declared_size
 
     with Image.open(path) as im:
         if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "1"):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError, UnsupportedFileError
-from nucseg.io.base import check_declared_size, check_tiff_series, read_errors, read_failure
+from nucseg.io.base import read_errors, read_failure
+from nucseg.io.limits import check_declared_size, check_tiff_series
 from nucseg.io.slides import suffix_of
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -21,7 +22,7 @@ _FIX_RGB = ("save the labels as a single-channel 16- or 32-bit integer image (0 
 
 def read_whole_array(path: Path, what: str = "the label image") -> np.ndarray:
     """A PNG or TIFF (level 0) decoded whole, as stored, once its declared size and strip sizes are checked
-    (`nucseg.io.base.check_declared_size`, `check_tiff_series`): a decompression bomb is refused, not decoded.
+    (`nucseg.io.limits.check_declared_size`, `check_tiff_series`): a decompression bomb is refused, not decoded.
 
     Raises:
         SlideReadError: too large to read whole, strips too large, or no image in the TIFF.

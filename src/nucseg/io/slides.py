@@ -25,9 +25,8 @@ import numpy as np
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform, slide_modality
 from nucseg.io._dicom import DICOM_SUFFIXES, folder_dicom_files, is_dicom_file
-from nucseg.io.base import (  # MAX_WHOLE_IMAGE_PIXELS: `read_image` and the PNG / JPEG reader refuse more
+from nucseg.io.base import (
     FIX_DAMAGED,
-    MAX_WHOLE_IMAGE_PIXELS,
     PLAUSIBLE_MPP,
     READ_ERRORS,
     Slide,
@@ -36,6 +35,7 @@ from nucseg.io.base import (  # MAX_WHOLE_IMAGE_PIXELS: `read_image` and the PNG
     read_errors,
     read_failure,
 )
+from nucseg.io.limits import MAX_WHOLE_IMAGE_PIXELS  # `read_image` and the PNG / JPEG reader refuse more
 
 __all__ = ["PLAUSIBLE_MPP", "READ_ERRORS", "SUPPORTED_SUFFIXES", "Slide", "as_rgb_uint8", "is_supported",
            "list_images", "open_slide", "read_image", "require_brightfield", "slide_modality", "suffix_of"]

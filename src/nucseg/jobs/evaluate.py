@@ -196,7 +196,8 @@ def _prob_array(path: Path, header_only: bool = False) -> Any:
     suffix = path.suffix.lower()
     if suffix not in (".tif", ".tiff", ".npy", ".png"):
         raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use PNG, TIFF or NPY probability maps")
-    from nucseg.io.base import check_declared_size, read_errors, read_failure
+    from nucseg.io.base import read_errors, read_failure
+    from nucseg.io.limits import check_declared_size
     from nucseg.io.masks import read_whole_array
 
     try:
