@@ -354,3 +354,289 @@ def test_a_real_svs_of_several_blocks_runs_as_block_tasks(scheduler, shared_data
     np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "local" / "small_HE_labels.tif"))
     summary = json.loads((tmp_path / "dist" / "small_HE_predict.json").read_text())
     assert summary["blocks"] >= 4 and sum(summary["block_workers"].values()) == summary["blocks"]
+
+
+# ----------------------------------------------------------------- 3: the tissue mask of a flat (one-level) TIFF
+
+
+def test_the_blockwise_tissue_mask_equals_the_whole_image_s():
+    from nucseg.inference.tissue import tissue_mask, tissue_mask_blockwise
+
+    image = np.full((301, 253, 3), 240, np.uint8)
+    blobs, _ = blob_image((200, 180), n=12, seed=5)
+    image[40:240, 30:210] = blobs
+    rng = np.random.default_rng(0)
+    image[250:290, 200:250] = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)  # a pen mark at the corner
+    for pool in (1, 3, 8):
+        for block in (50, 64, 4096):
+            got = tissue_mask_blockwise(lambda y, x, h, w: image[y : y + h, x : x + w], image.shape[:2], pool=pool,
+                                        block=block)
+            np.testing.assert_array_equal(got, tissue_mask(image, pool=pool), err_msg=f"pool {pool} block {block}")
+
+
+def _flat_tiled_tiff(path, side=20480, tile=512):
+    """A one-level tiled zlib TIFF of side² px (1.2 GB of pixels, about 1.5 MB on disk): glass with a few stained
+    tiles, written tile by tile."""
+    white = np.full((tile, tile, 3), 245, np.uint8)
+    stained, _ = blob_image((tile, tile), n=30, seed=1)
+    n = side // tile
+
+    def tiles():
+        for i in range(n):
+            for j in range(n):
+                yield stained if (i, j) in ((3, 4), (20, 20), (39, 0)) else white
+
+    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                     compression="zlib", resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    return path
+
+
+@pytest.mark.slow
+def test_a_flat_20480_px_tiff_gets_its_tissue_mask_in_bounded_memory(tmp_path):
+    """The mask read level 0 whole and made it float32: more than 9 GB for this 1.5 MB file. Under a 2 GiB cap the
+    mask must come out block by block, with the stained tiles found and the glass skipped."""
+    path = _flat_tiled_tiff(tmp_path / "flat.tif")
+    code = f"""
+import numpy as np
+from nucseg.inference.source import ScaledSource
+from nucseg.io.slides import open_slide
+
+with open_slide({str(path)!r}) as slide:
+    assert not slide.is_pyramid and slide.mpp == 0.25, (slide.levels, slide.mpp)
+    mask, down = ScaledSource(slide, 0.25).tissue_mask()
+print(*mask.shape, down, mask[192:256, 256:320].mean(), mask[2496:2560, 0:64].mean(), mask[400:1200, 400:1200].mean())
+"""
+    done = run_capped(code, cap_gb=2, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    h, w, down, stained, corner, glass = (float(v) for v in done.stdout.split())
+    assert (h, w, down) == (2560, 2560, 8.0)
+    assert stained > 0.1 and corner > 0.1 and glass == 0.0  # the three stained tiles found (one in a corner)
+
+
+# ------------------------------------------------------------------------------ 11: decompression bombs refused
+
+
+def _zlib_zeros(n_bytes: int, unit: int) -> bytes:
+    """A zlib stream of `n_bytes` zero bytes without ever holding them: `unit` zeros compressed once after a full
+    flush (so every later unit compresses to the same bytes), repeated, then the final block and the Adler-32."""
+    import zlib
+
+    assert n_bytes % unit == 0
+    c = zlib.compressobj(1)
+    first = c.compress(bytes(unit)) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(bytes(unit)) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = ((n_bytes % 65521) << 16) | 1  # Adler-32 of zeros: a stays 1, b counts the bytes
+    return first + again * (n_bytes // unit - 1) + b"\x03\x00" + adler.to_bytes(4, "big")
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    """A single-strip 25000² RGB zlib TIFF (8 MB on disk, 1.9 GB decoded), a tiled TIFF declaring 10⁶ x 10⁶ px
+    (0.5 MB: every tile empty), and a small label image."""
+    folder = tmp_path_factory.mktemp("bombs")
+    side = 25000
+    tifffile.imwrite(folder / "strip.tif", iter([_zlib_zeros(side * side * 3, side * 3 * 100)]), shape=(side, side, 3),
+                     dtype=np.uint8, photometric="rgb", compression="zlib", rowsperstrip=side)
+    side, tile = 10**6, 4096
+    tifffile.imwrite(folder / "declared.tif", (b"" for _ in range((-(-side // tile)) ** 2)), shape=(side, side, 3),
+                     dtype=np.uint8, photometric="rgb", tile=(tile, tile), compression="zlib")
+    tifffile.imwrite(folder / "labels.tif", blob_image((100, 120), n=5)[1].astype(np.uint16))
+    return folder
+
+
+def test_nucseg_info_refuses_a_single_strip_bomb_without_decoding_it(bombs):
+    """It decoded 1.9 GB in 52 s; under a 2 GiB cap that is a MemoryError."""
+    done = cli_capped(["info", str(bombs / "strip.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "info")
+    assert done.returncode == 2 and "strip.tif" in line and "strips of 25000 x 25000 px" in line
+    assert "tiled TIFF" in line
+
+
+def test_nucseg_info_refuses_a_file_declaring_a_trillion_pixels(bombs):
+    done = cli_capped(["info", str(bombs / "declared.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "info")
+    assert done.returncode == 2 and "declared.tif" in line and "1000000 x 1000000 px" in line
+
+
+def test_evaluate_compares_the_probability_map_s_shape_before_decoding_it(bombs):
+    """--prob raised MemoryError before comparing shapes."""
+    labels = str(bombs / "labels.tif")
+    done = cli_capped(["evaluate", "--truth", labels, "--pred", labels, "--prob", str(bombs / "strip.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "evaluate")
+    assert done.returncode == 2 and "strip.tif" in line and "(25000, 25000)" in line and "(100, 120)" in line
+
+
+def test_evaluate_refuses_label_images_too_large_to_read_whole(bombs):
+    done = cli_capped(["evaluate", "--truth", str(bombs / "strip.tif"), "--pred", str(bombs / "labels.tif")], cap_gb=2)
+    line = _one_error_line(done.stderr, "evaluate")
+    assert done.returncode == 2 and "strip.tif" in line and "too large to read whole" in line
+
+
+@pytest.mark.parametrize("name, said", [("declared.tif", "1000000 x 1000000 px"), ("strip.tif", "strips of 25000")])
+def test_the_napari_reader_refuses_a_bomb_in_one_line(bombs, name, said):
+    """The reader used 5.2 GB on a file declaring 10⁶ x 10⁶ px, then raised a raw MemoryError (napari itself is not
+    needed: the reader function is plain Python)."""
+    code = f"""
+from nucseg._napari.reader import read_slides
+from nucseg.errors import SlideReadError
+try:
+    read_slides({str(bombs / name)!r})
+except SlideReadError as err:
+    print("refused:", err)
+"""
+    done = run_capped(code, cap_gb=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = done.stdout.splitlines()
+    assert line.startswith(f"refused: cannot read {bombs / name}") and said in line
+
+
+def test_a_bomb_among_a_slide_s_associated_images_is_left_out(tmp_path):
+    side = 25000
+    path = tmp_path / "slide.tif"
+    image, _ = blob_image((600, 700), n=20)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, photometric="rgb", tile=(256, 256), compression="zlib")
+        tif.write(iter([_zlib_zeros(side * side * 3, side * 3 * 100)]), shape=(side, side, 3), dtype=np.uint8,
+                  photometric="rgb", compression="zlib", rowsperstrip=side)
+    code = f"""
+from nucseg.io.slides import open_slide
+with open_slide({str(path)!r}) as slide:
+    print(slide.shape, sorted(slide.associated), slide.metadata.get("skipped_associated"))
+"""
+    done = run_capped(code, cap_gb=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("(600, 700) [] {") and "25000 x 25000 px, too large to read whole" in done.stdout
+
+
+# ------------------------------------------------------------------- 12: pixels that are not square are refused
+
+
+def _anisotropic(tmp_path, how: str, x: float = 0.5, y: float = 0.25):
+    from PIL import Image
+
+    image, truth = blob_image((160, 200), n=8, seed=4)
+    if how == "ome":
+        path = tmp_path / "aniso.ome.tif"
+        tifffile.imwrite(path, image, photometric="rgb", ome=True,
+                         metadata={"axes": "YXS", "PhysicalSizeX": x, "PhysicalSizeY": y})
+    elif how == "resolution":
+        path = tmp_path / "aniso.tif"
+        tifffile.imwrite(path, image, photometric="rgb", resolution=(1e4 / x, 1e4 / y), resolutionunit="CENTIMETER")
+    else:
+        path = tmp_path / "aniso.png"
+        Image.fromarray(image).save(path, dpi=(25400 / x, 25400 / y))
+    return path, truth
+
+
+@pytest.mark.parametrize("how", ["ome", "resolution", "png"])
+def test_predict_refuses_pixels_that_are_not_square(tmp_path, monkeypatch, capsys, how):
+    """X 0.5 and Y 0.25 µm/px were taken as 0.5 square: area_um2 came out twice the truth, and nothing warned."""
+    install_blobnet(monkeypatch)
+    path, _ = _anisotropic(tmp_path, how)
+    out = tmp_path / "o"
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--format", "csv"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert path.name in line and "not square (0.5 µm wide, 0.25 µm high)" in line
+    assert "vips resize IN OUT 2 --vscale 1" in line
+    assert not list(out.glob("*_nuclei.csv"))
+    # --mpp does not make them square either
+    assert main(["predict", str(path), "--out", str(out), *MODEL, "--format", "csv", "--mpp", "0.25"]) == 2
+    assert "not square" in _one_error_line(capsys.readouterr().err)
+
+
+def test_square_pixels_within_two_percent_are_one_size(tmp_path, monkeypatch, capsys):
+    from nucseg.io.slides import open_slide
+
+    install_blobnet(monkeypatch)
+    path, truth = _anisotropic(tmp_path, "ome", 0.2500, 0.2510)
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.2505) and slide.mpp_xy == (0.25, 0.251)
+    assert main(["predict", str(path), "--out", str(tmp_path / "o"), *MODEL, "--format", "csv"]) == 0
+    rows = (tmp_path / "o" / "aniso_nuclei.csv").read_text().strip().splitlines()
+    assert len(rows) == truth.max() + 1 and "area_um2" in rows[0]
+    capsys.readouterr()
+
+
+def test_info_and_the_napari_reader_show_both_sizes(tmp_path, capsys):
+    from nucseg._napari.reader import read_slides
+    from nucseg.io._openslide import _mpp
+
+    path, _ = _anisotropic(tmp_path, "ome")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "microns/pixel  not square: 0.5 wide, 0.25 high" in out
+    [(data, kwargs, kind)] = read_slides(str(path))
+    assert kind == "image" and kwargs["scale"] == (0.25, 0.5) and kwargs["metadata"]["mpp"] is None
+    assert kwargs["metadata"]["mpp_xy"] == [0.5, 0.25]
+    assert _mpp({"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.25"}) == (None, (0.5, 0.25))
+    assert _mpp({"openslide.mpp-x": "0.2527", "openslide.mpp-y": "0.2526"})[0] == pytest.approx(0.25265)
+
+
+# ------------------------------------------------------------------------ 5: --scheduler, a bounded handshake
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word; it stops itself after `life`
+    seconds (or on exit from the with block)."""
+
+    def __init__(self, life: float = 300.0):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(life,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, life: float) -> None:
+        import time
+
+        end = time.monotonic() + life
+        while not self.stop.is_set() and time.monotonic() < end:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                continue
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_scheduler_that_accepts_but_says_nothing_ends_in_one_line(tmp_path, monkeypatch):
+    """It hung past 600 s: the Client's 30 s covered only the TCP connect. Now the whole handshake is bounded by
+    Dask's connect timeout (3 s here)."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "3s")
+    with SilentServer() as server:
+        done = cli_capped(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL,
+                           "--scheduler", f"tcp://127.0.0.1:{server.port}"], timeout=180)
+        assert server.conns  # it was reached
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 2 and f"127.0.0.1:{server.port} did not answer within 3 s" in line
+    assert not (tmp_path / "o" / "t_labels.tif").exists()
+
+
+def test_a_scheduler_address_that_is_not_one_is_refused_at_once(tmp_path):
+    """It gave a traceback after 61 s."""
+    from PIL import Image
+
+    Image.fromarray(blob_image((64, 64), n=2)[0]).save(tmp_path / "t.png")
+    done = cli_capped(["predict", str(tmp_path / "t.png"), "--out", str(tmp_path / "o"), *MODEL,
+                       "--scheduler", "not-an-address"], timeout=180)
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 2 and "'not-an-address' is not a Dask scheduler address" in line
+    assert "tcp://10.0.0.5:8786" in line

@@ -90,9 +90,12 @@ def _name(path: Path) -> str:
     return path.name[: -len(suffix_of(path))] if suffix_of(path) and not path.is_dir() else path.name
 
 
-def _calibrated(kwargs: dict[str, Any], mpp: float | None) -> dict[str, Any]:
+def _calibrated(kwargs: dict[str, Any], mpp: float | None, mpp_xy: tuple[float, float] | None = None
+                ) -> dict[str, Any]:
     if mpp:
         kwargs.update(scale=(mpp, mpp), units=MICRONS)
+    elif mpp_xy:  # pixels that are not square: shown true to size; metadata "mpp" stays None (no single size)
+        kwargs.update(scale=(mpp_xy[1], mpp_xy[0]), units=MICRONS)
     return kwargs
 
 
@@ -111,9 +114,10 @@ def slide_layer(slide: Slide) -> LayerData:
         "contrast_limits": [0, 255],
         "metadata": {"nucseg_path": str(slide.path), "mpp": slide.mpp, "format": slide.format,
                      "reader": slide.reader, "modality": modality, "modality_reason": reason,
-                     "associated": list(slide.associated), "icc": slide.icc},
+                     "associated": list(slide.associated), "icc": slide.icc,
+                     "mpp_xy": list(slide.mpp_xy) if slide.mpp_xy else None},
     }
-    return (levels if multiscale else levels[0], _calibrated(kwargs, slide.mpp), "image")
+    return (levels if multiscale else levels[0], _calibrated(kwargs, slide.mpp, slide.mpp_xy), "image")
 
 
 def _shown_source(image: Any) -> Any:

@@ -39,7 +39,7 @@ def describe(path: Path) -> dict[str, Any]:
         metadata = {k: v for k, v in slide.metadata.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
         return {
             "path": str(path), "format": slide.format, "width": slide.shape[1], "height": slide.shape[0],
-            "levels": levels, "mpp": slide.mpp,
+            "levels": levels, "mpp": slide.mpp, "mpp_xy": list(slide.mpp_xy) if slide.mpp_xy else None,
             "magnification": round(10.0 / slide.mpp, 1) if slide.mpp else None,
             "associated": associated, "metadata": metadata, "reader": slide.reader, "icc": slide.icc,
             "modality": modality, "modality_reason": reason,
@@ -57,6 +57,10 @@ def format_text(info: dict[str, Any]) -> str:
         scanner = info["metadata"].get("objective_power")
         said = f"; scanner objective {scanner}x" if scanner else ""
         lines.append(f"  microns/pixel  {info['mpp']:.3g} (about {info['magnification']:g}x{said})")
+    elif info.get("mpp_xy"):
+        x, y = info["mpp_xy"]
+        lines.append(f"  microns/pixel  not square: {x:.3g} wide, {y:.3g} high (`nucseg predict` refuses it: resample "
+                     "it to square pixels first)")
     else:
         lines.append("  microns/pixel  unknown (pass --mpp to `nucseg predict`; MoNuSeg-like 40x tiles are 0.25)")
     if info["associated"]:

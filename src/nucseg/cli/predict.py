@@ -10,6 +10,7 @@ from nucseg.cli import EXIT_USER_ERROR
 from nucseg.cli.common import REGION_HELP, add_model_options, add_tiling_options, expand_inputs, parse_region
 from nucseg.config import RUNTIMES
 from nucseg.errors import InvalidInputError
+from nucseg.io.base import PLAUSIBLE_MPP
 from nucseg.jobs.predict_file import FORMATS, MPP_UNKNOWN
 
 
@@ -32,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
                    "a slide of several blocks is spread over the workers block by block (default 2048)")
     p.add_argument("--region", metavar="X,Y,W,H", help=REGION_HELP)
-    p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata (default: unknown: "
-                   "segmented as the model's resolution, outputs in pixels only)")
+    p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata, between "
+                   f"{PLAUSIBLE_MPP[0]:g} and {PLAUSIBLE_MPP[1]:g}, not much coarser than the model's (default: "
+                   "unknown: segmented as the model's resolution, outputs in pixels only)")
     p.add_argument("--foreground-threshold", metavar="P|otsu",
                    help="foreground probability at which a pixel is nucleus: a number in (0, 1), or 'otsu' for Otsu's "
                    "threshold of each image's own map (default: the model's, 0.5 for nucseg-default)")

@@ -20,7 +20,11 @@ import numpy as np
 from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
-from nucseg.io.base import as_rgb_uint8, check_mpp  # the one RGB rule, the one mpp range; re-exported
+from nucseg.io.base import (  # the one RGB rule, the one mpp range
+    as_rgb_uint8,
+    check_mpp,
+    require_square_pixels,
+)
 from nucseg.io.base import best_level as level_for_mpp  # the one pyramid-level rule
 
 #: within this relative difference of the model's resolution, pixels are used as they are
@@ -172,6 +176,7 @@ class ScaledSource:
     def __init__(self, image: np.ndarray | RegionSource, model_mpp: float, mpp: float | None = None,
                  region: tuple[int, int, int, int] | None = None):
         self.image = as_source(image)
+        require_square_pixels(self.image)  # X 0.5 and Y 0.25 µm/px taken as square gave areas twice the truth
         full = tuple(int(v) for v in self.image.shape[:2])
         model_mpp = check_mpp(model_mpp, "the model's mpp")
         if mpp:  # None or 0: unknown
@@ -232,14 +237,15 @@ class ScaledSource:
         still finer, then pooled (highest saturation per block: small stained objects are kept), so a flat image
         and a pyramid are handled alike (and a flat image's mask costs little).
         """
-        from nucseg.inference.tissue import tissue_mask
+        from nucseg.inference.tissue import tissue_mask_blockwise
 
         y0, x0, h, w = self.region0
         target = max(TISSUE_MASK_DOWNSAMPLE * self.factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
         downs = [float(d) for d in self.image.downsamples]
         level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
         down = downs[level]
-        thumb = self.image.read_region(level, int(y0 / down), int(x0 / down),
-                                       max(1, math.ceil(h / down)), max(1, math.ceil(w / down)))
+        ly, lx = int(y0 / down), int(x0 / down)
         k = max(1, int(target / down + 0.01))
-        return tissue_mask(thumb, pool=k), down * k / self.factor
+        mask = tissue_mask_blockwise(lambda y, x, bh, bw: self.image.read_region(level, ly + y, lx + x, bh, bw),
+                                     (max(1, math.ceil(h / down)), max(1, math.ceil(w / down))), pool=k)
+        return mask, down * k / self.factor

@@ -5,6 +5,8 @@
   `list_images` (a folder of inputs; a DICOM folder is one), `is_supported`, `require_brightfield`.
 - `nucseg.io.base`: the `Slide` interface, the read errors and the one RGB rule (`as_rgb_uint8`) that the
   readers share (`_tiff` tifffile, `_openslide`, `_dicom` wsidicom; `_color` ICC and brightfield / fluorescence).
+- `nucseg.io.limits`: what the readers refuse before decoding (images too large to read whole, strips or tiles too
+  large to decode, levels declaring more pixels than any slide).
 - `nucseg.io.masks`: `read_labels` (instance label images as 2-D uint32); `nucseg.io.label_files`: tell label
   files from images and open them lazily with their pixel size (the napari reader).
 - `nucseg.io.names`: the one stem rule (`plain_stem` names outputs, `pair_stem` pairs images, labels and maps).

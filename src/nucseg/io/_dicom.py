@@ -24,9 +24,10 @@ from nucseg.io.base import (
     lazy_image,
     lazy_level,
     one_line,
-    plausible_mpp,
+    pixel_size,
     read_errors,
 )
+from nucseg.io.limits import check_declared_size
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 #: the SOP class of VL Whole Slide Microscopy images
@@ -152,6 +153,7 @@ def open_dicom(path: Path) -> Slide:
         tag = f"nucseg-dicom-{id(wsi):x}-{slide_path.name}"
         base = wsi.levels[0] if hasattr(wsi.levels, "__getitem__") else next(iter(wsi.levels))
         w0, h0 = int(base.size.width), int(base.size.height)
+        check_declared_size(slide_path, h0, w0, what="level 0")
         levels, readers, downsamples = [], [], []
         for lv in sorted(wsi.levels, key=lambda lv: -int(lv.size.width)):
             w, h = int(lv.size.width), int(lv.size.height)
@@ -167,11 +169,11 @@ def open_dicom(path: Path) -> Slide:
             if group:
                 w, h = int(group[0].size.width), int(group[0].size.height)
                 associated[name] = lazy_image(_associated(wsi, name, (w, h), colour), (h, w), f"{tag}-{name}")
-        mpp = wsi.mpp.width if wsi.mpp is not None else None
+        mpp, mpp_xy = pixel_size(wsi.mpp.width, wsi.mpp.height) if wsi.mpp is not None else (None, None)
         modality, reason = _illumination(wsi)
         meta = {"levels": len(levels), "files": len(files), "tile": [int(base.tile_size.width),
                                                                      int(base.tile_size.height)]}
-        slide = Slide(slide_path, "dicom", levels, downsamples, plausible_mpp(mpp), associated, meta, readers, [wsi],
+        slide = Slide(slide_path, "dicom", levels, downsamples, mpp, associated, meta, readers, [wsi], mpp_xy=mpp_xy,
                       reader="wsidicom", icc=icc, modality=modality, modality_reason=reason)
         decode_first_tiles(slide_path, readers, "the file is damaged; export or copy the series again")
         return slide

@@ -23,9 +23,10 @@ from nucseg.io.base import (
     lazy_image,
     lazy_level,
     one_line,
-    plausible_mpp,
+    pixel_size,
     read_errors,
 )
+from nucseg.io.limits import check_declared_size
 
 #: OpenSlide vendors that this reader serves (aperio and plain generic TIFF go to tifffile first)
 VENDOR_FORMATS = {"hamamatsu": "Hamamatsu NDPI / VMS", "mirax": "3DHISTECH MRXS", "leica": "Leica SCN",
@@ -69,12 +70,13 @@ def _associated(osr: Any, name: str, colour: Any) -> Any:
     return load
 
 
-def _mpp(props: Any) -> float | None:
+def _mpp(props: Any) -> tuple[float | None, tuple[float, float] | None]:
+    """(square microns per pixel or None, (x, y) or None) from OpenSlide's mpp-x / mpp-y (`pixel_size`)."""
     try:
         x, y = float(props["openslide.mpp-x"]), float(props.get("openslide.mpp-y", props["openslide.mpp-x"]))
     except (KeyError, ValueError):
-        return None
-    return plausible_mpp((x + y) / 2)
+        return None, None
+    return pixel_size(x, y)
 
 
 def open_openslide(path: Path) -> Slide:
@@ -102,6 +104,7 @@ def open_openslide(path: Path) -> Slide:
         tag = f"nucseg-openslide-{id(osr):x}-{path.name}"
         levels, readers, downsamples = [], [], []
         for i, (w, h) in enumerate(osr.level_dimensions):
+            check_declared_size(path, h, w, what=f"level {i}")
             down = float(osr.level_downsamples[i])
             tile = (int(props.get(f"openslide.level[{i}].tile-height", 256)),
                     int(props.get(f"openslide.level[{i}].tile-width", 256)))
@@ -125,8 +128,9 @@ def open_openslide(path: Path) -> Slide:
         for key in ("openslide.comment", "tiff.Software", "tiff.Model"):
             if props.get(key):
                 meta[key.split(".", 1)[1].lower()] = " ".join(str(props[key]).split())[:200]
-        slide = Slide(path, format_name(vendor, path), levels, downsamples, _mpp(props), associated, meta, readers, [osr],
-                      reader="openslide", icc=icc)
+        mpp, mpp_xy = _mpp(props)
+        slide = Slide(path, format_name(vendor, path), levels, downsamples, mpp, associated, meta, readers, [osr],
+                      reader="openslide", icc=icc, mpp_xy=mpp_xy)
         decode_first_tiles(path, readers)
         return slide
     except BaseException:

@@ -21,7 +21,8 @@ import numpy as np
 
 from nucseg.errors import SlideReadError, UnsupportedFileError
 from nucseg.io._color import icc_of, icc_transform
-from nucseg.io.base import Slide, decode_first_tiles, plausible_mpp, rgb_converter
+from nucseg.io.base import Slide, decode_first_tiles, pixel_size, rgb_converter
+from nucseg.io.limits import check_tiff_series
 
 _UNIT_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3,
                "Å": 1e-4, "pm": 1e-6}
@@ -52,24 +53,25 @@ def svs_metadata(description: str) -> tuple[float | None, dict[str, Any]]:
     return mpp, meta
 
 
-def ome_mpp(xml: str) -> float | None:
-    """PhysicalSizeX of the first OME Pixels element in microns, or None."""
+def ome_mpp(xml: str, axis: str = "X") -> float | None:
+    """PhysicalSizeX (or `axis` "Y": PhysicalSizeY) of the first OME Pixels element in microns, or None."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None
     pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None or pixels.get("PhysicalSizeX") is None:
+    if pixels is None or pixels.get(f"PhysicalSize{axis}") is None:
         return None
     try:
-        return float(pixels.get("PhysicalSizeX", "")) * _UNIT_TO_UM[pixels.get("PhysicalSizeXUnit", "µm")]
+        return float(pixels.get(f"PhysicalSize{axis}", "")) * _UNIT_TO_UM[pixels.get(f"PhysicalSize{axis}Unit", "µm")]
     except (ValueError, KeyError):
         return None
 
 
-def resolution_mpp(tif: Any, page: Any) -> float | None:
-    """From XResolution / ResolutionUnit (inch or cm; ImageJ files with unit micron), else None."""
-    tag = page.tags.get("XResolution")
+def resolution_mpp(tif: Any, page: Any, axis: str = "X") -> float | None:
+    """From XResolution (or `axis` "Y": YResolution) / ResolutionUnit (inch or cm; ImageJ files with unit micron),
+    else None."""
+    tag = page.tags.get(f"{axis}Resolution")
     if tag is None:
         return None
     num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
@@ -234,24 +236,25 @@ def open_tiff(path: Path) -> Slide:
     try:
         check_page_chain(path, messages, bool(series))
         main = series[0]
+        check_tiff_series(path, main, what="level 0")  # declared sizes and strip sizes, before any decoding
         key = main.levels[0].keyframe
         meta: dict[str, Any] = {"dtype": str(main.dtype), "axes": main.axes}
-        mpp, bits, modality = None, None, None
+        mpp, mpp_y, bits, modality = None, None, None, None
         if tif.is_svs:
             fmt = "aperio-svs"
-            mpp, svs_meta = svs_metadata(key.description)
+            mpp, svs_meta = svs_metadata(key.description)  # Aperio states one (square) size
             meta.update(svs_meta)
             if "AppMag" in svs_meta:
                 meta["objective_power"] = svs_meta["AppMag"]
         elif tif.is_ome:
             fmt = "ome-tiff"
-            mpp = ome_mpp(tif.ome_metadata or "")
+            mpp, mpp_y = ome_mpp(tif.ome_metadata or ""), ome_mpp(tif.ome_metadata or "", "Y")
             bits = ome_significant_bits(tif.ome_metadata or "")
             modality = ome_modality(tif.ome_metadata or "")
         else:
             fmt = "tiff-pyramid" if len(main.levels) > 1 else "tiff"
         if mpp is None:
-            mpp = resolution_mpp(tif, key)
+            mpp, mpp_y = resolution_mpp(tif, key), resolution_mpp(tif, key, "Y")
         if bits is None and key.bitspersample < 8 * np.dtype(key.dtype).itemsize:
             bits = int(key.bitspersample)  # e.g. 12-bit samples unpacked into uint16
         meta.update(compression=getattr(key.compression, "name", str(key.compression)),
@@ -279,7 +282,11 @@ def open_tiff(path: Path) -> Slide:
             name = (other.name or "").strip().lower() or f"image{j}"
             try:
                 oindex, oplanar = plane_index(path, other.axes, other.shape)
+                check_tiff_series(path, other, whole=True, what=f"the associated image {name!r}")
             except UnsupportedFileError:
+                continue
+            except SlideReadError as err:  # an associated image too large to decode: not offered, the slide is
+                meta.setdefault("skipped_associated", {})[name] = err.reason
                 continue
             z = zarr.open_array(other.aszarr(level=0), mode="r")
             oconvert = rgb_converter(np.dtype(other.dtype), None, None, colour)
@@ -287,9 +294,10 @@ def open_tiff(path: Path) -> Slide:
         h0, w0 = levels[0].shape[:2]
         downsamples = [1.0] + [round((h0 / lvl.shape[0] + w0 / lvl.shape[1]) / 2, 6) for lvl in levels[1:]]
         meta["levels"] = len(levels)
-        slide = Slide(path, fmt, levels, downsamples, plausible_mpp(mpp), associated, meta, readers, [tif],
+        square, xy = pixel_size(mpp, mpp_y)
+        slide = Slide(path, fmt, levels, downsamples, square, associated, meta, readers, [tif],
                       reader="tifffile", icc=icc, modality=modality,
-                      modality_reason="the OME metadata says so" if modality else "")
+                      modality_reason="the OME metadata says so" if modality else "", mpp_xy=xy)
         decode_first_tiles(path, readers)
         return slide
     except BaseException:

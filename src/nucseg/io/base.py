@@ -128,6 +128,46 @@ def plausible_mpp(mpp: float | None) -> float | None:
     return round(float(mpp), 6)
 
 
+#: X and Y pixel sizes within this relative difference are one square size (scanners round them differently)
+SQUARE_TOLERANCE = 0.02
+
+
+def pixel_size(x: float | None, y: float | None) -> tuple[float | None, tuple[float, float] | None]:
+    """A file's X and Y microns per pixel as (the square pixel size or None, (x, y) or None).
+
+    Both are kept only when plausible (`plausible_mpp`); a missing Y is taken as X (most formats state one size).
+    Pixels whose sizes differ by more than `SQUARE_TOLERANCE` are not square: no single size is claimed for them
+    (None), and segmenting them is refused (`require_square_pixels`), so no area is computed from one side alone.
+    """
+    x, y = plausible_mpp(x), plausible_mpp(y if y is not None else x)
+    if x is None or y is None:
+        return None, None
+    if abs(x - y) > SQUARE_TOLERANCE * min(x, y):
+        return None, (x, y)
+    return (x if x == y else round((x + y) / 2, 6)), (x, y)
+
+
+def require_square_pixels(source: Any, name: Any = None) -> None:
+    """Refuse to segment (or measure) a source whose pixels are not square (its ``mpp_xy``, when it has one).
+
+    nucseg's model, tiles and measurements take pixels as square. Refusing is the chosen rule (resampling a slide
+    to square pixels is one command away, and done once rather than at every run): see docs/FORMATS.md.
+
+    Raises:
+        InvalidInputError: one line with both sizes and the command that makes the pixels square.
+    """
+    xy = getattr(source, "mpp_xy", None)
+    if not xy or pixel_size(*xy)[0] is not None:
+        return
+    x, y = xy
+    fine = min(x, y)
+    where = name if name is not None else getattr(source, "path", "the image")
+    raise InvalidInputError(
+        f"{where}: its pixels are not square ({x:g} µm wide, {y:g} µm high); nucseg segments and measures square "
+        f"pixels - resample it to {fine:g} µm square pixels first, e.g. `vips resize IN OUT {x / fine:g} --vscale "
+        f"{y / fine:g}`")
+
+
 def check_mpp(mpp: Any, what: str = "--mpp") -> float:
     """A pixel size a person or a model config gives, as a float: refused unless it lies in `PLAUSIBLE_MPP`
     (the one range for metadata, options and model configs; 1e9, inf, 1e-9 or a negative size never reach the
@@ -273,6 +313,8 @@ class Slide:
             profile is sRGB already, so the transform would change nothing), or None when it carries none.
         modality: "brightfield" or "fluorescence" when the file's metadata says so, else None
             (see `nucseg.io._color.slide_modality`, which also looks at the pixels).
+        mpp_xy: (X, Y) microns per pixel at level 0 as the file states them, or None; `mpp` is None when they
+            differ (pixels that are not square: `pixel_size`, `require_square_pixels`).
     """
 
     path: Path
@@ -288,6 +330,7 @@ class Slide:
     icc: dict[str, Any] | None = None
     modality: str | None = None
     modality_reason: str = ""
+    mpp_xy: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -127,11 +127,13 @@ def _tiff_labels(path: Path) -> LabelFile | None:
     import zarr
 
     from nucseg.io._tiff import ome_mpp, resolution_mpp
+    from nucseg.io.limits import check_tiff_series
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             return None
         series = tif.series[0]
+        check_tiff_series(path, series, what="level 0")  # before the peek decodes a strip
         key = series.levels[0].keyframe
         shape = [n for n, ax in zip(series.shape, series.axes) if n > 1 or ax in "YX"]
         if len(shape) != 2 or key.samplesperpixel != 1 or not (
@@ -168,9 +170,12 @@ class _Squeezed:
 def _png_labels(path: Path) -> LabelFile | None:
     from PIL import Image
 
+    from nucseg.io.limits import check_declared_size
+
     with Image.open(path) as im:
         if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "1"):
             return None
+        check_declared_size(path, im.height, im.width, whole=True)
         im.load()
         array = np.asarray(im)
         dpi = im.info.get("dpi")

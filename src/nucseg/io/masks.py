@@ -12,6 +12,7 @@ import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError, UnsupportedFileError
 from nucseg.io.base import read_errors, read_failure
+from nucseg.io.limits import check_declared_size, check_tiff_series
 from nucseg.io.slides import suffix_of
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
@@ -19,19 +20,28 @@ _FIX_RGB = ("save the labels as a single-channel 16- or 32-bit integer image (0 
             "not as colours")
 
 
-def _read_array(path: Path) -> np.ndarray:
+def read_whole_array(path: Path, what: str = "the label image") -> np.ndarray:
+    """A PNG or TIFF (level 0) decoded whole, as stored, once its declared size and strip sizes are checked
+    (`nucseg.io.limits.check_declared_size`, `check_tiff_series`): a decompression bomb is refused, not decoded.
+
+    Raises:
+        SlideReadError: too large to read whole, strips too large, or no image in the TIFF.
+    """
     if suffix_of(path) == ".png":
         from PIL import Image
 
         with Image.open(path) as im:
+            check_declared_size(path, im.height, im.width, whole=True, what=what)
             im.load()
             return np.asarray(im)  # palette ("P") images give their indices
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
-            raise SlideReadError(path, "the TIFF holds no image", "export the labels again")
-        return np.asarray(tif.series[0].levels[0].asarray())
+            raise SlideReadError(path, "the TIFF holds no image", "export the image again")
+        level = tif.series[0].levels[0]
+        check_tiff_series(path, level, whole=True, what=what)
+        return np.asarray(level.asarray())
 
 
 def read_labels(path: str | Path) -> np.ndarray:
@@ -56,7 +66,7 @@ def read_labels(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise SlideReadError(path, "the file is empty (0 bytes)", "the download or copy failed; copy it again")
     try:
-        labels = _read_array(path)
+        labels = read_whole_array(path)
     except SlideReadError:
         raise
     except (*read_errors(), MemoryError) as err:

@@ -32,10 +32,11 @@ from nucseg.io.base import (
     Slide,
     access_failure,
     as_rgb_uint8,
-    plausible_mpp,
+    pixel_size,
     read_errors,
     read_failure,
 )
+from nucseg.io.limits import MAX_WHOLE_IMAGE_PIXELS  # `read_image` and the PNG / JPEG reader refuse more
 
 __all__ = ["PLAUSIBLE_MPP", "READ_ERRORS", "SUPPORTED_SUFFIXES", "Slide", "as_rgb_uint8", "is_supported",
            "input_kind", "list_images", "open_slide", "read_image", "require_brightfield", "slide_modality", "suffix_of"]
@@ -49,8 +50,6 @@ OPENSLIDE_VENDORS = ("hamamatsu", "mirax", "leica", "ventana", "philips", "sakur
 #: file name endings the readers handle (".ome.tif" files end in ".tif" too)
 SUPPORTED_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg",
                       *OPENSLIDE_SUFFIXES, *DICOM_SUFFIXES)
-#: `read_image` refuses images with more pixels than this (use `open_slide` and `read_region` instead)
-MAX_WHOLE_IMAGE_PIXELS = 12000 * 12000
 FLUORESCENCE_FIX = "--allow-fluorescence"
 
 
@@ -160,7 +159,7 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
         im.load()
         meta: dict[str, Any] = {"mode": im.mode, "pil_format": im.format}
         dpi = im.info.get("dpi")
-        mpp = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+        mpp_x, mpp_y = (25400.0 / float(d) if d and float(d) > 0 else None for d in (tuple(dpi) if dpi else (0, 0)))
         icc_bytes = im.info.get("icc_profile")
         if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
             im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -171,13 +170,15 @@ def _pil_array(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, d
     colour, icc = icc_of(icc_transform(icc_bytes))
     if icc is not None:
         meta["icc"] = icc
-    return (colour.apply(rgb) if colour is not None else rgb), meta, plausible_mpp(mpp)
+    meta["mpp_xy"] = pixel_size(mpp_x, mpp_y)[1]
+    return (colour.apply(rgb) if colour is not None else rgb), meta, pixel_size(mpp_x, mpp_y)[0]
 
 
 def _open_pil(path: Path) -> Slide:
-    array, meta, mpp = _pil_array(path)
+    array, meta, mpp = _pil_array(path, MAX_WHOLE_IMAGE_PIXELS)  # decoded whole: its declared size is checked first
+    mpp_xy = meta.pop("mpp_xy", None)
     return Slide(path, PIL_FORMATS[suffix_of(path)], [array], [1.0], mpp, {}, meta, reader="pillow",
-                 icc=meta.pop("icc", None))
+                 icc=meta.pop("icc", None), mpp_xy=mpp_xy)
 
 
 # ------------------------------------------------------------------------------------------------ entry

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
@@ -36,9 +37,64 @@ from nucseg.jobs.block_tasks import (
 from nucseg.jobs.outcomes import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
 from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file, local_worker
 
-#: seconds between two tile-progress events from one task
 #: how long to wait for the first worker of an existing scheduler
 WORKER_WAIT_S = 120
+#: an existing scheduler's address: [tcp:// or tls://]HOST:PORT
+_SCHEDULER_ADDRESS = re.compile(r"^(?:(tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+FIX_SCHEDULER = ("start one with `dask scheduler` and workers with `dask worker ADDRESS`, or check the address "
+                 "(e.g. tcp://10.0.0.5:8786)")
+
+
+def handshake_timeout() -> float:
+    """Seconds allowed for the whole handshake with an existing scheduler (connect, ask who it is, hear back):
+    Dask's own connect timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
+
+
+def check_scheduler(address: str, timeout: float | None = None) -> str:
+    """`address` once it has answered as a Dask scheduler within `timeout` seconds, the handshake included (a port
+    that accepts but does not speak Dask hung a Client forever: its timeout covers only the TCP connect).
+
+    Raises:
+        NucsegError: not an address, nothing there, something that is not a scheduler, or no answer in time; one
+            line naming the address.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    text = address.strip()
+    if not _SCHEDULER_ADDRESS.match(text):
+        raise NucsegError(f"--scheduler {address!r} is not a Dask scheduler address: give [tcp://]HOST:PORT, e.g. "
+                          "tcp://10.0.0.5:8786")
+    if "://" not in text:
+        text = f"tcp://{text}"
+    timeout = handshake_timeout() if timeout is None else timeout
+
+    async def identity() -> Any:
+        comm = await connect(text, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        answer = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (TimeoutError, asyncio.TimeoutError) as err:
+        raise NucsegError(f"the Dask scheduler at {address} did not answer within {timeout:g} s (something accepts "
+                          f"connections there but does not speak Dask); {FIX_SCHEDULER}") from err
+    except Exception as err:  # noqa: BLE001 - refused, unknown host, closed, not Dask's framing: nothing to use there
+        raise NucsegError(f"cannot reach the Dask scheduler at {address}: {' '.join(str(err).split())[:160]}; "
+                          f"{FIX_SCHEDULER}") from err
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        raise NucsegError(f"{address} answered as {kind or 'something else'}, not as a Dask scheduler; "
+                          f"{FIX_SCHEDULER}")
+    return text
 
 
 class ModelPlugin(WorkerPlugin):
@@ -116,11 +172,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     """
     cluster = None
     if scheduler:
+        address = check_scheduler(scheduler)  # bounded: connect and handshake
         try:
-            client = Client(scheduler, timeout="30s", set_as_default=False)
+            client = Client(address, timeout=f"{handshake_timeout():g}s", set_as_default=False)
         except (OSError, TimeoutError) as err:
-            raise NucsegError(f"cannot reach the Dask scheduler at {scheduler}: {err}; start one with `dask "
-                              "scheduler` and workers with `dask worker ADDRESS`, or check the address") from err
+            raise NucsegError(f"cannot reach the Dask scheduler at {scheduler}: {err}; {FIX_SCHEDULER}") from err
     else:
         if not workers or workers < 1:
             raise NucsegError(f"--workers {workers}: give a number of worker processes of at least 1")

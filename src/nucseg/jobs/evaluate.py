@@ -172,25 +172,51 @@ def errors_to_csv(errors: Iterable[ErrorObject], path: str | Path, overwrite: bo
 
 # -- label files (nucseg evaluate) ------------------------------------------------------------------------
 
-def _read_array(path: Path) -> np.ndarray:
+def _prob_array(path: Path, header_only: bool = False) -> Any:
+    """A probability map file decoded whole (PNG / TIFF through `nucseg.io.masks.read_whole_array`, which checks
+    the declared size first), or with `header_only` its full shape, read without decoding a pixel."""
     if not path.is_file():
         raise InvalidInputError(f"{path} does not exist or is not a file")
     suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    if suffix not in (".tif", ".tiff", ".npy", ".png"):
+        raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use PNG, TIFF or NPY probability maps")
+    from nucseg.io.base import read_errors, read_failure
+    from nucseg.io.limits import check_declared_size
+    from nucseg.io.masks import read_whole_array
 
-            return np.asarray(tifffile.imread(path))
+    try:
         if suffix == ".npy":
+            header = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: shape and dtype
+            if header_only:
+                return tuple(header.shape)
+            h, w = _plane_shape(tuple(header.shape))
+            check_declared_size(path, h, w, whole=True, what="the probability map")
             return np.load(path, allow_pickle=False)
+        if not header_only:
+            return read_whole_array(path, "the probability map")
         if suffix == ".png":
             from PIL import Image
 
             with Image.open(path) as im:
-                return np.asarray(im)
-    except (OSError, ValueError) as err:
-        raise SlideReadError(path, str(err) or type(err).__name__, "check that the file is a complete image") from err
-    raise InvalidInputError(f"{path}: unsupported file type {suffix!r}; use PNG or TIFF label images")
+                bands = len(im.getbands())
+                return (im.height, im.width, *((bands,) if bands > 1 else ()))
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise SlideReadError(path, "the TIFF holds no image", "export the probability map again")
+            return tuple(tif.series[0].levels[0].shape)
+    except (SlideReadError, InvalidInputError):
+        raise
+    except (*read_errors(), MemoryError) as err:
+        raise read_failure(path, err) from err
+
+
+def _plane_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(H, W) of the plane `read_prob_file` takes from an array of `shape` (its first channel)."""
+    if len(shape) == 3:
+        return tuple(shape[1:]) if shape[0] <= 4 else tuple(shape[:2])
+    return tuple(shape)
 
 
 def _is_label_zarr(path: Path) -> bool:
@@ -217,9 +243,22 @@ def read_label_file(path: Path) -> np.ndarray:
     return np.asarray(read_labels(path))
 
 
-def read_prob_file(path: Path) -> np.ndarray:
-    """A foreground probability map (H, W); (C, H, W) or (H, W, C) stacks give their first channel."""
-    arr = _read_array(path)
+def read_prob_file(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A foreground probability map (H, W); (C, H, W) or (H, W, C) stacks give their first channel.
+
+    Args:
+        shape: the labels' (H, W), when known: a map declaring another size is refused before it is decoded.
+
+    Raises:
+        InvalidInputError: another shape than the labels', or not 2-D.
+        SlideReadError: unreadable, or too large to read whole.
+    """
+    if shape is not None:
+        declared = _plane_shape(_prob_array(path, header_only=True))
+        if declared != tuple(shape):
+            raise InvalidInputError(f"{path}: the probability map has shape {declared}, the labels {tuple(shape)}; "
+                                    "give the map of the same image and region")
+    arr = _prob_array(path)
     if arr.ndim == 3:
         arr = arr[0] if arr.shape[0] <= 4 else arr[..., 0]
     if arr.ndim != 2:
@@ -278,6 +317,7 @@ def evaluate_files(pairs: list[FilePair], iou_threshold: float) -> tuple[list[di
 
     def load() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
         for name, truth, pred, prob in pairs:
-            yield name, read_label_file(truth), read_label_file(pred), read_prob_file(prob) if prob else None
+            labels = read_label_file(truth)
+            yield name, labels, read_label_file(pred), read_prob_file(prob, labels.shape) if prob else None
 
     return evaluate_many(load(), iou_threshold=iou_threshold)
