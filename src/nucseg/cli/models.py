@@ -15,14 +15,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nucseg.models.registry import list_models, resolve_model
+    from nucseg.errors import ModelError
+    from nucseg.models.registry import list_models, network_summary, resolve_model
 
     if args.name:
         spec = resolve_model(args.name)
         print(json.dumps({**spec.to_config(), "folder": str(spec.folder) if spec.folder else None,
                           "sha256": spec.sha256}, indent=2))
         return 0
-    width = max(len(n) for n in list_models())
-    for name, description in list_models().items():
-        print(f"{name:<{width}}  {description}")
+    models = list_models()
+    width = max(len(n) for n in models)
+    for name, description in models.items():
+        try:
+            network = f"  [{network_summary(resolve_model(name))}]"
+        except ModelError:  # a folder whose config cannot be read: listed, without its network
+            network = ""
+        print(f"{name:<{width}}  {description}{network}")
     return 0
