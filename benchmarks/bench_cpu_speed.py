@@ -79,11 +79,11 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def network_mps(repeats: int) -> dict[str, float]:
-    """MP/s of the network alone (gates fixed on a window, one default tile per pass), interleaved rounds."""
+    """MP/s of the network alone (the image's gates fixed, one default tile per pass), interleaved rounds."""
     import torch
 
     from nucseg.config import TilingConfig
-    from nucseg.inference.calibration import with_image_gates
+    from nucseg.inference.calibration import network_for_image
     from nucseg.inference.forward import predict_batch
     from nucseg.models.build import load_network
     from nucseg.models.registry import resolve_model
@@ -99,8 +99,7 @@ def network_mps(repeats: int) -> dict[str, float]:
     nets = {}
     for runtime in ("pytorch", "onnxruntime"):
         net = load_network(spec, cpu, runtime=runtime)
-        window = image[0, :512, :512] if tile <= 1000 else image[0, 244:756, 244:756]
-        nets[runtime], _ = with_image_gates(net, np.ascontiguousarray(window), spec, cpu)
+        nets[runtime] = network_for_image(net, image[0], spec, cpu)
         predict_batch(nets[runtime], image, spec, cpu)  # warm-up: first-call allocations
     times = interleaved_times({r: (lambda r=r: predict_batch(nets[r], image, spec, cpu)) for r in nets}, repeats)
     mp = tile * tile / 1e6

@@ -100,7 +100,7 @@ def main() -> None:
     import torch
 
     from nucseg.config import InferenceConfig, TilingConfig
-    from nucseg.inference.calibration import with_image_gates
+    from nucseg.inference.calibration import network_for_image
     from nucseg.inference.forward import predict_batch
     from nucseg.inference.plan import plan_prediction
     from nucseg.inference.predict import iter_probabilities, load_predictor, postprocess_workers, predict
@@ -119,7 +119,7 @@ def main() -> None:
 
     # network only
     image = mosaic(max(args.block, 2048))
-    net, _ = with_image_gates(predictor.net, image[:512, :512], predictor.spec, device)
+    net = network_for_image(predictor.net, image, predictor.spec, device)
     t = args.tile
     H, W = image.shape[:2]
     batch = np.stack([image[y : y + t, x : x + t] for y, x in ((i * 256 % (H - t), i * 384 % (W - t))

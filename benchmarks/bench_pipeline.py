@@ -1,14 +1,14 @@
 """(a) The whole pipeline vs a model-only forward over the same tiles, and (b) vs MONAI's sliding window.
 
 Pipeline = read, normalise, batch, forward, blend, watershed post-processing, labels out. Model-only = just the
-forward passes over the very same tiles and batches, plus the one forward pass over the image's centre window
-that fixes the squeeze-excitation gates (part of how the model is run, see nucseg.inference.calibration).
+forward passes over the very same tiles and batches, plus the encoder pass over the image's gate windows that
+fixes the squeeze-excitation gates (part of how the model is run, see nucseg.inference.calibration).
 MONAI = `sliding_window_inference` with the same network, tile and overlap (gaussian blending), as a user would
 call it: the smp network with its weights loaded, in eval mode. Our pipeline prepares that network for inference
 (BatchNorm folded into the convolutions, channels_last on the CPU); MONAI is also timed with the prepared
 network, for a like-for-like figure on everything but that. The seam measure is the mean absolute difference of
 the foreground probability from a single whole-image forward pass (for MONAI, of the network as handed to it;
-for ours, with the gates of the centre window), on pixels within 2 px of a tile border, divided by the same
+for ours, with the image's gates), on pixels within 2 px of a tile border, divided by the same
 difference elsewhere (1.0 = no visible seam), and that seam difference itself. Times are the fastest of 7
 interleaved rounds; the `_paired` ratios are the median over rounds of the two times in the same round; and the
 pipeline's time outside the network (its network calls clocked inside the same run) is the overhead free of the
@@ -25,7 +25,7 @@ import torch
 from _common import default_model_name, emit, he_tile, interleaved_times, paired_ratio
 from nucseg.config import InferenceConfig, TilingConfig
 from nucseg.inference import tile_store as predict_module  # where the engine calls the network
-from nucseg.inference.calibration import centre_crop, with_image_gates
+from nucseg.inference.calibration import network_for_image
 from nucseg.inference.forward import predict_batch, to_input_tensor
 from nucseg.inference.predict import predict
 from nucseg.inference.tiling import iter_batches, pad_to_tile, tile_grid
@@ -62,7 +62,7 @@ def main() -> None:
     tiles = tile_grid(padded.shape[:2], TILE, OVERLAP)
 
     def model_only():
-        gated = with_image_gates(net, centre_crop(image), spec, device)[0]
+        gated = network_for_image(net, image, spec, device)
         for batch in iter_batches(tiles, BATCH):
             predict_batch(gated, np.stack([padded[t.slices] for t in batch]), spec, device)
 
@@ -79,7 +79,7 @@ def main() -> None:
         return run
 
     predict_module.predict_batch = clocked(predict_module.predict_batch)
-    predict_module.with_image_gates = clocked(predict_module.with_image_gates)
+    predict_module.image_network = clocked(predict_module.image_network)
     result = {}
     pipeline_s: list[float] = []
 
@@ -112,7 +112,7 @@ def main() -> None:
     t_monai, t_monai_cl, t_model, t_pipe = best["monai"], best["monai_prepared"], best["model_only"], best["pipeline"]
     with torch.inference_mode():
         x_cl = to_input_tensor(image[None], spec, device)
-        whole = torch.sigmoid(with_image_gates(net, centre_crop(image), spec, device)[0](x_cl))[0, 0].numpy()
+        whole = torch.sigmoid(network_for_image(net, image, spec, device)(x_cl))[0, 0].numpy()
         whole_users = torch.sigmoid(users_net(x))[0, 0].numpy()
     ours = result["r"].probabilities[0]
     theirs = result["m"][0, 0].numpy()

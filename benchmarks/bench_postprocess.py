@@ -55,7 +55,7 @@ def job(probs: np.ndarray):
     from nucseg.models.registry import resolve_model
 
     shape = probs.shape[1:]
-    block = BlockPlan(0, (0, 0, BLOCK, BLOCK), (0, 0, *shape), (Tile(0, 0, *shape),), (0, 0))
+    block = BlockPlan(0, (0, 0, BLOCK, BLOCK), (0, 0, *shape), (Tile(0, 0, *shape),))
     post = PostprocessConfig().resolved(resolve_model("nucseg-default").postprocess_defaults)
     return block, probs, post, LevelGeometry((0, 0, *shape), 1.0), np.uint8, 0, False
 

@@ -1,18 +1,15 @@
-"""Network passes (tiles + calibration passes) per slide of benchmarks/bench_tissue.py: what the time follows.
+"""Network passes (tiles + gate measurements) per slide of benchmarks/bench_tissue.py: what the time follows.
 
     python benchmarks/bench_tissue_passes.py
 
 A deterministic count, free of a shared machine's noise: the network is replaced by a cheap stand-in that
-counts the tiles of every batch and every calibration pass (and, like a network with squeeze-excitation gates,
-lets a tile that is the calibration window reuse that pass). Works on this engine and on the one before the tile
-store (commit 79cb8f5: nucseg.inference.predict held the loop), for a side-by-side count.
+counts the tiles of every batch and every gate measurement (one encoder pass over at most 16 windows of 256 px
+per image since the gates became the image's; one full pass of a 512 px window per block before).
 """
 
 from __future__ import annotations
 
 import sys
-
-import numpy as np
 
 from _common import ROOT, emit
 from make_slides import slide_with_tissue
@@ -25,26 +22,23 @@ def main() -> None:
     from fake_models import BlobNet
     from nucseg.config import InferenceConfig
     from nucseg.inference import forward
+    from nucseg.inference import tile_store as loop
     from nucseg.io.slides import open_slide
     from nucseg.models import build
 
-    try:
-        from nucseg.inference import tile_store as loop  # this engine
-    except ImportError:
-        from nucseg.inference import predict as loop  # the engine before it
     counts = {"tiles": 0, "calibrations": 0}
     net = BlobNet().eval()
-    build.load_network = lambda spec, device="cpu": net
+    build.load_network = lambda spec, device="cpu", runtime="auto": net
 
-    def gates(net, window, spec, device):
+    def gates(net, *args):
         counts["calibrations"] += 1
-        return net, forward.predict_batch(net, np.ascontiguousarray(window)[None], spec, device)[0]
+        return net
 
     def batch(net, tiles, spec, device, tta=False):
         counts["tiles"] += len(tiles)
         return forward.predict_batch(net, tiles, spec, device, tta=tta)
 
-    loop.with_image_gates, loop.predict_batch = gates, batch
+    loop.image_network, loop.predict_batch = gates, batch
     from nucseg.inference.predict import predict
 
     rows = {}

@@ -403,7 +403,8 @@ from nucseg.io.slides import open_slide
 
 with open_slide({str(path)!r}) as slide:
     assert not slide.is_pyramid and slide.mpp == 0.25, (slide.levels, slide.mpp)
-    mask, down = ScaledSource(slide, 0.25).tissue_mask()
+    tissue = ScaledSource(slide, 0.25).tissue_mask()
+    mask, down = tissue.mask, tissue.down
 print(*mask.shape, down, mask[192:256, 256:320].mean(), mask[2496:2560, 0:64].mean(), mask[400:1200, 400:1200].mean())
 """
     done = run_capped(code, cap_gb=2, timeout=900)

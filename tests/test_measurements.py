@@ -133,3 +133,27 @@ def test_without_a_pixel_size_everything_stays_in_pixels(make_napari_viewer, qtb
     assert "10⁶ px²" in text and "mm²" not in text and "unknown" in text
     heat = dock.add_heatmap()
     assert heat.name.endswith("(nuclei per 10^6 px²)")
+
+
+def test_a_layer_is_measured_even_if_an_earlier_layer_had_its_id(make_napari_viewer, qtbot):
+    """The running measurements were keyed by id(layer): a layer of a closed viewer whose worker never reported its
+    end left its id behind, and a new layer that got the same id was never measured (the Measurements dock waited
+    forever: test_measurements after test_widget_segment)."""
+    import weakref
+
+    from nucseg._napari import measurements
+
+    viewer = make_napari_viewer()
+    labels = np.zeros((64, 64), np.uint32)
+    labels[10:20, 10:20] = 1
+    layer = viewer.add_labels(labels)
+
+    class Gone:
+        pass
+
+    gone = Gone()
+    measurements._running[id(layer)] = (weakref.ref(gone), None)
+    del gone
+    worker = measurements.measure_layer(viewer, layer)
+    assert worker is not None
+    qtbot.waitUntil(lambda: measurements.MEASURED_KEY in layer.metadata, timeout=60000)

@@ -17,7 +17,7 @@ from nucseg.errors import ConfigError  # noqa: E402
 from nucseg.models import build, runtime  # noqa: E402
 from nucseg.models.build import build_network, load_network, save_model  # noqa: E402
 from nucseg.models.registry import resolve_model, untrained_spec  # noqa: E402
-from nucseg.models.squeeze_excitation import mean_gates, se_blocks, with_image_gates  # noqa: E402
+from nucseg.models.squeeze_excitation import pooled_gates, se_blocks, with_gates  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -75,21 +75,31 @@ def test_exported_network_gives_pytorchs_probabilities(pair):
 def test_gates_measured_and_fixed_in_onnxruntime_are_pytorchs(pair):
     ort_net, torch_net = pair
     g = torch.Generator().manual_seed(2)
-    window, other = torch.rand(1, 3, 128, 128, generator=g), torch.rand(1, 3, 64, 96, generator=g) * 2
-    gates = mean_gates(torch_net, [window])
-    fixed_ort, window_logits = with_image_gates(ort_net, window)
+    windows, other = torch.rand(3, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 96, generator=g) * 2
+    gates = pooled_gates(torch_net, windows)
+    ort_gates = pooled_gates(ort_net, windows)
+    assert len(ort_gates) == len(gates) == len(se_blocks(torch_net))
+    for ours, theirs in zip(ort_gates, gates, strict=True):
+        assert float((ours - theirs).abs().max()) < 1e-5
+    assert float(torch.cat(gates).max() - torch.cat(gates).min()) > 0.1  # gates that matter
+    fixed_ort, fixed_torch = with_gates(ort_net, ort_gates), with_gates(torch_net, gates)
     assert not se_blocks(fixed_ort) and se_blocks(ort_net)  # the copy's gates are fixed, the shared net's not
-    assert len(fixed_ort._gates) == len(gates)
-    for ours, theirs in zip(fixed_ort._gates, gates, strict=True):
-        assert np.abs(ours.ravel() - theirs.numpy()).max() < 1e-5
-    assert float(np.ptp(np.concatenate([g.ravel() for g in fixed_ort._gates]))) > 0.1  # gates that matter
-    fixed_torch, _ = with_image_gates(torch_net, window)
+    assert not se_blocks(fixed_torch) and se_blocks(torch_net)
     with torch.inference_mode():
-        assert float((window_logits - torch_net(window)).abs().max()) < 1e-3
         expected, per_input = fixed_torch(other), torch_net(other)
     got = fixed_ort(other)
     assert float((got - expected).abs().max()) < 1e-3
     assert float((per_input - expected).abs().max()) > 10 * float((got - expected).abs().max())
+
+
+def test_pooled_gates_are_the_gates_of_the_windows_seen_as_one_image(pair):
+    """Pooling each block's squeeze over the windows is what one image made of them gives: with windows that
+    are copies of one another, the gates of one of them."""
+    _, torch_net = pair
+    window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    one, three = pooled_gates(torch_net, window), pooled_gates(torch_net, window.repeat(3, 1, 1, 1))
+    for a, b in zip(one, three, strict=True):
+        assert float((a - b).abs().max()) < 1e-5
 
 
 def test_sides_the_graph_cannot_take_run_in_pytorch(pair):
@@ -167,28 +177,29 @@ def test_cli_runtime_option_reaches_the_json(model, pair, tmp_path):
 
 
 def test_default_model_runs_the_same_in_both_runtimes(cache):
-    """The shipped network, exported: probabilities equal PyTorch's on a small real crop, gates fixed."""
-    from nucseg.inference.calibration import with_image_gates as calibrate
-    from nucseg.inference.forward import predict_batch
+    """The shipped network, exported: gates and probabilities equal PyTorch's on a small real crop."""
+    from nucseg.inference.forward import predict_batch, to_input_tensor
     from nucseg.io.sample import sample_paths
     from nucseg.io.slides import read_image
 
     spec = resolve_model("nucseg-default")
     image = read_image(sample_paths()[0])
-    window, tile = np.ascontiguousarray(image[:512, :512]), np.ascontiguousarray(image[None, 64:192, 96:224])
-    probs = {}
+    windows = np.stack([image[:256, :256], image[256:512, 256:512]])
+    tile = np.ascontiguousarray(image[None, 64:192, 96:224])
+    probs, gates = {}, {}
     for choice in ("onnxruntime", "pytorch"):
-        fixed, window_probs = calibrate(load_network(spec, "cpu", runtime=choice), window, spec, CPU)
-        probs[choice] = window_probs, predict_batch(fixed, tile, spec, CPU)
-    assert np.abs(probs["onnxruntime"][0] - probs["pytorch"][0]).max() < 1e-4
-    assert np.abs(probs["onnxruntime"][1] - probs["pytorch"][1]).max() < 1e-4
+        net = load_network(spec, "cpu", runtime=choice)
+        gates[choice] = pooled_gates(net, to_input_tensor(windows, spec, CPU, channels_last=choice == "pytorch"))
+        probs[choice] = predict_batch(with_gates(net, gates[choice]), tile, spec, CPU)
+    assert max(float((a - b).abs().max()) for a, b in zip(gates["onnxruntime"], gates["pytorch"])) < 1e-4
+    assert np.abs(probs["onnxruntime"] - probs["pytorch"]).max() < 1e-4
 
 
 def test_odd_sides_keep_the_fixed_gates_in_pytorch(pair):
     ort_net, torch_net = pair
     window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    fixed, _ = ort_net.with_gates_of(window)
-    expected, _ = with_image_gates(torch_net, window)
+    fixed = with_gates(ort_net, pooled_gates(ort_net, window))
+    expected = with_gates(torch_net, pooled_gates(torch_net, window))
     x = torch.rand(1, 3, 96, 100)  # 100 is not a multiple of 32: PyTorch runs it, with the window's gates
     with torch.inference_mode():
         assert float((fixed(x) - expected(x)).abs().max()) < 1e-4
@@ -198,7 +209,7 @@ def test_a_gated_network_pickles_for_worker_processes(pair):
     import pickle
 
     window = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    fixed, _ = pair[0].with_gates_of(window)
+    fixed = with_gates(pair[0], pooled_gates(pair[0], window))
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(pickle.loads(pickle.dumps(fixed))(x), fixed(x))
 

@@ -10,7 +10,7 @@ from nucseg.inference.tiling import fitted_tile, tile_grid
     ((2000, 2000), 1120, 64, 1056),  # two tiles per axis instead of two of 1120
     ((2176, 2176), 1120, 64, 1120),  # a 2048 block with its halo: exactly two tiles
     ((1000, 1000), 1120, 64, 1024),  # a MoNuSeg tile: one tile, padded by 24 px
-    ((300, 400), 1120, 64, 512),  # small images keep one calibration-window tile
+    ((300, 400), 1120, 64, 512),  # small images: one tile of 512 (it then stops at the image's end)
     ((1000, 1000), 256, 64, 256),  # a requested small tile is kept
     ((1500, 700), 1120, 64, 800),
 ])
@@ -47,4 +47,5 @@ def test_a_one_block_image_runs_fitted_tiles():
     config = InferenceConfig(tiling=TilingConfig(1120, 64, 1), skip_background=False)
     plan = plan_prediction(image, config, mpp=0.25)
     assert plan.tile_size == 1056 and len(plan.tiles) == 4
-    assert {t.y1 - t.y0 for t in plan.tiles} == {1056}
+    # the grid's tiles from the origin; the last of each row and column stops at the image's end (2000 -> 2016)
+    assert {(t.y0, t.y1) for t in plan.tiles} == {(0, 1056), (992, 2016)}

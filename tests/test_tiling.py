@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from nucseg.inference.stitching import BlendCanvas
-from nucseg.inference.tiling import blend_window, pad_to_tile, tile_grid, tile_starts
+from nucseg.inference.tiling import (
+    aligned_stride,
+    blend_window,
+    grid_starts,
+    pad_to_tile,
+    plan_overlap,
+    tile_extent,
+    tile_grid,
+    tile_starts,
+)
 
 
 @pytest.mark.parametrize("length,tile,stride", list(itertools.product([32, 33, 64, 95, 128, 257], [32, 64], [16, 24, 32])))
@@ -108,7 +117,27 @@ def test_tile_grid_covers_its_box_and_stays_inside_the_image_when_it_can(shape, 
     assert covered[y0:y1, x0:x1].all()
 
 
-def test_the_engine_lays_out_tile_grid():
-    from nucseg.inference.plan import tile_layout
+def test_the_grid_is_the_images_whatever_part_is_asked():
+    """Tiles start at multiples of the (32-aligned) stride from the image's origin; a part of the image gets the
+    whole image's tiles over it, and the last tile of an axis stops at the image's end (rounded up to 32)."""
+    assert aligned_stride(512, 64) == 448 and aligned_stride(256, 48) == 192 and aligned_stride(256, 112) == 128
+    # small tiles get more context (F1 0.983 -> 0.991 against one 1024-px tile); 512-px tiles and no overlap keep theirs
+    assert plan_overlap(256, 64) == 96 and plan_overlap(512, 64) == 64 and plan_overlap(64, 0) == 0
+    assert plan_overlap(64, 16) == 24 and plan_overlap(256, 112) == 112
+    every = grid_starts(0, 1000, 1000, 256, 192)
+    assert every == [0, 192, 384, 576, 768]
+    assert grid_starts(300, 500, 1000, 256, 192) == [192, 384]  # the tiles over [300, 500), no others
+    assert set(grid_starts(300, 500, 1000, 256, 192)) <= set(every)
+    assert grid_starts(0, 4096, 4096, 512, 448)[-1] == 3584  # 9 tiles end exactly at 4096
+    assert [tile_extent(s, 1000, 256) for s in every] == [256, 256, 256, 256, 256]  # 768 + 256 = 1024
+    assert [tile_extent(s, 1000, 512) for s in grid_starts(0, 1000, 1000, 512, 448)] == [512, 512, 128]
+    # whatever the tile, the image's far edge is met with the same white margin (1000 -> 1024)
+    assert {s + tile_extent(s, 1000, t) for t, st in ((256, 192), (512, 448), (1024, 1024))
+            for s in grid_starts(999, 1000, 1000, t, st)} == {1024}
 
-    assert tile_layout((200, 257), 64, 16, None) == tile_grid((200, 257), 64, 16)
+
+def test_a_clipped_tile_blends_with_its_neighbour():
+    """A short last tile (clipped at the image's end) still ramps in over the overlap and is positive."""
+    w = blend_window(96, 64, 512)
+    assert w.shape == (96, 512) and (w > 0).all()
+    assert w[:16, 256].max() <= 1e-3 and w[40, 256] > 0.5

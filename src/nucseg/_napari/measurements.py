@@ -14,6 +14,7 @@ numbers of the layer at once (no stale figure is shown) and measures it again af
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -73,8 +74,10 @@ def level0(layer: Any) -> Any:
 
 
 def measure_job(labels: Any, pixels: Any, path: str | None, how: str, mpp: float | None,
-                offset: tuple[float, float]) -> Generator[None, None, Measured]:
-    """In a worker: measure every nucleus and map the tissue under the labels."""
+                offset: tuple[float, float], image_file: str | None = None) -> Generator[None, None, Measured]:
+    """In a worker: measure every nucleus and map the tissue under the labels (with `image_file`, the file the
+    labels were segmented from, the tissue of that whole image over the labels, as the engine and `nucseg predict`
+    map it; pixels cropped to the labels would get a mask of their own)."""
     yield None
     with writers.opened_source(pixels, path, how) as (image, found):
         columns = nucleus_columns(labels, image, mpp, offset)
@@ -85,9 +88,25 @@ def measure_job(labels: Any, pixels: Any, path: str | None, how: str, mpp: float
             if hasattr(image, "read_region"):  # a slide: the labels' region of it
                 tissue = tissue_map(image, (int(round(offset[0])), int(round(offset[1])), *shape))
             else:  # pixels aligned with the labels: placed at their offset
+                tissue = _file_tissue(image_file, (int(round(offset[0])), int(round(offset[1])), *shape))
+            if tissue is None and not hasattr(image, "read_region"):
                 local = tissue_map(np.asarray(image))
                 tissue = dataclasses.replace(local, origin=(local.origin[0] + offset[0], local.origin[1] + offset[1]))
     return Measured(columns, tissue, mpp, offset, (int(labels.shape[0]), int(labels.shape[1])), found)
+
+
+def _file_tissue(path: str | None, region: tuple[int, int, int, int]) -> Any:
+    """The tissue map of `region` of the image file at `path`, or None where it cannot be opened."""
+    if not path:
+        return None
+    from nucseg.errors import NucsegError
+    from nucseg.io.slides import open_slide
+
+    try:
+        with open_slide(path) as slide:
+            return tissue_map(slide, region)
+    except (NucsegError, OSError):
+        return None
 
 
 def hover_features(measured: Measured) -> dict[str, np.ndarray]:
@@ -130,7 +149,7 @@ class _Watch:
 
 
 _listeners: list[Callable[[Any, Measured], None]] = []
-_running: dict[int, Any] = {}
+_running: dict[int, tuple[weakref.ref, Any]] = {}
 
 
 def on_measured(callback: Callable[[Any, Measured], None]) -> None:
@@ -154,7 +173,10 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     from ._workers import start_generator_worker
 
     viewer, layer = _unwrapped(viewer), _unwrapped(layer)
-    if layer not in viewer.layers or id(layer) in _running:
+    running = _running.get(id(layer))
+    # keyed by id, checked by identity: a layer of an earlier viewer whose worker never reported its end may have
+    # had the same id, and this layer was then never measured
+    if layer not in viewer.layers or (running is not None and running[0]() is layer):
         return None
     if not hasattr(layer, "_nucseg_watch"):
         layer._nucseg_watch = _Watch(viewer, layer)
@@ -166,6 +188,7 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     attributes = layer_attributes(layer)
     labels = level0(layer)
     pixels, path, how = writers.find_source(labels, attributes, viewer)
+    image_file = writers.image_reference(attributes).get("path")
     mpp, offset = writers.layer_mpp(attributes), writers.layer_offset(attributes)
 
     def done(measured: Measured) -> None:
@@ -179,7 +202,7 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     def finished() -> None:
         _running.pop(id(layer), None)
 
-    worker = start_generator_worker(lambda: measure_job(labels, pixels, path, how, mpp, offset), on_return=done,
+    worker = start_generator_worker(lambda: measure_job(labels, pixels, path, how, mpp, offset, image_file), on_return=done,
                                     on_finished=finished, desc=f"measuring {layer.name}")
-    _running[id(layer)] = worker
+    _running[id(layer)] = (weakref.ref(layer), worker)
     return worker

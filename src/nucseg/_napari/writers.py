@@ -80,7 +80,8 @@ def _overlay(layer: Any, shape: tuple[int, int], attributes: dict[str, Any]) -> 
     return level0[start[0]:start[0] + shape[0], start[1]:start[1] + shape[1]]
 
 
-def _reference(attributes: dict[str, Any]) -> dict[str, Any]:
+def image_reference(attributes: dict[str, Any]) -> dict[str, Any]:
+    """What a labels layer says of the image it was segmented from (its name, its file's path)."""
     ref = (attributes.get("metadata") or {}).get(IMAGE_KEY) or {}
     return {"name": ref} if isinstance(ref, str) else dict(ref)
 
@@ -91,7 +92,7 @@ def find_source(labels: Any, attributes: dict[str, Any], viewer: Any = None) -> 
     import napari
 
     shape = (int(labels.shape[0]), int(labels.shape[1]))
-    ref, viewer = _reference(attributes), viewer or napari.current_viewer()
+    ref, viewer = image_reference(attributes), viewer or napari.current_viewer()
     layers = list(viewer.layers) if viewer is not None else []
     fits = [(layer, pixels) for layer in layers if (pixels := _overlay(layer, shape, attributes)) is not None]
     chosen = next((f for f in fits if ref.get("name") and f[0].name == ref["name"]), None)
@@ -159,7 +160,7 @@ def _labels_file(path: str, data: Any, attributes: dict[str, Any], write_file: A
     if background and isinstance(labels, np.ndarray):
         labels = labels.copy()
     kwargs = {"mpp": layer_mpp(attributes), "overwrite": True, "offset": layer_offset(attributes),
-              "image": _reference(attributes) or None}
+              "image": image_reference(attributes) or None}
     return _in_background(path, lambda: write_file(labels, path, **kwargs) and None, background)
 
 

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nucseg.cli import EXIT_USER_ERROR
-    from nucseg.models.registry import model_catalog, resolve_model
+    from nucseg.errors import ModelError
+    from nucseg.models.registry import model_catalog, network_summary, resolve_model
 
     if args.name:
         spec = resolve_model(args.name)
@@ -28,7 +29,11 @@ def run(args: argparse.Namespace) -> int:
     catalog = model_catalog()
     width = max(len(n) for n in catalog.models)
     for name, description in catalog.models.items():
-        print(f"{name:<{width}}  {description}")
+        try:
+            network = f"  [{network_summary(resolve_model(name))}]"
+        except ModelError:  # a folder whose config cannot be read: listed, without its network
+            network = ""
+        print(f"{name:<{width}}  {description}{network}")
     for line in catalog.damaged_lines():
         print(f"nucseg models: error: {line}", file=sys.stderr)
     return EXIT_USER_ERROR if catalog.damaged else 0

@@ -1,5 +1,5 @@
-"""One block of a plan: read, calibrate, predict its tiles, separate its nuclei (`run_block`); then write it
-into the run's outputs (`write_block`).
+"""One block of a plan: read, predict its tiles (with the image's squeeze-excitation gates), separate its nuclei
+(`run_block`); then write it into the run's outputs (`write_block`).
 
 `run_block` depends only on the plan, the block's index and the network, and returns a small picklable
 `BlockOutput`, so blocks may run in any order, in other threads or processes; `write_block`, called in block
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.transform import resize
 
 from nucseg.inference.forward import Predictor, load_predictor  # noqa: F401  (load_predictor: re-exported)
 from nucseg.inference.plan import BlockPlan, Box, PredictionPlan
@@ -70,9 +69,8 @@ def iter_block_probabilities(
     """
     block = plan.blocks[index]
     store = store if store is not None else TileStore(plan, predictor, max_bytes=0)
-    tiling = plan.config.tiling
     ry, rx, rh, rw = block.read
-    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), plan.tile_size, tiling.overlap, origin=(ry, rx))
+    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), plan.tile_size, plan.overlap, origin=(ry, rx))
     yield "reading block", 0
     preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
     for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner
@@ -110,8 +108,10 @@ def finish_block(block: BlockPlan, probs: np.ndarray, postprocess: PostprocessCo
     y0, x0 = max(min(t.y0 for t in block.tiles) - ry, 0), max(min(t.x0 for t in block.tiles) - rx, 0)
     y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
     inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], postprocess)
-    labels, n = keep_core_nuclei(inst, block.box, (ry + y0, rx + x0))
+    labels, n = keep_core_nuclei(inst, block.keep or block.box, (ry + y0, rx + x0))
     labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), geometry)
+    # nuclei the region's border cuts come whole from the halo: keep their part inside the region
+    labels, labels_box, n = clip_to_region(labels, labels_box, geometry.region0[2:], n)
     by, bx, bh, bw = block.box
     core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
     return BlockOutput(block.index, labels, labels_box, n, convert_probabilities(core, probs_dtype), tiles_done,
@@ -136,7 +136,7 @@ def run_block(
     probs_dtype: Any = np.float32,
     store: TileStore | None = None,
 ) -> BlockOutput:
-    """Read, calibrate, predict and post-process block `index` of `plan`.
+    """Read, predict and post-process block `index` of `plan`.
 
     Args:
         plan: from `plan_prediction` (in this process, or planned again from the same inputs in another).
@@ -199,28 +199,51 @@ def keep_core_nuclei(inst: np.ndarray, box: Box, origin: tuple[int, int]) -> tup
     centres = np.array(ndi.center_of_mass(np.ones_like(inst), inst, index=np.arange(1, n + 1)))
     cy, cx = centres[:, 0] + ry, centres[:, 1] + rx
     keep = (cy >= by) & (cy < by + bh) & (cx >= bx) & (cx < bx + bw)
-    lut = np.zeros(n + 1, dtype=np.uint32)
+    return _renumber(inst, keep)
+
+
+def _renumber(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """`labels` with the ids i where keep[i - 1] numbered 1..k in order, the others 0; and k."""
+    lut = np.zeros(len(keep) + 1, dtype=np.uint32)
     kept = int(keep.sum())
     lut[1:][keep] = np.arange(1, kept + 1, dtype=np.uint32)
-    return lut[inst], kept
+    return lut[labels], kept
+
+
+def clip_to_region(labels: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int], n: int
+                   ) -> tuple[np.ndarray, tuple[int, int, int, int], int]:
+    """Level-0 `labels` (ids 1..n) at `box` (y0, x0, y1, x1, relative to the region) cut to the region's
+    `shape`; nuclei left with no pixel inside are dropped and the rest renumbered 1..k. Returns (labels, box, k)."""
+    y0, x0, y1, x1 = box
+    cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, shape[0]), min(x1, shape[1])
+    if (cy0, cx0, cy1, cx1) == (y0, x0, y1, x1) or not n:
+        return labels, box, n
+    labels = labels[max(cy0 - y0, 0) : max(cy1 - y0, 0), max(cx0 - x0, 0) : max(cx1 - x0, 0)]
+    present = np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1] > 0
+    if present.all():
+        return labels, (cy0, cx0, max(cy1, cy0), max(cx1, cx0)), n
+    labels, k = _renumber(labels, present)
+    return labels, (cy0, cx0, max(cy1, cy0), max(cx1, cx0)), k
 
 
 def labels_at_level0(inst: np.ndarray, origin: tuple[int, int], source: ScaledSource | Any
                      ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`inst` (model pixels, top-left at `origin`) at level 0, and its (y0, x0, y1, x1) relative to the region."""
-    ry, rx = origin
-    y0, x0 = source.to_level0(ry, rx)
-    y1, x1 = source.to_level0(ry + inst.shape[0], rx + inst.shape[1])
-    if source.resampled:
-        inst = resize(inst, (y1 - y0, x1 - x0), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
-    oy, ox = source.region0[:2]
-    return inst, (y0 - oy, x0 - ox, y1 - oy, x1 - ox)
+    """`inst` (model pixels, top-left at `origin`) at level 0, and its (y0, x0, y1, x1) relative to the region
+    (`LevelGeometry.labels_at_level0`: the image's model grid, whatever region was asked)."""
+    geometry = source.geometry if hasattr(source, "geometry") else source
+    return geometry.labels_at_level0(inst, origin)
 
 
 def paste_labels(labels_out: Any, labels: np.ndarray, box: tuple[int, int, int, int], next_id: int) -> None:
-    """Write `labels` (ids 1..n) as ids next_id.. into `labels_out[box]`, only where it is still 0."""
+    """Write `labels` (ids 1..n) as ids next_id.. into `labels_out[box]`, only where it is still 0; the parts of
+    `box` outside `labels_out` are left out."""
     y0, x0, y1, x1 = box
-    sl = (slice(y0, y1), slice(x0, x1))
+    cy0, cx0 = max(y0, 0), max(x0, 0)
+    cy1, cx1 = min(y1, labels_out.shape[0]), min(x1, labels_out.shape[1])
+    if cy1 <= cy0 or cx1 <= cx0:
+        return
+    labels = labels[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    sl = (slice(cy0, cy1), slice(cx0, cx1))
     shifted = np.where(labels > 0, labels + np.uint32(next_id - 1), np.uint32(0))
     current = np.asarray(labels_out[sl])
     labels_out[sl] = np.where(current == 0, shifted, current)

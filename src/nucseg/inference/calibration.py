@@ -1,94 +1,131 @@
-"""The reference window whose squeeze-excitation gates every tile of an image uses (see
-`nucseg.models.squeeze_excitation`), so that the result does not depend on the tile size.
+"""The squeeze-excitation gates of an image: a function of the image alone, never of the region, the field of
+view, the tile size or the block that is asked (see `nucseg.models.squeeze_excitation`).
 
-The window is one default tile (512 px at the model's resolution): for an image that fits one window, its centre,
-padded with white at the bottom and right like a one-tile run (so it gets exactly the gates a one-tile run gives
-it); otherwise, where a tissue mask is known, the block's window with most tissue (the one nearest the centre among
-equals), else its centre. Every kind of input follows this one rule. Taking the centre whenever it was 3/4 tissue
-instead scored AJI 0.587 / Dice 0.803 against 0.600 / 0.823 on a 4096 px mosaic of MoNuSeg tiles with their truth,
-and 0.6177 against 0.6183 on the five validation tiles (2026-12-01). A slide
-bigger than one block (2048 px) is calibrated block by block: the network was trained with gates from 256-px
-patches, and one window's gates misfit distant tissue of another kind (on a mosaic of 30 MoNuSeg tiles of seven
-organs, one window for all of it found 23 % fewer nuclei than per-tile gates).
+The gates are measured once per image, on `GATE_WINDOW` px windows at the model's resolution laid on a grid over
+the whole image (from its origin, the last window of a row or column flush with the image's end; an image
+smaller than a window is one window, white beyond it): those with the most tissue in the image's own tissue
+mask (at least `MOST_TISSUE` of the best window's share), at most `GATE_WINDOWS` of them spread evenly over the
+image. The encoder runs on them as if they were one image (each block's squeeze pooled over every window,
+`pooled_gates`): one gate vector per block, for every tile of the image. A slide's gates are kept with the open
+slide (`source_cache`), so its regions measure nothing again; a region asked of a slide gets exactly the gates
+of the whole-slide run.
+
+Before, each block of a slide took the gates of its own window with most tissue, and an image of one block the
+gates of its centre window, so the same pixels gave other nuclei in a drawn region than in the whole-slide run
+(small_HE.svs: object F1 0.854 over a 401 px region). The figures of the change are in docs/MODEL.md ("Tiling").
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nucseg.inference.forward import to_input_tensor
-from nucseg.inference.tiling import pad_to_tile
-from nucseg.models.registry import ModelSpec
+from nucseg.inference.source import ScaledSource, source_cache
+from nucseg.inference.tiling import tile_starts
+from nucseg.inference.tissue import TissueMap
 
 if TYPE_CHECKING:
     import torch
 
-CALIBRATION_SIZE = 512
+    from nucseg.models.registry import ModelSpec
+
+#: side of a gate window (model pixels): the training patches' side, whose gates the network learned with
+GATE_WINDOW = 256
+#: most windows the gates are pooled over (16 windows of 256 px: the pixels of one batch of four 512-px tiles)
+GATE_WINDOWS = 16
+#: windows whose tissue share is at least this fraction of the best window's are candidates
+MOST_TISSUE = 0.75
+
+_lock = threading.Lock()
 
 
-def centre_window(shape: tuple[int, int], size: int = CALIBRATION_SIZE) -> tuple[int, int]:
-    """Top-left of the centred `size` window; 0 along an axis shorter than `size` (padding goes after)."""
-    return max((shape[0] - size) // 2, 0), max((shape[1] - size) // 2, 0)
+def gate_windows(full_shape: tuple[int, int], tissue: TissueMap | None,
+                 size: int = GATE_WINDOW, most: int = GATE_WINDOWS) -> tuple[tuple[int, int], ...]:
+    """Top-lefts (model pixels of the whole image) of the windows the gates are measured on.
+
+    Args:
+        full_shape: the whole image's (h, w) in model pixels.
+        tissue: the whole image's tissue mask, or None (every window is a candidate, as when it finds none).
+    """
+    ys, xs = _starts(full_shape[0], size), _starts(full_shape[1], size)
+    candidates = [(y, x) for y in ys for x in xs]
+    if tissue is not None and not tissue.empty:
+        shares = window_shares(tissue.moved((0, 0)), ys, xs, size).ravel()
+        best = float(shares.max())
+        if best > 0:
+            candidates = [c for c, s in zip(candidates, shares) if s >= MOST_TISSUE * best]
+    if len(candidates) > most:
+        picks = np.round(np.linspace(0, len(candidates) - 1, most)).astype(int)
+        candidates = [candidates[i] for i in picks]
+    return tuple(candidates)
 
 
-def tissue_window(box: tuple[int, int, int, int], mask: np.ndarray, down: float,
-                  size: int = CALIBRATION_SIZE, candidates: list[tuple[int, int]] | None = None) -> tuple[int, int]:
-    """Top-left of the `size` window in `box` (y, x, h, w) with the most tissue in `mask`, whose pixels are
-    `down` times coarser than the box's; the one nearest the box's centre among equals. The windows tried are
-    `candidates` (e.g. the block's tiles, whose calibration pass then doubles as their prediction), else a
-    half-window grid over the box."""
-    by, bx, h, w = box
-    oy, ox = centre_window((h, w), size)
-    cy, cx = by + oy, bx + ox
-    if not candidates:
-        candidates = [(y, x) for y in range(by, by + max(h - size, 0) + 1, size // 2)
-                      for x in range(bx, bx + max(w - size, 0) + 1, size // 2)]
-    best, best_key = (cy, cx), None
-    for y, x in candidates:
-        key = (tissue_share(mask, down, y, x, size), -abs(y - cy) - abs(x - cx))
-        if best_key is None or key > best_key:
-            best, best_key = (y, x), key
-    return best
+def image_gate_windows(source: ScaledSource) -> tuple[tuple[int, int], ...]:
+    """`gate_windows` of the image `source` is a region of (its whole tissue mask; every window when it has none)."""
+    mask = source.tissue_mask()
+    return gate_windows(source.full_shape, None if mask.empty else mask)
 
 
-def tissue_share(mask: np.ndarray, down: float, y: int, x: int, size: int = CALIBRATION_SIZE) -> float:
-    """Share of tissue in `mask` (pixels `down` times coarser) over the `size` window at (y, x)."""
-    cut = mask[max(int(y // down), 0) : max(int(np.ceil((y + size) / down)), 0),
-               max(int(x // down), 0) : max(int(np.ceil((x + size) / down)), 0)]
-    return float(cut.mean()) if cut.size else 0.0
+def _starts(length: int, size: int) -> list[int]:
+    return tile_starts(length, size, size) if length >= size else [0]
 
 
-def block_window(box: tuple[int, int, int, int], tissue: tuple[np.ndarray, float] | None,
-                 candidates: list[tuple[int, int]] | None = None) -> tuple[int, int]:
-    """Where the gates of the block `box` (y, x, h, w) are measured: with a `tissue` (mask, downsample), the window
-    with most tissue among `candidates` (see `tissue_window`); without one, or for a block that fits one window,
-    its centre window."""
-    oy, ox = centre_window(box[2:])
-    centre = box[0] + oy, box[1] + ox
-    if tissue is None or max(box[2:]) <= CALIBRATION_SIZE:
-        return centre
-    return tissue_window(box, tissue[0], tissue[1], candidates=candidates)
+def window_shares(tissue: TissueMap, ys: list[int], xs: list[int], size: int) -> np.ndarray:
+    """(len(ys), len(xs)) tissue share of each window (from a summed-area table of the mask)."""
+    mask = tissue.mask
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.cumsum(0).cumsum(1)
+
+    def cuts(starts: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        s = np.asarray(starts, float)
+        lo = np.clip(np.floor(s / tissue.down).astype(int), 0, n)
+        hi = np.clip(np.ceil((s + size) / tissue.down).astype(int), 0, n)
+        return lo, hi
+
+    y0, y1 = cuts(ys, mask.shape[0])
+    x0, x1 = cuts(xs, mask.shape[1])
+    sums = (table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]).astype(float)
+    area = np.outer(np.maximum(y1 - y0, 1), np.maximum(x1 - x0, 1))
+    return sums / area
 
 
-def centre_crop(image: np.ndarray, size: int = CALIBRATION_SIZE) -> np.ndarray:
-    """The centred `size` x `size` window of an (H, W, 3) image, white beyond its bottom and right edges."""
-    y, x = centre_window(image.shape[:2], size)
-    window = image[y : y + size, x : x + size]
-    return pad_to_tile(window, size)[0]
+def image_network(net: Any, source: ScaledSource, windows: tuple[tuple[int, int], ...], spec: ModelSpec,
+                  device: torch.device) -> Any:
+    """`net` with its squeeze-excitation gates fixed to those of the image of `source` (measured on `windows`,
+    see `gate_windows`); `net` itself when it has no gates (MobileNet, ResNet, constant-gate models).
 
-
-def with_image_gates(net: torch.nn.Module, window: np.ndarray, spec: ModelSpec, device: torch.device):
-    """`net` with its squeeze-excitation gates fixed to those of `window` ((S, S, 3) uint8, S = CALIBRATION_SIZE),
-    and its (C, S, S) probabilities for `window`; `net` itself and None if it has no gates (MobileNet, ResNet,
-    constant-gate models)."""
-    import torch
-
-    from nucseg.models.squeeze_excitation import se_blocks
-    from nucseg.models.squeeze_excitation import with_image_gates as fix
+    Kept per image object and network: a second region of the same open slide reuses them.
+    """
+    from nucseg.models.squeeze_excitation import pooled_gates, se_blocks, with_gates
 
     if not se_blocks(net):
-        return net, None
-    fixed, logits = fix(net, to_input_tensor(window[None], spec, device))
-    return fixed, torch.sigmoid(logits[0].float()).cpu().numpy()
+        return net
+    key = ("gates", source.factor, source.level, windows)
+    cache = source_cache(source.image)
+    with _lock:
+        per_net = cache.setdefault(key, weakref.WeakKeyDictionary())
+        try:
+            if net in per_net:
+                return per_net[net]
+        except TypeError:  # a network that cannot be referenced weakly: measured every time
+            per_net = {}
+    pixels = np.stack([source.read_model(y, x, GATE_WINDOW, GATE_WINDOW) for y, x in windows])
+    runtime = getattr(net, "runtime", "pytorch")
+    batch = to_input_tensor(pixels, spec, device, channels_last=runtime == "pytorch")
+    fixed = with_gates(net, pooled_gates(net, batch))
+    with _lock, contextlib.suppress(TypeError):
+        per_net[net] = fixed
+    return fixed
+
+
+def network_for_image(net: Any, image: np.ndarray, spec: ModelSpec, device: torch.device,
+                      mpp: float | None = None) -> Any:
+    """`net` with the gates a run on the in-memory `image` gives it: for benchmarks and tools that call the
+    network outside the engine."""
+    source = ScaledSource(image, spec.mpp, mpp)
+    return image_network(net, source, image_gate_windows(source), spec, device)

@@ -1,14 +1,17 @@
 """`plan_prediction`: where a prediction will run, before anything runs (no network, no block read).
 
-A plan fixes the geometry of a run: the region at the model's resolution (`ScaledSource`); one grid of tiles laid
-over its tissue (over its bounding box, so a small piece of tissue needs the fewest tiles; tiles without tissue
-dropped); the blocks that are post-processed at once, each with a read box (the block and a halo of context); which
-tiles each block needs (those over its read box: a tile on a block border is computed once and feeds both blocks);
-which block owns each tile (the one holding its centre: the tile runs with that block's squeeze-excitation gates,
-so its prediction is the same whichever block asks for it); the window each block's gates are measured on; and the
-batches tiles run in (a batch's make-up can change a convolution's last bits, so it is fixed here). It is a pure
-function of the image, the settings and the region, so a worker process that plans again gets the same plan, and
-blocks can run anywhere (`nucseg.inference.blocks.run_block`) and be written in block order for the same labels.
+A plan fixes the geometry of a run: the region at the model's resolution on the image's model-pixel grid
+(`ScaledSource`); the tiles: those of the image's one tile grid (from its origin, at multiples of 32 px) that
+overlap the region and its halo and touch tissue (the image's tissue mask, not the region's); the blocks that are
+post-processed at once, each with a read box (the block and a halo of context, reaching beyond the region into
+the image: a region's nuclei at its border are seen whole, as in the whole-image run); which tiles each block
+needs (those over its read box: a tile on a block border is computed once and feeds both blocks); which block
+owns each tile (for the order tiles run in); the windows the image's squeeze-excitation gates are measured on
+(`nucseg.inference.calibration`, a function of the image alone); and the batches tiles run in (a batch's
+make-up can change a convolution's last bits, so it is fixed here). Tiles, tissue and gates are the image's, so
+a region's probabilities are the whole image's over the region, whatever was asked. It is a pure function of
+the image, the settings and the region, so a worker process that plans again gets the same plan, and blocks can
+run anywhere (`nucseg.inference.blocks.run_block`) and be written in block order for the same labels.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from nucseg.config import InferenceConfig
-from nucseg.inference.calibration import CALIBRATION_SIZE, block_window
+from nucseg.inference.calibration import image_gate_windows
 from nucseg.inference.source import ScaledSource, model_shape
-from nucseg.inference.tiling import Tile, fitted_tile, tile_grid
-from nucseg.inference.tissue import tile_has_tissue
+from nucseg.inference.tiling import Tile, aligned_stride, fitted_tile, grid_starts, plan_overlap, tile_extent
+from nucseg.inference.tissue import TissueMap
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from nucseg.io.slides import Slide
 
 #: context read around each block; nuclei are far smaller, so any nucleus touching a core is seen whole
@@ -40,17 +43,20 @@ class BlockPlan:
     Attributes:
         index: position in the plan (blocks are written in this order).
         box: (y, x, h, w) of the block's core: its nuclei are those whose centre lies here.
-        read: (y, x, h, w) of the context it post-processes (core and halo, within the region).
+        read: (y, x, h, w) of the context it post-processes (core and halo, within the image: beyond the region
+            where the image goes on).
         tiles: the tiles over `read` (glass skipped), row-major; `tile_ids`: their indices in `plan.tiles`.
-        window: top-left of the calibration window (squeeze-excitation gates) of the tiles it owns.
+        keep: (y, x, h, w) where the centres of the nuclei it keeps lie: its core, grown by the halo on the sides
+            where the region ends, so that a nucleus cut by the region's border is kept (its part inside), as
+            the whole-image run keeps it.
     """
 
     index: int
     box: Box
     read: Box
     tiles: tuple[Tile, ...]
-    window: tuple[int, int]
     tile_ids: tuple[int, ...] = ()
+    keep: Box | None = None
 
 
 @dataclasses.dataclass
@@ -63,11 +69,14 @@ class PredictionPlan:
         spec: the model's spec (`nucseg.models.registry.ModelSpec`).
         blocks: the blocks, in writing order.
         tiles: every tile of the run (each computed once in a serial run), row-major.
-        owner: for each tile, the block whose gates it runs with.
+        owner: for each tile, the block holding its centre (tiles run grouped by owner).
         batches: tile indices run together; `batch_of`: each tile's batch.
         last_use: for each tile, the last block that needs it (a serial run keeps it until then).
-        tissue: (mask, downsample relative to model pixels) when glass is skipped, else None (also when the mask
-            finds no tissue at all: then every tile runs).
+        tissue: the image's tissue mask when glass is skipped, else None (also when the mask finds no tissue at
+            all: then every tile runs).
+        gate_windows: top-lefts (model pixels of the whole image) of the windows the squeeze-excitation gates are
+            measured on (`nucseg.inference.calibration.gate_windows`).
+        stride: the step of the tile grid (`nucseg.inference.tiling.aligned_stride`).
     """
 
     source: ScaledSource
@@ -79,7 +88,10 @@ class PredictionPlan:
     batches: list[tuple[int, ...]]
     batch_of: list[int]
     last_use: list[int]
-    tissue: tuple[np.ndarray, float] | None
+    tissue: TissueMap | None
+    gate_windows: tuple[tuple[int, int], ...] = ()
+    stride: int = 0
+    tile: int = 0
 
     @property
     def total(self) -> int:
@@ -88,8 +100,14 @@ class PredictionPlan:
 
     @property
     def tile_size(self) -> int:
-        """The side of the run's tiles: the configured one, or for an image of one block the `fitted_tile`."""
-        return self.tiles[0].y1 - self.tiles[0].y0 if self.tiles else self.config.tiling.tile_size
+        """The side of the grid's tiles: the configured one, or for an image of one block the `fitted_tile` (the
+        last tiles of each row and column stop at the image's end, see `tile_extent`)."""
+        return self.tile or self.config.tiling.tile_size
+
+    @property
+    def overlap(self) -> int:
+        """Pixels neighbouring tiles share (at least the configured overlap: the grid's step is aligned)."""
+        return self.tile_size - self.stride if self.stride else self.config.tiling.overlap
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -100,16 +118,6 @@ class PredictionPlan:
     def label_shape(self) -> tuple[int, int]:
         """(h, w) of the labels: the region at level 0."""
         return self.source.region0[2], self.source.region0[3]
-
-    def window_tile(self, block: int) -> int | None:
-        """The tile that is block `block`'s calibration window, if one is (its calibration pass predicts it)."""
-        size = CALIBRATION_SIZE
-        for i in self.blocks[block].tile_ids:
-            t = self.tiles[i]
-            if self.owner[i] == block and (t.y0, t.x0) == self.blocks[block].window and t.y1 - t.y0 == size \
-                    and t.x1 - t.x0 == size:
-                return i
-        return None
 
 
 def streams_to_disk(shape: tuple[int, int], multiscale: bool, mpp: float | None, region: Box | None,
@@ -138,26 +146,39 @@ def block_boxes(shape: tuple[int, int], block: int) -> list[Box]:
             for y in range(0, shape[0], block) for x in range(0, shape[1], block)]
 
 
-def read_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
-    """`box` grown by `halo` within `shape`."""
+def read_box(box: Box, halo: int, shape: tuple[int, int], bounds: Box | None = None) -> Box:
+    """`box` grown by `halo` within `bounds` (y0, x0, y1, x1), by default [0, shape)."""
+    by0, bx0, by1, bx1 = bounds if bounds is not None else (0, 0, shape[0], shape[1])
     y, x, h, w = box
-    ry0, rx0 = max(y - halo, 0), max(x - halo, 0)
-    return ry0, rx0, min(y + h + halo, shape[0]) - ry0, min(x + w + halo, shape[1]) - rx0
+    ry0, rx0 = max(y - halo, by0), max(x - halo, bx0)
+    return ry0, rx0, min(y + h + halo, by1) - ry0, min(x + w + halo, bx1) - rx0
 
 
-def tile_layout(shape: tuple[int, int], tile: int, overlap: int,
-                tissue: tuple[np.ndarray, float] | None) -> list[Tile]:
-    """The run's tiles: a grid over the tissue's bounding box (the whole region without a mask), row-major,
-    without the tiles that touch no tissue."""
-    y0, x0, y1, x1 = 0, 0, shape[0], shape[1]
+def keep_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
+    """`box` grown by `halo` on the sides where the region of `shape` ends (see `BlockPlan.keep`)."""
+    y, x, h, w = box
+    y0, x0 = y - (halo if y == 0 else 0), x - (halo if x == 0 else 0)
+    y1, x1 = y + h + (halo if y + h == shape[0] else 0), x + w + (halo if x + w == shape[1] else 0)
+    return y0, x0, y1 - y0, x1 - x0
+
+
+def tile_layout(cover: Box, source: ScaledSource, tile: int, stride: int, tissue: TissueMap | None) -> list[Tile]:
+    """The tiles of the image's grid (region coordinates) that overlap `cover` (y0, x0, y1, x1) and touch
+    tissue, row-major; the last of a row or column stops at the image's end (`tile_extent`)."""
+    y0, x0, y1, x1 = cover
     if tissue is not None:
-        mask, down = tissue
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        y0, y1 = max(int(rows[0] * down), 0), min(int(np.ceil((rows[-1] + 1) * down)), shape[0])
-        x0, x1 = max(int(cols[0] * down), 0), min(int(np.ceil((cols[-1] + 1) * down)), shape[1])
-    tiles = tile_grid(shape, tile, overlap, (y0, x0, y1, x1))
+        bounds = tissue.bounds()
+        if bounds is None:
+            return []
+        y0, x0, y1, x1 = max(y0, bounds[0]), max(x0, bounds[1]), min(y1, bounds[2]), min(x1, bounds[3])
+        if y1 <= y0 or x1 <= x0:
+            return []
+    (oy, ox), (fh, fw) = source.origin, source.full_shape
+    ys = [(s - oy, tile_extent(s, fh, tile)) for s in grid_starts(y0 + oy, y1 + oy, fh, tile, stride)]
+    xs = [(s - ox, tile_extent(s, fw, tile)) for s in grid_starts(x0 + ox, x1 + ox, fw, tile, stride)]
+    tiles = [Tile(y, x, y + h, x + w) for y, h in ys for x, w in xs]
     if tissue is not None:
-        tiles = [t for t in tiles if tile_has_tissue(tissue[0], tissue[1], t.y0, t.x0, tile, tile)]
+        tiles = [t for t in tiles if tissue.any(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
     return tiles
 
 
@@ -202,19 +223,23 @@ def plan_prediction(
     config = dataclasses.replace(config, postprocess=config.postprocess.resolved(spec.postprocess_defaults))
     source = ScaledSource(image, spec.mpp, mpp, region)
     tiling = config.tiling
-    shape = source.shape
-    single = max(shape) <= config.block_size
-    block = max(config.block_size, *shape) if single else config.block_size
+    shape, full, (oy, ox) = source.shape, source.full_shape, source.origin
+    block = max(config.block_size, *shape) if max(shape) <= config.block_size else config.block_size
     boxes = block_boxes(shape, block)
-    halo = 0 if single else max(HALO, tiling.overlap)
-    tissue = source.tissue_mask() if config.skip_background else None
-    if tissue is not None and not tissue[0].any():
-        tissue = None  # nothing looks like stained tissue (e.g. a grey or fluorescence image): skip nothing
-    # an image of one block: tiles shrunk to just cover it (a 2000 px image in 2 x 2 of 1056, not of 1120)
-    tile = fitted_tile(shape, tiling.tile_size, tiling.overlap) if single else tiling.tile_size
-    tiles = tile_layout(shape, tile, tiling.overlap, tissue)
+    halo = max(HALO, tiling.overlap)
+    mask = source.tissue_mask()
+    tissue = mask if config.skip_background and not mask.empty else None  # no stained tissue: skip nothing
+    # an image of one block: tiles shrunk to just cover it (a 2000 px image in 2 x 2 of 1056, not of 1120); the
+    # whole image's size decides, so a region of it gets the same tiles
+    overlap = plan_overlap(tiling.tile_size, tiling.overlap)
+    tile = fitted_tile(full, tiling.tile_size, overlap) if max(full) <= config.block_size else tiling.tile_size
+    stride = aligned_stride(tile, plan_overlap(tile, overlap))
+    image_box = (-oy, -ox, full[0] - oy, full[1] - ox)
+    reads = [read_box(box, halo, shape, image_box) for box in boxes]
+    cover = (min(r[0] for r in reads), min(r[1] for r in reads),
+             max(r[0] + r[2] for r in reads), max(r[1] + r[3] for r in reads))
+    tiles = tile_layout(cover, source, tile, stride, tissue)
     owner = [_owner(t, shape, block) for t in tiles]
-    reads = [read_box(box, halo, shape) for box in boxes]
     # a tile feeds the blocks whose read box it overlaps; tiles are few per block, so test the neighbours only
     needed: list[list[int]] = [[] for _ in boxes]
     per_row = -(-shape[1] // block)
@@ -229,22 +254,23 @@ def plan_prediction(
     blocks = []
     for index, box in enumerate(boxes):
         ids = tuple(sorted(needed[index]))
-        owned = [(tiles[i].y0, tiles[i].x0) for i in ids if owner[i] == index]
-        candidates = owned if tile == CALIBRATION_SIZE else None
-        blocks.append(BlockPlan(index, box, reads[index], tuple(tiles[i] for i in ids),
-                                block_window(box, tissue, candidates), ids))
+        blocks.append(BlockPlan(index, box, reads[index], tuple(tiles[i] for i in ids), ids,
+                                keep_box(box, halo, shape)))
     last_use = [0] * len(tiles)
     for b in blocks:
         for i in b.tile_ids:
             last_use[i] = max(last_use[i], b.index)
-    plan = PredictionPlan(source, config, spec, blocks, tiles, owner, [], [0] * len(tiles), last_use, tissue)
+    windows = image_gate_windows(source)
+    plan = PredictionPlan(source, config, spec, blocks, tiles, owner, [], [0] * len(tiles), last_use, tissue,
+                          windows, stride, tile)
     _batch(plan)
     return plan
 
 
 def _batch(plan: PredictionPlan) -> None:
-    """Fix the batches: per owner, its calibration tile alone (the calibration pass predicts it), then the run's
-    first other tile alone (so progress moves after one tile), then `batch_size` at a time in row-major order."""
+    """Fix the batches: per owner in block order, the run's first tile alone (so progress moves after one tile),
+    then `batch_size` at a time in row-major order, tiles of one shape together (the last of a row or column
+    may be shorter)."""
     size = plan.config.tiling.batch_size
     by_owner: dict[int, list[int]] = {}
     for i, o in enumerate(plan.owner):
@@ -252,15 +278,16 @@ def _batch(plan: PredictionPlan) -> None:
     first = True
     for o in sorted(by_owner):
         ids = by_owner[o]
-        window = plan.window_tile(o)
-        if window is not None:
-            plan.batches.append((window,))
-            ids = [i for i in ids if i != window]
         if first and ids and size > 1:
             plan.batches.append((ids[0],))
             ids = ids[1:]
         first = False
-        plan.batches.extend(tuple(ids[k : k + size]) for k in range(0, len(ids), size))
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i in ids:
+            t = plan.tiles[i]
+            shapes.setdefault((t.y1 - t.y0, t.x1 - t.x0), []).append(i)
+        for same in shapes.values():
+            plan.batches.extend(tuple(same[k : k + size]) for k in range(0, len(same), size))
     for k, batch in enumerate(plan.batches):
         for i in batch:
             plan.batch_of[i] = k

@@ -1,16 +1,16 @@
 """`iter_predict`: segment an image or a slide region block by block, yielding progress; returns the result.
 
 The one engine (CLI, widgets, validation, fine-tuning): the run is planned first
-(`nucseg.inference.plan.plan_prediction`: one tile grid over the tissue, blocks, which block owns each tile,
-calibration windows, batches), then each block is run (`nucseg.inference.blocks`; a tile over a block border is
+(`nucseg.inference.plan.plan_prediction`: the image's tile grid over the region and its halo, tissue, blocks,
+gate windows, batches), then each block is run (`nucseg.inference.blocks`; a tile over a block border is
 computed once, `nucseg.inference.tile_store`) and written in block order (`write_block`); a distributed runner
 calls the same functions. Small inputs (up to one block) are predicted and post-processed whole, so the tiled
 result is the whole-image result. Larger ones go block by block with a halo: each block's nuclei are kept only if
 their centre lies in the block's core, so a nucleus cut by a block border is taken whole from one block and never
-duplicated. Each tile runs with its owner block's squeeze-excitation gates, fixed once per block on one window
-(nucseg.inference.calibration), so the probabilities are one seamless map whichever block reads them. Slides
-stream into chunked zarr, so memory does not grow with the slide. `predict_probabilities` is the same run without
-the watershed, for validation and training.
+duplicated. Every tile runs with the image's squeeze-excitation gates, measured once from the image alone
+(nucseg.inference.calibration), so the probabilities are one seamless map whichever block, region or tile size
+reads them. Slides stream into chunked zarr, so memory does not grow with the slide. `predict_probabilities` is
+the same run without the watershed, for validation and training.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class PredictionResult:
         region: (y, x, h, w) of the region in level-0 pixels.
         mpp: microns per pixel of `labels`; model_mpp: of `probabilities`.
         n_nuclei: number of nuclei; config: the settings used; seconds: wall time; stopped: cut short.
+        geometry: how the probabilities' pixels map to the labels' (None for results made elsewhere).
     """
 
     labels: Any
@@ -98,6 +99,7 @@ class PredictionResult:
     seconds: float
     stopped: bool = False
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    geometry: Any = None
 
 
 def _open_outputs(out: str | Path | None, label_shape, prob_shape):
@@ -190,6 +192,7 @@ def iter_predict(
                 pending.append(pool.submit(finish_block, *job))
                 while pending and (pending[0].done() or len(pending) > 2 * n_workers):
                     next_id = write_block(plan, pending.popleft().result(), labels_out, probs_out, next_id)
+            del job, probs  # a block's maps are not held while the next block's tiles run (bench_memory)
             if block_stopped:
                 stopped = True
                 break
@@ -206,6 +209,7 @@ def iter_predict(
         model_mpp=plan.spec.mpp, n_nuclei=next_id - 1, config=plan.config, seconds=time.perf_counter() - t0,
         stopped=stopped, model_info={"name": plan.spec.name, "sha256": plan.spec.sha256,
                                      "runtime": predictor.runtime},
+        geometry=source.geometry,
     )
 
 
@@ -227,8 +231,7 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
             inst = resize(inst, result.labels.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.uint32)
         return dataclasses.replace(result, labels=inst, n_nuclei=int(inst.max()), config=config)
     shape = probs.shape[1:]
-    # the run's own mapping to level 0 (its pixel size, else the model's)
-    source = LevelGeometry(result.region, level0_factor(result.mpp or result.model_mpp, result.model_mpp))
+    source = result.geometry if result.geometry is not None else _result_geometry(result, shape)
     # one derived array, replaced on each threshold change, beside the run's original "labels" (kept as is)
     labels = tuned_labels(probs, result.labels.shape)
     halo = max(HALO, config.tiling.overlap)
@@ -248,6 +251,14 @@ def reapply_postprocess(result: PredictionResult, postprocess: PostprocessConfig
     if replay_patches(result.labels, labels):  # patches a person accepted into the slide result stay as accepted
         next_id = max_id(labels) + 1
     return dataclasses.replace(result, labels=labels, n_nuclei=next_id - 1, config=config)
+
+
+def _result_geometry(result: PredictionResult, model_shape: tuple[int, int]):
+    """The mapping from model pixels to level-0 pixels of a result that does not carry its own (approximate: the
+    model grid is taken from the region's corner)."""
+    factor = level0_factor(result.mpp or result.model_mpp, result.model_mpp)  # the run's, else the model's
+    origin = (round(result.region[0] / factor), round(result.region[1] / factor))
+    return LevelGeometry(tuple(result.region), factor, origin, tuple(model_shape))
 
 
 def postprocess_workers(device: Any) -> int:
@@ -272,7 +283,7 @@ def iter_probabilities(
     mpp: float | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """The network's blended (C, H, W) float32 probabilities for an image, at the model's resolution: the plan
-    and the blocks of `iter_predict` (same tiles, calibration and background skipping), without post-processing.
+    and the blocks of `iter_predict` (same tiles, gates and background skipping), without post-processing.
     Yields (tiles done, total) after every batch."""
     config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
     plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from skimage.transform import resize
 
 from nucseg.errors import InvalidInputError
-from nucseg.io.base import (  # the one RGB rule, the one mpp range
+from nucseg.inference.tissue import TissueMap
+from nucseg.io.base import (  # the one RGB rule (re-exported for the engine's callers), the one mpp range
     as_rgb_uint8,
     check_mpp,
     require_square_pixels,
@@ -135,32 +137,70 @@ def level0_factor(mpp: float | None, model_mpp: float) -> float:
 def model_shape(shape0: Sequence[int], mpp: float | None, model_mpp: float) -> tuple[int, int]:
     """(h, w) at the model's resolution of a level-0 box of `shape0` (h, w) at `mpp` µm/px."""
     factor = level0_factor(mpp, model_mpp)
-    return max(1, round(shape0[0] / factor)), max(1, round(shape0[1] / factor))
+    return model_extent(0, int(shape0[0]), factor)[1], model_extent(0, int(shape0[1]), factor)[1]
 
 
 @dataclasses.dataclass(frozen=True)
 class LevelGeometry:
     """How model pixels of a region map to level-0 pixels (small and picklable, for worker processes).
 
+    Model pixels lie on one grid anchored at the image's origin: model pixel M covers level-0 pixels
+    [M * factor, (M + 1) * factor), and level-0 pixel Y takes the label of model pixel floor((Y + 0.5) / factor).
+    Every region of an image sees the same grid, so the same pixels give the same labels whatever was asked.
+
     Attributes:
         region0: (y, x, h, w) of the region in level-0 pixels.
         factor: level-0 pixels per model pixel (exactly 1.0 when the pixels are used as they are).
+        origin: (y, x) of the region's first model pixel on the image's model grid.
+        shape: (h, w) of the region in model pixels (None: not known, e.g. a block handled on its own).
     """
 
     region0: tuple[int, int, int, int]
     factor: float
+    origin: tuple[int, int] = (0, 0)
+    shape: tuple[int, int] | None = None
 
     @property
     def resampled(self) -> bool:
         return self.factor != 1.0
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
-        """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels."""
-        return self.region0[0] + round(y * self.factor), self.region0[1] + round(x * self.factor)
+        """Model coordinates (relative to the region) -> absolute level-0 pixels (where that model pixel starts)."""
+        return round((self.origin[0] + y) * self.factor), round((self.origin[1] + x) * self.factor)
+
+    def _axis(self, m0: int, m1: int, axis: int) -> tuple[int, int, np.ndarray | None]:
+        """Level-0 pixels [y0, y1) (absolute) whose model pixel lies in [m0, m1) (region model pixels), and for
+        each the index of its model pixel in that range (None: the same pixels)."""
+        start, stop = self.origin[axis] + m0, self.origin[axis] + m1
+        if not self.resampled:
+            return start, stop, None
+        y0, y1 = math.ceil(start * self.factor - 0.5), math.ceil(stop * self.factor - 0.5)
+        index = np.floor((np.arange(y0, y1) + 0.5) / self.factor).astype(np.intp) - start
+        return y0, y1, np.clip(index, 0, m1 - m0 - 1)
+
+    def labels_at_level0(self, labels: np.ndarray, origin: tuple[int, int]
+                         ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """`labels` (model pixels, top-left at region model pixel `origin`) at level 0, and its (y0, x0, y1, x1)
+        relative to the region (it may reach beyond the region: callers clip)."""
+        ry, rx = origin
+        y0, y1, iy = self._axis(ry, ry + labels.shape[0], 0)
+        x0, x1, ix = self._axis(rx, rx + labels.shape[1], 1)
+        if iy is not None:
+            labels = labels[np.ix_(iy, ix)]
+        oy, ox = self.region0[:2]
+        return labels, (y0 - oy, x0 - ox, y1 - oy, x1 - ox)
+
+
+def model_extent(start: int, length: int, factor: float) -> tuple[int, int]:
+    """First model pixel and number of model pixels that overlap level-0 pixels [start, start + length)."""
+    if factor == 1.0:
+        return start, length
+    first = math.floor(start / factor + 1e-9)
+    return first, max(1, math.ceil((start + length) / factor - 1e-9) - first)
 
 
 class ScaledSource:
-    """An image region seen at the model's resolution.
+    """An image region seen at the model's resolution, on the image's model-pixel grid.
 
     Args:
         image: an (H, W, 3) array (a tile) or a `RegionSource` (a `Slide`).
@@ -171,6 +211,13 @@ class ScaledSource:
 
     Attributes:
         mpp_given: the pixel size the caller or the file stated, None when assumed (results must not claim it).
+        shape: (h, w) of the region in model pixels; origin: its top-left on the image's model grid;
+        full_shape: (h, w) of the whole image in model pixels.
+
+    Reads take region coordinates and may reach beyond the region (the image's real pixels: context) and beyond
+    the image (white). A model pixel's value depends on its place on the image's grid only, never on the read
+    that fetched it: resampling interpolates at exact positions (after the anti-aliasing blur when shrinking,
+    from a margin wide enough that the read's border never shows).
     """
 
     def __init__(self, image: np.ndarray | RegionSource, model_mpp: float, mpp: float | None = None,
@@ -199,15 +246,23 @@ class ScaledSource:
         self.level_down = float(self.image.downsamples[self.level])
         check_scale(self.mpp0, self.model_mpp)  # pixels too coarse for the model are refused
         self.factor = level0_factor(self.mpp0, self.model_mpp)  # level-0 pixels per model pixel
-        self.shape = model_shape(self.region0[2:], self.mpp0, self.model_mpp)
+        (oy, h_m), (ox, w_m) = model_extent(y0, y1 - y0, self.factor), model_extent(x0, x1 - x0, self.factor)
+        self.origin = (oy, ox)
+        self.shape = (h_m, w_m)
+        self.full_shape = (model_extent(0, full[0], self.factor)[1], model_extent(0, full[1], self.factor)[1])
 
     @property
     def resampled(self) -> bool:
         return self.factor != 1.0
 
     @property
+    def whole(self) -> bool:
+        """Whether the region is the whole image."""
+        return self.origin == (0, 0) and self.shape == self.full_shape
+
+    @property
     def geometry(self) -> LevelGeometry:
-        return LevelGeometry(self.region0, self.factor)
+        return LevelGeometry(self.region0, self.factor, self.origin, self.shape)
 
     def to_level0(self, y: float, x: float) -> tuple[int, int]:
         """Model-resolution coordinates (relative to the region) -> absolute level-0 pixels (`LevelGeometry`)."""
@@ -215,37 +270,83 @@ class ScaledSource:
 
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """(h, w, 3) uint8 at model resolution, region-relative; outside the image is white (no tissue)."""
+        return self.read_model(self.origin[0] + y, self.origin[1] + x, h, w)
+
+    def read_model(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """(h, w, 3) uint8 of the image's model-pixel grid at (y, x) (not relative to the region)."""
         if not self.resampled and self.level_down == 1.0:
-            return self._read_level0(*self.to_level0(y, x), h, w)
-        # read the matching box at the chosen level, then resize to (h, w)
-        ly0 = (self.region0[0] + y * self.factor) / self.level_down
-        lx0 = (self.region0[1] + x * self.factor) / self.level_down
-        lh = max(1, math.ceil(h * self.factor / self.level_down))
-        lw = max(1, math.ceil(w * self.factor / self.level_down))
-        raw = self.image.read_region(self.level, int(ly0), int(lx0), lh, lw)
-        if raw.shape[:2] == (h, w):
-            return raw
-        return resize(raw, (h, w), order=1, preserve_range=True, anti_aliasing=raw.shape[0] > h).astype(np.uint8)
+            return self.image.read_region(0, y, x, h, w)
+        scale = self.factor / self.level_down  # level pixels per model pixel
+        py = (np.arange(y, y + h) + 0.5) * scale - 0.5  # where each model pixel's centre falls in the level
+        px = (np.arange(x, x + w) + 0.5) * scale - 0.5
+        sigma = max(0.0, (scale - 1.0) / 2.0)  # anti-aliasing when shrinking (skimage's resize rule)
+        margin = math.ceil(4 * sigma) + 1 if sigma > 0 else 0
+        ly0, lx0 = math.floor(py[0]) - margin, math.floor(px[0]) - margin
+        ly1, lx1 = math.floor(py[-1]) + 2 + margin, math.floor(px[-1]) + 2 + margin
+        raw = self.image.read_region(self.level, ly0, lx0, ly1 - ly0, lx1 - lx0).astype(np.float32)
+        if sigma > 0:
+            from scipy import ndimage as ndi
 
-    def _read_level0(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return self.image.read_region(0, y, x, h, w)
+            raw = ndi.gaussian_filter(raw, (sigma, sigma, 0), mode="nearest", truncate=4.0)
+        out = _interpolate(_interpolate(raw, py - ly0, 0), px - lx0, 1)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
-    def tissue_mask(self) -> tuple[np.ndarray, float]:
-        """A low-resolution tissue mask of the region and its downsample relative to model pixels.
+    def tissue_mask(self) -> TissueMap:
+        """The whole image's low-resolution tissue mask (`image_tissue`), seen from the region."""
+        return image_tissue(self.image, self.factor).moved(self.origin)
 
-        One mask pixel covers about `TISSUE_MASK_DOWNSAMPLE` model pixels: read from the coarsest level that is
-        still finer, then pooled (highest saturation per block: small stained objects are kept), so a flat image
-        and a pyramid are handled alike (and a flat image's mask costs little).
-        """
-        from nucseg.inference.tissue import tissue_mask_blockwise
 
-        y0, x0, h, w = self.region0
-        target = max(TISSUE_MASK_DOWNSAMPLE * self.factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
-        downs = [float(d) for d in self.image.downsamples]
-        level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
-        down = downs[level]
-        ly, lx = int(y0 / down), int(x0 / down)
-        k = max(1, int(target / down + 0.01))
-        mask = tissue_mask_blockwise(lambda y, x, bh, bw: self.image.read_region(level, ly + y, lx + x, bh, bw),
-                                     (max(1, math.ceil(h / down)), max(1, math.ceil(w / down))), pool=k)
-        return mask, down * k / self.factor
+def _interpolate(raw: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of `raw` at fractional indices `coords` along `axis`."""
+    i0 = np.floor(coords).astype(np.intp)
+    weight = (coords - i0).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(raw.ndim)])
+    low = np.take(raw, i0, axis=axis)
+    return low + (np.take(raw, i0 + 1, axis=axis) - low) * weight
+
+
+def image_tissue(image: RegionSource, factor: float) -> TissueMap:
+    """A low-resolution tissue mask of the whole image (model pixels from its origin), kept per image object.
+
+    One mask pixel covers about `TISSUE_MASK_DOWNSAMPLE` model pixels: read from the coarsest level that is
+    still finer, then pooled (highest saturation per block: small stained objects are kept), so a flat image
+    and a pyramid are handled alike (and a flat image's mask costs little). It is the image's, whatever region
+    is asked: the threshold (Otsu's) is the image's, and so are the glass tiles skipped.
+    """
+    cache = source_cache(image)
+    key = ("tissue", factor)
+    if key in cache:
+        return cache[key]
+    from nucseg.inference.tissue import tissue_mask_blockwise
+
+    h, w = (int(v) for v in image.shape[:2])
+    target = max(TISSUE_MASK_DOWNSAMPLE * factor, math.sqrt(h * w / TISSUE_MAX_PIXELS))
+    downs = [float(d) for d in image.downsamples]
+    level = max((i for i, d in enumerate(downs) if d <= target), key=lambda i: downs[i], default=0)
+    down = downs[level]
+    k = max(1, int(target / down + 0.01))
+    # read block by block: a flat image's level 0 read whole as float32 took > 9 GB (fault 3)
+    mask = tissue_mask_blockwise(lambda y, x, bh, bw: image.read_region(level, y, x, bh, bw),
+                                 (max(1, math.ceil(h / down)), max(1, math.ceil(w / down))), pool=k)
+    cache[key] = TissueMap(mask, down * k / factor)
+    return cache[key]
+
+
+_caches: dict[int, tuple[weakref.ref, dict]] = {}
+_caches_lock = threading.Lock()
+
+
+def source_cache(image: object) -> dict:
+    """A dict that lives as long as `image` (an open slide, a layer's pyramid): what is a function of the image
+    alone (its tissue mask, its squeeze-excitation gates) is computed once per image object. An object that
+    cannot be referenced weakly gets a fresh dict each time (nothing is kept)."""
+    key = id(image)
+    with _caches_lock:
+        entry = _caches.get(key)
+        if entry is not None and entry[0]() is image:
+            return entry[1]
+        try:
+            ref = weakref.ref(image, lambda _ref, k=key: _caches.pop(k, None))
+        except TypeError:
+            return {}
+        _caches[key] = (ref, {})
+        return _caches[key][1]

@@ -20,12 +20,20 @@ class BlendCanvas:
     def __init__(self, shape: tuple[int, int], channels: int, tile: int, overlap: int, origin=(0, 0)):
         self.shape = shape
         self.origin = origin
+        self.overlap = overlap
         self.sum = np.zeros((channels, *shape), dtype=np.float32)
         self.weight = np.zeros(shape, dtype=np.float32)
         self.window = blend_window(tile, overlap)
+        self._windows = {self.window.shape: self.window}
+
+    def _window(self, h: int, w: int) -> np.ndarray:
+        """The weights of an (h, w) tile (the last tiles of a grid are clipped at the image's end)."""
+        if (h, w) not in self._windows:
+            self._windows[(h, w)] = blend_window(h, self.overlap, w)
+        return self._windows[(h, w)]
 
     def add(self, tile: Tile, prediction: np.ndarray) -> None:
-        """Add a (C, tile, tile) prediction; parts falling outside the canvas are ignored."""
+        """Add a (C, h, w) prediction; parts falling outside the canvas are ignored."""
         oy, ox = self.origin
         y0, x0 = tile.y0 - oy, tile.x0 - ox
         cy0, cx0 = max(y0, 0), max(x0, 0)
@@ -33,7 +41,7 @@ class BlendCanvas:
         if cy1 <= cy0 or cx1 <= cx0:
             return
         ty, tx = slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0)
-        w = self.window[ty, tx]
+        w = self._window(*prediction.shape[1:])[ty, tx]
         self.sum[:, cy0:cy1, cx0:cx1] += prediction[:, ty, tx] * w
         self.weight[cy0:cy1, cx0:cx1] += w
 

@@ -1,9 +1,9 @@
 """`TileStore`: the tile predictions of one plan, each computed once and kept while a later block needs it.
 
-A tile runs in its plan batch with its owner block's squeeze-excitation gates (`nucseg.inference.plan`), so its
-prediction is the same whichever block asks for it first, and whether it was kept or computed again: the store
-only saves work. What it keeps is bounded (`max_bytes`; beyond that the oldest tiles are dropped and computed again
-if asked for), and so are the gated copies of the network (`max_gated`; a dropped one is measured again).
+Every tile runs in its plan batch with the image's squeeze-excitation gates (`nucseg.inference.calibration`,
+measured once before the first tile), so its prediction is the same whichever block asks for it first, and
+whether it was kept or computed again: the store only saves work. What it keeps is bounded (`max_bytes`; beyond
+that the oldest tiles are dropped and computed again if asked for).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucseg.inference.calibration import CALIBRATION_SIZE, with_image_gates
+from nucseg.inference.calibration import image_network
 from nucseg.inference.forward import Predictor, predict_batch
 
 if TYPE_CHECKING:
@@ -35,45 +35,37 @@ class TileStore:
         plan: the run's plan.
         predictor: the network.
         max_bytes: most bytes of predictions kept for later blocks.
-        max_gated: most gated copies of the network kept.
     """
 
-    def __init__(self, plan: PredictionPlan, predictor: Predictor, *, max_bytes: int = TILE_CACHE_BYTES,
-                 max_gated: int = 4):
+    def __init__(self, plan: PredictionPlan, predictor: Predictor, *, max_bytes: int = TILE_CACHE_BYTES):
         self.plan, self.predictor = plan, predictor
-        self.max_bytes, self.max_gated = max_bytes, max_gated
+        self.max_bytes = max_bytes
         self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._gated: OrderedDict[int, tuple[Any, np.ndarray | None]] = OrderedDict()
+        self._net: Any = None
         self._bytes = 0
         self.computed = 0  # tiles run through the network (for tests and benchmarks)
-        self.calibrations = 0
+        self.calibrations = 0  # gate measurements (at most one per image and network, see image_network)
 
-    def gates(self, owner: int, pixels: np.ndarray | None = None) -> tuple[Any, np.ndarray | None]:
-        """The network with block `owner`'s gates, and its probabilities for the window (None without gates);
-        `pixels`: the window's, when already read."""
-        if owner in self._gated:
-            self._gated.move_to_end(owner)
-            return self._gated[owner]
-        if pixels is None:
-            y, x = self.plan.blocks[owner].window
-            pixels = self.plan.source.read(y, x, CALIBRATION_SIZE, CALIBRATION_SIZE)
-        p = self.predictor
-        self._gated[owner] = with_image_gates(p.net, pixels, p.spec, p.device)
-        self.calibrations += 1
-        while len(self._gated) > self.max_gated:
-            self._gated.popitem(last=False)
-        return self._gated[owner]
+    @property
+    def has_gates(self) -> bool:
+        return self._net is not None
 
-    def has_gates(self, owner: int) -> bool:
-        return owner in self._gated
+    def network(self) -> Any:
+        """The network with the image's squeeze-excitation gates (measured on first call, or kept from an
+        earlier run on the same image object)."""
+        if self._net is None:
+            p = self.predictor
+            self._net = image_network(p.net, self.plan.source, self.plan.gate_windows, p.spec, p.device)
+            self.calibrations += 1
+        return self._net
 
     def iter_predictions(
         self, ids: tuple[int, ...], block: int, stop: threading.Event | None = None
     ) -> Generator[tuple[str, int], None, tuple[dict[int, np.ndarray], int, bool]]:
         """The (C, t, t) predictions of tiles `ids`, needed by block `block`.
 
-        Yields ("calibrating", n) before measuring gates and ("predicting", n) after each batch, n = tiles run so
-        far; returns ({tile: prediction}, tiles run, stopped). On Stop the tiles not run are missing.
+        Yields ("calibrating", 0) before measuring the gates and ("predicting", n) after each batch, n = tiles
+        run so far; returns ({tile: prediction}, tiles run, stopped). On Stop the tiles not run are missing.
         """
         plan, p = self.plan, self.predictor
         tta = plan.config.tta
@@ -81,30 +73,23 @@ class TileStore:
         wanted = set(ids)
         run, stopped = 0, False
         todo = sorted({plan.batch_of[i] for i in ids if i not in have})
+        if todo and not self.has_gates:
+            yield "calibrating", run
         # reading runs PREFETCH batches ahead in a thread (decoding a slide's JPEG tiles releases the GIL), so the
         # network does not wait for pixels; every read goes through that one thread (readers need not be
         # thread-safe)
         reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucseg-read")
-        ahead = [reader.submit(self._inputs, k) for k in todo[:PREFETCH]]
+        ahead = [reader.submit(self._pixels, plan.batches[k]) for k in todo[:PREFETCH]]
         try:
+            net = self.network() if todo else None
             for n, k in enumerate(todo):
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
                 if n + PREFETCH < len(todo):
-                    ahead.append(reader.submit(self._inputs, todo[n + PREFETCH]))
+                    ahead.append(reader.submit(self._pixels, plan.batches[todo[n + PREFETCH]]))
                 batch = plan.batches[k]
-                owner = plan.owner[batch[0]]
-                window_pixels, pixels = ahead[n].result()
-                if not self.has_gates(owner):
-                    yield "calibrating", run
-                    if window_pixels is None:  # its gates were kept when read ahead, and dropped since
-                        window_pixels = reader.submit(self._window, owner).result()
-                net, window_probs = self.gates(owner, window_pixels)
-                if window_probs is not None and not tta and len(batch) == 1 and plan.window_tile(owner) == batch[0]:
-                    preds = window_probs[None]  # the calibration pass was this tile's prediction
-                else:
-                    preds = predict_batch(net, pixels, p.spec, p.device, tta=tta)
+                preds = predict_batch(net, ahead[n].result(), p.spec, p.device, tta=tta)
                 self._store(batch, preds, wanted, have, block)
                 run += len(batch)
                 self.computed += len(batch)
@@ -114,17 +99,6 @@ class TileStore:
                 future.cancel()
             reader.shutdown(wait=True)
         return have, run, stopped
-
-    def _inputs(self, k: int) -> tuple[np.ndarray | None, np.ndarray]:
-        """The pixels batch `k` needs: its owner's calibration window (unless its gates are kept) and its tiles.
-        The window tile's own pixels are the window's."""
-        batch = self.plan.batches[k]
-        owner = self.plan.owner[batch[0]]
-        return (None if self.has_gates(owner) else self._window(owner)), self._pixels(batch)
-
-    def _window(self, owner: int) -> np.ndarray:
-        y, x = self.plan.blocks[owner].window
-        return self.plan.source.read(y, x, CALIBRATION_SIZE, CALIBRATION_SIZE)
 
     def _store(self, batch: tuple[int, ...], preds: np.ndarray, wanted: set[int], have: dict[int, np.ndarray],
                block: int) -> None:

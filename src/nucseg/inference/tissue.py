@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
@@ -71,3 +73,57 @@ def tile_has_tissue(mask: np.ndarray, down: float, y: int, x: int, h: int, w: in
     y0, x0 = int(y // down), int(x // down)
     y1, x1 = int(np.ceil((y + h) / down)), int(np.ceil((x + w) / down))
     return bool(mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].any())
+
+
+def tissue_share(mask: np.ndarray, down: float, y: int, x: int, h: int, w: int) -> float:
+    """Share of tissue in `mask` over the (y, x, h, w) box, in pixels `down` times finer than `mask` (0 outside)."""
+    y0, x0 = int(y // down), int(x // down)
+    y1, x1 = int(np.ceil((y + h) / down)), int(np.ceil((x + w) / down))
+    n = max(y1 - y0, 0) * max(x1 - x0, 0)
+    if not n:
+        return 0.0
+    return float(mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()) / n
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TissueMap:
+    """The tissue mask of a whole image, seen from a region of it.
+
+    The mask is the image's, never the region's (a region's own Otsu threshold would differ), so which tiles are
+    skipped as glass is a matter of the image alone. Coordinates are model pixels relative to the region.
+
+    Attributes:
+        mask: boolean mask of the whole image; one mask pixel covers `down` x `down` model pixels.
+        down: model pixels per mask pixel.
+        origin: (y, x) of the region's top-left in the whole image's model pixels.
+    """
+
+    mask: np.ndarray
+    down: float
+    origin: tuple[int, int] = (0, 0)
+
+    @property
+    def empty(self) -> bool:
+        """No tissue anywhere in the image (a grey or fluorescence image): nothing is skipped."""
+        return not bool(self.mask.any())
+
+    def any(self, y: int, x: int, h: int, w: int) -> bool:
+        """Whether the (y, x, h, w) box (region pixels) touches tissue."""
+        return tile_has_tissue(self.mask, self.down, y + self.origin[0], x + self.origin[1], h, w)
+
+    def share(self, y: int, x: int, h: int, w: int) -> float:
+        """Share of tissue over the (y, x, h, w) box (region pixels)."""
+        return tissue_share(self.mask, self.down, y + self.origin[0], x + self.origin[1], h, w)
+
+    def bounds(self) -> tuple[int, int, int, int] | None:
+        """(y0, x0, y1, x1) of the image's tissue in region pixels, or None without tissue."""
+        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
+        if not rows.size:
+            return None
+        oy, ox = self.origin
+        return (int(rows[0] * self.down) - oy, int(cols[0] * self.down) - ox,
+                int(np.ceil((rows[-1] + 1) * self.down)) - oy, int(np.ceil((cols[-1] + 1) * self.down)) - ox)
+
+    def moved(self, origin: tuple[int, int]) -> TissueMap:
+        """The same mask seen from a region whose top-left is `origin`."""
+        return TissueMap(self.mask, self.down, origin)

@@ -82,9 +82,14 @@ def tissue_map(image: Any, region: Sequence[int] | None = None) -> TissueMap:
     from nucseg.inference.source import ScaledSource
 
     source = ScaledSource(image, model_mpp=1.0, mpp=1.0, region=tuple(region) if region is not None else None)
-    mask, down = source.tissue_mask()
+    whole = source.tissue_mask()  # the whole image's mask (the tiles the engine skips are the image's)
     y0, x0, h, w = source.region0
-    return TissueMap(np.asarray(mask, bool), float(down), (float(y0), float(x0)), (float(h), float(w)))
+    down = float(whole.down)
+    # the mask pixels over the region, placed at its corner: off by less than one mask pixel where the region
+    # does not start on the mask's grid, as the mask's own edge is
+    i0, j0 = int(y0 // down), int(x0 // down)
+    mask = whole.mask[i0 : i0 + math.ceil(h / down), j0 : j0 + math.ceil(w / down)]
+    return TissueMap(np.asarray(mask, bool), down, (float(y0), float(x0)), (float(h), float(w)))
 
 
 def _polygons(polygon: Any) -> list[np.ndarray]:

@@ -106,6 +106,17 @@ class ModelSpec:
         }
 
 
+#: the UNet decoder's channels when a config names none (smp's default, which version 2 has)
+SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def network_summary(spec: ModelSpec) -> str:
+    """One line naming the network of `spec` (what `nucseg models` lists beside each model)."""
+    decoder = "-".join(str(c) for c in (spec.decoder_channels or SMP_DECODER_CHANNELS))
+    gates = ", constant gates" if spec.squeeze_excitation == "constant" else ""
+    return f"{spec.architecture} {spec.encoder}, decoder {decoder}{gates}"
+
+
 _SPEC_KEYS = {"name", "architecture", "encoder", "heads", "mpp", "normalization", "squeeze_excitation",
               "decoder_channels", "sha256"}
 

@@ -5,14 +5,15 @@ model starts without importing segmentation-models-pytorch or building the netwo
 
 The squeeze-excitation gates stay exact: each model is exported as two graphs,
 
-- ``calibrate``: the network as trained, gates computed from its input; outputs the logits and every block's gate
-  vector (what `nucseg.models.squeeze_excitation.mean_gates` measures);
-- ``gated``: the same network whose gates are graph inputs, so every tile of an image runs with the gates of its
-  calibration window, as `freeze_gates` does in PyTorch.
+- ``gates``: the encoder alone, run on a batch of windows as one image (each block's squeeze pooled over the
+  batch); outputs every block's gate vector (what `nucseg.models.squeeze_excitation.pooled_gates` measures);
+- ``gated``: the whole network whose gates are graph inputs, so every tile of an image runs with the image's
+  gates, as `freeze_gates` does in PyTorch.
 
 Exports are cached under the user's cache folder (``NUCSEG_CACHE``, else ``$XDG_CACHE_HOME/nucseg`` or
-``~/.cache/nucseg``), never beside the weights, keyed by the weights' sha256 and the versions of everything that
-shapes the graph. Nothing is downloaded.
+``~/.cache/nucseg``), never beside the weights, keyed by the weights' sha256, what defines the network in the
+model's config (architecture, encoder, decoder channels, heads, gates: `network_key`) and the versions of
+everything that shapes the graph. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: bump when the exported graphs change shape or meaning, so older caches are not used
-EXPORT_VERSION = 1
+#: bump when the exported graphs change shape or meaning, so older caches are not used (2: the ``gates`` graph
+#: replaced ``calibrate``)
+EXPORT_VERSION = 2
 OPSET = 17
 #: an export must reproduce PyTorch's logits to this (absolute), else the runtime is not used
 EXPORT_TOLERANCE = 1e-3
@@ -120,17 +122,21 @@ def _versions() -> dict[str, str]:
             "export": str(EXPORT_VERSION), "opset": str(OPSET)}
 
 
-def export_folder(spec: ModelSpec, sha256: str) -> Path:
-    """Where the exported graphs of weights `sha256`, built as `spec` says (architecture, encoder, heads, decoder,
-    squeeze-excitation), live for the installed versions: a config that does not fit its weights is built (and
-    refused) rather than served from an export of another config."""
+def network_key(spec: ModelSpec) -> str:
+    """A short hash of what defines the network of `spec` besides its weights (architecture, encoder, decoder
+    channels, heads, squeeze-excitation mode): two configs that build different graphs never share an export."""
     import hashlib
 
+    config = spec.to_config()
+    defining = {k: config.get(k) for k in ("architecture", "encoder", "decoder_channels", "heads", "squeeze_excitation")}
+    return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def export_folder(spec: ModelSpec, sha256: str) -> Path:
+    """Where the exported graphs of weights `sha256` with the network of `spec` live for the installed versions."""
     v = _versions()
-    built = json.dumps([spec.architecture, spec.encoder, list(spec.heads), list(spec.decoder_channels or ()),
-                        spec.squeeze_excitation])
-    tag = f"ort{v['onnxruntime']}-torch{v['torch']}-e{v['export']}-a{hashlib.sha256(built.encode()).hexdigest()[:8]}"
-    return cache_dir() / "onnx" / f"{sha256[:32]}-{tag}"
+    tag = f"ort{v['onnxruntime']}-torch{v['torch']}-e{v['export']}"
+    return cache_dir() / "onnx" / f"{sha256[:32]}-{network_key(spec)}-{tag}"
 
 
 # --- export ---------------------------------------------------------------------------------------------------
@@ -159,29 +165,31 @@ class _GatesAsInputs:
 
 
 def _export_modules(net: torch.nn.Module):
-    """(calibrate, gated) wrappers of a copy of eval-mode `net` for tracing."""
+    """(gates, gated) wrappers of a copy of eval-mode `net` for tracing."""
     import copy
 
     import torch
 
-    from nucseg.models.squeeze_excitation import se_blocks
+    from nucseg.models.squeeze_excitation import _pool_squeeze, se_blocks
 
-    class Calibrate(torch.nn.Module):
+    class Gates(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
-            self.inner = inner
+            self.encoder = inner.encoder
             self.blocks = se_blocks(inner)
+            for block in self.blocks:
+                block._se_reduce.register_forward_pre_hook(_pool_squeeze)
 
         def forward(self, x):
             gates: list = []
             handles = [b._se_expand.register_forward_hook(lambda _m, _i, out: gates.append(torch.sigmoid(out)))
                        for b in self.blocks]
             try:
-                logits = self.inner(x)
+                self.encoder(x)
             finally:
                 for h in handles:
                     h.remove()
-            return (logits, *gates)
+            return tuple(gates)
 
     class Gated(torch.nn.Module):
         def __init__(self, inner):
@@ -196,11 +204,11 @@ def _export_modules(net: torch.nn.Module):
             return self.inner(x)
 
     plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format).eval()
-    return Calibrate(plain), Gated(copy.deepcopy(plain))
+    return Gates(copy.deepcopy(plain)), Gated(copy.deepcopy(plain))
 
 
 def export_network(net: torch.nn.Module, folder: Path) -> None:
-    """Write ``calibrate.onnx`` and ``gated.onnx`` (or only ``plain.onnx`` for a network without gates) and
+    """Write ``gates.onnx`` and ``gated.onnx`` (or only ``plain.onnx`` for a network without gates) and
     ``export.json`` into `folder`, atomically (a new folder renamed into place)."""
     import torch
 
@@ -216,11 +224,10 @@ def export_network(net: torch.nn.Module, folder: Path) -> None:
         gate_names = [f"gate{i}" for i in range(len(blocks))]
         with warnings_quiet():
             if blocks:
-                calibrate, gated = _export_modules(net)
-                torch.onnx.export(calibrate, (x,), str(tmp / "calibrate.onnx"), input_names=["image"],
-                                  output_names=["logits", *gate_names], opset_version=OPSET, dynamo=False,
-                                  dynamic_axes={"image": spatial, "logits": spatial,
-                                                **{n: {0: "batch"} for n in gate_names}})
+                gates_module, gated = _export_modules(net)
+                torch.onnx.export(gates_module, (torch.zeros(2, 3, _PROBE_SIZE, _PROBE_SIZE),),
+                                  str(tmp / "gates.onnx"), input_names=["image"], output_names=gate_names,
+                                  opset_version=OPSET, dynamo=False, dynamic_axes={"image": spatial})
                 gates = tuple(torch.full((1, c, 1, 1), 0.5) for c in channels)
                 torch.onnx.export(gated, (x, *gates), str(tmp / "gated.onnx"), input_names=["image", *gate_names],
                                   output_names=["logits"], opset_version=OPSET, dynamo=False,
@@ -304,7 +311,7 @@ class OnnxNetwork:
 
     @property
     def gated(self) -> bool:
-        """True for a copy whose gates were fixed with `with_gates_of` (or a network without gates)."""
+        """True for a copy whose gates were fixed with `with_gates` (or a network without gates)."""
         return self._gates is not None or not self.gate_channels
 
     def torch_network(self) -> torch.nn.Module:
@@ -325,8 +332,11 @@ class OnnxNetwork:
         feeds = {"image": _as_input(x)}
         if not self.gate_channels:
             return self._get_session("plain").run(None, feeds)
-        if self._gates is None:
-            return self._get_session("calibrate").run(None, feeds)
+        if self._gates is None:  # the network as trained: each image's gates from itself
+            import numpy as np
+
+            outs = [self.with_gates(self.pooled_gates(x[i : i + 1]))._run(x[i : i + 1])[0] for i in range(len(x))]
+            return [np.concatenate(outs)]
         feeds.update({f"gate{i}": g for i, g in enumerate(self._gates)})
         return self._get_session("gated").run(None, feeds)
 
@@ -338,20 +348,26 @@ class OnnxNetwork:
                 return self.torch_network()(x)
         return torch.from_numpy(self._run(x)[0])
 
-    def with_gates_of(self, window: torch.Tensor) -> tuple[OnnxNetwork, torch.Tensor]:
-        """A copy whose gates are those of `window` (a normalised (1, 3, H, W) batch) and its logits for it."""
+    def pooled_gates(self, windows: torch.Tensor) -> list[np.ndarray]:
+        """Each block's (1, C, 1, 1) gates of `windows` (a normalised (N, 3, S, S) batch) seen as one image (see
+        `nucseg.models.squeeze_excitation.pooled_gates`)."""
+        import numpy as np
+
+        if not self.gate_channels:
+            return []
+        if windows.shape[-1] % self.stride or windows.shape[-2] % self.stride:
+            raise ValueError(f"a gate window's sides must be multiples of {self.stride}")
+        outputs = self._get_session("gates").run(None, {"image": _as_input(windows)})
+        return [np.ascontiguousarray(g.reshape(1, -1, 1, 1), dtype=np.float32) for g in outputs]
+
+    def with_gates(self, gates: list[np.ndarray]) -> OnnxNetwork:
+        """A copy whose gates are `gates` (one vector per block), sharing this network's sessions."""
         import numpy as np
 
         if self.gated:
             raise ValueError("this network's gates are already fixed")
-        if window.shape[-1] % self.stride or window.shape[-2] % self.stride:
-            raise ValueError(f"a calibration window's sides must be multiples of {self.stride}")
-        outputs = self._run(window)
-        gates = [np.ascontiguousarray(g.mean(axis=0, keepdims=True), dtype=np.float32) for g in outputs[1:]]
-        import torch
-
-        copy = OnnxNetwork(self.folder, self._torch_network, self.threads, gates, self._sessions)
-        return copy, torch.from_numpy(outputs[0])
+        gates = [np.ascontiguousarray(np.asarray(g, np.float32).reshape(1, -1, 1, 1)) for g in gates]
+        return OnnxNetwork(self.folder, self._torch_network, self.threads, gates, self._sessions)
 
     def __getstate__(self) -> dict:
         """Picklable for worker processes: sessions are made again there, on first use."""
@@ -405,20 +421,24 @@ def load_onnx_network(spec: ModelSpec, torch_network: Callable[[], torch.nn.Modu
 
 
 def check_export(network: OnnxNetwork, net: torch.nn.Module) -> None:
-    """Refuse an export whose logits differ from PyTorch's on a random probe, with gates measured and fixed."""
+    """Refuse an export whose gates or logits differ from PyTorch's on a random probe."""
     import torch
 
-    from nucseg.models.squeeze_excitation import with_image_gates
+    from nucseg.models.squeeze_excitation import pooled_gates, se_blocks, with_gates
 
-    probe = torch.rand(1, 3, 2 * _PROBE_SIZE, 2 * _PROBE_SIZE, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected = net(probe)
-        fixed, _ = with_image_gates(net, probe[..., :_PROBE_SIZE, :_PROBE_SIZE].contiguous())
-        expected_fixed = fixed(probe)
-    got = network(probe)
-    diffs = [float((expected - got).abs().max())]
-    if network.gate_channels:
-        gated, _ = network.with_gates_of(probe[..., :_PROBE_SIZE, :_PROBE_SIZE].contiguous())
-        diffs.append(float((expected_fixed - gated(probe)).abs().max()))
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(1, 3, 2 * _PROBE_SIZE, 2 * _PROBE_SIZE, generator=generator)
+    windows = torch.rand(3, 3, _PROBE_SIZE, _PROBE_SIZE, generator=generator)
+    if not se_blocks(net):
+        with torch.inference_mode():
+            expected = net(probe)
+        diffs = [float((expected - network(probe)).abs().max())]
+    else:
+        with torch.inference_mode():
+            gates = pooled_gates(net, windows)
+            expected = with_gates(net, gates)(probe)
+        ort_gates = network.pooled_gates(windows)
+        diffs = [max(float((g - torch.from_numpy(o).flatten()).abs().max()) for g, o in zip(gates, ort_gates))]
+        diffs.append(float((expected - network.with_gates(ort_gates)(probe)).abs().max()))
     if not all(d <= EXPORT_TOLERANCE for d in diffs):
-        raise RuntimeUnavailable(f"exported logits differ from PyTorch's by {max(diffs):.2g}")
+        raise RuntimeUnavailable(f"exported gates or logits differ from PyTorch's by {max(diffs):.2g}")

@@ -1,4 +1,4 @@
-"""Squeeze-excitation gates fixed per image, so a tiled run equals a one-tile run.
+"""Squeeze-excitation gates fixed per image, so that a tile, a region and the whole image give the same pixels.
 
 Squeeze-excitation (EfficientNet's blocks) rescales every channel by a gate computed from the channel's mean over
 the *whole input*. Run tile by tile, each tile gets its own gates: every output pixel depends on the whole tile,
@@ -6,14 +6,13 @@ so 256-px tiles and one 512-px tile disagree everywhere, not just at the seams (
 object F1 0.979, Dice 0.985 between the two). Two ways out, both leaving a network whose outputs depend on
 nearby pixels only:
 
-- ``"image"`` (the default): before the tiles run, the gates are measured once on a reference window of the
-  image (see ``nucseg.inference.calibration``) and every tile uses them. The network keeps adapting to each
-  image's staining, as it did in training; an image that fits one window gets exactly the gates a one-tile run
-  gives it.
+- ``"image"`` (the default): the gates are measured once per image, on windows chosen from the image alone
+  (``nucseg.inference.calibration``), with the encoder run on them as if they were one image (`pooled_gates`),
+  and every tile uses them (`with_gates`). The network keeps adapting to each image's staining, as it did in
+  training.
 - ``"constant"``: the gates frozen to their mean over training patches and folded into the weights (the 1x1
-  projection after them). Measured on the default model: MoNuSeg validation AJI 0.578 -> 0.592, but DSB cell smears
-  0.498 -> 0.426 and pink H&E 0.431 -> 0.215: without the per-image gates the network stops adapting to unseen
-  stains, so the shipped model uses "image".
+  projection after them). Measured in docs/MODEL.md ("Tiling"): better on the MoNuSeg validation tiles, worse on
+  unseen stains, where the per-image gates are what adapts the network.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ SQUEEZE_EXCITATION_MODES = ("image", "constant")
 def se_blocks(net: torch.nn.Module) -> list:
     """The encoder blocks that still compute their gates (smp's EfficientNet MBConv blocks); for a network served
     by another runtime (`nucseg.models.runtime.OnnxNetwork`), the channel counts of the gates it still computes."""
-    if hasattr(net, "with_gates_of"):
+    if hasattr(net, "gate_channels"):
         return [] if net.gated else list(net.gate_channels)
     blocks = getattr(getattr(net, "encoder", None), "_blocks", None)
     return [b for b in (blocks or []) if getattr(b, "_has_se", False)]
@@ -54,8 +53,9 @@ def strip_squeeze_excitation(net: torch.nn.Module) -> None:
 
 def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor],
                outputs: list | None = None) -> list[torch.Tensor]:
-    """Each block's gate (per channel, after the sigmoid), averaged over every image of `batches`; the network's
-    outputs are appended to `outputs` if given."""
+    """Each block's gate (per channel, after the sigmoid), averaged over every image of `batches` (each image with
+    its own gates, as in training); the network's outputs are appended to `outputs` if given (else only the
+    encoder runs)."""
     import torch
 
     blocks = se_blocks(net)
@@ -74,9 +74,10 @@ def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor],
     try:
         with torch.inference_mode():
             for x in batches:
-                y = net(x)
                 if outputs is not None:
-                    outputs.append(y)
+                    outputs.append(net(x))
+                else:  # the gates are all in the encoder: the decoder need not run
+                    getattr(net, "encoder", net)(x)
                 count += x.shape[0]
     finally:
         for h in handles:
@@ -87,21 +88,45 @@ def mean_gates(net: torch.nn.Module, batches: Iterable[torch.Tensor],
     return [s / count for s in sums]
 
 
-def with_image_gates(net: torch.nn.Module, window: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor | None]:
-    """A copy of `net` whose gates are fixed to those of `window` (a normalised (1, 3, H, W) batch), and the
-    copy's logits for `window` (the pass that measured the gates computed them: a tile that is the window needs
-    no second pass). `net` itself and None when it has no gates to fix. The copy is made first, so a network
-    shared with other threads is never hooked."""
+def pooled_gates(net: torch.nn.Module, windows: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's gate vector (C,) for `windows` (a normalised (N, 3, S, S) batch) seen as one image: every
+    block's squeeze (its channels' means) is pooled over all windows, so the windows share one gate per block, as
+    the pixels of one image do. Runs the encoder only; a network served by another runtime computes them in its
+    own graph. `net` itself is never hooked (a copy is)."""
+    import copy
+
+    import torch
+
+    if hasattr(net, "pooled_gates"):
+        return [torch.from_numpy(g).flatten() for g in net.pooled_gates(windows)]
+    inner = copy.deepcopy(net).eval()
+    gates: list[torch.Tensor] = []
+    handles = []
+    for block in se_blocks(inner):
+        handles.append(block._se_reduce.register_forward_pre_hook(_pool_squeeze))
+        handles.append(block._se_expand.register_forward_hook(
+            lambda _m, _i, out: gates.append(torch.sigmoid(out).flatten())))
+    with torch.inference_mode():
+        inner.encoder(windows)
+    return gates
+
+
+def _pool_squeeze(_module, args):
+    """(N, C, 1, 1) per-window channel means -> (1, C, 1, 1) their mean (equal windows: the pooled mean)."""
+    return (args[0].mean(0, keepdim=True),)
+
+
+def with_gates(net: torch.nn.Module, gates: list[torch.Tensor]) -> torch.nn.Module:
+    """A copy of `net` whose gates are fixed to `gates` (one vector per block); `net` itself if it has none."""
     import copy
 
     if not se_blocks(net):
-        return net, None
-    if hasattr(net, "with_gates_of"):  # another runtime: its graph measures the gates and takes them as inputs
-        return net.with_gates_of(window)
+        return net
+    if hasattr(net, "with_gates"):
+        return net.with_gates([g.detach().cpu().numpy() for g in gates])
     fixed = copy.deepcopy(net)
-    outputs: list = []
-    freeze_gates(fixed, mean_gates(fixed, [window], outputs))
-    return fixed, outputs[0]
+    freeze_gates(fixed, gates)
+    return fixed
 
 
 def freeze_gates(net: torch.nn.Module, gates: list[torch.Tensor]) -> None:
