@@ -48,6 +48,15 @@ def _runtime_cache(tmp_path_factory):
         os.environ["NUCSEG_CACHE"] = previous
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A runtime cache of the test module's own, so its tests see exports happen (and never touch the user's)."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUCSEG_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def _workers_end_with_their_test(request):
     """A GUI test's thread workers (model loads, measurements, exports) finish before the next test starts and

@@ -57,3 +57,25 @@ def install_blobnet(monkeypatch) -> None:
 
     net = BlobNet().eval()
     monkeypatch.setattr(build, "load_network", lambda spec, device="cpu", runtime="auto": net)
+
+
+def save_reactive_model(folder, seed: int = 0, decoder_channels=None):
+    """An EfficientNet-B0 UNet model folder whose squeeze-excitation gates react strongly to their input (fresh
+    gates barely do; trained ones do), optionally with a lean decoder."""
+    import dataclasses
+
+    import torch
+
+    from nucseg.models.build import build_network, save_model
+    from nucseg.models.registry import untrained_spec
+    from nucseg.models.squeeze_excitation import se_blocks
+
+    torch.manual_seed(seed)
+    spec = untrained_spec("efficientnet-b0")
+    if decoder_channels is not None:
+        spec = dataclasses.replace(spec, decoder_channels=tuple(decoder_channels))
+    net = build_network(spec).eval()
+    for block in se_blocks(net):
+        block._se_reduce.weight.data.mul_(10)
+        block._se_expand.weight.data.mul_(10)
+    return save_model(net, spec, folder)

@@ -12,31 +12,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from nucseg.models import build, runtime  # noqa: E402
-from nucseg.models.build import build_network, load_network, save_model  # noqa: E402
-from nucseg.models.registry import spec_from_folder, untrained_spec  # noqa: E402
-from nucseg.models.squeeze_excitation import pooled_gates, se_blocks, with_gates  # noqa: E402
+from nucseg.models.build import load_network  # noqa: E402
+from nucseg.models.registry import spec_from_folder  # noqa: E402
+from nucseg.models.squeeze_excitation import pooled_gates, with_gates  # noqa: E402
 
 LEAN = (64, 32, 16, 16, 8)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCSEG_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def lean(tmp_path_factory, cache):
     """A lean-decoder EfficientNet-B0 UNet saved as a model folder, gates that react to their input."""
-    torch.manual_seed(1)
-    spec = dataclasses.replace(untrained_spec("efficientnet-b0"), decoder_channels=LEAN)
-    net = build_network(spec).eval()
-    for block in se_blocks(net):
-        block._se_reduce.weight.data.mul_(10)
-        block._se_expand.weight.data.mul_(10)
-    return save_model(net, spec, tmp_path_factory.mktemp("models") / "lean")
+    from fake_models import save_reactive_model
+
+    return save_reactive_model(tmp_path_factory.mktemp("models") / "lean", seed=1, decoder_channels=LEAN)
 
 
 def _decoder_widths(net) -> list[int]:

@@ -23,24 +23,11 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache of its own, so the tests see exports happen (and never touch the user's cache)."""
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCSEG_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory, cache):
     """A trained-looking EfficientNet-B0 UNet folder whose gates react strongly to their input."""
-    torch.manual_seed(0)
-    spec = untrained_spec("efficientnet-b0")
-    net = build_network(spec).eval()
-    for block in se_blocks(net):  # fresh gates barely react to their input; trained ones do
-        block._se_reduce.weight.data.mul_(10)
-        block._se_expand.weight.data.mul_(10)
-    return save_model(net, spec, tmp_path_factory.mktemp("models") / "tiny")
+    from fake_models import save_reactive_model
+
+    return save_reactive_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
