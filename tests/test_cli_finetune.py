@@ -136,7 +136,8 @@ def test_a_worse_model_is_not_registered_unless_keep_worse(tiny_model, folders, 
     code = main(args)
     captured = capsys.readouterr()
     assert code == NOT_KEPT, captured.err
-    assert "NOT better than its base model on the 2 validation images: held-out score 0.988 -> 0.857" in captured.out
+    assert "NOT better than its base model on the 2 held-out regions of 2 corrections: held-out score 0.988 -> 0.857" \
+           in captured.out
     assert "NOT registered" in captured.err and "--keep-worse" in captured.err
     assert not (out / "config.json").exists() and (out / "model.safetensors").is_file()
     from nucseg.errors import NucsegError
