@@ -145,12 +145,13 @@ class BatchBars:
         self.progress: dict[str, tuple[int, int]] = {}
 
     def update(self, event) -> None:
-        if event.kind == "tiles":
-            self.progress[event.item.stem] = (event.done, event.total)
-        elif event.outcome is not None:
-            _, total = self.progress.get(event.item.stem, (0, 0))
-            self.progress[event.item.stem] = (total, total)
+        stem = event.info["item"].stem
+        if event.kind == "input":
+            _, total = self.progress.get(stem, (0, 0))
+            self.progress[stem] = (total, total)
             self.inputs.update(1)
+        else:
+            self.progress[stem] = (event.done, event.total)
         self.tiles.total = sum(t for _, t in self.progress.values())
         self.tiles.n = sum(d for d, _ in self.progress.values())
         self.tiles.refresh()
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
     from nucseg.jobs.batch import iter_batch, plan_batch
+    from nucseg.progress import drive
 
     plan = plan_batch(inputs, args.out, settings, resume=args.resume, overwrite=args.overwrite)
     distributed = bool(args.workers or args.scheduler)
@@ -207,24 +209,21 @@ def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
     bars = BatchBars(len(plan.items), len(plan.skipped), args.quiet)
     gen = iter_batch(plan, settings, workers=args.workers, scheduler=args.scheduler,
                      threads_per_worker=args.threads_per_worker)
+
+    def show(event) -> None:
+        bars.update(event)
+        if event.kind == "input":
+            _report_outcome(event.info["outcome"], bars, distributed)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                report = stop.value
-                break
-            bars.update(event)
-            if event.outcome is not None:
-                _report_outcome(event.outcome, bars, distributed)
+        # on Ctrl-C, drive closes the batch: it cancels the tasks, releases the cluster and writes the summary
+        report = drive(gen, show)
     except KeyboardInterrupt:
-        gen.close()  # cancels the tasks, releases the cluster, writes the summary
         bars.close()
         print(f"nucseg predict: stopped; finished inputs are kept ({args.out / 'batch_summary.csv'}); run the same "
               "command with --resume to do the rest", file=sys.stderr)
         raise
     finally:
-        gen.close()
         bars.close()
     if report.disk_full is not None:
         print(f"nucseg predict: error: {report.disk_full.item.input}: {report.disk_full.error}; finished inputs are "

@@ -11,6 +11,7 @@ What a segmentation face (the napari widget, a script) needs around the engine, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from nucseg.config import InferenceConfig
 from nucseg.inference.plan import streams_to_disk  # noqa: F401  (the one rule; the widget asks it here)
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict
 from nucseg.inference.result_store import is_result_store
+from nucseg.progress import relay
 
 Region = tuple[int, int, int, int]
 
@@ -113,16 +115,10 @@ def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | 
     source = image() if callable(image) else image
     results: list[PredictionResult] = []
     for k, (region, out) in enumerate(zip(regions, outs), start=1):
-        gen = iter_predict(source, config, mpp=mpp, region=region, out=out, stop=stop)
-        while True:
-            try:
-                record = next(gen)
-            except StopIteration as done:
-                results.append(done.value)
-                break
-            where = f"region {k}/{len(regions)}: " if len(regions) > 1 else ""
-            yield PredictProgress(record.done, record.total, f"{where}{record.stage} ({record.done}/{record.total} "
-                                  "tiles)", record.block, record.blocks)
+        where = f"region {k}/{len(regions)}: " if len(regions) > 1 else ""
+        results.append((yield from relay(
+            iter_predict(source, config, mpp=mpp, region=region, out=out, stop=stop),
+            lambda r, where=where: dataclasses.replace(r, stage=f"{where}{r.stage} ({r.done}/{r.total} tiles)"))))
         if stop.is_set():
             break
     return results
