@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.config import DEVICES, HOLDOUTS, LOSSES, FinetuneConfig
-from nucseg.errors import InvalidInputError, StoreError
+from nucseg.errors import StoreError
 from nucseg.jobs.finetune import folder_pairs, saved_config, scores_rows, tile_rows, verdict_lines
 
 #: exit status of a run that finished but registered no model (not better than its base, no --keep-worse)
@@ -120,11 +120,11 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list | None]:
     """(train, val, original) pairs from the folders given."""
-    from nucseg.models.registry import resolve_model
+    from nucseg.jobs.finetune import require_original_data
 
-    if args.mix_original and args.original_images is None and resolve_model(config.base_model).replay_dir is None:
-        raise InvalidInputError(f"{config.base_model} carries no replay set: --mix-original needs --original-images "
-                                "and --original-labels")
+    if args.mix_original:  # only when given: with the default mix, a base without a replay set trains on the data alone
+        require_original_data(config, args.original_images is not None,
+                              "--mix-original needs --original-images and --original-labels")
     return folder_pairs(args.images, args.labels, val_images=args.val_images, val_labels=args.val_labels,
                         reviewed=getattr(args, "reviewed", None), original_images=args.original_images,
                         original_labels=args.original_labels, mpp=args.mpp, config=config)

@@ -29,9 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_tiling_options(p)
     p.add_argument("--format", default="tif",
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default tif)")
-    p.add_argument("--block-size", type=int, default=2048, metavar="PX",
+    p.add_argument("--block-size", type=int, metavar="PX",
                    help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
-                   "a slide of several blocks is spread over the workers block by block (default 2048)")
+                   "a slide of several blocks is spread over the workers block by block (default 2048, or the tile "
+                   "size when larger)")
     p.add_argument("--region", metavar="X,Y,W,H", help=REGION_HELP)
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata, between "
                    f"{PLAUSIBLE_MPP[0]:g} and {PLAUSIBLE_MPP[1]:g}, not much coarser than the model's (default: "
@@ -74,7 +75,7 @@ def parse_formats(text: str) -> list[str]:
 
 
 def build_config(args: argparse.Namespace):
-    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
+    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig, default_block_size
     from nucseg.models.registry import resolve_model
 
     resolve_model(args.model)  # an unknown model is reported before any input is opened
@@ -83,7 +84,8 @@ def build_config(args: argparse.Namespace):
     return InferenceConfig(
         model=args.model, device=args.device, runtime=args.runtime, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
-        postprocess=PostprocessConfig(**postprocess), block_size=args.block_size,
+        postprocess=PostprocessConfig(**postprocess),
+        block_size=args.block_size if args.block_size is not None else default_block_size(args.tile_size),
     )
 
 
