@@ -105,6 +105,7 @@ def main() -> None:
     from nucseg.inference.plan import plan_prediction
     from nucseg.inference.predict import iter_probabilities, load_predictor, postprocess_workers, predict
     from nucseg.models.registry import shipped_models
+    from nucseg.progress import drive
 
     model = "nucseg-default" if "nucseg-default" in shipped_models() else "unet-efficientnet-b0"
     tiling = TilingConfig(args.tile, 64, args.batch)
@@ -137,13 +138,7 @@ def main() -> None:
 
     # post-processing only, on one block's real probabilities (block + halo)
     block_image = image[: args.block + 64, : args.block + 64]
-    gen = iter_probabilities(predictor, block_image, tiling)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            probs = done.value
-            break
+    probs = drive(iter_probabilities(predictor, block_image, tiling))
     plan = plan_prediction(block_image, InferenceConfig(model=model, tiling=tiling, block_size=args.block))
     blocks = [b for b in plan.blocks if b.tiles]
     big = max(blocks, key=lambda b: b.box[2] * b.box[3])

@@ -28,17 +28,12 @@ def block_probabilities(path: str | None) -> np.ndarray:
     else:
         from nucseg.config import InferenceConfig
         from nucseg.inference.predict import iter_probabilities, load_predictor
+        from nucseg.progress import drive
 
         predictor = load_predictor(InferenceConfig(device="cpu"))
         tiles = []
         for k in range(4):
-            gen = iter_probabilities(predictor, he_tile(k), InferenceConfig().tiling)
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as done:
-                    tiles.append(done.value)
-                    break
+            tiles.append(drive(iter_probabilities(predictor, he_tile(k), InferenceConfig().tiling)))
         tiles = np.stack(tiles)
     top = np.concatenate([tiles[0], tiles[1][:, :, ::-1]], axis=2)
     bottom = np.concatenate([tiles[2][:, ::-1], tiles[3][:, ::-1, ::-1]], axis=2)

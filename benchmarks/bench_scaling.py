@@ -40,16 +40,11 @@ def make_inputs(folder: Path, n: int, size: int) -> list[Path]:
 def run_batch(inputs: list[Path], out: Path, settings, scheduler: str, threads: int) -> tuple[float, int, float]:
     """Wall seconds of the batch, nuclei found, and the mean seconds one input took on its worker."""
     from nucseg.jobs.batch import iter_batch, plan_batch
+    from nucseg.progress import drive
 
     plan = plan_batch(inputs, out, settings)
     t0 = time.perf_counter()
-    gen = iter_batch(plan, settings, scheduler=scheduler, threads_per_worker=threads)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            report = stop.value
-            break
+    report = drive(iter_batch(plan, settings, scheduler=scheduler, threads_per_worker=threads))
     seconds = time.perf_counter() - t0
     if report.failed:
         raise SystemExit(f"inputs failed: {[o.error for o in report.failed]}")

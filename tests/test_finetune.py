@@ -17,6 +17,7 @@ import pytest
 
 from fake_models import blob_image
 from nucseg.config import FinetuneConfig
+from nucseg.progress import drive
 from nucseg.training.dataset import TrainingPair
 
 TINY = dict(epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64, augmentations=("flips",),
@@ -44,12 +45,8 @@ def tiny_pairs(n: int = 3, shape=(96, 128)) -> list[TrainingPair]:
 
 def drain(gen):
     """Run a generator to its end: (records, return value)."""
-    records = []
-    while True:
-        try:
-            records.append(next(gen))
-        except StopIteration as done:
-            return records, done.value
+    records: list = []
+    return records, drive(gen, records.append)
 
 
 def epochs_of(records):

@@ -80,3 +80,51 @@ def test_results_exports_and_the_viewer_build_pyramids_by_one_rule(tmp_path):
         np.testing.assert_array_equal(np.asarray(a[...]), labels[::step, ::step])
         np.testing.assert_array_equal(np.asarray(b[...]), labels[::step, ::step])
     assert zarr.open_group(str(tmp_path / "run.zarr"), mode="r")["pyramid"]["labels-2"].attrs["complete"]
+
+
+def test_nucseg_predict_takes_tiles_bigger_than_the_default_block():
+    """The Segment widget raised the block to the tile; `nucseg predict --tile-size 4096` was refused instead
+    ("block size 2048 must be at least the tile size 4096")."""
+    from nucseg.cli import build_parser
+    from nucseg.cli.predict import build_config
+
+    args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--tile-size", "4096"])
+    assert build_config(args).block_size == 4096
+
+
+def test_the_block_side_when_none_is_chosen_is_one_rule():
+    from nucseg.cli import build_parser
+    from nucseg.cli.predict import build_config
+    from nucseg.config import default_block_size
+
+    args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--tile-size", "4096"])
+    assert build_config(args).block_size == default_block_size(4096) == 4096
+    args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--block-size", "1024", "--tile-size", "512"])
+    assert build_config(args).block_size == 1024 and default_block_size(512) == 2048
+
+
+def test_where_a_widget_run_goes_is_decided_in_the_core(tmp_path, monkeypatch):
+    from nucseg.jobs.segment import prediction_outputs, predictions_dir
+
+    monkeypatch.setenv("NUCSEG_HOME", str(tmp_path))
+    config = InferenceConfig()
+    small, big = prediction_outputs("/data/tile.ome.tif", (1500, 1500), False, 0.5, [(0, 0, 500, 500), None], config,
+                                    0.25)
+    assert small is None and big.parent == predictions_dir() and big.parent.is_dir()
+    assert big.name.startswith("tile-") and big.name.endswith("-r2.zarr")  # the one stem rule: not "tile.ome"
+
+
+def test_fine_tuning_refuses_before_any_work_by_one_rule(tmp_path):
+    import pytest
+
+    from nucseg.config import FinetuneConfig
+    from nucseg.errors import InvalidInputError
+    from nucseg.jobs.finetune import require_original_data, require_reviewed
+    from nucseg.training.corrections import CorrectionStore
+
+    with pytest.raises(InvalidInputError, match="carries no replay set: give it"):
+        require_original_data(FinetuneConfig(base_model="unet-efficientnet-b0", mix_original=0.5), False, "give it")
+    require_original_data(FinetuneConfig(base_model="unet-efficientnet-b0", mix_original=0.5), True, "given")
+    require_original_data(FinetuneConfig(base_model="unet-efficientnet-b0", mix_original=0.0), False, "off")
+    with pytest.raises(InvalidInputError, match="store is empty"):
+        require_reviewed(CorrectionStore(tmp_path / "store"))

@@ -9,6 +9,7 @@ from fake_models import blob_image, install_blobnet
 from nucseg.config import InferenceConfig, TilingConfig
 from nucseg.errors import StoreError
 from nucseg.inference.predict import iter_predict, predict
+from nucseg.progress import drive
 
 MODEL = "unet-efficientnet-b0"  # architecture only: the network itself is replaced by BlobNet
 
@@ -145,14 +146,9 @@ def test_skipping_glass_on_a_slide_keeps_every_nucleus(tmp_path):
     for skip in (False, True):
         cfg = InferenceConfig(model=MODEL, tiling=TilingConfig(64, 16, 4), block_size=128, skip_background=skip)
         with open_slide(path) as slide:
-            gen = iter_predict(slide, cfg)
-            tiles = 0
-            while True:
-                try:
-                    tiles = next(gen).total
-                except StopIteration as done:
-                    runs[skip] = (done.value, tiles)
-                    break
+            records: list = []
+            result = drive(iter_predict(slide, cfg), records.append)
+            runs[skip] = (result, records[-1].total)
     (full, full_tiles), (skipped, skipped_tiles) = runs[False], runs[True]
     assert skipped_tiles < full_tiles / 2
     assert skipped.n_nuclei == full.n_nuclei == truth.max()

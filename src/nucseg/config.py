@@ -152,6 +152,16 @@ class PostprocessConfig(_JsonConfig):
         return {k: v for k, v in self.to_dict().items() if v is not None}
 
 
+#: side of the blocks post-processed at once, when none is chosen (`default_block_size`)
+DEFAULT_BLOCK_SIZE = 2048
+
+
+def default_block_size(tile_size: int) -> int:
+    """The block side when the user chose none: `DEFAULT_BLOCK_SIZE`, or one tile when tiles are bigger (a block
+    holds at least one tile): the widgets' and the command line's rule."""
+    return max(DEFAULT_BLOCK_SIZE, int(tile_size))
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig(_JsonConfig):
     """Everything `iter_predict` needs besides the image and the model.
@@ -175,7 +185,7 @@ class InferenceConfig(_JsonConfig):
     postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     tta: bool = False
     skip_background: bool = True
-    block_size: int = 2048
+    block_size: int = DEFAULT_BLOCK_SIZE
     runtime: str = "auto"
 
     def __post_init__(self) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 import traceback
 from collections.abc import Callable, Generator
 from typing import Any
@@ -47,13 +46,12 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from nucseg.errors import NucsegError
+from nucseg.progress import PROGRESS_INTERVAL_S, Throttle, must_show
 
 __all__ = ["JobControls", "default_progress_of", "error_message", "start_generator_worker"]
 
 log = logging.getLogger(__name__)
 
-#: seconds between two progress displays (see `start_generator_worker`)
-PROGRESS_INTERVAL_S = 0.25
 
 ProgressOf = Callable[[Any], "tuple[int, int, str] | None"]
 
@@ -202,13 +200,11 @@ def start_generator_worker(
         else:
             worker.quit()
 
-    shown = [0.0]
+    throttle = Throttle(min_interval_s)
 
     def yielded(record: Any) -> None:
         info = progress_of(record)
-        now = time.monotonic()
-        if info is not None and (now - shown[0] >= min_interval_s or info[0] >= info[1]):
-            shown[0] = now
+        if info is not None and throttle.due(must_show(record) or info[0] >= info[1]):
             done, total, text = info
             if controls is not None:
                 controls.set_progress(done, total, text)

@@ -149,7 +149,6 @@ class EvaluateWidget(QWidget):
             lambda: evaluate_planes(truth_data, pred_data, prob, iou),
             on_return=lambda evaluation: self._show(evaluation, truth, pred),
             on_finished=self._finished, controls=self.controls, desc="evaluating",
-            progress_of=lambda record: record,
         )
 
     @property

@@ -38,11 +38,17 @@ from qtpy.QtWidgets import (
 )
 
 from nucseg.config import FinetuneConfig
-from nucseg.errors import InvalidInputError, NucsegError
-from nucseg.jobs.finetune import corrections_finetune, no_reviewed_message, saved_config, settle
+from nucseg.errors import NucsegError
+from nucseg.jobs.finetune import (
+    corrections_finetune,
+    require_original_data,
+    require_reviewed,
+    saved_config,
+    settle,
+)
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.models.registry import DEFAULT_MODEL, model_catalog, resolve_model
+from nucseg.models.registry import DEFAULT_MODEL, model_catalog
 from nucseg.training.corrections import CorrectionStore, corrections_changed
 from nucseg.training.estimate import format_minutes
 
@@ -238,11 +244,9 @@ class FinetuneWidget(QWidget):
             else:
                 config = self.config()
                 original = self.settings.original_dir()
-                if config.mix_original and not original and resolve_model(config.base_model).replay_dir is None:
-                    raise InvalidInputError(f"{Path(config.base_model).name} carries no replay set: choose a folder "
-                                            "of its original data (with images/ and labels/) to mix in")
-                if not any(e.reviewed for e in self.store.entries()):
-                    raise InvalidInputError(no_reviewed_message(len(self.store), len(self.store.unreviewed())))
+                require_original_data(config, bool(original), "choose a folder of its original data (with images/ "
+                                      "and labels/) to mix in")
+                require_reviewed(self.store)
                 out = versions.new_version_dir(config.base_model)
         except NucsegError as err:
             show_error(error_message(err))

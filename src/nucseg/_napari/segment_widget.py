@@ -23,10 +23,10 @@ from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPushButton, QWidget
 
-from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
+from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig, default_block_size
 from nucseg.errors import InvalidInputError, ModelError, NucsegError
 from nucseg.inference.predict import PredictProgress
-from nucseg.jobs.segment import layer_title, new_prediction_path, segment_regions, streams_to_disk
+from nucseg.jobs.segment import layer_title, prediction_outputs, segment_regions
 from nucseg.models.registry import resolve_model
 
 from . import rerun_choice, shortcuts
@@ -189,7 +189,7 @@ class SegmentWidget(QWidget):
         tiling = TilingConfig(self.tile_spin.value(), self.overlap_spin.value(), self.batch_spin.value())
         return InferenceConfig(model=str(self.model_combo.current_model()), device=self.device_combo.currentText(),
                                tiling=tiling, postprocess=self.postprocess_config(), tta=self.tta_check.isChecked(),
-                               block_size=max(InferenceConfig().block_size, tiling.tile_size))
+                               block_size=default_block_size(tiling.tile_size))
 
     def regions(self, layer: Image) -> list[Region | None]:
         """The regions to segment, in level-0 pixels (None = the whole image)."""
@@ -220,13 +220,8 @@ class SegmentWidget(QWidget):
             show_error(error_message(err))
             return
         show_in_microns(self.viewer, layer, image.mpp)  # a size the user typed: image and results in µm
-        stem = Path(image.path).stem if image.path else image.name
-        outs = [new_prediction_path(stem, f"-r{k}" if len(regions) > 1 else "")
-                if streams_to_disk(image.shape, image.multiscale, image.mpp, region, config.block_size, spec.mpp)
-                else None for k, region in enumerate(regions, start=1)]
-        for out in outs:
-            if out is not None:
-                out.parent.mkdir(parents=True, exist_ok=True)
+        outs = prediction_outputs(image.path or image.name, image.shape, image.multiscale, image.mpp, regions,
+                                  config, spec.mpp)
         title = f"{image.name} nuclei ({layer_title({'name': spec.name, 'version': spec.info.get('version')})})"
         self._stop = stop = threading.Event()
 

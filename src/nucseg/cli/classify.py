@@ -38,6 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
     from nucseg.classify.store import model_binding, save_classifier
     from nucseg.config import InferenceConfig
     from nucseg.models.registry import DEFAULT_MODEL, resolve_model
+    from nucseg.progress import drive
 
     if args.mpp is not None and not args.mpp > 0:
         raise InvalidInputError(f"--mpp {args.mpp}: give the microns per pixel as a positive number (20x is about 0.5)")
@@ -48,15 +49,13 @@ def run_train(args: argparse.Namespace) -> int:
     points = read_points_csv(args.points)
     settings = ClassifierSettings()
     config = InferenceConfig(model=args.model or DEFAULT_MODEL)
-    gen = iter_examples_from_points(points, settings.groups, labels_dir=args.labels, mpp=args.mpp, config=config)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            examples, features, skipped = done.value
-            break
-        if hasattr(event, "image"):
+
+    def show(event) -> None:
+        if hasattr(event, "image"):  # an image begins (the segmentation's own records are not printed)
             print(f"nucseg classify: {event.image} ({event.done + 1}/{event.total})", file=sys.stderr)
+
+    examples, features, skipped = drive(
+        iter_examples_from_points(points, settings.groups, labels_dir=args.labels, mpp=args.mpp, config=config), show)
     for s in skipped:
         print(f"nucseg classify: skipped point ({s.point.x:g}, {s.point.y:g}) class {s.point.klass} in "
               f"{s.point.image}: {s.reason}", file=sys.stderr)

@@ -29,22 +29,21 @@ def add_tiling_options(p: argparse.ArgumentParser) -> None:
                    help=f"tiles per forward pass (default {default.batch_size})")
 
 
-def drive(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bool = False) -> R:
-    """Run a core generator to its end with a tqdm bar on stderr; records need .done/.total or epoch keys."""
+def drive_with_bar(gen: Generator[Any, None, R], desc: str, unit: str = "tile", quiet: bool = False) -> R:
+    """Run a core job to its end (`nucseg.progress.drive`) with a tqdm bar on stderr showing its `Progress`."""
     from tqdm import tqdm
 
+    from nucseg.progress import drive
+
     bar = tqdm(desc=desc, unit=unit, file=sys.stderr, disable=quiet or None, dynamic_ncols=True)
+
+    def show(record) -> None:
+        bar.total = record.total
+        bar.n = record.done
+        bar.refresh()
+
     try:
-        while True:
-            try:
-                record = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            total = getattr(record, "total", None)
-            if total is not None:
-                bar.total = total
-                bar.n = record.done
-                bar.refresh()
+        return drive(gen, show)
     finally:
         bar.close()
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nucseg.cli.common import add_model_options, drive, new_output_path
+from nucseg.cli.common import add_model_options, drive_with_bar, new_output_path
 
 #: what the demo's numbers are: the sample is not independent of the default model's choices
 SAMPLE_NOTE = ("the sample is a crop of a MoNuSeg validation tile (never trained on, but it chose the default model's "
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         for p in paths.values():
             p.unlink(missing_ok=True)
-    result = drive(iter_predict(image, config, mpp=mpp), desc="demo")
+    result = drive_with_bar(iter_predict(image, config, mpp=mpp), desc="demo")
     metrics = evaluate_labels(truth, np.asarray(result.labels), prob=np.asarray(result.probabilities[0]))
     write_labels_ome_tiff(result.labels, paths["demo_labels.tif"], mpp=mpp)
     side_by_side_figure(image, truth, np.asarray(result.labels), paths["demo_side_by_side.png"], metrics)

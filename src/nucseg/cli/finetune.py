@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.config import DEVICES, HOLDOUTS, LOSSES, FinetuneConfig
-from nucseg.errors import InvalidInputError, StoreError
+from nucseg.errors import StoreError
 from nucseg.jobs.finetune import folder_pairs, saved_config, scores_rows, tile_rows, verdict_lines
 
 #: exit status of a run that finished but registered no model (not better than its base, no --keep-worse)
@@ -120,11 +120,11 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def load_data(args: argparse.Namespace, config: FinetuneConfig) -> tuple[list, list, list | None]:
     """(train, val, original) pairs from the folders given."""
-    from nucseg.models.registry import resolve_model
+    from nucseg.jobs.finetune import require_original_data
 
-    if args.mix_original and args.original_images is None and resolve_model(config.base_model).replay_dir is None:
-        raise InvalidInputError(f"{config.base_model} carries no replay set: --mix-original needs --original-images "
-                                "and --original-labels")
+    if args.mix_original:  # only when given: with the default mix, a base without a replay set trains on the data alone
+        require_original_data(config, args.original_images is not None,
+                              "--mix-original needs --original-images and --original-labels")
     return folder_pairs(args.images, args.labels, val_images=args.val_images, val_labels=args.val_labels,
                         reviewed=getattr(args, "reviewed", None), original_images=args.original_images,
                         original_labels=args.original_labels, mpp=args.mpp, config=config)
@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
+    from nucseg.progress import drive
     from nucseg.training.estimate import format_minutes
     from nucseg.training.postprocess_tuning import describe_tuning
 
@@ -211,40 +212,38 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr, disable=args.quiet or None,
                dynamic_ncols=True)
     said_estimate = False
+
+    def show(record: dict) -> None:
+        nonlocal said_estimate
+        kind = record["kind"]
+        if kind == "step":
+            bar.n = (record["epoch"] - 1) * record["steps"] + record["step"]
+            left = record.get("eta_s")
+            bar.set_postfix_str(f"epoch {record['epoch']}, loss {record['loss']:.3f}"
+                                + (f", {format_minutes(left)} left" if left is not None else ""), refresh=False)
+            bar.refresh()
+            if left is not None and not said_estimate:
+                said_estimate = True
+                tqdm.write(f"measured {record['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
+                           f"(at most; early stopping can end it sooner)", file=sys.stdout)
+        elif kind == "validating":
+            who = "base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
+            bar.set_postfix_str(f"scoring the {who} on held-out data {record['done']}/{record['total']}")
+        elif kind == "preparing":
+            bar.set_postfix_str(record["stage"])
+        elif kind == "epoch":
+            bar.n = record["epoch"] * config.steps_per_epoch
+            tqdm.write(_fmt(record), file=sys.stdout)
+        elif kind == "note":
+            tqdm.write(f"nucseg finetune: note: {record['message']}", file=sys.stderr)
+        elif kind == "tuning":
+            bar.set_postfix_str("tuning watershed thresholds on the validation images")
+        elif kind == "baseline" and ("val_score" in record or "val_aji" in record):
+            tqdm.write(f"base model on the held-out data: {_scores_text(record)}", file=sys.stdout)
+
     try:
-        while True:
-            try:
-                record = next(gen)
-            except StopIteration as done:
-                result = done.value
-                break
-            kind = record["kind"]
-            if kind == "step":
-                bar.n = (record["epoch"] - 1) * record["steps"] + record["step"]
-                left = record.get("eta_s")
-                bar.set_postfix_str(f"epoch {record['epoch']}, loss {record['loss']:.3f}"
-                                    + (f", {format_minutes(left)} left" if left is not None else ""), refresh=False)
-                bar.refresh()
-                if left is not None and not said_estimate:
-                    said_estimate = True
-                    tqdm.write(f"measured {record['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
-                               f"(at most; early stopping can end it sooner)", file=sys.stdout)
-            elif kind == "validating":
-                who = "base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
-                bar.set_postfix_str(f"scoring the {who} on held-out data {record['done']}/{record['total']}")
-            elif kind == "preparing":
-                bar.set_postfix_str(record["stage"])
-            elif kind == "epoch":
-                bar.n = record["epoch"] * config.steps_per_epoch
-                tqdm.write(_fmt(record), file=sys.stdout)
-            elif kind == "note":
-                tqdm.write(f"nucseg finetune: note: {record['message']}", file=sys.stderr)
-            elif kind == "tuning":
-                bar.set_postfix_str("tuning watershed thresholds on the validation images")
-            elif kind == "baseline" and ("val_score" in record or "val_aji" in record):
-                tqdm.write(f"base model on the held-out data: {_scores_text(record)}", file=sys.stdout)
+        result = drive(gen, show)  # on Ctrl-C the run is closed: its checkpoint stays for --resume
     except KeyboardInterrupt:
-        gen.close()
         bar.close()
         print(f"nucseg finetune: interrupted; continue with the same command and --resume (out: {args.out})",
               file=sys.stderr)

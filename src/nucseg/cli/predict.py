@@ -29,9 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_tiling_options(p)
     p.add_argument("--format", default="tif",
                    help=f"comma-separated outputs among {', '.join(FORMATS)} (default tif)")
-    p.add_argument("--block-size", type=int, default=2048, metavar="PX",
+    p.add_argument("--block-size", type=int, metavar="PX",
                    help="side of the blocks (model pixels) post-processed at once; with --workers or --scheduler, "
-                   "a slide of several blocks is spread over the workers block by block (default 2048)")
+                   "a slide of several blocks is spread over the workers block by block (default 2048, or the tile "
+                   "size when larger)")
     p.add_argument("--region", metavar="X,Y,W,H", help=REGION_HELP)
     p.add_argument("--mpp", type=float, help="microns per pixel of inputs without that metadata, between "
                    f"{PLAUSIBLE_MPP[0]:g} and {PLAUSIBLE_MPP[1]:g}, not much coarser than the model's (default: "
@@ -74,7 +75,7 @@ def parse_formats(text: str) -> list[str]:
 
 
 def build_config(args: argparse.Namespace):
-    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
+    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig, default_block_size
     from nucseg.models.registry import resolve_model
 
     resolve_model(args.model)  # an unknown model is reported before any input is opened
@@ -83,7 +84,8 @@ def build_config(args: argparse.Namespace):
     return InferenceConfig(
         model=args.model, device=args.device, runtime=args.runtime, tta=args.tta, skip_background=not args.all_tiles,
         tiling=TilingConfig(args.tile_size, args.overlap, args.batch_size),
-        postprocess=PostprocessConfig(**postprocess), block_size=args.block_size,
+        postprocess=PostprocessConfig(**postprocess),
+        block_size=args.block_size if args.block_size is not None else default_block_size(args.tile_size),
     )
 
 
@@ -145,12 +147,13 @@ class BatchBars:
         self.progress: dict[str, tuple[int, int]] = {}
 
     def update(self, event) -> None:
-        if event.kind == "tiles":
-            self.progress[event.item.stem] = (event.done, event.total)
-        elif event.outcome is not None:
-            _, total = self.progress.get(event.item.stem, (0, 0))
-            self.progress[event.item.stem] = (total, total)
+        stem = event.info["item"].stem
+        if event.kind == "input":
+            _, total = self.progress.get(stem, (0, 0))
+            self.progress[stem] = (total, total)
             self.inputs.update(1)
+        else:
+            self.progress[stem] = (event.done, event.total)
         self.tiles.total = sum(t for _, t in self.progress.values())
         self.tiles.n = sum(d for d, _ in self.progress.values())
         self.tiles.refresh()
@@ -194,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
     from nucseg.jobs.batch import iter_batch, plan_batch
+    from nucseg.progress import drive
 
     plan = plan_batch(inputs, args.out, settings, resume=args.resume, overwrite=args.overwrite)
     distributed = bool(args.workers or args.scheduler)
@@ -207,24 +211,21 @@ def _run_locked(args: argparse.Namespace, settings, inputs: list[Path]) -> int:
     bars = BatchBars(len(plan.items), len(plan.skipped), args.quiet)
     gen = iter_batch(plan, settings, workers=args.workers, scheduler=args.scheduler,
                      threads_per_worker=args.threads_per_worker)
+
+    def show(event) -> None:
+        bars.update(event)
+        if event.kind == "input":
+            _report_outcome(event.info["outcome"], bars, distributed)
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                report = stop.value
-                break
-            bars.update(event)
-            if event.outcome is not None:
-                _report_outcome(event.outcome, bars, distributed)
+        # on Ctrl-C, drive closes the batch: it cancels the tasks, releases the cluster and writes the summary
+        report = drive(gen, show)
     except KeyboardInterrupt:
-        gen.close()  # cancels the tasks, releases the cluster, writes the summary
         bars.close()
         print(f"nucseg predict: stopped; finished inputs are kept ({args.out / 'batch_summary.csv'}); run the same "
               "command with --resume to do the rest", file=sys.stderr)
         raise
     finally:
-        gen.close()
         bars.close()
     if report.disk_full is not None:
         print(f"nucseg predict: error: {report.disk_full.item.input}: {report.disk_full.error}; finished inputs are "

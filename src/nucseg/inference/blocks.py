@@ -21,6 +21,7 @@ from nucseg.inference.plan import BlockPlan, Box, PredictionPlan
 from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.stitching import BlendCanvas
 from nucseg.inference.tile_store import TileStore
+from nucseg.progress import Progress, drive
 
 if TYPE_CHECKING:
     from nucseg.config import PostprocessConfig
@@ -58,10 +59,10 @@ def iter_block_probabilities(
     *,
     stop: threading.Event | None = None,
     store: TileStore | None = None,
-) -> Generator[tuple[str, int], None, tuple[np.ndarray, int, bool]]:
-    """The blended probabilities of block `index` over its read box, without post-processing. Yields (stage,
-    tiles run for this block) before each slow step and after each batch; returns (probabilities, tiles run,
-    stopped).
+) -> Generator[Progress, None, tuple[np.ndarray, int, bool]]:
+    """The blended probabilities of block `index` over its read box, without post-processing. Yields `Progress`
+    (done: tiles run for this block) before each slow step and after each batch; returns (probabilities, tiles
+    run, stopped).
 
     Args:
         store: the run's `TileStore` (tiles kept from earlier blocks are not run again); None runs every tile
@@ -71,7 +72,7 @@ def iter_block_probabilities(
     store = store if store is not None else TileStore(plan, predictor, max_bytes=0)
     ry, rx, rh, rw = block.read
     canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), plan.tile_size, plan.overlap, origin=(ry, rx))
-    yield "reading block", 0
+    yield Progress(0, 0, "reading block")
     preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
     for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner
         if i in preds:
@@ -88,15 +89,15 @@ def iter_block(
     stop: threading.Event | None = None,
     probs_dtype: Any = np.float32,
     store: TileStore | None = None,
-) -> Generator[tuple[str, int], None, BlockOutput]:
-    """`run_block` as a generator: yields (stage, tiles run for this block) before each slow step and after
-    each batch; returns the `BlockOutput`."""
+) -> Generator[Progress, None, BlockOutput]:
+    """`run_block` as a generator: yields `Progress` (done: tiles run for this block) before each slow step and
+    after each batch; returns the `BlockOutput`."""
     block = plan.blocks[index]
     if not block.tiles:
         return BlockOutput(index)
     probs, done, stopped = yield from iter_block_probabilities(plan, index, predictor, stop=stop, store=store)
     if not stopped:
-        yield "separating nuclei", done
+        yield Progress(done, done, "separating nuclei")
     return finish_block(block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, done, stopped)
 
 
@@ -132,7 +133,8 @@ def run_block(
     predictor: Predictor,
     *,
     stop: threading.Event | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    interval_s: float = 0.0,
     probs_dtype: Any = np.float32,
     store: TileStore | None = None,
 ) -> BlockOutput:
@@ -143,7 +145,7 @@ def run_block(
         index: which block.
         predictor: from `load_predictor`.
         stop: when set, the block ends after the current batch (what was done is kept).
-        on_batch: called with (tiles done in this block, tiles of this block) after every batch.
+        on_progress: called with the block's `Progress` records (at most every `interval_s` seconds).
         probs_dtype: np.float32, or np.uint8 for probabilities scaled to 0..255 (a quarter of the size).
         store: a `TileStore` shared by the blocks run in this process (tiles over a block border then run once);
             None runs every tile the block needs. The output is the same either way.
@@ -151,15 +153,8 @@ def run_block(
     Returns:
         `BlockOutput`.
     """
-    gen = iter_block(plan, index, predictor, stop=stop, probs_dtype=probs_dtype, store=store)
-    n_tiles = len(plan.blocks[index].tiles)
-    while True:
-        try:
-            stage, done = next(gen)
-        except StopIteration as finished:
-            return finished.value
-        if on_batch is not None and stage == "predicting":
-            on_batch(done, n_tiles)
+    return drive(iter_block(plan, index, predictor, stop=stop, probs_dtype=probs_dtype, store=store), on_progress,
+                 interval_s=interval_s)
 
 
 def write_block(plan: PredictionPlan, output: BlockOutput, labels_out: Any, probs_out: Any, next_id: int) -> int:

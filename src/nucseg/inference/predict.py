@@ -49,6 +49,7 @@ from nucseg.inference.postprocess import probabilities_to_instances
 from nucseg.inference.result_store import create_result_store, tuned_labels
 from nucseg.inference.source import LevelGeometry, level0_factor
 from nucseg.inference.tile_store import TileStore
+from nucseg.progress import Progress, drive, relay
 
 if TYPE_CHECKING:
     from nucseg.io.slides import Slide
@@ -60,19 +61,8 @@ __all__ = ["BlockOutput", "PredictProgress", "PredictionPlan", "PredictionResult
            "iter_probabilities", "load_predictor", "plan_prediction", "predict", "predict_probabilities", "reapply_postprocess", "run_block", "write_block"]
 
 
-@dataclasses.dataclass
-class PredictProgress:
-    """One progress record: tiles done out of total, and what is happening."""
-
-    done: int
-    total: int
-    stage: str = "predicting"
-    block: int = 0
-    blocks: int = 1
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+#: the progress record of a run (tiles done of the run's total, the stage, the block): the core's one record type
+PredictProgress = Progress
 
 
 @dataclasses.dataclass
@@ -171,14 +161,9 @@ def iter_predict(
             if stop is not None and stop.is_set():
                 stopped = True
                 break
-            gen = iter_block_probabilities(plan, block.index, predictor, stop=stop, store=store)
-            while True:
-                try:
-                    stage, block_done = next(gen)
-                except StopIteration as finished:
-                    probs, block_done, block_stopped = finished.value
-                    break
-                yield PredictProgress(done + block_done, total, stage, block.index + 1, blocks)
+            probs, block_done, block_stopped = yield from relay(
+                iter_block_probabilities(plan, block.index, predictor, stop=stop, store=store),
+                lambda r, d=done, b=block.index + 1: Progress(d + r.done, total, r.stage, block=b, blocks=blocks))
             done += block_done
             store.release(block.index)
             job = (block, probs, plan.config.postprocess, plan.source.geometry, probs_dtype, block_done, block_stopped)
@@ -281,10 +266,10 @@ def iter_probabilities(
     *,
     tta: bool = False,
     mpp: float | None = None,
-) -> Generator[tuple[int, int], None, np.ndarray]:
+) -> Generator[Progress, None, np.ndarray]:
     """The network's blended (C, H, W) float32 probabilities for an image, at the model's resolution: the plan
     and the blocks of `iter_predict` (same tiles, gates and background skipping), without post-processing.
-    Yields (tiles done, total) after every batch."""
+    Yields `Progress` (tiles done of the total) after every batch."""
     config = InferenceConfig(model=str(predictor.spec.name), tiling=tiling, tta=tta)
     plan = plan_prediction(image, config, mpp=mpp, spec=predictor.spec)
     out = np.zeros((len(predictor.spec.heads), *plan.shape), np.float32)
@@ -293,15 +278,9 @@ def iter_probabilities(
     for block in plan.blocks:
         if not block.tiles:
             continue
-        gen = iter_block_probabilities(plan, block.index, predictor, store=store)
-        while True:
-            try:
-                stage, block_done = next(gen)
-            except StopIteration as finished:
-                probs, block_done, _ = finished.value
-                break
-            if stage == "predicting":
-                yield done + block_done, plan.total
+        probs, block_done, _ = yield from relay(
+            iter_block_probabilities(plan, block.index, predictor, store=store),
+            lambda r, d=done: Progress(d + r.done, plan.total, r.stage) if r.stage == "predicting" else None)
         by, bx, bh, bw = block.box
         out[:, by : by + bh, bx : bx + bw] = block_core(plan, block.index, probs)
         store.release(block.index)
@@ -316,25 +295,13 @@ def predict_probabilities(
     device: Any,
     tiling: TilingConfig,
     tta: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> np.ndarray:
     """(C, H, W) probabilities of a whole in-memory image with `net` (e.g. a network in training, in eval mode):
-    `iter_probabilities` run to its end."""
-    gen = iter_probabilities(Predictor(spec, device, net), image, tiling, tta=tta)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as finished:
-            return finished.value
-        if on_progress is not None:
-            on_progress(done, total)
+    `iter_probabilities` run to its end; `on_progress` gets its `Progress` records."""
+    return drive(iter_probabilities(Predictor(spec, device, net), image, tiling, tta=tta), on_progress)
 
 
 def predict(image, config: InferenceConfig | None = None, **kwargs) -> PredictionResult:
     """Run `iter_predict` to the end and return its result."""
-    gen = iter_predict(image, config, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return drive(iter_predict(image, config, **kwargs))

@@ -18,6 +18,7 @@ import numpy as np
 
 from nucseg.inference.calibration import image_network
 from nucseg.inference.forward import Predictor, predict_batch
+from nucseg.progress import Progress
 
 if TYPE_CHECKING:
     from nucseg.inference.plan import PredictionPlan
@@ -61,11 +62,12 @@ class TileStore:
 
     def iter_predictions(
         self, ids: tuple[int, ...], block: int, stop: threading.Event | None = None
-    ) -> Generator[tuple[str, int], None, tuple[dict[int, np.ndarray], int, bool]]:
+    ) -> Generator[Progress, None, tuple[dict[int, np.ndarray], int, bool]]:
         """The (C, t, t) predictions of tiles `ids`, needed by block `block`.
 
-        Yields ("calibrating", 0) before measuring the gates and ("predicting", n) after each batch, n = tiles
-        run so far; returns ({tile: prediction}, tiles run, stopped). On Stop the tiles not run are missing.
+        Yields `Progress` "calibrating" before measuring the gates and "predicting" after each batch (done: tiles
+        run so far; total: the tiles not kept from earlier blocks); returns ({tile: prediction}, tiles run,
+        stopped). On Stop the tiles not run are missing.
         """
         plan, p = self.plan, self.predictor
         tta = plan.config.tta
@@ -73,8 +75,9 @@ class TileStore:
         wanted = set(ids)
         run, stopped = 0, False
         todo = sorted({plan.batch_of[i] for i in ids if i not in have})
+        to_run = sum(len(plan.batches[k]) for k in todo)
         if todo and not self.has_gates:
-            yield "calibrating", run
+            yield Progress(run, to_run, "calibrating")
         # reading runs PREFETCH batches ahead in a thread (decoding a slide's JPEG tiles releases the GIL), so the
         # network does not wait for pixels; every read goes through that one thread (readers need not be
         # thread-safe)
@@ -93,7 +96,7 @@ class TileStore:
                 self._store(batch, preds, wanted, have, block)
                 run += len(batch)
                 self.computed += len(batch)
-                yield "predicting", run
+                yield Progress(run, to_run, "predicting")
         finally:
             for future in ahead:
                 future.cancel()

@@ -1,7 +1,7 @@
 """Batches of inputs: unique output names, skipping finished inputs (resume), running them, a summary CSV.
 
 `plan_batch` turns input files into `BatchItem`s with unique stems and sorts out what is already done;
-`iter_batch` runs the rest in-process or on a Dask cluster (`nucseg.jobs.distributed`), yielding `BatchEvent`s
+`iter_batch` runs the rest in-process or on a Dask cluster (`nucseg.jobs.distributed`), yielding `Progress` records
 for a progress bar, and returns a `BatchReport`; `batch_summary.csv` is written at the end, also when the batch
 is interrupted. One failing input never stops the others.
 """
@@ -27,7 +27,14 @@ from nucseg.io.outputs import (
     check_replaceable,
     write_failure,
 )
-from nucseg.jobs.outcomes import DENSITY_COLUMNS, BatchEvent, InputOutcome, done_outcome, failed_outcome
+from nucseg.jobs.outcomes import (
+    DENSITY_COLUMNS,
+    InputOutcome,
+    done_outcome,
+    failed_outcome,
+    input_ended,
+    tiles_done,
+)
 from nucseg.jobs.predict_file import (
     FORMATS,
     SUMMARY_VERSION,
@@ -39,8 +46,9 @@ from nucseg.jobs.predict_file import (
     local_worker,
     remove_path,
 )
+from nucseg.progress import Progress, relay
 
-__all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchEvent", "BatchItem", "BatchPlan", "BatchReport", "BatchSettings",
+__all__ = ["KNOWN_SUFFIXES", "SUMMARY_NAME", "BatchItem", "BatchPlan", "BatchReport", "BatchSettings",
            "InputOutcome", "finished_summary", "iter_batch", "plan_batch", "unique_stems", "write_batch_summary"]
 
 SUMMARY_NAME = BATCH_SUMMARY
@@ -259,31 +267,29 @@ def _from_disk(item: BatchItem, settings: BatchSettings) -> InputOutcome:
     return done_outcome(item, summary) if summary is not None else InputOutcome(item, "not run")
 
 
-def iter_local(items: Sequence[BatchItem], settings: BatchSettings) -> Generator[BatchEvent, None, None]:
+def iter_local(items: Sequence[BatchItem], settings: BatchSettings) -> Generator[Progress, None, None]:
     """Run items one after the other in this process."""
     worker = local_worker()
     for item in items:
         t0 = time.perf_counter()
-        gen = iter_predict_file(item, settings, worker)
         try:
-            while True:
-                record = next(gen)
-                yield BatchEvent("tiles", item, record.done, record.total)
-        except StopIteration as stop:
-            outcome = done_outcome(item, stop.value)
+            summary = yield from relay(iter_predict_file(item, settings, worker),
+                                       lambda r, item=item: tiles_done(item, r.done, r.total))
+            outcome = done_outcome(item, summary)
         except Exception as err:  # noqa: BLE001 - one failing input must not stop the batch; reported in full
             outcome = failed_outcome(item, err, time.perf_counter() - t0, worker)
-        yield BatchEvent("input", item, outcome=outcome)
+        yield input_ended(item, outcome)
 
 
 def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None = None, scheduler: str | None = None,
-               threads_per_worker: int | None = None) -> Generator[BatchEvent, None, BatchReport]:
+               threads_per_worker: int | None = None) -> Generator[Progress, None, BatchReport]:
     """Run a planned batch: in-process, on a new local Dask cluster of `workers` processes, or on the Dask
     scheduler at `scheduler`. The summary CSV is written when the generator ends, is closed early (Ctrl-C in the
     caller) or raises; unfinished inputs are listed as "not run".
 
     Yields:
-        `BatchEvent` records.
+        `Progress` records: an input's tiles (``info["item"]``), and kind "input" when one ended
+        (``info["outcome"]``, an `InputOutcome`).
 
     Returns:
         `BatchReport`.
@@ -292,7 +298,7 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
                                         for item, summary in plan.skipped}
     finished = False
     check_output_folder(plan.out)
-    events: Generator[BatchEvent, None, None] | None = None
+    events: Generator[Progress, None, None] | None = None
     try:
         if workers or scheduler:
             from nucseg.jobs.distributed import iter_distributed
@@ -302,10 +308,10 @@ def iter_batch(plan: BatchPlan, settings: BatchSettings, *, workers: int | None 
         else:
             events = iter_local(plan.todo, settings)
         for event in events:
-            if event.outcome is not None:
-                outcomes[event.item.stem] = event.outcome
+            if event.kind == "input":
+                outcomes[event.info["item"].stem] = event.info["outcome"]
             yield event
-            if event.outcome is not None and event.outcome.disk_full:
+            if event.kind == "input" and event.info["outcome"].disk_full:
                 break  # every other input would meet the same full disk: stop, the rest stays "not run"
         finished = True
     finally:

@@ -27,7 +27,7 @@ from nucseg.jobs.predict_file import BatchItem, BatchSettings, OutputSet, input_
 PLANS_PER_WORKER = 2
 _plans: collections.OrderedDict = collections.OrderedDict()
 _plans_lock = threading.Lock()
-#: seconds between two tile-progress events a task sends to the client
+#: seconds between two tile-progress events a task sends to the client (its `nucseg.progress.Throttle`)
 PROGRESS_INTERVAL = 0.5
 
 
@@ -96,18 +96,16 @@ def run_block_task(item: BatchItem, settings: BatchSettings, index: int, topic: 
 
     worker = get_worker()
     who = worker_identity(settings)
-    last = [0.0]
 
-    def on_batch(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= PROGRESS_INTERVAL or done == total:
-            worker.log_event(topic, {"stem": item.stem, "block": index, "done": int(done), "total": int(total)})
-            last[0] = now
+    def send(record) -> None:
+        worker.log_event(topic, {"stem": item.stem, "block": index, "done": int(record.done),
+                                 "total": int(record.total)})
 
     try:
         plan = worker_plan(item, settings)
         predictor = load_predictor(settings.config)
-        output = run_block(plan, index, predictor, on_batch=on_batch, probs_dtype=np.uint8)
+        output = run_block(plan, index, predictor, on_progress=send, interval_s=PROGRESS_INTERVAL,
+                           probs_dtype=np.uint8)
         return BlockResult(output, who, predictor.runtime)
     except Exception as err:  # noqa: BLE001 - reported as the input's failure; the batch goes on
         if isinstance(err, NucsegError):

@@ -34,8 +34,16 @@ from nucseg.jobs.block_tasks import (
     run_block_task,
     worker_identity,
 )
-from nucseg.jobs.outcomes import BatchEvent, InputOutcome, done_outcome, failed_outcome, worker_label
+from nucseg.jobs.outcomes import (
+    InputOutcome,
+    done_outcome,
+    failed_outcome,
+    input_ended,
+    tiles_done,
+    worker_label,
+)
 from nucseg.jobs.predict_file import BatchItem, BatchSettings, iter_predict_file, local_worker
+from nucseg.progress import Progress, drive
 
 #: how long to wait for the first worker of an existing scheduler
 WORKER_WAIT_S = 120
@@ -140,17 +148,13 @@ def run_file_task(item: BatchItem, settings: BatchSettings, topic: str) -> Input
     Errors come back as a "failed" outcome (exceptions are not all picklable; the message always is)."""
     worker = get_worker()
     who = worker_identity(settings)
-    t0 = last = time.perf_counter()
-    gen = iter_predict_file(item, settings, who)
+    t0 = time.perf_counter()
+
+    def send(record) -> None:
+        worker.log_event(topic, {"stem": item.stem, "done": int(record.done), "total": int(record.total)})
+
     try:
-        while True:
-            record = next(gen)
-            now = time.perf_counter()
-            if now - last >= PROGRESS_INTERVAL or record.done == record.total:
-                worker.log_event(topic, {"stem": item.stem, "done": int(record.done), "total": int(record.total)})
-                last = now
-    except StopIteration as stop:
-        return done_outcome(item, stop.value)
+        return done_outcome(item, drive(iter_predict_file(item, settings, who), send, interval_s=PROGRESS_INTERVAL))
     except Exception as err:  # noqa: BLE001 - one failing input must not stop the batch; reported in full
         return failed_outcome(item, err, time.perf_counter() - t0, who)
 
@@ -248,7 +252,7 @@ def _prepare(client: Client, settings: BatchSettings, out: str, scheduler: str |
 
 def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, workers: int | None = None,
                      scheduler: str | None = None, threads_per_worker: int | None = None
-                     ) -> Generator[BatchEvent, None, None]:
+                     ) -> Generator[Progress, None, None]:
     """Run `items` as Dask tasks: one per input, or one per block for a slide of several blocks (written here, in
     block order). Yields tile progress and each input's outcome as it ends. Closing the generator (Ctrl-C in the
     caller) cancels what has not finished, removes its temporary files and releases the cluster."""
@@ -270,8 +274,7 @@ def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, wor
                 try:
                     assembly = BlockAssembly.open(item, settings)
                 except Exception as err:  # noqa: BLE001 - e.g. a broken slide: reported, the batch goes on
-                    yield BatchEvent("input", item, outcome=failed_outcome(item, err, time.perf_counter() - t0,
-                                                                           local_worker()))
+                    yield input_ended(item, failed_outcome(item, err, time.perf_counter() - t0, local_worker()))
                     continue
                 if assembly is None:
                     future = client.submit(run_file_task, item, settings, topic, pure=False,
@@ -283,7 +286,7 @@ def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, wor
                     future = client.submit(run_block_task, item, settings, index, topic, pure=False,
                                            key=f"nucseg-{item.stem}-block{index}-{topic[-8:]}")
                     pending[future] = (item, index)
-                yield BatchEvent("tiles", item, 0, assembly.total)
+                yield tiles_done(item, 0, assembly.total)
             while pending:
                 with contextlib.suppress(queue.Empty):
                     while True:
@@ -292,14 +295,13 @@ def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, wor
                         if "block" in msg:
                             if item.stem in assemblies:
                                 assembly = assemblies[item.stem]
-                                yield BatchEvent("tiles", item, assembly.progress(msg["block"], msg["done"]),
-                                                 assembly.total)
+                                yield tiles_done(item, assembly.progress(msg["block"], msg["done"]), assembly.total)
                         else:
-                            yield BatchEvent("tiles", item, msg["done"], msg["total"])
+                            yield tiles_done(item, msg["done"], msg["total"])
                 for future in [f for f in pending if f.done()]:
                     item, index = pending.pop(future)
                     if index is None:
-                        yield BatchEvent("input", item, outcome=_outcome(future, item))
+                        yield input_ended(item, _outcome(future, item))
                     elif item.stem in assemblies:
                         outcome = _add_block(assemblies[item.stem], future, item)
                         if outcome is not None:
@@ -309,7 +311,7 @@ def iter_distributed(items: Sequence[BatchItem], settings: BatchSettings, *, wor
                                 client.cancel(rest)
                                 for f in rest:
                                     pending.pop(f)
-                            yield BatchEvent("input", item, outcome=outcome)
+                            yield input_ended(item, outcome)
         finally:
             if pending:
                 with contextlib.suppress(Exception):

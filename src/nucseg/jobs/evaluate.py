@@ -18,6 +18,7 @@ import numpy as np
 
 from nucseg.errors import InvalidInputError, SlideReadError
 from nucseg.io.names import pair_stem
+from nucseg.progress import Progress
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 PROB_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -102,8 +103,8 @@ def probability_like(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: float
-                    ) -> Generator[tuple[int, int, str], None, Evaluation]:
-    """Score `pred` against `truth` (2-D, or stacks scored plane by plane); yields (done, total, text).
+                    ) -> Generator[Progress, None, Evaluation]:
+    """Score `pred` against `truth` (2-D, or stacks scored plane by plane); yields `Progress` (planes scored).
 
     Each row is `nucseg.metrics.report.evaluate_labels` of a plane (what ``nucseg evaluate`` prints for it), the
     summary the mean over planes as in `evaluate_many`; the overlays are `object_overlay` / `pixel_confusion_map`;
@@ -123,7 +124,7 @@ def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: floa
     errors: list[ErrorObject] = []
     object_map, pixel_map = np.zeros(truth.shape, np.uint8), np.zeros(truth.shape, np.uint8)
     for k, plane in enumerate(planes):
-        yield k, len(planes), f"scoring image {k + 1} of {len(planes)}"
+        yield Progress(k, len(planes), f"scoring image {k + 1} of {len(planes)}")
         t, p = truth[plane], pred[plane]
         metrics = evaluate_labels(t, p, None if prob is None else prob[plane], iou_threshold)
         match = match_instances(t, p, iou_threshold)
@@ -133,7 +134,7 @@ def evaluate_planes(truth: Any, pred: Any, prob: Any | None, iou_threshold: floa
         rows.append({"image": f"image {plane[0]}" if plane else "value", **metrics, "n_truth": match.n_truth,
                      "n_pred": match.n_pred})
     summary = {"image": "MEAN", **_summary(rows)} if len(rows) > 1 else None
-    yield len(planes), len(planes), "done"
+    yield Progress(len(planes), len(planes), "done")
     return Evaluation(rows, summary, object_map, pixel_map, errors, iou_threshold)
 
 

@@ -72,9 +72,8 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
         else:  # a run that held out whole corrections
             train, val = store.pairs(record["train"], model_mpp), store.pairs(record["val"], model_mpp)
     else:
+        require_reviewed(store)
         pairs = store.pairs(model_mpp=model_mpp)
-        if not pairs:
-            raise InvalidInputError(no_reviewed_message(len(store), unreviewed))
         train, val = split_for_validation(pairs, config)
     heldout = val if isinstance(val, HeldOut) else whole_images(val)
     yield {"kind": "data", "train": len(train), "val": len(heldout), "val_tiles": len(set(heldout.groups)),
@@ -116,6 +115,29 @@ def saved_config(path: str | Path) -> dict[str, Any]:
     values = read_config_json(path)
     values.setdefault("holdout", "images")
     return values
+
+
+def require_original_data(config: FinetuneConfig, original_given: bool, how: str) -> None:
+    """Refuse, before any work, a run that mixes original data in (`FinetuneConfig.mix_original`) when neither the
+    user gave that data nor the base model carries a replay set; `how`: how to give it in this front end.
+
+    Raises:
+        InvalidInputError: nothing to mix in.
+    """
+    from nucseg.models.registry import resolve_model
+
+    if config.mix_original and not original_given and resolve_model(config.base_model).replay_dir is None:
+        raise InvalidInputError(f"{Path(config.base_model).name} carries no replay set: {how}")
+
+
+def require_reviewed(store: CorrectionStore) -> None:
+    """Refuse, before any work, a store with no reviewed correction (`no_reviewed_message` says what to do).
+
+    Raises:
+        InvalidInputError: nothing reviewed to train on.
+    """
+    if not any(e.reviewed for e in store.entries()):
+        raise InvalidInputError(no_reviewed_message(len(store), len(store.unreviewed())))
 
 
 def no_reviewed_message(total: int, unreviewed: int) -> str:

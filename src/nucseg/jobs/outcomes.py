@@ -1,4 +1,4 @@
-"""How the inputs of a batch went, and the events a batch yields: shared by the in-process runner
+"""How the inputs of a batch went, and the `Progress` records a batch yields: shared by the in-process runner
 (`nucseg.jobs.batch`), the Dask runner (`nucseg.jobs.distributed`) and its tasks (`nucseg.jobs.block_tasks`), which
 all import them from here (none imports another's runner)."""
 
@@ -11,8 +11,10 @@ from typing import Any
 from nucseg.errors import NucsegError
 from nucseg.io.outputs import is_disk_full, write_failure
 from nucseg.jobs.predict_file import BatchItem
+from nucseg.progress import Progress
 
-__all__ = ["DENSITY_COLUMNS", "BatchEvent", "InputOutcome", "done_outcome", "failed_outcome", "worker_label"]
+__all__ = ["DENSITY_COLUMNS", "InputOutcome", "done_outcome", "failed_outcome", "input_ended", "tiles_done",
+           "worker_label"]
 
 
 #: the `<stem>_predict.json` "density" figures copied into the batch summary (empty when unknown)
@@ -72,12 +74,11 @@ def failed_outcome(item: BatchItem, err: BaseException, seconds: float, worker: 
     return outcome
 
 
-@dataclasses.dataclass
-class BatchEvent:
-    """Progress of a batch. kind: "tiles" (an input's tiles done / total) or "input" (an input ended: `outcome`)."""
+def tiles_done(item: BatchItem, done: int, total: int) -> Progress:
+    """A batch's progress record: `done` of `total` tiles of `item` (``info["item"]``)."""
+    return Progress(int(done), int(total), item.stem, info={"item": item})
 
-    kind: str
-    item: BatchItem
-    done: int = 0
-    total: int = 0
-    outcome: InputOutcome | None = None
+
+def input_ended(item: BatchItem, outcome: InputOutcome) -> Progress:
+    """A batch's record that `item` ended (kind "input"; ``info["item"]``, ``info["outcome"]``)."""
+    return Progress(0, 0, f"{item.stem}: {outcome.status}", kind="input", info={"item": item, "outcome": outcome})

@@ -5,12 +5,13 @@ What a segmentation face (the napari widget, a script) needs around the engine, 
 * `segment_regions` runs `iter_predict` on each region in turn and yields its progress records;
 * `keep_user_edits` merges a re-application of thresholds (`reapply_postprocess`) with a labels map the user has
   corrected, so that a threshold change never replaces what the user painted, erased or filled;
-* `predictions_dir` / `new_prediction_path` / `streams_to_disk` decide where slide results stream (zarr), and
-  `clean_predictions` removes old runs there on a stated policy.
+* `prediction_outputs` (`predictions_dir`, `new_prediction_path`, `streams_to_disk`) decides where results stream
+  (zarr), and `clean_predictions` removes old runs there on a stated policy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from nucseg.config import InferenceConfig
-from nucseg.inference.plan import streams_to_disk  # noqa: F401  (the one rule; the widget asks it here)
+from nucseg.inference.plan import streams_to_disk
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict
 from nucseg.inference.result_store import is_result_store
+from nucseg.progress import relay
 
 Region = tuple[int, int, int, int]
 
@@ -59,6 +61,29 @@ def new_prediction_path(stem: str, suffix: str = "") -> Path:
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def prediction_outputs(name: str, shape: tuple[int, int], multiscale: bool, mpp: float | None,
+                       regions: list[Region | None], config: InferenceConfig, model_mpp: float) -> list[Path | None]:
+    """Where each region's run goes: a new folder under `predictions_dir` (created) when it `streams_to_disk`,
+    else None (memory).
+
+    Args:
+        name: the image's file path, or its layer name (the folders are named after its `plain_stem`).
+        shape, multiscale, mpp: the image's level-0 (h, w), whether it is a pyramid, its µm/px (None: unknown).
+        regions: (y, x, h, w) level-0 boxes, None for the whole image; config: the run's settings;
+        model_mpp: the model's resolution.
+    """
+    from nucseg.io.names import plain_stem
+
+    stem = plain_stem(name)
+    outs = [new_prediction_path(stem, f"-r{k}" if len(regions) > 1 else "")
+            if streams_to_disk(shape, multiscale, mpp, region, config.block_size, model_mpp) else None
+            for k, region in enumerate(regions, start=1)]
+    for out in outs:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+    return outs
 
 
 def clean_predictions(in_use: Iterable[str | Path] = (), keep_days: float = KEEP_DAYS, keep_bytes: int = KEEP_BYTES,
@@ -113,16 +138,10 @@ def segment_regions(image: Any, config: InferenceConfig, regions: list[Region | 
     source = image() if callable(image) else image
     results: list[PredictionResult] = []
     for k, (region, out) in enumerate(zip(regions, outs), start=1):
-        gen = iter_predict(source, config, mpp=mpp, region=region, out=out, stop=stop)
-        while True:
-            try:
-                record = next(gen)
-            except StopIteration as done:
-                results.append(done.value)
-                break
-            where = f"region {k}/{len(regions)}: " if len(regions) > 1 else ""
-            yield PredictProgress(record.done, record.total, f"{where}{record.stage} ({record.done}/{record.total} "
-                                  "tiles)", record.block, record.blocks)
+        where = f"region {k}/{len(regions)}: " if len(regions) > 1 else ""
+        results.append((yield from relay(
+            iter_predict(source, config, mpp=mpp, region=region, out=out, stop=stop),
+            lambda r, where=where: dataclasses.replace(r, stage=f"{where}{r.stage} ({r.done}/{r.total} tiles)"))))
         if stop.is_set():
             break
     return results

@@ -29,6 +29,7 @@ from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import is_candidate
+from nucseg.progress import relay
 from nucseg.training.checkpoint import (
     RESUME_FIX,
     append_log,
@@ -316,13 +317,8 @@ def iter_finetune(
 def _scoring(net, base: ModelSpec, heldout: HeldOut, device, post: PostprocessConfig, loss: str,
              reference: list[np.ndarray] | None, epoch: int):
     """`iter_heldout_scores`, its progress as "validating" records; returns (scores, instances)."""
-    gen = iter_heldout_scores(net, base, heldout, device, post, loss, reference)
-    while True:
-        try:
-            done, total = next(gen)
-        except StopIteration as finished:
-            return finished.value
-        yield {"kind": "validating", "epoch": epoch, "done": done, "total": total}
+    return (yield from relay(iter_heldout_scores(net, base, heldout, device, post, loss, reference),
+                             lambda r: {"kind": "validating", "epoch": epoch, "done": r[0], "total": r[1]}))
 
 
 def _save_reference(out_dir: Path, reference: list[np.ndarray]) -> None:
