@@ -46,9 +46,9 @@ class _JsonConfig:
 
     def write_json(self, path: str | Path) -> Path:
         """Write the config as JSON, atomically (a failed write leaves no partial file; raises `StoreError`)."""
-        from nucseg.io.outputs import write_text_atomic
+        from nucseg.io.export import atomic_write_text
 
-        return write_text_atomic(path, json.dumps({"config": type(self).__name__, **self.to_dict()}, indent=2))
+        return atomic_write_text(path, json.dumps({"config": type(self).__name__, **self.to_dict()}, indent=2))
 
 
 def _check(cond: bool, msg: str) -> None:

@@ -61,10 +61,10 @@ def replace_into_place(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | Path, overwrite: bool = False, fix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed. With
     `overwrite`, only a file or one of nucseg's own outputs is replaced (never a foreign folder), checked before
-    the work and again at the rename.
+    the work and again at the rename. `fix` is added to the one-line error of a failed write.
 
     Raises:
         StoreError: `path` exists and `overwrite` is False, `path` is a folder nucseg did not write, or the
@@ -83,7 +83,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         replace_into_place(tmp, path)
     except OSError as err:
-        raise write_failure(path, err) from err
+        raise write_failure(path, err, fix) from err
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -91,10 +91,11 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
-    """Write `text` to `path` through `atomic_output` (a reader never sees half a file); replaces by default."""
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(text)
+def atomic_write_text(path: str | Path, text: str, overwrite: bool = True, fix: str = "") -> Path:
+    """Write `text` (UTF-8) to `path` through `atomic_output` (a reader never sees half a file, a failed write
+    leaves the earlier file as it was); replaces by default. The one atomic text writer of the package."""
+    with atomic_output(path, overwrite, fix) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

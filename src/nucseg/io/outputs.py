@@ -10,8 +10,8 @@ of "is this one of our outputs", of the writable-folder check and of the output-
   our outputs (`nucseg predict --out` may be the input folder).
 - `check_output_folder`: create the folder and write a probe into it before any work, so a read-only, full or
   impossible folder fails at once with one line.
-- `write_failure`: the one-line `StoreError` of a failed write (a full disk says so); `write_text_atomic`: a
-  small file written through a temporary name, never left empty or half-written.
+- `write_failure`: the one-line `StoreError` of a failed write (a full disk says so); small files are written
+  through `nucseg.io.export.atomic_write_text` (a temporary name, never left empty or half-written).
 - `output_lock`: one run at a time per output folder (``.nucseg.lock`` with pid, host and command; the lock
   of a process that died on this host is taken over).
 """
@@ -33,8 +33,7 @@ from typing import Any
 from nucseg.errors import StoreError
 
 __all__ = ["BATCH_SUMMARY", "LOCK_NAME", "OUTPUT_NAMES", "check_output_folder", "check_replaceable", "is_disk_full", "is_own_output",
-           "output_lock", "own_output_name", "summary_name", "write_failure",
-           "write_text_atomic"]
+           "output_lock", "own_output_name", "summary_name", "write_failure"]
 
 #: output formats of `nucseg predict` and the names of their files
 OUTPUT_NAMES = {"tif": "{stem}_labels.tif", "zarr": "{stem}_labels.zarr", "geojson": "{stem}_nuclei.geojson",
@@ -152,26 +151,6 @@ def write_failure(path: str | Path, err: OSError, fix: str = "") -> StoreError:
     reason = err.strerror or str(err) or type(err).__name__
     return StoreError(f"cannot write {target}: {reason}; check that the folder exists and that you may write "
                       f"there{'; ' + fix if fix else ''}")
-
-
-def write_text_atomic(path: str | Path, text: str, fix: str = "") -> Path:
-    """Write `text` to `path` through a temporary file in the same folder, renamed into place when complete: a
-    failed write (a full disk) leaves the earlier file as it was and no partial file.
-
-    Raises:
-        StoreError: the file cannot be written (`write_failure`; `fix` is added to its message).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_failure(path, err, fix) from err
-    return path
 
 
 def check_output_folder(path: str | Path, option: str = "--out") -> Path:

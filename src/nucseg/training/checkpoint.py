@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nucseg.errors import StoreError
-from nucseg.io.outputs import write_failure, write_text_atomic
+from nucseg.io.export import atomic_write_text
+from nucseg.io.outputs import write_failure
 
 LATEST = "latest.json"
 #: checkpoints kept (the newest first): a damaged newest one falls back to the one before
@@ -49,7 +50,7 @@ def write_error(err: BaseException) -> OSError:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text, RESUME_FIX)
+    atomic_write_text(path, text, fix=RESUME_FIX)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

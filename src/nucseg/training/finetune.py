@@ -24,7 +24,8 @@ import torch
 from nucseg.config import FinetuneConfig, PostprocessConfig
 from nucseg.errors import StoreError
 from nucseg.inference.forward import normalise
-from nucseg.io.outputs import check_output_folder, write_text_atomic
+from nucseg.io.export import atomic_write_text
+from nucseg.io.outputs import check_output_folder
 from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
@@ -197,12 +198,12 @@ def iter_finetune(
         reference = _load_reference(out_dir, heldout)
     else:
         config.write_json(out_dir / FINETUNE_CONFIG)
-        write_text_atomic(out_dir / "data_manifest.json", json.dumps(
+        atomic_write_text(out_dir / "data_manifest.json", json.dumps(
             {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train),
              "val": _manifest(heldout.pairs), "val_groups": heldout.groups,
              "original": _manifest(original) if config.mix_original else [],
              **({"original_source": original_source} if config.mix_original and original else {})}, indent=1),
-            RESUME_FIX)
+            fix=RESUME_FIX)
         if base.trained and heldout:
             t0 = time.perf_counter()
             state["before"], reference = yield from _scoring(net, base, heldout, device, post, config.loss, None, 0)

@@ -19,7 +19,8 @@ import torch
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import StoreError
-from nucseg.io.outputs import write_failure, write_text_atomic
+from nucseg.io.export import atomic_write_text
+from nucseg.io.outputs import write_failure
 from nucseg.models.registry import REPLAY_DIR, WEIGHTS_FILE, ModelSpec
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
 from nucseg.training.checkpoint import RESUME_FIX
@@ -195,5 +196,5 @@ def write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, stat
         except OSError as err:
             shutil.rmtree(replay_tmp, ignore_errors=True)
             raise write_failure(out_dir / REPLAY_DIR, err, RESUME_FIX) from err
-    write_text_atomic(out_dir / CANDIDATE_CONFIG, json.dumps(cfg, indent=2), RESUME_FIX)
+    atomic_write_text(out_dir / CANDIDATE_CONFIG, json.dumps(cfg, indent=2), fix=RESUME_FIX)
     return out_dir
