@@ -72,11 +72,14 @@ class LayerPicker(ComboBox):
         self._show_name_tip()
 
     def _layers_changed(self, *_: Any) -> None:
-        chosen = self.value
         try:
-            self.reset_choices()
-            if chosen is not None and self.value is not chosen and any(c is chosen for c in self.choices):
-                self.value = chosen  # renamed: magicgui keeps a choice by its name; this follows the layer
+            chosen = self.value
+            with self.changed.blocked():  # one `changed`, and only when the choice really changed
+                self.reset_choices()
+                if chosen is not None and self.value is not chosen and any(c is chosen for c in self.choices):
+                    self.value = chosen  # renamed: magicgui keeps a choice by its name; this follows the layer
+            if self.value is not chosen:
+                self.changed.emit(self.value)
         except RuntimeError:  # the dock was closed: its Qt combo box is gone
             for name in LAYER_EVENTS:
                 getattr(self.viewer.layers.events, name).disconnect(self._layers_changed)
