@@ -12,14 +12,14 @@ def test_choices_follow_the_viewer_and_the_docks_filter(make_napari_viewer, qtbo
     from nucseg._napari.layer_picker import layer_picker
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((10, 10, 3), np.uint8), rgb=True, name="a")
-    p = layer_picker(viewer, Image, predicate=lambda l: "skip" not in l.metadata)
+    p = layer_picker(viewer, Image, predicate=lambda layer: "skip" not in layer.metadata)
     o = layer_picker(viewer, Shapes, optional=True)
     p.setToolTip("hint")
     assert p.current_layer().name == "a" and p.toolTip() == "a\nhint"
     assert o.current_layer() is None and o.currentText() == "(none)"
     viewer.add_image(np.zeros((10, 10)), name="b")
     viewer.add_image(np.zeros((10, 10)), name="c", metadata={"skip": 1})
-    assert [l.name for l in p.layers()] == ["a", "b"]
+    assert [layer.name for layer in p.layers()] == ["a", "b"]
     seen = []
     p.changed.connect(seen.append)
     p.set_layer("b")
@@ -29,7 +29,7 @@ def test_choices_follow_the_viewer_and_the_docks_filter(make_napari_viewer, qtbo
     viewer.layers.remove("bb")
     assert p.current_layer().name == "a"
     viewer.add_shapes(name="s")
-    assert [l.name for l in o.layers()] == ["s"]
+    assert [layer.name for layer in o.layers()] == ["s"]
     o.set_layer("s")
     assert o.current_layer().name == "s"
     o.set_layer(None)
