@@ -104,6 +104,7 @@ class FinetuneWidget(QWidget):
         self.resume_check.toggled.connect(self._update_enabled)
         self.watcher = VersionsWatcher(self)  # versions kept here, and those `nucseg finetune` writes elsewhere
         self.watcher.changed.connect(self.refresh_versions)
+        self.model_combo.listed.connect(self.watcher.check)  # its own watcher saw the disk first: the panel follows
         self._corrections_changed_qt.connect(self.refresh_data)
         corrections_changed.connect(self._relay_corrections)
         self.refresh_versions()

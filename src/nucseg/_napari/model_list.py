@@ -66,11 +66,13 @@ class ModelCombo(QComboBox):
         model_chosen(str): a model was chosen (by the user, or followed after a rename).
         model_lost(str): the chosen model disappeared (deleted); the text says which.
         browse_requested(): the "Browse folder…" entry was picked.
+        listed(): the list was read again (the owner may re-read what it shows beside it).
     """
 
     model_chosen = Signal(str)
     model_lost = Signal(str)
     browse_requested = Signal()
+    listed = Signal()
     _versions_changed = Signal()  # psygnal may fire in any thread; a Qt signal brings it to this one
 
     def __init__(self, parent: QWidget | None = None, *, untrained: bool = False, browse: bool = True):
@@ -170,6 +172,7 @@ class ModelCombo(QComboBox):
         elif keys:  # nothing was chosen (the list was empty): the default, else the first
             self._select(DEFAULT_MODEL if DEFAULT_MODEL in keys else keys[0])
             self.model_chosen.emit(self._current)
+        self.listed.emit()
 
     def _select(self, key: str) -> None:
         index = self.findData(key)
