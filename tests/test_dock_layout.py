@@ -163,18 +163,13 @@ def test_every_dock_fits_with_all_of_them_open(make_napari_viewer, qtbot, tmp_pa
     assert shot.is_file()
 
 
-@pytest.mark.parametrize("kind", ["LayerCombo", "layer_picker"])
-def test_long_layer_names_are_elided_in_the_layer_choices(make_napari_viewer, qtbot, kind):
+def test_long_layer_names_are_elided_in_the_layer_choices(make_napari_viewer, qtbot):
     from nucseg._napari.layer_picker import layer_picker
-    from nucseg._napari.layers import LayerCombo
 
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.zeros((10, 10, 3), np.uint8), rgb=True, name=LONG_NAME)
-    if kind == "LayerCombo":
-        picker = combo = LayerCombo(viewer, (type(viewer.layers[0]),))
-    else:  # the magicgui picker: its Qt combo box is `.native`
-        picker = layer_picker(viewer, type(viewer.layers[0]))
-        combo = picker.native
+    picker = layer_picker(viewer, type(viewer.layers[0]))
+    combo = picker.native  # magicgui's widget; its Qt combo box
     combo.resize(160, combo.sizeHint().height())
     combo.show()
     qtbot.wait(50)

@@ -125,7 +125,7 @@ def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewe
 def choose_labels(widget, name):
     """The person picks a labels layer in the Corrections widget."""
     widget.labels_combo.set_layer(name)
-    widget.labels_combo.activated.emit(widget.labels_combo.currentIndex())
+    widget.labels_combo.native.activated.emit(widget.labels_combo.native.currentIndex())
 
 
 def test_corrected_labels_default_to_an_edited_layer_never_to_the_truth(make_napari_viewer, home, errors):

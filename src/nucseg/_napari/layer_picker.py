@@ -105,8 +105,9 @@ class LayerPicker(ComboBox):
         return elided_text(self.native)
 
     def layers(self) -> list[Layer]:
-        """The layers that may be chosen."""
-        return [choice for choice in self.choices if choice is not None]
+        """The layers that may be chosen now (read from the viewer: napari may call a dock's own layer-event
+        callbacks before this picker's `reset_choices`)."""
+        return [layer for _, layer in self._default_choices(self)]
 
     def current_layer(self) -> Layer | None:
         """The chosen layer, or None."""
