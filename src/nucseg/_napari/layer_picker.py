@@ -114,10 +114,14 @@ class LayerPicker(ComboBox):
         return self.value
 
     def set_layer(self, layer: Layer | str | None) -> None:
-        """Choose a layer (or a layer name; None or "(none)": no layer, where that is offered)."""
+        """Choose a layer (or a layer name; None or "(none)": no layer, where that is offered). A layer that is
+        not offered leaves the choice as it is (as a Qt combo box does with an unknown text)."""
         self.reset_choices()
         if layer is None or layer == self.null_string:
-            self.value = None
+            if self._nullable:
+                self.value = None
             return
         name = layer if isinstance(layer, str) else layer.name
-        self.value = next(choice for choice in self.layers() if choice.name == name)
+        chosen = next((choice for choice in self.layers() if choice.name == name), None)
+        if chosen is not None:
+            self.value = chosen
