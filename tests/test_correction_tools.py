@@ -360,7 +360,7 @@ def test_add_on_labels_without_a_prediction_runs_the_engine_on_a_window(make_nap
     assert labels.data[FAINT] != 0 and net.calls == calls  # the cached window: no network, no worker
 
     bare = viewer.add_labels(truth.copy(), name="hand-drawn")
-    corrections.image_combo.clear()  # no image to run the model on
+    corrections.image_combo.native.clear()  # no image to run the model on
     corrections.image_of = lambda layer: None
     corrections.tools_box.tools.image_for = lambda layer: None
     viewer.layers.selection.active = bare

@@ -164,15 +164,16 @@ def test_every_dock_fits_with_all_of_them_open(make_napari_viewer, qtbot, tmp_pa
 
 
 def test_long_layer_names_are_elided_in_the_layer_choices(make_napari_viewer, qtbot):
-    from nucseg._napari.layers import LayerCombo
+    from nucseg._napari.layer_picker import layer_picker
 
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.zeros((10, 10, 3), np.uint8), rgb=True, name=LONG_NAME)
-    combo = LayerCombo(viewer, (type(viewer.layers[0]),))
+    picker = layer_picker(viewer, type(viewer.layers[0]))
+    combo = picker.native  # magicgui's widget; its Qt combo box
     combo.resize(160, combo.sizeHint().height())
     combo.show()
     qtbot.wait(50)
-    shown = combo.shown_text()
+    shown = picker.shown_text()
     assert shown != LONG_NAME and "…" in shown and shown.startswith("TCGA") and shown.endswith(LONG_NAME[-4:])
     assert combo.fontMetrics().horizontalAdvance(shown) <= combo.width()
     assert combo.toolTip() == LONG_NAME  # the whole name on hover

@@ -125,7 +125,7 @@ def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewe
 def choose_labels(widget, name):
     """The person picks a labels layer in the Corrections widget."""
     widget.labels_combo.set_layer(name)
-    widget.labels_combo.activated.emit(widget.labels_combo.currentIndex())
+    widget.labels_combo.native.activated.emit(widget.labels_combo.native.currentIndex())
 
 
 def test_corrected_labels_default_to_an_edited_layer_never_to_the_truth(make_napari_viewer, home, errors):
@@ -461,4 +461,34 @@ def test_a_version_written_by_another_process_appears_in_the_open_widget(make_na
     shutil.copytree(base_version, new)  # what another process leaves behind
     qtbot.waitUntil(lambda: widget.model_combo.findData(str(new)) >= 0, timeout=10000)
     assert "from-the-terminal" in widget.versions_panel.names() and not widget.watcher.check()
+    assert errors == []
+
+
+def test_the_segment_and_fine_tune_docks_list_the_same_models(make_napari_viewer, qtbot, base_version, errors):
+    """One model list (issue 21): the Fine-tune dock offers what the Segment dock offers, in the same words, plus
+    the untrained starting points; a version registered while both are open appears in both."""
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg._napari.segment_widget import SegmentWidget
+    from nucseg.models import versions
+    from nucseg.models.registry import model_catalog
+
+    viewer = make_napari_viewer()
+    segment, finetune = SegmentWidget(viewer), FinetuneWidget(viewer)
+
+    def listed(combo) -> list[tuple[str, str]]:
+        return [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count()) if combo.itemData(i) is not None]
+
+    def trained(combo) -> list[tuple[str, str]]:
+        return [(key, text) for key, text in listed(combo) if not key.startswith("unet-")]
+
+    assert trained(segment.model_combo) == trained(finetune.model_combo) and trained(segment.model_combo)
+    assert (str(base_version), "tiny-base (fine-tuned)") in trained(segment.model_combo)
+    untrained = [key for key, _ in listed(finetune.model_combo) if key.startswith("unet-")]
+    assert untrained == [k for k in model_catalog().models if k.startswith("unet-")]
+    assert not [key for key, _ in listed(segment.model_combo) if key.startswith("unet-")]
+    new = versions.export_version(str(base_version), versions.user_models_dir() / "registered-while-open")
+    versions.versions_changed.emit()
+    for combo in (segment.model_combo, finetune.model_combo):
+        qtbot.waitUntil(lambda c=combo: c.findData(str(new.resolve())) >= 0, timeout=10000)
+    assert trained(segment.model_combo) == trained(finetune.model_combo)
     assert errors == []

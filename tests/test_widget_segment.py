@@ -518,7 +518,7 @@ def test_model_list_follows_new_renamed_and_deleted_versions(make_napari_viewer,
     # made outside this process (e.g. `nucseg finetune` in a terminal): the folder watcher sees it
     outside = fake_model_folder(nucseg_home, "made-in-a-terminal", version=None)
     qtbot.waitUntil(lambda: str(outside.resolve()) in combo.model_keys(), timeout=10000)
-    assert combo.findText("made-in-a-terminal") >= 0
+    assert combo.findText("made-in-a-terminal (fine-tuned)") >= 0
     # renamed with the versions API while chosen: the list follows it, and a run does not fail
     assert combo.set_model(outside)
     renamed = versions.rename(outside.name, "renamed-version")

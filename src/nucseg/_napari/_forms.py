@@ -69,7 +69,7 @@ def fit_width(owner: QWidget) -> None:
 
 def fit_scroll_width(scroll: QScrollArea) -> None:
     """A vertical-only scroll area as wide as its content needs, so nothing in it is cut at the right edge; its
-    combo boxes do not grow with the longest layer or model name (a `LayerCombo` elides the name it shows)."""
+    combo boxes do not grow with the longest layer or model name (a `layer_picker` elides the name it shows)."""
     content = scroll.widget()
     for combo in content.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)

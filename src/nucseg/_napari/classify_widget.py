@@ -69,7 +69,7 @@ class ClassifyWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, choose_color=None):
         super().__init__()
-        from .layers import LayerCombo
+        from .layer_picker import layer_picker
 
         self.viewer = napari_viewer
         self.source: NucleiSource | None = None
@@ -80,11 +80,11 @@ class ClassifyWidget(QWidget):
         self.suggestions: list[int] = []
         self._worker: Any = None
         self._stop = threading.Event()
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,),
-                                       predicate=lambda la: layer_role(la) not in (OVERLAY, REVIEWED, TRUTH))
-        self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda la: layer_role(la) != OVERLAY)
-        self.labels_combo.currentTextChanged.connect(self._nuclei_changed)
-        self.image_combo.currentTextChanged.connect(self._nuclei_changed)
+        self.labels_combo = layer_picker(napari_viewer, Labels,
+                                         predicate=lambda la: layer_role(la) not in (OVERLAY, REVIEWED, TRUTH))
+        self.image_combo = layer_picker(napari_viewer, Image, predicate=lambda la: layer_role(la) != OVERLAY)
+        self.labels_combo.changed.connect(self._nuclei_changed)
+        self.image_combo.changed.connect(self._nuclei_changed)
         self.classes = ClassList(choose_color)
         self.classes.changed.connect(self._show_clicks)
         self.click_check = QCheckBox("label nuclei by clicking")
@@ -122,8 +122,8 @@ class ClassifyWidget(QWidget):
 
     def _layout(self) -> None:
         form = QFormLayout()
-        form.addRow("nuclei", self.labels_combo)
-        form.addRow("image", self.image_combo)
+        form.addRow("nuclei", self.labels_combo.native)
+        form.addRow("image", self.image_combo.native)
         layout = scrolled(self)
         layout.addLayout(form)
         layout.addWidget(_wrapped("classes (click a nucleus to give it the selected one):"))

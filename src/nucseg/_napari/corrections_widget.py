@@ -51,8 +51,9 @@ from .correction_regions import crop_pair, labels_offset, provenance_of
 from .correction_tools_box import CorrectionToolsBox
 from .corrections_list import CorrectionsList
 from .label_editing import EDITED_KEY, labels_edited, user_edited
+from .layer_picker import layer_picker
 from .layer_roles import OVERLAY, REVIEWED, TRUTH, layer_role, preferred_correction_layer
-from .layers import LayerCombo, Region, field_of_view_region, image_input, level0_data, shapes_to_regions
+from .layers import Region, field_of_view_region, image_input, level0_data, shapes_to_regions
 from .reviewed_regions import find_reviewed_layer, mark_view_reviewed, reviewed_boxes_or_none, reviewed_mask
 
 REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES = ("reviewed regions and my edits", "whole labelled area",
@@ -85,9 +86,9 @@ class CorrectionsWidget(QWidget):
         self.store = store or CorrectionStore()
         self._worker: Any = None
         self._labels_chosen = False  # the person picked the labels layer: keep it
-        self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda layer: layer_role(layer) != OVERLAY)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), optional=True,
-                                       predicate=lambda layer: layer_role(layer) not in (OVERLAY, REVIEWED))
+        self.image_combo = layer_picker(napari_viewer, Image, predicate=lambda layer: layer_role(layer) != OVERLAY)
+        self.labels_combo = layer_picker(napari_viewer, Labels, optional=True,
+                                         predicate=lambda layer: layer_role(layer) not in (OVERLAY, REVIEWED))
         self.labels_combo.setToolTip("the labels you corrected; a layer nobody edited is never chosen for you")
         self.tools_box = CorrectionToolsBox(napari_viewer, self.image_of)
         self.truth_warning = QLabel()
@@ -95,7 +96,7 @@ class CorrectionsWidget(QWidget):
         self.truth_warning.setStyleSheet("color: #ffb74d")
         self.region_combo = QComboBox()
         self.region_combo.addItems([REVIEWED_AREAS, WHOLE, FIELD_OF_VIEW, SHAPES])
-        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,), predicate=lambda layer: layer_role(layer) != REVIEWED)
+        self.shapes_combo = layer_picker(napari_viewer, Shapes, predicate=lambda layer: layer_role(layer) != REVIEWED)
         self.mark_view_button = QPushButton("Mark current view as reviewed")
         self.mark_view_button.setToolTip("adds the visible field to the 'reviewed regions' layer; you can also draw "
                                          "rectangles or polygons there around the nuclei you checked")
@@ -109,8 +110,8 @@ class CorrectionsWidget(QWidget):
         self.add_button.clicked.connect(self.add_correction)
         self.mark_view_button.clicked.connect(self.mark_view)
         self.region_combo.currentTextChanged.connect(self._update_enabled)
-        self.labels_combo.currentTextChanged.connect(self._labels_changed)
-        self.labels_combo.activated.connect(self._person_chose_labels)
+        self.labels_combo.changed.connect(self._labels_changed)
+        self.labels_combo.native.activated.connect(self._person_chose_labels)  # Qt's: only a person's choice
         napari_viewer.layers.events.inserted.connect(self._guess_labels)
         napari_viewer.layers.events.removed.connect(self._guess_labels)
         self._store_changed_qt.connect(self._store_changed)
@@ -122,11 +123,11 @@ class CorrectionsWidget(QWidget):
 
     def _build_layout(self) -> None:
         form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        form.addRow("corrected labels", self.labels_combo)
+        form.addRow("image", self.image_combo.native)
+        form.addRow("corrected labels", self.labels_combo.native)
         form.addRow(self.truth_warning)
         form.addRow("region", self.region_combo)
-        form.addRow("shapes layer", self.shapes_combo)
+        form.addRow("shapes layer", self.shapes_combo.native)
         inner = QWidget()
         layout = QVBoxLayout(inner)
         layout.addWidget(self.tools_box)
@@ -145,7 +146,7 @@ class CorrectionsWidget(QWidget):
 
     # -- inputs ------------------------------------------------------------------------------------------
     def _update_enabled(self, *_: Any) -> None:
-        self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
+        self.shapes_combo.enabled = self.region_combo.currentText() == SHAPES
 
     def _person_chose_labels(self, *_: Any) -> None:
         self._labels_chosen = True
@@ -157,7 +158,7 @@ class CorrectionsWidget(QWidget):
             return
         self._labels_chosen = False
         preferred = preferred_correction_layer([layer for layer in self.labels_combo.layers() if user_edited(layer)])
-        self.labels_combo.set_layer(preferred if preferred is not None else LayerCombo.NONE)
+        self.labels_combo.set_layer(preferred)
         self._labels_changed()
 
     def _labels_edited(self, layer: Any) -> None:

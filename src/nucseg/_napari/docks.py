@@ -6,7 +6,7 @@ napari stacks every dock it adds to an area one above the other (``add_plugin_do
 not be made shorter than the sum of their minimum heights. Each dock here, once napari has docked it, joins the
 plugin's other docks in the same area as a tab (`tab_with_siblings`): every dock gets the whole height and
 scrolls inside it. Their combo boxes do not grow with a long layer or slide name and show it elided in the middle
-(`LayerCombo`, `ElideNames`), and their scroll areas are as wide as their content (`_forms.fit_scroll_width`), so
+(`layer_picker`, `ElideNames`), and their scroll areas are as wide as their content (`_forms.fit_scroll_width`), so
 nothing is cut at the right edge.
 
 The widget classes themselves stay plain (tests and scripts build them directly); these subclasses only add

@@ -29,7 +29,8 @@ from ._forms import _dspin, fit_width, scrolled
 from ._workers import JobControls, error_message, start_generator_worker
 from .evaluation_layers import HIGHLIGHT_LAYER, OBJECTS_LAYER, PIXELS_LAYER, go_to_error, show_overlay
 from .evaluation_tables import TABLE_ROWS, ErrorTable, MetricsTable
-from .layers import LayerCombo, level0_data
+from .layer_picker import layer_picker
+from .layers import level0_data
 from .side_by_side import SideBySide
 
 __all__ = ["HIGHLIGHT_LAYER", "OBJECTS_LAYER", "PIXELS_LAYER", "TABLE_ROWS", "EvaluateWidget"]
@@ -50,11 +51,11 @@ class EvaluateWidget(QWidget):
         self._listed: tuple[str, Any] | None = None  # the FP / FN count whose nuclei the list shows
         self._worker: Any = None
         not_overlay = lambda layer: not layer.metadata.get("nucseg_overlay")  # noqa: E731
-        self.truth_combo = LayerCombo(napari_viewer, (Labels,), predicate=not_overlay)
-        self.pred_combo = LayerCombo(napari_viewer, (Labels,), predicate=not_overlay)
-        self.prob_combo = LayerCombo(napari_viewer, (Image,), optional=True)
+        self.truth_combo = layer_picker(napari_viewer, Labels, predicate=not_overlay)
+        self.pred_combo = layer_picker(napari_viewer, Labels, predicate=not_overlay)
+        self.prob_combo = layer_picker(napari_viewer, Image, optional=True)
         self.prob_combo.setToolTip("a foreground probability map, for the pixel ROC AUC")
-        self.image_combo = LayerCombo(napari_viewer, (Image,), optional=True, predicate=not_overlay)
+        self.image_combo = layer_picker(napari_viewer, Image, optional=True, predicate=not_overlay)
         self.image_combo.setToolTip("the image shown in the side-by-side view")
         self.iou_spin = _dspin(0.05, 0.95, 0.5)
         self.iou_spin.setToolTip("objects match when their IoU is above this (see nucseg.metrics.matching)")
@@ -99,10 +100,10 @@ class EvaluateWidget(QWidget):
 
     def _build_layout(self) -> None:
         form = QFormLayout()
-        form.addRow("ground truth", self.truth_combo)
-        form.addRow("prediction", self.pred_combo)
-        form.addRow("probability (AUC)", self.prob_combo)
-        form.addRow("image", self.image_combo)
+        form.addRow("ground truth", self.truth_combo.native)
+        form.addRow("prediction", self.pred_combo.native)
+        form.addRow("probability (AUC)", self.prob_combo.native)
+        form.addRow("image", self.image_combo.native)
         form.addRow("IoU threshold", self.iou_spin)
         buttons = QHBoxLayout()
         for button in (self.export_button, self.export_errors_button, self.side_button):

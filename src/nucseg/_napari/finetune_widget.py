@@ -19,13 +19,12 @@ and the versions list scroll below them.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import napari
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -48,7 +47,6 @@ from nucseg.jobs.finetune import (
 )
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.models.registry import DEFAULT_MODEL, model_catalog
 from nucseg.training.corrections import CorrectionStore, corrections_changed
 from nucseg.training.estimate import format_minutes
 
@@ -57,7 +55,7 @@ from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
-from .model_list import name_damaged_models
+from .model_list import ModelCombo
 from .plots import TrainingPlots
 from .versions_panel import VersionsPanel, VersionsWatcher
 
@@ -85,7 +83,7 @@ class FinetuneWidget(QWidget):
         self._plots_dock: Any = None
         self._worker: Any = None
         self._resumable: Path | None = None
-        self.model_combo = QComboBox()
+        self.model_combo = ModelCombo(untrained=True, browse=False)  # the Segment dock's list, and starting points
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *available_devices()])
         self.data_label = QLabel()
@@ -106,16 +104,19 @@ class FinetuneWidget(QWidget):
         self.versions_panel = VersionsPanel(self)
         self._build_layout()
         self.start_button.clicked.connect(self.start)
-        self.model_combo.currentIndexChanged.connect(self._on_base_changed)
+        self.model_combo.model_chosen.connect(self._on_base_changed)
+        self.model_combo.model_lost.connect(show_info)
         self.resume_check.toggled.connect(self._update_enabled)
         self.watcher = VersionsWatcher(self)  # versions kept here, and those `nucseg finetune` writes elsewhere
         self.watcher.changed.connect(self.refresh_versions)
+        self.model_combo.listed.connect(self.watcher.check)  # its own watcher saw the disk first: the panel follows
         self._corrections_changed_qt.connect(self.refresh_data)
         corrections_changed.connect(self._relay_corrections)
         self.refresh_versions()
         self.refresh_data()
         self._offer_pending_decision()
-        for signal in (self.model_combo.currentIndexChanged, self.device_combo.currentIndexChanged,
+        self._on_base_changed()
+        for signal in (self.model_combo.model_chosen, self.device_combo.currentIndexChanged,
                        *self.settings.changed_signals()):
             signal.connect(self._schedule_estimate)
 
@@ -151,9 +152,9 @@ class FinetuneWidget(QWidget):
         self.settings.set_resuming(resuming)
 
     def _on_base_changed(self, *_: Any) -> None:
-        data = self.model_combo.currentData()
-        if data is not None:
-            self.settings.follow_base(str(data))
+        base = self.model_combo.current_model()
+        if base is not None:
+            self.settings.follow_base(base)
 
     # -- refreshing --------------------------------------------------------------------------------------
     def _relay_corrections(self, _root: Any) -> None:
@@ -180,22 +181,7 @@ class FinetuneWidget(QWidget):
 
     def refresh_versions(self) -> None:
         """Re-list base models, fine-tuned versions and the unfinished run."""
-        current = self.model_combo.currentData()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        catalog = model_catalog()
-        name_damaged_models(catalog)
-        for name, description in catalog.models.items():
-            shown = f"{Path(name).name} (fine-tuned)" if os.sep in name or "/" in name else name
-            self.model_combo.addItem(shown, name)
-            self.model_combo.setItemData(self.model_combo.count() - 1, description, 3)  # tooltip
-        index = self.model_combo.findData(current if current else DEFAULT_MODEL)
-        if index < 0:
-            index = self.model_combo.findData("unet-efficientnet-b0")
-        self.model_combo.setCurrentIndex(max(index, 0))
-        self.model_combo.blockSignals(False)
-        if self.model_combo.currentData() != current:
-            self._on_base_changed()
+        self.model_combo.refresh()
         self.versions_panel.refresh()
         runs = versions.unfinished_runs()
         self._resumable = runs[0] if runs else None
@@ -222,7 +208,7 @@ class FinetuneWidget(QWidget):
     # -- running -----------------------------------------------------------------------------------------
     def config(self) -> FinetuneConfig:
         """The settings chosen, as a validated config (raises ConfigError)."""
-        return self.settings.config(str(self.model_combo.currentData()), self.device_combo.currentText())
+        return self.settings.config(str(self.model_combo.current_model()), self.device_combo.currentText())
 
     @property
     def running(self) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter, QWidget
+from qtpy.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox, QStylePainter
 
 from nucseg.errors import InvalidInputError
 from nucseg.inference.result_store import PYRAMID_MIN_SIZE
@@ -207,8 +207,8 @@ def paint_elided(combo: QComboBox) -> None:
 
 
 class ElideNames(QObject):
-    """An event filter that draws a plain combo box's long entries elided in the middle (as `LayerCombo` does)
-    and gives it the whole text as its tooltip; `install` puts it on a combo box."""
+    """An event filter that draws a plain combo box's long entries elided in the middle (a layer picker,
+    `layer_picker`, has it too) and gives it the whole text as its tooltip; `install` puts it on a combo box."""
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.Type.Paint and isinstance(watched, QComboBox) and not watched.isEditable():
@@ -218,7 +218,7 @@ class ElideNames(QObject):
 
     @classmethod
     def install(cls, combo: QComboBox) -> None:
-        if isinstance(combo, LayerCombo) or combo.isEditable() or combo.property("nucseg_elided"):
+        if combo.isEditable() or combo.property("nucseg_elided"):
             return
         combo.setProperty("nucseg_elided", True)
         keeper = cls(combo)  # parented: lives as long as the combo
@@ -227,93 +227,3 @@ class ElideNames(QObject):
         hint = combo.toolTip()
         combo.currentTextChanged.connect(lambda text: combo.setToolTip("\n".join(t for t in (text, hint) if t)))
         combo.setToolTip("\n".join(t for t in (combo.currentText(), hint) if t))
-
-
-class LayerCombo(QComboBox):
-    """A combo box of the viewer's layers of some types, kept in sync as layers come, go and are renamed.
-
-    A name too long for the box is shown elided in the middle ("TCGA-A7-A1…v2)"), so neither the dock nor the box
-    grows with it and both ends (the slide, the model version) stay readable; the whole name is its tooltip.
-
-    Args:
-        viewer: the napari viewer.
-        layer_types: napari layer classes to list.
-        optional: add a "(none)" entry.
-        predicate: extra filter, e.g. RGB images only.
-        parent: parent widget.
-    """
-
-    NONE = "(none)"
-
-    def __init__(self, viewer: napari.viewer.Viewer, layer_types: tuple[type, ...], optional: bool = False,
-                 predicate: Any = None, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = viewer
-        self.layer_types = layer_types
-        self.optional = optional
-        self.predicate = predicate
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.inserted.connect(self._watch_name)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self._hint = ""
-        # set before the first size is computed: QComboBox caches its minimum size hint, and a policy set later
-        # (`_forms.fit_scroll_width`) does not shrink it again
-        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(MIN_NAME_CHARS)
-        self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        self.currentTextChanged.connect(self._show_name_tip)
-        self.refresh()
-        self._show_name_tip()
-
-    def setToolTip(self, text: str) -> None:  # noqa: N802 - Qt's name
-        """What the choice is for; shown under the chosen layer's whole name."""
-        self._hint = text
-        self._show_name_tip()
-
-    def _show_name_tip(self, *_: Any) -> None:
-        name = self.currentText()
-        super().setToolTip("\n".join(t for t in (name, self._hint) if t))
-
-    def shown_text(self) -> str:
-        """The chosen name as drawn: elided in the middle to the width of the box's text field."""
-        return elided_text(self)
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
-        paint_elided(self)
-
-    def _watch_name(self, event: Any) -> None:
-        event.value.events.name.connect(self.refresh)
-
-    def layers(self) -> list[Layer]:
-        """The layers that may be chosen."""
-        return [layer for layer in self.viewer.layers if isinstance(layer, self.layer_types)
-                and (self.predicate is None or self.predicate(layer))]
-
-    def refresh(self, *_: Any) -> None:
-        """Re-list the layers, keeping the current choice when it still exists."""
-        current = self.currentText()
-        names = ([self.NONE] if self.optional else []) + [layer.name for layer in self.layers()]
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentTextChanged.emit(self.currentText())
-
-    def showPopup(self) -> None:  # noqa: N802 - Qt's name
-        self.refresh()
-        super().showPopup()
-
-    def current_layer(self) -> Layer | None:
-        """The chosen layer, or None."""
-        name = self.currentText()
-        return next((layer for layer in self.layers() if layer.name == name), None)
-
-    def set_layer(self, layer: Layer | str) -> None:
-        """Choose a layer (or a layer name)."""
-        self.refresh()
-        self.setCurrentText(layer if isinstance(layer, str) else layer.name)

@@ -31,7 +31,8 @@ from nucseg.metrics.density import density_grid, summarize
 
 from . import measurements, shortcuts
 from .evaluation_layers import centre_on
-from .layers import LayerCombo, field_of_view_region
+from .layer_picker import layer_picker
+from .layers import field_of_view_region
 
 #: the view's figures are recounted once the camera has stayed still this long
 VIEW_DELAY_MS = 150
@@ -107,9 +108,9 @@ class MeasurementsWidget(QWidget):
         self.measured: measurements.Measured | None = None
         self._layer: Labels | None = None
         not_overlay = lambda layer: not layer.metadata.get("nucseg_overlay")  # noqa: E731
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), predicate=not_overlay)
+        self.labels_combo = layer_picker(napari_viewer, Labels, predicate=not_overlay)
         self.labels_combo.setToolTip("the nuclei layer to measure (a segmentation result, corrected or not)")
-        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,), optional=True, predicate=not_overlay)
+        self.shapes_combo = layer_picker(napari_viewer, Shapes, optional=True, predicate=not_overlay)
         self.shapes_combo.setToolTip("draw rectangles or polygons in a Shapes layer: their nuclei and tissue are "
                                      "summed here (all shapes together)")
         self.status = QLabel("")
@@ -140,8 +141,8 @@ class MeasurementsWidget(QWidget):
         self._view_timer.timeout.connect(self.update_view)
         self.viewer.scene.camera.events.center.connect(self._camera_moved)
         self.viewer.scene.camera.events.zoom.connect(self._camera_moved)
-        self.labels_combo.currentTextChanged.connect(self._labels_chosen)
-        self.shapes_combo.currentTextChanged.connect(self._shapes_chosen)
+        self.labels_combo.changed.connect(self._labels_chosen)
+        self.shapes_combo.changed.connect(self._shapes_chosen)
         self.heatmap_button.clicked.connect(self.add_heatmap)
         self.table.clicked.connect(lambda index: self.go_to(index.row()))
         napari_viewer.layers.events.inserted.connect(self._layer_added)
@@ -155,10 +156,10 @@ class MeasurementsWidget(QWidget):
 
     def _build_layout(self) -> None:
         form = QFormLayout()
-        form.addRow("nuclei layer", self.labels_combo)
+        form.addRow("nuclei layer", self.labels_combo.native)
         form.addRow("whole layer", self.whole_label)
         form.addRow("field of view", self.view_label)
-        form.addRow("drawn region", self.shapes_combo)
+        form.addRow("drawn region", self.shapes_combo.native)
         form.addRow("", self.drawn_label)
         layout = QVBoxLayout(self)
         layout.addLayout(form)

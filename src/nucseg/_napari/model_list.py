@@ -1,11 +1,13 @@
-"""The segment widget's model list: trained models only, kept in step with the versions folder while it is open.
+"""The model picker of the Segment and Fine-tune docks (one list, one home): `ModelCombo`.
 
-Entries are the shipped models and the fine-tuned versions in `user_models_dir()` (untrained architectures are
-not offered: they segment nothing; the fine-tune widget offers them as a starting point), plus folders the user
-browsed to. The list refreshes when `nucseg.models.versions.versions_changed` fires (a version made, renamed or
-deleted in this process), when a `QFileSystemWatcher` sees the versions folder change (``nucseg finetune`` in a
-terminal), when it is opened, and before every run. A chosen version that was renamed is followed by its weights'
-sha256; one that was deleted is reported, never silently swapped.
+Entries are what `nucseg.models.registry.model_catalog` lists (as `nucseg models` does): the shipped models and
+the fine-tuned versions in `user_models_dir()`, plus folders the user browsed to; the Fine-tune dock also offers
+the untrained architectures as a starting point (they segment nothing, so the Segment dock does not). Damaged model
+folders are left out and named once (`name_damaged_models`). The list refreshes when
+`nucseg.models.versions.versions_changed` fires (a version made, renamed or deleted in this process), when a
+`QFileSystemWatcher` sees the versions folder change (``nucseg finetune`` in a terminal), when it is opened, and
+before every run. A chosen version that was renamed is followed by its weights' sha256; one that was deleted is
+reported, never silently swapped.
 """
 
 from __future__ import annotations
@@ -18,15 +20,8 @@ from qtpy.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from nucseg.errors import NucsegError
-from nucseg.models.registry import (
-    DEFAULT_MODEL,
-    ModelCatalog,
-    model_catalog,
-    resolve_model,
-    shipped_models,
-    user_models_dir,
-)
-from nucseg.models.versions import list_versions, versions_changed
+from nucseg.models.registry import DEFAULT_MODEL, ModelCatalog, model_catalog, resolve_model, user_models_dir
+from nucseg.models.versions import versions_changed
 
 BROWSE = "Browse folder…"
 _KEY = Qt.ItemDataRole.UserRole
@@ -44,28 +39,46 @@ def name_damaged_models(catalog: ModelCatalog) -> None:
             show_warning(line)
 
 
-def _display_name(key: str, spec_info: dict[str, Any], name: str) -> str:
-    version = spec_info.get("version")
-    label = name if Path(key).name == key else Path(key).name  # a version: its folder name
-    return f"{label} (v{version})" if version not in (None, "") else label
+def _is_folder(key: str) -> bool:
+    """A model folder (a fine-tuned version, a browsed folder), not a registry name."""
+    return "/" in key or "\\" in key
+
+
+def _display_name(key: str, spec: Any, kind: str) -> str:
+    """What the list shows: the name (a folder: its name), then what it is: "fine-tuned", "untrained", its version."""
+    label = Path(key).name if _is_folder(key) else spec.name
+    version = spec.info.get("version")
+    notes = [kind] if kind else []
+    if version not in (None, ""):
+        notes.append(f"v{version}")
+    return f"{label} ({', '.join(notes)})" if notes else label
 
 
 class ModelCombo(QComboBox):
-    """Trained models to segment with; `current_model()` is what `resolve_model` takes.
+    """The models of `model_catalog` to choose from; `current_model()` is what `resolve_model` takes.
+
+    Args:
+        parent: parent widget.
+        untrained: also offer the untrained architectures (a fine-tuning starting point).
+        browse: end the list with "Browse folder…" (the owner answers `browse_requested`).
 
     Signals:
         model_chosen(str): a model was chosen (by the user, or followed after a rename).
         model_lost(str): the chosen model disappeared (deleted); the text says which.
         browse_requested(): the "Browse folder…" entry was picked.
+        listed(): the list was read again (the owner may re-read what it shows beside it).
     """
 
     model_chosen = Signal(str)
     model_lost = Signal(str)
     browse_requested = Signal()
+    listed = Signal()
     _versions_changed = Signal()  # psygnal may fire in any thread; a Qt signal brings it to this one
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, *, untrained: bool = False, browse: bool = True):
         super().__init__(parent)
+        self._untrained = untrained
+        self._browse = browse
         self._extra: list[str] = []  # folders the user browsed to
         self._current: str | None = None
         self._sha: dict[str, str | None] = {}
@@ -78,25 +91,32 @@ class ModelCombo(QComboBox):
         self._versions_changed.connect(self.refresh)
         versions_changed.connect(self._on_versions_changed)
         self.currentIndexChanged.connect(self._on_index)
-        self.refresh()
-        self.set_model(DEFAULT_MODEL)
+        self.refresh()  # chooses the default model (else the first)
 
     def _on_versions_changed(self) -> None:
         with contextlib.suppress(RuntimeError):  # RuntimeError: the combo's Qt object is gone (dock closed)
             self._versions_changed.emit()  # queued to the GUI thread when called from a worker
 
     # -- the list ----------------------------------------------------------------------------------------
-    def _entries(self) -> list[tuple[str, str, str, str | None]]:
-        """(key, text, tooltip, sha256) of every trained model, shipped first, then versions, then browsed."""
-        keys = list(shipped_models()) + [str(v.folder.resolve()) for v in list_versions()]
+    def _entries(self, catalog: ModelCatalog) -> list[tuple[str, str, str, str | None]]:
+        """(key, text, tooltip, sha256) of every model of `catalog` in its order (shipped, versions, untrained),
+        then the browsed folders; a folder's key is its resolved path."""
+        described = {str(Path(k).resolve()) if _is_folder(k) else k: d for k, d in catalog.models.items()}
         out = []
-        for key in keys + [k for k in self._extra if k not in keys]:
+        for key in list(described) + [k for k in self._extra if k not in described]:
             try:
                 spec = resolve_model(key)
-            except NucsegError:
+            except NucsegError:  # gone since the catalog was read
                 continue
-            description = spec.info.get("description", "")
-            out.append((key, _display_name(key, spec.info, spec.name), f"{description}\n{spec.folder}", spec.sha256))
+            if key not in described:
+                kind = ""  # a browsed folder
+            elif _is_folder(key):
+                kind = "fine-tuned"
+            else:
+                kind = "untrained" if spec.folder is None else ""
+            description = described.get(key) or spec.info.get("description", "")
+            tip = "\n".join(t for t in (description, str(spec.folder or "")) if t)
+            out.append((key, _display_name(key, spec, kind), tip, spec.sha256))
         return out
 
     def _watch(self) -> None:
@@ -116,8 +136,9 @@ class ModelCombo(QComboBox):
         """Re-list the models; keep the choice, follow it across a rename, report it when it was deleted, and name
         damaged model folders (left out of the list)."""
         self._watch()
-        name_damaged_models(model_catalog(include_untrained=False))
-        entries = self._entries()
+        catalog = model_catalog(include_untrained=self._untrained)
+        name_damaged_models(catalog)
+        entries = self._entries(catalog)
         keys = [e[0] for e in entries]
         chosen = self._current
         followed = None
@@ -130,7 +151,8 @@ class ModelCombo(QComboBox):
             self.addItem(text, key)
             self.setItemData(self.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
             self._sha[key] = sha
-        self.addItem(BROWSE, None)
+        if self._browse:
+            self.addItem(BROWSE, None)
         self.blockSignals(False)
         if chosen is not None and chosen in keys:
             self._select(chosen)
@@ -147,6 +169,10 @@ class ModelCombo(QComboBox):
                                  f"{'now ' + repr(Path(fallback).name) if fallback else 'choose another'}")
             if fallback is not None:
                 self.model_chosen.emit(fallback)
+        elif keys:  # nothing was chosen (the list was empty): the default, else the first
+            self._select(DEFAULT_MODEL if DEFAULT_MODEL in keys else keys[0])
+            self.model_chosen.emit(self._current)
+        self.listed.emit()
 
     def _select(self, key: str) -> None:
         index = self.findData(key)

@@ -36,7 +36,8 @@ from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .fluorescence import FluorescenceGuard
 from .label_editing import editing_for
-from .layers import LayerCombo, Region, chosen_regions, image_input, result_display
+from .layer_picker import layer_picker
+from .layers import Region, chosen_regions, image_input, result_display
 from .model_list import ModelCombo
 from .pixel_size import PixelSizeField, show_in_microns
 from .result_layers import (
@@ -72,7 +73,7 @@ class SegmentWidget(QWidget):
         self._replace: Labels | None = None  # the corrected layer a run replaces (asked first)
         self._steps = result_steps.StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
 
-        self.image_combo = LayerCombo(napari_viewer, (Image,), predicate=lambda lay: "nucseg_region" not in lay.metadata)
+        self.image_combo = layer_picker(napari_viewer, Image, predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()
         self.device_combo = QComboBox()
         self.device_combo.addItem("auto")  # the devices are listed by a worker: finding them imports torch
@@ -89,7 +90,7 @@ class SegmentWidget(QWidget):
         self.contours_check = self.thresholds.contours_check
         self.region_combo = QComboBox()
         self.region_combo.addItems([WHOLE, FIELD_OF_VIEW, SHAPES])
-        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,))
+        self.shapes_combo = layer_picker(napari_viewer, Shapes)
         self.shapes_combo.setToolTip("rectangles drawn in this Shapes layer are segmented, each on its own")
         self.run_button = QPushButton("Run")
         self.controls = JobControls(self)
@@ -100,7 +101,7 @@ class SegmentWidget(QWidget):
         self.model_combo.model_chosen.connect(self._on_model_chosen)
         self.model_combo.model_lost.connect(show_info)
         self.model_combo.browse_requested.connect(self._browse)
-        self.image_combo.currentTextChanged.connect(self._sync_pixel_size)
+        self.image_combo.changed.connect(self._sync_pixel_size)
         self.region_combo.currentTextChanged.connect(self._update_enabled)
         self.contours_check.toggled.connect(self._apply_contours)
         self.run_button.clicked.connect(self.run)
@@ -116,12 +117,12 @@ class SegmentWidget(QWidget):
     # -- layout and inputs -------------------------------------------------------------------------------
     def _build_layout(self) -> None:
         form = QFormLayout()
-        for label, widget in (("image", self.image_combo), ("", self.fluorescence), ("pixel size", self.mpp_spin),
+        for label, widget in (("image", self.image_combo.native), ("", self.fluorescence), ("pixel size", self.mpp_spin),
                               ("", self.mpp_note),
                               ("model", self.model_combo), ("device", self.device_combo),
                               ("tile size", self.tile_spin), ("overlap", self.overlap_spin),
                               ("batch size", self.batch_spin), ("", self.tta_check), ("region", self.region_combo),
-                              ("shapes layer", self.shapes_combo)):
+                              ("shapes layer", self.shapes_combo.native)):
             form.addRow(label, widget)
         layout = scrolled(self)
         layout.addLayout(form)
@@ -132,7 +133,7 @@ class SegmentWidget(QWidget):
         fit_width(self)
 
     def _update_enabled(self, *_: Any) -> None:
-        self.shapes_combo.setEnabled(self.region_combo.currentText() == SHAPES)
+        self.shapes_combo.enabled = self.region_combo.currentText() == SHAPES
 
     def _devices_found(self, devices: list[str]) -> None:
         self.device_combo.addItems([d for d in devices if self.device_combo.findText(d) < 0])

@@ -27,8 +27,9 @@ from nucseg.jobs import slide_patches
 from nucseg.training.corrections import CorrectionStore
 
 from ._workers import JobControls, error_message, start_generator_worker
+from .layer_picker import layer_picker
 from .layer_roles import PREDICTION, layer_role, set_role
-from .layers import LayerCombo, field_of_view_region, shapes_to_regions
+from .layers import field_of_view_region, shapes_to_regions
 
 #: metadata key of a patch layer: the `Patch` it was opened as, and the slide result layer it belongs to
 PATCH_KEY = "nucseg_patch"
@@ -56,10 +57,10 @@ class SlidePatchWidget(QWidget):
         self.viewer = napari_viewer
         self.store = store or CorrectionStore()
         self._worker: Any = None
-        self.result_combo = LayerCombo(napari_viewer, (Labels,), predicate=is_slide_result)
-        self.shapes_combo = LayerCombo(napari_viewer, (Shapes,), optional=True,
-                                       predicate=lambda layer: layer_role(layer) is None)
-        self.patch_combo = LayerCombo(napari_viewer, (Labels,), predicate=lambda layer: PATCH_KEY in layer.metadata)
+        self.result_combo = layer_picker(napari_viewer, Labels, predicate=is_slide_result)
+        self.shapes_combo = layer_picker(napari_viewer, Shapes, optional=True,
+                                         predicate=lambda layer: layer_role(layer) is None)
+        self.patch_combo = layer_picker(napari_viewer, Labels, predicate=lambda layer: PATCH_KEY in layer.metadata)
         self.open_view_button = QPushButton("Open current view as a patch")
         self.open_shapes_button = QPushButton("Open drawn rectangles as patches")
         self.accept_button = QPushButton("Accept: write into the slide result")
@@ -81,9 +82,9 @@ class SlidePatchWidget(QWidget):
 
     def _build_layout(self) -> None:
         form = QFormLayout()
-        form.addRow("slide result", self.result_combo)
-        form.addRow("rectangles", self.shapes_combo)
-        form.addRow("patch", self.patch_combo)
+        form.addRow("slide result", self.result_combo.native)
+        form.addRow("rectangles", self.shapes_combo.native)
+        form.addRow("patch", self.patch_combo.native)
         row = QHBoxLayout()
         row.addWidget(self.accept_button)
         row.addWidget(self.discard_button)
