@@ -45,9 +45,10 @@ class BlendCanvas:
         self.sum[:, cy0:cy1, cx0:cx1] += prediction[:, ty, tx] * w
         self.weight[cy0:cy1, cx0:cx1] += w
 
-    def result(self) -> np.ndarray:
-        """The blended (C, H, W) map; pixels no tile covered are 0."""
-        out = np.zeros_like(self.sum)
+    def result(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The blended (C, H, W) map, in `out` if given (zeros where no tile covered a pixel)."""
+        if out is None:
+            out = np.zeros_like(self.sum)
         covered = self.weight > 0
         np.divide(self.sum, self.weight, out=out, where=covered[None])
         return out

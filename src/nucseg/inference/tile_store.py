@@ -89,7 +89,9 @@ class TileStore:
                 if n + PREFETCH < len(todo):
                     ahead.append(reader.submit(self._pixels, plan.batches[todo[n + PREFETCH]]))
                 batch = plan.batches[k]
-                preds = predict_batch(net, ahead[n].result(), p.spec, p.device, tta=tta)
+                # kept as float16 (every tile, so a kept tile and one computed again are the same): the frontier
+                # of tiles kept for the next block row is half the memory (bench_memory)
+                preds = predict_batch(net, ahead[n].result(), p.spec, p.device, tta=tta).astype(np.float16)
                 self._store(batch, preds, wanted, have, block)
                 run += len(batch)
                 self.computed += len(batch)
