@@ -4,7 +4,7 @@
 
 A deterministic count, free of a shared machine's noise: the network is replaced by a cheap stand-in that
 counts the tiles (and their pixels: the last tiles of the grid stop where the tissue ends) of every batch and every
-gate measurement (one encoder pass over at most 8 windows of 256 px per image since the gates became the
+gate measurement (one encoder pass over at most 16 windows of 256 px per image since the gates became the
 image's; one full pass of a 512 px window per block before).
 """
 

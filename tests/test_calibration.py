@@ -141,7 +141,7 @@ def test_gate_windows():
     mask[10:, 10:] = True
     windows = gate_windows((2560, 2560), TissueMap(mask, 64.0))
     assert windows and all(y >= 768 and x >= 768 for y, x in windows)  # the windows full of tissue
-    assert len(windows) == GATE_WINDOWS  # 49 full windows there: 8 of them, spread over the tissue
+    assert len(windows) == GATE_WINDOWS  # 49 full windows there: 16 of them, spread over the tissue
     assert len({y for y, _ in windows}) >= 4 and len({x for _, x in windows}) >= 4
     # the region does not matter: the same mask seen from anywhere gives the same windows
     assert gate_windows((2560, 2560), TissueMap(mask, 64.0, (700, 900))) == windows

@@ -4,8 +4,8 @@ view, the tile size or the block that is asked (see `nucseg.models.squeeze_excit
 The gates are measured once per image, on `GATE_WINDOW` px windows at the model's resolution laid on a grid over
 the whole image (from its origin, the last window of a row or column flush with the image's end; an image
 smaller than a window is one window, white beyond it): those with the most tissue in the image's own tissue
-mask (at least `MOST_TISSUE` of the best window's share), at most `GATE_WINDOWS` of them spread over the image.
-The encoder runs on them as if they were one image (each block's squeeze pooled over every window,
+mask (at least `MOST_TISSUE` of the best window's share), at most `GATE_WINDOWS` of them spread evenly over the
+image. The encoder runs on them as if they were one image (each block's squeeze pooled over every window,
 `pooled_gates`): one gate vector per block, for every tile of the image. A slide's gates are kept with the open
 slide (`source_cache`), so its regions measure nothing again; a region asked of a slide gets exactly the gates
 of the whole-slide run.
@@ -36,11 +36,8 @@ if TYPE_CHECKING:
 
 #: side of a gate window (model pixels): the training patches' side, whose gates the network learned with
 GATE_WINDOW = 256
-#: most windows the gates are pooled over (8 windows of 256 px: half the pixels of one batch of four 512-px tiles;
-#: through the encoder alone, about what the old one-window calibration pass of the whole network cost a lean
-#: decoder, and a third of it for version 2's)
-GATE_WINDOWS = 8
-_GOLDEN = (5**0.5 - 1) / 2
+#: most windows the gates are pooled over (16 windows of 256 px: the pixels of one batch of four 512-px tiles)
+GATE_WINDOWS = 16
 #: windows whose tissue share is at least this fraction of the best window's are candidates
 MOST_TISSUE = 0.75
 
@@ -62,13 +59,9 @@ def gate_windows(full_shape: tuple[int, int], tissue: TissueMap | None,
         best = float(shares.max())
         if best > 0:
             candidates = [c for c, s in zip(candidates, shares) if s >= MOST_TISSUE * best]
-    if len(candidates) > most:  # spread over the image: a golden-ratio sequence over the row-major list
-        picks: set[int] = set()
-        k = 0
-        while len(picks) < most:
-            picks.add(int(((k + 0.5) * _GOLDEN % 1.0) * len(candidates)))
-            k += 1
-        candidates = [candidates[i] for i in sorted(picks)]
+    if len(candidates) > most:
+        picks = np.round(np.linspace(0, len(candidates) - 1, most)).astype(int)
+        candidates = [candidates[i] for i in picks]
     return tuple(candidates)
 
 
