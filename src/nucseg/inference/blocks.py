@@ -84,9 +84,9 @@ def iter_block_probabilities(
     yield "reading block", 0
     preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
     for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner
-        if i in preds:
-            canvas.add(plan.tiles[i], preds[i])
-        preds.pop(i, None)
+        part = preds.pop(i, None)
+        if part is not None:
+            canvas.add(plan.tiles[i], part.values, part.offset)
     # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
     canvas.result(out=probs[:, y0 - ry : y1 - ry, x0 - rx : x1 - rx])
     return probs, run, stopped
