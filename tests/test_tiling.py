@@ -71,6 +71,23 @@ def test_canvas_with_origin_ignores_outside_parts():
     assert res[0, :3, :3].min() == 1.0 and res[0, 3:, :].max() == 0 and res[0, :, 3:].max() == 0
 
 
+def test_a_tile_added_in_parts_blends_as_the_whole_tile():
+    """The tile store keeps only the part of a tile a later block reads (`TilePart`): added at its offset, a part
+    is weighted as that part of the whole tile, so the blend is the same, bit for bit."""
+    from nucseg.inference.tiling import Tile
+
+    rng = np.random.default_rng(3)
+    tiles = [Tile(0, 0, 64, 64), Tile(0, 32, 64, 96), Tile(32, 0, 96, 64)]
+    preds = [rng.random((2, 64, 64)).astype(np.float32) for _ in tiles]
+    whole = BlendCanvas((40, 80), 2, 64, 32, origin=(40, 8))
+    parts = BlendCanvas((40, 80), 2, 64, 32, origin=(40, 8))
+    for t, p in zip(tiles, preds):
+        whole.add(t, p)
+        dy, dx = max(40 - t.y0, 0), max(8 - t.x0, 0)  # what the canvas at (40, 8) reads of the tile
+        parts.add(t, p[:, dy:, dx:].copy(), (dy, dx))
+    assert np.array_equal(whole.result(), parts.result()) and whole.result().any()
+
+
 def test_pad_to_tile_keeps_large_images():
     img = np.zeros((70, 80, 3), np.uint8)
     same, shape = pad_to_tile(img, 64)
