@@ -71,6 +71,23 @@ def test_canvas_with_origin_ignores_outside_parts():
     assert res[0, :3, :3].min() == 1.0 and res[0, 3:, :].max() == 0 and res[0, :, 3:].max() == 0
 
 
+def test_a_tile_added_in_parts_blends_as_the_whole_tile():
+    """The tile store keeps only the part of a tile a later block reads (`TilePart`): added at its offset, a part
+    is weighted as that part of the whole tile, so the blend is the same, bit for bit."""
+    from nucseg.inference.tiling import Tile
+
+    rng = np.random.default_rng(3)
+    tiles = [Tile(0, 0, 64, 64), Tile(0, 32, 64, 96), Tile(32, 0, 96, 64)]
+    preds = [rng.random((2, 64, 64)).astype(np.float32) for _ in tiles]
+    whole = BlendCanvas((40, 80), 2, 64, 32, origin=(40, 8))
+    parts = BlendCanvas((40, 80), 2, 64, 32, origin=(40, 8))
+    for t, p in zip(tiles, preds):
+        whole.add(t, p)
+        dy, dx = max(40 - t.y0, 0), max(8 - t.x0, 0)  # what the canvas at (40, 8) reads of the tile
+        parts.add(t, p[:, dy:, dx:].copy(), (dy, dx))
+    assert np.array_equal(whole.result(), parts.result()) and whole.result().any()
+
+
 def test_pad_to_tile_keeps_large_images():
     img = np.zeros((70, 80, 3), np.uint8)
     same, shape = pad_to_tile(img, 64)
@@ -118,22 +135,22 @@ def test_tile_grid_covers_its_box_and_stays_inside_the_image_when_it_can(shape, 
 
 
 def test_the_grid_is_the_images_whatever_part_is_asked():
-    """Tiles start at multiples of the (32-aligned) stride from the image's origin; a part of the image gets the
-    whole image's tiles over it, and the last tile of an axis stops at the image's end (rounded up to 32)."""
+    """Tiles start at multiples of the (32-aligned) stride from the grid's start; a part of the image gets the
+    whole image's tiles over it, and the last tile of an axis stops at the grid's end (rounded up to 32)."""
     assert aligned_stride(512, 64) == 448 and aligned_stride(256, 48) == 192 and aligned_stride(256, 112) == 128
     # small tiles get more context (F1 0.983 -> 0.991 against one 1024-px tile); 512-px tiles and no overlap keep theirs
     assert plan_overlap(256, 64) == 96 and plan_overlap(512, 64) == 64 and plan_overlap(64, 0) == 0
     assert plan_overlap(64, 16) == 24 and plan_overlap(256, 112) == 112
-    every = grid_starts(0, 1000, 1000, 256, 192)
+    every = grid_starts(0, 1000, 0, 1000, 256, 192)
     assert every == [0, 192, 384, 576, 768]
-    assert grid_starts(300, 500, 1000, 256, 192) == [192, 384]  # the tiles over [300, 500), no others
-    assert set(grid_starts(300, 500, 1000, 256, 192)) <= set(every)
-    assert grid_starts(0, 4096, 4096, 512, 448)[-1] == 3584  # 9 tiles end exactly at 4096
+    assert grid_starts(300, 500, 0, 1000, 256, 192) == [192, 384]  # the tiles over [300, 500), no others
+    assert grid_starts(0, 4096, 0, 4096, 512, 448)[-1] == 3584  # 9 tiles end exactly at 4096
+    assert grid_starts(0, 4096, 992, 3120, 512, 448) == [992, 1440, 1888, 2336, 2784]  # a grid over tissue only
     assert [tile_extent(s, 1000, 256) for s in every] == [256, 256, 256, 256, 256]  # 768 + 256 = 1024
-    assert [tile_extent(s, 1000, 512) for s in grid_starts(0, 1000, 1000, 512, 448)] == [512, 512, 128]
+    assert [tile_extent(s, 1000, 512) for s in grid_starts(0, 1000, 0, 1000, 512, 448)] == [512, 512, 128]
     # whatever the tile, the image's far edge is met with the same white margin (1000 -> 1024)
     assert {s + tile_extent(s, 1000, t) for t, st in ((256, 192), (512, 448), (1024, 1024))
-            for s in grid_starts(999, 1000, 1000, t, st)} == {1024}
+            for s in grid_starts(999, 1000, 0, 1000, t, st)} == {1024}
 
 
 def test_a_clipped_tile_blends_with_its_neighbour():

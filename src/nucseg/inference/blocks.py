@@ -41,6 +41,8 @@ class BlockOutput:
         probabilities: (C, h, w) probabilities of the block's core at the model's resolution (float32 in [0, 1],
             or uint8 scaled to 0..255); None when the block ran no tile.
         tiles_done: tiles predicted; stopped: the run was stopped inside this block.
+        probs_box: (y, x, h, w) of `probabilities` in model pixels relative to the region (the part of the core
+            that tiles covered); None: the whole core.
     """
 
     index: int
@@ -50,6 +52,7 @@ class BlockOutput:
     probabilities: np.ndarray | None = None
     tiles_done: int = 0
     stopped: bool = False
+    probs_box: Box | None = None
 
 
 def iter_block_probabilities(
@@ -71,14 +74,30 @@ def iter_block_probabilities(
     block = plan.blocks[index]
     store = store if store is not None else TileStore(plan, predictor, max_bytes=0)
     ry, rx, rh, rw = block.read
-    canvas = BlendCanvas((rh, rw), len(predictor.spec.heads), plan.tile_size, plan.overlap, origin=(ry, rx))
+    probs = np.zeros((len(predictor.spec.heads), rh, rw), np.float32)
+    if not block.tiles:
+        return probs, 0, False
+    # the canvas covers the tiles' part of the read box (on a slide that is mostly glass, most of a block runs
+    # no tile, and its pixels stay 0 without being touched)
+    y0, x0, y1, x1 = tiles_box(block)
+    canvas = BlendCanvas((y1 - y0, x1 - x0), len(predictor.spec.heads), plan.tile_size, plan.overlap,
+                         origin=(y0, x0))
     yield Progress(0, 0, "reading block")
     preds, run, stopped = yield from store.iter_predictions(block.tile_ids, index, stop)
     for i in block.tile_ids:  # in plan order, so the float sums are the same in every runner
-        if i in preds:
-            canvas.add(plan.tiles[i], preds[i])
+        part = preds.pop(i, None)
+        if part is not None:
+            canvas.add(plan.tiles[i], part.values, part.offset)
     # on Stop, the tiles already done in this block still count: pixels no tile covered stay background
-    return canvas.result(), run, stopped
+    canvas.result(out=probs[:, y0 - ry : y1 - ry, x0 - rx : x1 - rx])
+    return probs, run, stopped
+
+
+def tiles_box(block: BlockPlan) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1), region pixels, of the part of a block's read box that its tiles cover."""
+    ry, rx, rh, rw = block.read
+    return (max(min(t.y0 for t in block.tiles), ry), max(min(t.x0 for t in block.tiles), rx),
+            min(max(t.y1 for t in block.tiles), ry + rh), min(max(t.x1 for t in block.tiles), rx + rw))
 
 
 def iter_block(
@@ -106,17 +125,20 @@ def finish_block(block: BlockPlan, probs: np.ndarray, postprocess: PostprocessCo
     """Separate a block's nuclei from its read-box probabilities (CPU only: runs in worker processes too)."""
     ry, rx = block.read[:2]
     # only where tiles ran: on a slide that is mostly glass, most of a block was never predicted
-    y0, x0 = max(min(t.y0 for t in block.tiles) - ry, 0), max(min(t.x0 for t in block.tiles) - rx, 0)
-    y1, x1 = max(t.y1 for t in block.tiles) - ry, max(t.x1 for t in block.tiles) - rx
+    ty0, tx0, ty1, tx1 = tiles_box(block)
+    y0, x0, y1, x1 = ty0 - ry, tx0 - rx, ty1 - ry, tx1 - rx
     inst = probabilities_to_instances(probs[:, y0:y1, x0:x1], postprocess)
     labels, n = keep_core_nuclei(inst, block.keep or block.box, (ry + y0, rx + x0))
     labels, labels_box = labels_at_level0(labels, (ry + y0, rx + x0), geometry)
     # nuclei the region's border cuts come whole from the halo: keep their part inside the region
     labels, labels_box, n = clip_to_region(labels, labels_box, geometry.region0[2:], n)
+    # the core's probabilities where tiles ran (the outputs are 0 elsewhere already)
     by, bx, bh, bw = block.box
-    core = probs[:, by - ry : by - ry + bh, bx - rx : bx - rx + bw]
+    cy0, cx0 = max(by, ty0), max(bx, tx0)
+    cy1, cx1 = max(min(by + bh, ty1), cy0), max(min(bx + bw, tx1), cx0)
+    core = probs[:, cy0 - ry : cy1 - ry, cx0 - rx : cx1 - rx]
     return BlockOutput(block.index, labels, labels_box, n, convert_probabilities(core, probs_dtype), tiles_done,
-                       stopped)
+                       stopped, (cy0, cx0, cy1 - cy0, cx1 - cx0))
 
 
 def block_core(plan: PredictionPlan, index: int, probs: np.ndarray) -> np.ndarray:
@@ -165,8 +187,9 @@ def write_block(plan: PredictionPlan, output: BlockOutput, labels_out: Any, prob
     """
     if output.labels is None:
         return next_id
-    by, bx, bh, bw = plan.blocks[output.index].box
-    probs_out[:, by : by + bh, bx : bx + bw] = convert_probabilities(output.probabilities, probs_out.dtype)
+    by, bx, bh, bw = output.probs_box or plan.blocks[output.index].box
+    if bh and bw:
+        probs_out[:, by : by + bh, bx : bx + bw] = convert_probabilities(output.probabilities, probs_out.dtype)
     paste_labels(labels_out, output.labels, output.labels_box, next_id)
     return next_id + output.n
 

@@ -162,20 +162,35 @@ def keep_box(box: Box, halo: int, shape: tuple[int, int]) -> Box:
     return y0, x0, y1 - y0, x1 - x0
 
 
+#: the tile grid reaches this far beyond the image's tissue (model pixels, on top of the mask's own margin)
+TISSUE_CONTEXT = 32
+
+
+def grid_box(source: ScaledSource, tissue: TissueMap | None, multiple: int = 32) -> Box:
+    """(y0, x0, y1, x1), the whole image's model pixels, that the image's tile grid covers: its tissue's bounding
+    box and `TISSUE_CONTEXT` around it (the start on the 32-px lattice), or without a mask the whole image.
+
+    A function of the image alone, so every region of it gets the same tiles; fitted to its tissue, so a small
+    piece of tissue on a slide needs the fewest tiles (the grid starts where the tissue does, and its last tiles
+    stop where it ends, as at the image's end: `tile_extent`).
+    """
+    fh, fw = source.full_shape
+    bounds = None if tissue is None else tissue.moved((0, 0)).bounds()
+    if bounds is None:
+        return 0, 0, fh, fw
+    y0, x0, y1, x1 = bounds
+    y0, x0 = max(0, (y0 - TISSUE_CONTEXT) // multiple * multiple), max(0, (x0 - TISSUE_CONTEXT) // multiple * multiple)
+    return y0, x0, min(fh, y1 + TISSUE_CONTEXT), min(fw, x1 + TISSUE_CONTEXT)
+
+
 def tile_layout(cover: Box, source: ScaledSource, tile: int, stride: int, tissue: TissueMap | None) -> list[Tile]:
-    """The tiles of the image's grid (region coordinates) that overlap `cover` (y0, x0, y1, x1) and touch
-    tissue, row-major; the last of a row or column stops at the image's end (`tile_extent`)."""
+    """The tiles of the image's grid (`grid_box`; region coordinates) that overlap `cover` (y0, x0, y1, x1) and
+    touch tissue, row-major; the last of a row or column stops at the grid's end (`tile_extent`)."""
     y0, x0, y1, x1 = cover
-    if tissue is not None:
-        bounds = tissue.bounds()
-        if bounds is None:
-            return []
-        y0, x0, y1, x1 = max(y0, bounds[0]), max(x0, bounds[1]), min(y1, bounds[2]), min(x1, bounds[3])
-        if y1 <= y0 or x1 <= x0:
-            return []
-    (oy, ox), (fh, fw) = source.origin, source.full_shape
-    ys = [(s - oy, tile_extent(s, fh, tile)) for s in grid_starts(y0 + oy, y1 + oy, fh, tile, stride)]
-    xs = [(s - ox, tile_extent(s, fw, tile)) for s in grid_starts(x0 + ox, x1 + ox, fw, tile, stride)]
+    (oy, ox) = source.origin
+    gy0, gx0, gy1, gx1 = grid_box(source, tissue)
+    ys = [(s - oy, tile_extent(s, gy1, tile)) for s in grid_starts(y0 + oy, y1 + oy, gy0, gy1, tile, stride)]
+    xs = [(s - ox, tile_extent(s, gx1, tile)) for s in grid_starts(x0 + ox, x1 + ox, gx0, gx1, tile, stride)]
     tiles = [Tile(y, x, y + h, x + w) for y, h in ys for x, w in xs]
     if tissue is not None:
         tiles = [t for t in tiles if tissue.any(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)]
@@ -229,10 +244,12 @@ def plan_prediction(
     halo = max(HALO, tiling.overlap)
     mask = source.tissue_mask()
     tissue = mask if config.skip_background and not mask.empty else None  # no stained tissue: skip nothing
-    # an image of one block: tiles shrunk to just cover it (a 2000 px image in 2 x 2 of 1056, not of 1120); the
-    # whole image's size decides, so a region of it gets the same tiles
+    # an image of one block: tiles shrunk to just cover its grid (a 2000 px image in 2 x 2 of 1056, not of 1120);
+    # the whole image decides, so a region of it gets the same tiles
     overlap = plan_overlap(tiling.tile_size, tiling.overlap)
-    tile = fitted_tile(full, tiling.tile_size, overlap) if max(full) <= config.block_size else tiling.tile_size
+    gy0, gx0, gy1, gx1 = grid_box(source, tissue)
+    tile = (fitted_tile((gy1 - gy0, gx1 - gx0), tiling.tile_size, overlap) if max(full) <= config.block_size
+            else tiling.tile_size)
     stride = aligned_stride(tile, plan_overlap(tile, overlap))
     image_box = (-oy, -ox, full[0] - oy, full[1] - ox)
     reads = [read_box(box, halo, shape, image_box) for box in boxes]

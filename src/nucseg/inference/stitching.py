@@ -32,22 +32,25 @@ class BlendCanvas:
             self._windows[(h, w)] = blend_window(h, self.overlap, w)
         return self._windows[(h, w)]
 
-    def add(self, tile: Tile, prediction: np.ndarray) -> None:
-        """Add a (C, h, w) prediction; parts falling outside the canvas are ignored."""
+    def add(self, tile: Tile, prediction: np.ndarray, offset: tuple[int, int] = (0, 0)) -> None:
+        """Add a (C, h, w) prediction of `tile`, or of its part starting at `offset` (y, x) within it (weighted
+        as that part of the whole tile); parts falling outside the canvas are ignored."""
         oy, ox = self.origin
-        y0, x0 = tile.y0 - oy, tile.x0 - ox
+        y0, x0 = tile.y0 + offset[0] - oy, tile.x0 + offset[1] - ox
         cy0, cx0 = max(y0, 0), max(x0, 0)
         cy1, cx1 = min(y0 + prediction.shape[1], self.shape[0]), min(x0 + prediction.shape[2], self.shape[1])
         if cy1 <= cy0 or cx1 <= cx0:
             return
         ty, tx = slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0)
-        w = self._window(*prediction.shape[1:])[ty, tx]
+        window = self._window(tile.y1 - tile.y0, tile.x1 - tile.x0)[offset[0]:, offset[1]:]
+        w = window[ty, tx]
         self.sum[:, cy0:cy1, cx0:cx1] += prediction[:, ty, tx] * w
         self.weight[cy0:cy1, cx0:cx1] += w
 
-    def result(self) -> np.ndarray:
-        """The blended (C, H, W) map; pixels no tile covered are 0."""
-        out = np.zeros_like(self.sum)
+    def result(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The blended (C, H, W) map, in `out` if given (zeros where no tile covered a pixel)."""
+        if out is None:
+            out = np.zeros_like(self.sum)
         covered = self.weight > 0
         np.divide(self.sum, self.weight, out=out, where=covered[None])
         return out

@@ -9,6 +9,7 @@ that the oldest tiles are dropped and computed again if asked for).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Generator
@@ -29,6 +30,14 @@ TILE_CACHE_BYTES = 1 << 30
 PREFETCH = 2
 
 
+@dataclasses.dataclass(frozen=True)
+class TilePart:
+    """A tile's (C, h, w) prediction, or the part of it starting at `offset` (y, x) within the tile."""
+
+    values: np.ndarray
+    offset: tuple[int, int] = (0, 0)
+
+
 class TileStore:
     """Tile predictions of `plan` with `predictor`.
 
@@ -41,7 +50,11 @@ class TileStore:
     def __init__(self, plan: PredictionPlan, predictor: Predictor, *, max_bytes: int = TILE_CACHE_BYTES):
         self.plan, self.predictor = plan, predictor
         self.max_bytes = max_bytes
-        self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._tiles: OrderedDict[int, TilePart] = OrderedDict()
+        self._users: dict[int, list[int]] = {}  # tile -> the blocks that need it, in order
+        for b in plan.blocks:
+            for i in b.tile_ids:
+                self._users.setdefault(i, []).append(b.index)
         self._net: Any = None
         self._bytes = 0
         self.computed = 0  # tiles run through the network (for tests and benchmarks)
@@ -62,12 +75,13 @@ class TileStore:
 
     def iter_predictions(
         self, ids: tuple[int, ...], block: int, stop: threading.Event | None = None
-    ) -> Generator[Progress, None, tuple[dict[int, np.ndarray], int, bool]]:
-        """The (C, t, t) predictions of tiles `ids`, needed by block `block`.
+    ) -> Generator[Progress, None, tuple[dict[int, TilePart], int, bool]]:
+        """The predictions of tiles `ids`, needed by block `block`: a whole (C, t, t) tile's, or for a tile kept
+        from an earlier block the part of it this block reads (`TilePart`).
 
         Yields `Progress` "calibrating" before measuring the gates and "predicting" after each batch (done: tiles
-        run so far; total: the tiles not kept from earlier blocks); returns ({tile: prediction}, tiles run,
-        stopped). On Stop the tiles not run are missing.
+        run so far; total: the tiles not kept from earlier blocks); returns ({tile: part}, tiles run, stopped). On
+        Stop the tiles not run are missing.
         """
         plan, p = self.plan, self.predictor
         tta = plan.config.tta
@@ -103,27 +117,40 @@ class TileStore:
             reader.shutdown(wait=True)
         return have, run, stopped
 
-    def _store(self, batch: tuple[int, ...], preds: np.ndarray, wanted: set[int], have: dict[int, np.ndarray],
+    def _store(self, batch: tuple[int, ...], preds: np.ndarray, wanted: set[int], have: dict[int, TilePart],
                block: int) -> None:
         """Hand the predictions to the asking block, and keep those a later block needs."""
         for i, pred in zip(batch, preds):
             if i in wanted:
-                have[i] = pred
+                have[i] = TilePart(pred)
             if self.plan.last_use[i] > block:
-                self._keep(i, pred)
+                self._keep(i, pred, block)
 
     def release(self, block: int) -> None:
         """Forget tiles no block after `block` needs."""
         for i in [i for i in self._tiles if self.plan.last_use[i] <= block]:
-            self._bytes -= self._tiles.pop(i).nbytes
+            self._bytes -= self._tiles.pop(i).values.nbytes
 
-    def _keep(self, i: int, pred: np.ndarray) -> None:
+    def _keep(self, i: int, pred: np.ndarray, block: int) -> None:
+        """Keep, of tile `i`'s prediction, the part that the read boxes of the blocks after `block` cover (a copy,
+        so the batch it came in is freed): a tile on a block row's border is kept for the row below, which reads
+        only its lower part (the same values: the blend is unchanged)."""
         if i in self._tiles:
             return
-        self._tiles[i] = pred
-        self._bytes += pred.nbytes
+        t = self.plan.tiles[i]
+        y0, x0, y1, x1 = t.y1, t.x1, t.y0, t.x0
+        for b in self._users.get(i, ()):
+            if b > block:
+                ry, rx, rh, rw = self.plan.blocks[b].read
+                y0, x0 = min(y0, max(ry, t.y0)), min(x0, max(rx, t.x0))
+                y1, x1 = max(y1, min(ry + rh, t.y1)), max(x1, min(rx + rw, t.x1))
+        if y1 <= y0 or x1 <= x0:
+            return
+        part = TilePart(pred[:, y0 - t.y0 : y1 - t.y0, x0 - t.x0 : x1 - t.x0].copy(), (y0 - t.y0, x0 - t.x0))
+        self._tiles[i] = part
+        self._bytes += part.values.nbytes
         while self._bytes > self.max_bytes and self._tiles:
-            self._bytes -= self._tiles.popitem(last=False)[1].nbytes
+            self._bytes -= self._tiles.popitem(last=False)[1].values.nbytes
 
     def _pixels(self, batch: tuple[int, ...]) -> np.ndarray:
         """(B, t, t, 3) pixels of a batch: one read of their bounding box, cut into tiles."""

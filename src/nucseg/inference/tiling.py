@@ -109,13 +109,13 @@ def aligned_stride(tile: int, overlap: int, multiple: int = 32) -> int:
     return max(multiple, (tile - overlap) // multiple * multiple)
 
 
-def grid_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
-    """Starts of the tiles of the image's grid (j * `stride`, j >= 0, as many as cover an axis of `length`) that
-    overlap [lo, hi) (image coordinates). The grid is the image's, whatever part of it is asked."""
-    last = max(0, -(-(length - tile) // stride))
-    first_j = max(0, (lo - tile) // stride + 1)
-    last_j = min(last, -(-hi // stride) - 1)
-    return [j * stride for j in range(first_j, last_j + 1)]
+def grid_starts(lo: int, hi: int, start: int, end: int, tile: int, stride: int) -> list[int]:
+    """Starts of the tiles of the image's grid over [`start`, `end`) (start + j * `stride`, j >= 0, as many as
+    cover it) that overlap [lo, hi) (image coordinates). The grid is the image's, whatever part of it is asked."""
+    last = max(0, -(-(end - start - tile) // stride))
+    first_j = max(0, (lo - start - tile) // stride + 1)
+    last_j = min(last, -(-(hi - start) // stride) - 1)
+    return [start + j * stride for j in range(first_j, last_j + 1)]
 
 
 def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
@@ -157,12 +157,12 @@ def blend_window(tile: int, overlap: int, width: int | None = None) -> np.ndarra
     return np.outer(blend_ramp(tile, overlap), blend_ramp(tile if width is None else width, overlap))
 
 
-def tile_extent(start: int, length: int, tile: int, multiple: int = 32) -> int:
-    """The side of a grid tile at `start` on an axis of `length`: `tile`, or for the last one, what reaches the
-    image's end rounded up to `multiple`. Every run of the image then meets its far edges alike (the same few
-    white pixels beyond them, then the network's own padding, as at its near edges), whatever tile size or
-    region was asked."""
-    return int(min(tile, -(-(length - start) // multiple) * multiple))
+def tile_extent(start: int, end: int, tile: int, multiple: int = 32) -> int:
+    """The side of a grid tile at `start` on a grid that ends at `end`: `tile`, or for the last one, what reaches
+    `end` rounded up to `multiple`. At the image's end, every run of the image then meets its far edges alike
+    (the same few white pixels beyond them, then the network's own padding, as at its near edges), whatever tile
+    size or region was asked."""
+    return int(min(tile, -(-(end - start) // multiple) * multiple))
 
 
 def pad_to_tile(image: np.ndarray, tile: int, fill: float = 255) -> tuple[np.ndarray, tuple[int, int]]:
