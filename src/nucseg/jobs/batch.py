@@ -8,7 +8,6 @@ is interrupted. One failing input never stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -25,7 +24,6 @@ from nucseg.io.outputs import (
     BATCH_SUMMARY,
     check_output_folder,
     check_replaceable,
-    write_failure,
 )
 from nucseg.jobs.outcomes import (
     DENSITY_COLUMNS,
@@ -196,7 +194,8 @@ def plan_batch(inputs: Sequence[Path], out: Path, settings: BatchSettings, *, re
             remove_path(path_)
         plan.todo.append(dataclasses.replace(item, replace=bool(existing) or overwrite))
     if not blocked:
-        for path_ in out.glob(f".{SUMMARY_NAME}.*.partial"):  # a summary a killed run was writing
+        # a summary a killed run was writing (atomic_output's temporary; .partial: of older versions)
+        for path_ in [*out.glob(f".{SUMMARY_NAME}.*.tmp"), *out.glob(f".{SUMMARY_NAME}.*.partial")]:
             remove_path(path_)
     if blocked:
         more = f" (and {len(blocked) - 1} more inputs' outputs)" if len(blocked) > 1 else ""
@@ -245,20 +244,15 @@ def write_batch_summary(out: Path, outcomes: Sequence[InputOutcome]) -> Path:
     Raises:
         StoreError: the file cannot be written (a full disk says so).
     """
+    from nucseg.io.export import atomic_output  # the one temp-then-rename write
+
     path = Path(out) / SUMMARY_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     classes = {name: None for o in outcomes for name in ((o.summary or {}).get("classes") or {}).get("counts", {})}
     extra = [f"{kind}:{name}" for name in classes for kind in ("class", "per_mm2")]
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*SUMMARY_COLUMNS, *extra])
-            writer.writeheader()
-            writer.writerows({**o.row(), **_class_cells(o)} for o in outcomes)
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_failure(path, err) from err
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*SUMMARY_COLUMNS, *extra])
+        writer.writeheader()
+        writer.writerows({**o.row(), **_class_cells(o)} for o in outcomes)
     return path
 
 
