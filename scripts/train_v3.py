@@ -154,13 +154,16 @@ def _pick(rng, pairs):
     return pairs[int(rng.choice(len(pairs), p=areas / areas.sum()))]
 
 
-def v3_loss(logits, truth, soft, is_tnbc, truth_weight, head_weights=(1.0, 1.0, 1.0)):
-    """Distillation (BCE to version 2's probabilities, heads weighted) + the truth losses; TNBC's truth teaches the
-    foreground only and version 2's foreground is not distilled there (it is what shrinks TNBC's nuclei)."""
+def v3_loss(logits, truth, soft, is_tnbc, truth_weight, head_weights=(1.0, 1.0, 1.0), monuseg_head_weights=None):
+    """Distillation (BCE to version 2's probabilities, heads weighted; on MoNuSeg patches by
+    `monuseg_head_weights` when given) + the truth losses; TNBC's truth teaches the foreground only and version 2's
+    foreground is not distilled there (it is what shrinks TNBC's nuclei)."""
     from nucseg.training.losses import foreground_loss, nucseg_loss
 
     bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=(2, 3))  # (B, 3)
     keep = torch.ones_like(bce) * torch.tensor(head_weights, dtype=bce.dtype)
+    if monuseg_head_weights is not None:
+        keep[~is_tnbc] = torch.tensor(monuseg_head_weights, dtype=bce.dtype)
     keep[is_tnbc, 0] = 0.0
     distill = (bce * keep).sum() / keep.sum()
     terms = {"distill": distill}
@@ -250,7 +253,8 @@ def train(args) -> None:
         settings = json.loads(saved.read_text())  # a run keeps the settings it started with
     else:
         given = {"steps": args.steps, "lr": args.lr, "warmup": args.warmup, "truth_weight": args.truth_weight,
-                 "init": args.init, "head_weights": args.head_weights}
+                 "init": args.init, "head_weights": args.head_weights,
+                 "monuseg_head_weights": args.monuseg_head_weights}
         settings = {**SETTINGS, **{k: v for k, v in given.items() if v is not None}}
     monuseg, monuseg_val = load_split()
     tnbc, tnbc_val = tnbc_split()
@@ -294,7 +298,7 @@ def train(args) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings)
         terms = v3_loss(net(x), truth, soft, is_tnbc, settings["truth_weight"],
-                        settings.get("head_weights", (1.0, 1.0, 1.0)))
+                        settings.get("head_weights", (1.0, 1.0, 1.0)), settings.get("monuseg_head_weights"))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -382,6 +386,8 @@ def main() -> None:
     parser.add_argument("--truth-weight", type=float, help=f"weight of the truth losses {new}")
     parser.add_argument("--head-weights", type=float, nargs=3, metavar=("FG", "CONTOUR", "DIST"),
                         help=f"weights of the three distilled heads {new}")
+    parser.add_argument("--monuseg-head-weights", type=float, nargs=3, metavar=("FG", "CONTOUR", "DIST"),
+                        help=f"on MoNuSeg patches, these weights instead (0 for CONTOUR: its truth alone) {new}")
     parser.add_argument("--dest", type=Path, help="export: the new model folder (never overwritten)")
     parser.add_argument("--name", default="nucseg-default", help="export: the model's name in its config")
     parser.add_argument("--version", default="3", help="export: the model's version")
