@@ -9,8 +9,7 @@ import resource
 from pathlib import Path
 
 import pytest
-import tifffile
-from PIL import Image
+from test_cli_finetune import folders  # noqa: F401 (fixture: two blob tiles and their labels)
 from test_finetune import (
     TINY,
     drain,
@@ -19,7 +18,6 @@ from test_finetune import (
     tiny_pairs,
 )
 
-from fake_models import blob_image
 from nucseg.cli import main
 from nucseg.config import FinetuneConfig
 
@@ -34,18 +32,6 @@ def one_line_error(capsys) -> str:
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("nucseg finetune: error: "), err
     return lines[0]
-
-
-@pytest.fixture
-def folders(tmp_path):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for k in range(2):
-        image, lab = blob_image((96, 128), n=8, seed=k)
-        Image.fromarray(image).save(images / f"tile{k}.png")
-        tifffile.imwrite(labels / f"tile{k}_labels.tif", lab)
-    return images, labels
 
 
 def test_a_config_write_on_a_full_disk_leaves_no_empty_file(tmp_path):
