@@ -12,6 +12,13 @@ from typing import Any
 
 from nucseg.config import FinetuneConfig, PostprocessConfig, TilingConfig
 
+
+def _models_own(field: str, unit: str = "") -> Callable[[], str]:
+    """The default text of a post-processing setting: the model's own value, from its config."""
+    return lambda: (f"the model's own ({getattr(PostprocessConfig().resolved(), field):g}{unit} unless its config "
+                    "says otherwise)")
+
+
 #: key -> (what it does, the default (a callable, read when the tooltip is made), when to change it)
 HELP: dict[str, tuple[str, Callable[[], Any], str]] = {
     # -- Segment ------------------------------------------------------------------------------------------------
@@ -44,18 +51,16 @@ HELP: dict[str, tuple[str, Callable[[], Any], str]] = {
     "shapes_layer": ("The Shapes layer whose rectangles are segmented, each on its own", lambda: "none",
                      "when the region is 'drawn rectangles'"),
     "foreground_threshold": ("Probability above which a pixel belongs to a nucleus",
-                             lambda: f"the model's own ({PostprocessConfig().resolved().foreground_threshold:g} unless its "
-                                     "config says otherwise)",
+                             _models_own("foreground_threshold"),
                              "lower it when pale nuclei are missed, raise it when stroma or background is taken "
                              "for nuclei; re-applied live, your edits are kept"),
     "otsu": ("Cut each image's foreground map at Otsu's threshold instead of the fixed one", lambda: "off "
              "(the model's own choice)", "when nuclei come out thin because the model is unsure at their rims"),
     "marker_threshold": ("How sure a pixel must be to seed a nucleus (distance minus contour)",
-                         lambda: f"the model's own ({PostprocessConfig().resolved().marker_threshold:g} unless its config says "
-                                 "otherwise)",
+                         _models_own("marker_threshold"),
                          "lower it when touching nuclei are merged into one, raise it when one nucleus is split"),
     "min_area": ("Nuclei smaller than this many pixels (at the model's resolution) are dropped",
-                 lambda: f"the model's own ({PostprocessConfig().resolved().min_area} px unless its config says otherwise)",
+                 _models_own("min_area", " px"),
                  "raise it to drop debris and lymphocyte fragments, lower it to keep small nuclei"),
     "contours": ("Draw the nuclei as outlines rather than filled", lambda: "on",
                  "turn it off to see which pixels each nucleus holds while correcting"),
