@@ -57,10 +57,12 @@ class CountingNet(BlobNet):
         self.calls = 0
         self.delay = delay
         self.lock = threading.Lock()
+        self.threads: set[str] = set()  # the threads the forward passes ran on
 
     def forward(self, x):
         with self.lock:
             self.calls += 1
+            self.threads.add(threading.current_thread().name)
         if self.delay:
             time.sleep(self.delay)
         return super().forward(x)
