@@ -201,7 +201,8 @@ class BlockAssembly:
         from nucseg.io.slides import open_slide
 
         with open_slide(self.item.input) as slide:  # for the H&E intensity columns, as in-process
-            return self.outputs.finish(result, mpp=self.mpp, mpp_from=self.mpp_from, image=slide, worker=client,
+            return self.outputs.finish(result, mpp=self.mpp, mpp_from=self.mpp_from, image=slide, slide=slide,
+                                       worker=client,
                                        seconds=seconds, extra=extra)
 
     def close(self) -> None:

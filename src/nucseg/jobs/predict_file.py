@@ -227,13 +227,15 @@ class OutputSet:
         The zarr output is written from the labels at the end, as an OME-NGFF label image."""
         return self.scratch if big else None
 
-    def finish(self, result: Any, *, mpp: float | None, mpp_from: str, image: Any, worker: dict[str, Any],
-               seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, result: Any, *, mpp: float | None, mpp_from: str, image: Any, slide: Any,
+               worker: dict[str, Any], seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the exports of `result` (a `PredictionResult`), the JSON, and rename them all into place.
 
         Args:
             image: the RGB pixels of the region for the CSV's and GeoJSON's intensity columns (an array, or the
                 open `Slide`, read block by block), or None.
+            slide: the open `Slide` the result was segmented from: its tissue mask (the engine's, kept per slide
+                object) gives the density figures.
             seconds: time spent on this input so far (the export time is added).
         """
         import numpy as np
@@ -265,7 +267,7 @@ class OutputSet:
                 group.attrs["nucseg"] = {**group.attrs["nucseg"], "mpp_from": mpp_from}
             except OSError as err:
                 raise write_failure(self.targets["zarr"], err) from err
-        density = area_density(result, image, mpp)
+        density = area_density(result, slide, mpp)
         summary = {
             "summary_version": SUMMARY_VERSION,
             "input": str(item.input), "input_bytes": self.fingerprint["bytes"], "input_fingerprint": self.fingerprint,
@@ -306,13 +308,12 @@ class OutputSet:
         return ClassAnnotator(trained, um_per_pixel(mpp, spec.mpp))
 
 
-def area_density(result: Any, image: Any, mpp: float | None) -> dict[str, Any]:
-    """The nuclei of a result per area of tissue (`nucseg.metrics.density`): `image` is the region's pixels (an
-    array) or the slide (read at a coarse level); mm² only when `mpp` is known."""
+def area_density(result: Any, slide: Any, mpp: float | None) -> dict[str, Any]:
+    """The nuclei of a result per area of tissue (`nucseg.metrics.density`) over its region of the open `slide`
+    (the whole slide's tissue mask, as the engine skipped glass by it); mm² only when `mpp` is known."""
     from nucseg.metrics.density import summarize, tissue_map
 
-    region = None if hasattr(image, "shape") and not hasattr(image, "read_region") else result.region
-    tissue = tissue_map(image, region)
+    tissue = tissue_map(slide, result.region)
     return summarize(np.zeros((0, 2)), tissue, mpp, count=result.n_nuclei).to_dict()
 
 
@@ -337,5 +338,6 @@ def iter_predict_file(item: BatchItem, settings: BatchSettings, worker: dict[str
         result = yield from iter_predict(slide, settings.config, mpp=mpp, region=settings.region,
                                          out=outputs.store(big))
         image = slide.read_region(0, *result.region) if not big else slide  # a slide: read block by block
-        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, worker=worker or local_worker(),
+        return outputs.finish(result, mpp=mpp, mpp_from=mpp_from, image=image, slide=slide,
+                              worker=worker or local_worker(),
                               seconds=time.perf_counter() - t0)
