@@ -181,3 +181,32 @@ def test_too_few_held_out_nuclei_to_tell_leave_the_choice_to_the_person():
     result = FinetuneResult(None, [], before, after, False, validation_images=3)
     assert verdict_lines(result)[0].startswith("Not judged: the 3 held-out regions of 3 corrections hold 20 nuclei, "
                                                "too few to tell a gain from chance")
+
+
+def test_a_held_out_region_without_nuclei_has_no_score_of_its_own():
+    """bench_finetune.py --source tnbc --patient 03,06,09,11 (seed 0): a held-out block of tnbc_09_6 holds no
+    nucleus; the base model found nothing there and the new one something, and the table read "1.0000 -> 0.0000"
+    and counted it among the corrections the model got worse on. Such a score is 1 or 0 whatever the model learnt:
+    it is shown as "-" and left out of "higher on / lower on" (it still counts in the pooled score)."""
+    from nucseg.cli.finetune import tiles_table
+    from nucseg.jobs.finetune import verdict_lines
+    from nucseg.training.verdict import FinetuneResult, tile_changes
+
+    names = ["tnbc_03_4", "tnbc_03_5", "tnbc_06_1", "tnbc_09_1", "tnbc_09_2", "tnbc_09_6", "tnbc_11_3"]
+    nuclei = [12, 7, 17, 21, 15, 0, 12]
+
+    def scores(total, tiles):
+        return {"val_score": total, "val_aji": total, "heldout": "regions",
+                "tiles": [{"tile": t, "score": s, "nuclei": n} for t, s, n in zip(names, tiles, nuclei)]}
+
+    before = scores(0.691, [0.6417, 0.6617, 0.6519, 0.7086, 0.8070, 1.0, 0.2104])
+    after = scores(0.700, [0.7200, 0.5108, 0.6926, 0.7162, 0.7532, 0.0, 0.5819])
+    assert tile_changes(before, after) == (4, 2)
+    result = FinetuneResult(None, [], before, after, False, validation_images=7)
+    assert verdict_lines(result)[0] == (
+        "Better than its base model on the 7 held-out regions of 7 corrections: held-out score 0.691 -> 0.700 "
+        "(higher on 4, lower on 2 of 6 corrections with held-out nuclei).")
+    table = tiles_table(before, after)
+    (row,) = [line for line in table if line.startswith("tnbc_09_6")]
+    assert row.split() == ["tnbc_09_6", "-", "-", "0"]
+    assert "no score of its own" in table[-1]

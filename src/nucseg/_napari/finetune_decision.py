@@ -36,13 +36,17 @@ def scores_html(before: dict[str, float], after: dict[str, float]) -> str:
     table = f"<table><tr><th>held out</th><th>before</th><th>after</th></tr>{rows}</table>"
     tiles = tile_rows(before, after)
     if len(tiles) > 1:  # the verdict per correction: where it rose and where it fell
-        cells = "".join(
-            f"<tr><td>{escape(name[-28:])}</td><td align='right'>{'-' if b is None else f'{b:.3f}'}</td>"
-            f"<td align='right'><b>{a:.3f}</b></td><td align='right'>{n}</td></tr>" if b is not None and a > b else
-            f"<tr><td>{escape(name[-28:])}</td><td align='right'>{'-' if b is None else f'{b:.3f}'}</td>"
-            f"<td align='right'>{a:.3f}</td><td align='right'>{n}</td></tr>" for name, b, a, n in tiles)
+        def cell(score: float | None, bold: bool = False) -> str:
+            text = "-" if score is None else f"{score:.3f}"
+            return f"<td align='right'>{f'<b>{text}</b>' if bold else text}</td>"
+
+        cells = "".join(f"<tr><td>{escape(name[-28:])}</td>{cell(b)}"
+                        f"{cell(a, b is not None and a is not None and a > b)}<td align='right'>{n}</td></tr>"
+                        for name, b, a, n in tiles)
         table += (f"<table><tr><th>per correction</th><th>before</th><th>after</th><th>nuclei</th></tr>{cells}"
                   "</table>")
+        if any(not n for *_, n in tiles):
+            table += "<small>-: no held-out nuclei there, so no score of its own (it counts in the pooled one)</small>"
     return table
 
 

@@ -172,7 +172,10 @@ def tiles_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     width = min(40, max(len(name) for name, *_ in rows))
     lines = [f"{'per tile':<{width}} {'before':>8} {'after':>8} {'nuclei':>7}"]
     for name, b, a, nuclei in rows:
-        lines.append(f"{name[:width]:<{width}} {'-' if b is None else f'{b:.4f}':>8} {a:>8.4f} {nuclei:>7}")
+        lines.append(f"{name[:width]:<{width}} {'-' if b is None else f'{b:.4f}':>8} "
+                     f"{'-' if a is None else f'{a:.4f}':>8} {nuclei:>7}")
+    if any(not nuclei for *_, nuclei in rows):
+        lines.append("(-: a region without held-out nuclei has no score of its own; it counts in the pooled score)")
     return lines
 
 

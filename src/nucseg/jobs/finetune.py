@@ -254,8 +254,10 @@ def verdict_lines(result: FinetuneResult) -> list[str]:
     key = verdict_key(result.before, result.after)
     label = "held-out score" if key == "val_score" else "AJI"
     tiles = tile_rows(result.before, result.after)
+    scored = sum(1 for *_, nuclei in tiles if nuclei)
     up, down = tile_changes(result.before, result.after)
-    per_tile = f" (higher on {up}, lower on {down} of {len(tiles)} corrections)" if len(tiles) > 1 else ""
+    which = "corrections" if scored == len(tiles) else "corrections with held-out nuclei"
+    per_tile = f" (higher on {up}, lower on {down} of {scored} {which})" if scored > 1 else ""
     if result.verdict == BETTER:
         before, after = result.before[key], result.after[key]
         lines.append(f"Better than its base model on the {where}: {label} {before:.3f} -> {after:.3f}{per_tile}.")
@@ -286,10 +288,14 @@ def scores_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str
     return [(label, before.get(key), after[key]) for key, label in METRICS if key in after]
 
 
-def tile_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float | None, float, int]]:
-    """(tile, held-out score before or None, after, held-out nuclei) for each correction (or validation image)."""
+def tile_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, float | None, float | None, int]]:
+    """(tile, held-out score before, after, held-out nuclei) for each correction (or validation image). A score is
+    None where it is not known (no "before") or means nothing: a region without held-out nuclei scores 1 when a
+    model finds nothing there and 0 when it finds anything (seen: "1.0000 -> 0.0000" for one false nucleus); it
+    still counts in the pooled score, by the pixels of what a model put there."""
     old = {t["tile"]: t for t in before.get("tiles") or []}
-    return [(t["tile"], old[t["tile"]]["score"] if t["tile"] in old else None, t["score"], int(t["nuclei"]))
+    return [(t["tile"], old[t["tile"]]["score"] if t["tile"] in old and t["nuclei"] else None,
+             t["score"] if t["nuclei"] else None, int(t["nuclei"]))
             for t in after.get("tiles") or []]
 
 

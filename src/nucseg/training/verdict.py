@@ -51,9 +51,10 @@ def verdict_key(before: dict[str, Any], after: dict[str, Any]) -> str | None:
 
 
 def tile_changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int]:
-    """(tiles whose held-out score rose, tiles whose score fell) by more than `TILE_TOLERANCE`."""
+    """(tiles whose held-out score rose, tiles whose score fell) by more than `TILE_TOLERANCE`, among the tiles with
+    held-out nuclei (a region without any has no score of its own: 1 with nothing found there, 0 with anything)."""
     old = {t["tile"]: t["score"] for t in before.get("tiles") or []}
-    deltas = [t["score"] - old[t["tile"]] for t in after.get("tiles") or [] if t["tile"] in old]
+    deltas = [t["score"] - old[t["tile"]] for t in after.get("tiles") or [] if t["tile"] in old and t["nuclei"]]
     return sum(d > TILE_TOLERANCE for d in deltas), sum(d < -TILE_TOLERANCE for d in deltas)
 
 
