@@ -3,7 +3,7 @@
     python scripts/train_default.py train [--run NAME]   # runs (or resumes) ~/.nucseg/train/NAME
     python scripts/train_default.py export [--run NAME | --run-dir DIR]
                                               # tunes post-processing on the validation tiles and writes
-                                              # src/nucseg/models/weights/nucseg-default (fp16 safetensors);
+                                              # src/nucseg/models/weights/nucseg-v2 (fp16 safetensors);
                                               # DIR: a run of scripts/train_accelerated.py (GPU, time budget)
     python scripts/train_default.py replay    # writes the replay set (training-tile crops) fine-tuning rehearses
     python scripts/train_default.py constant-se --base MODEL --run NAME
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg-train"
 # outside the work tree: a later session gets a fresh checkout but may keep this machine, and the run resumes
 TRAIN_ROOT = Path(os.environ.get("NUCSEG_TRAIN_DIR", Path.home() / ".nucseg" / "train"))
-SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-default"
+SHIPPED = ROOT / "src" / "nucseg" / "models" / "weights" / "nucseg-v2"  # version 2, the default until version 3
 
 #: validation tiles, never trained on but they choose the step and thresholds (so not a held-out test): breast,
 #: kidney, liver, prostate, bladder (organ groups of the MoNuSeg training set)
@@ -168,7 +168,7 @@ def export(args) -> None:
             sys.exit(f"{dest} exists; pass --replace to ship a better model (git keeps the old one)")
         shutil.rmtree(dest)
     info = {
-        "name": "nucseg-default",
+        "name": "nucseg-v2",
         "version": args.version,
         "description": f"UNet ({base.encoder} encoder) for H&E nuclei at 40x (0.25 um/px): foreground, contour and "
                        "distance heads with marker-controlled watershed; trained from scratch on MoNuSeg 2018",

@@ -2,6 +2,7 @@
 
     nohup nice -n 10 .venv/bin/python scripts/train_v3.py train --run v3 > ~/.nucseg/train/v3.log 2>&1 &
     .venv/bin/python scripts/train_v3.py status --run v3        # steps done, patches/s, best validation so far
+    .venv/bin/python scripts/train_v3.py tune --run v3          # the watershed thresholds for its best weights
     .venv/bin/python scripts/train_v3.py export --run v3 --dest DIR   # the best weights as a model folder
 
 The same `train` command resumes the run from its last checkpoint (written at least every CHECKPOINT_SECONDS and
@@ -36,7 +37,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_default import TRAIN_ROOT, load_split  # noqa: E402
+from train_default import DATA, TRAIN_ROOT, load_split  # noqa: E402
 
 TNBC = ROOT.parent / "shared" / "data" / "tnbc"
 #: TNBC patients kept out of training (chosen before any training, by id, about a third of the 50 tiles)
@@ -89,7 +90,7 @@ def teacher_maps(run: Path, pairs, threads: int) -> dict[str, np.ndarray]:
     return maps
 
 
-TEACHER = "nucseg-default"  # version 2 when this run started; the run records the teacher's sha256
+TEACHER = "nucseg-v2"  # version 2 (the default until version 3 shipped); the run records its sha256
 
 
 def _resize(array: np.ndarray, size: int, resample) -> np.ndarray:
@@ -333,7 +334,61 @@ def train(args) -> None:
     print(f"done: {step} steps; best {best}", flush=True)
 
 
-def export(args) -> None:
+#: the watershed thresholds `tune` tries (foreground, seed, min area, min seed area): a coarse grid, then a finer
+#: one around where the students landed
+TUNE_GRIDS = (((0.4, 0.5, 0.6), (0.2, 0.3, 0.4, 0.5), (20, 40), (5, 15)),
+              ((0.42, 0.45, 0.47), (0.25, 0.3, 0.35), (30, 40, 50), (10, 15, 20)))
+
+
+def tune(args) -> None:
+    """Choose the run's watershed thresholds as version 2's were chosen, on the validation images: the best mean of
+    the MoNuSeg validation tiles' and the TNBC validation patients' mean AJI over `TUNE_GRIDS`, each image's
+    probabilities computed once by the engine (as `nucseg predict` runs it). Written to the run's
+    postprocess.json, which `export` puts in the model's config."""
+    import itertools
+    import tempfile
+
+    from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
+    from nucseg.inference.predict import predict
+    from nucseg.io.masks import read_labels
+    from nucseg.training.postprocess_tuning import mean_aji
+
+    run = TRAIN_ROOT / args.run
+    _, monuseg = load_split()
+    _, tnbc = tnbc_split()
+    sets = {"monuseg_val": [(p.image, DATA / "labels" / f"{p.name}.png") for p in monuseg],
+            "tnbc_val": [(p.image, TNBC / "labels" / f"{p.name}.png") for p in tnbc]}
+    with tempfile.TemporaryDirectory() as tmp:
+        export(argparse.Namespace(run=args.run, dest=Path(tmp) / "model", name=args.name, version=args.version),
+               postprocess=False)
+        cfg = InferenceConfig(model=str(Path(tmp) / "model"), device="cpu", tiling=TilingConfig(512, 64, 2))
+        probs = {name: [predict(image, cfg, mpp=0.25).probabilities for image, _ in pairs]
+                 for name, pairs in sets.items()}
+    truths = {name: [read_labels(path) for _, path in pairs] for name, pairs in sets.items()}
+    rows = []
+    for grid in TUNE_GRIDS:
+        for values in itertools.product(*grid):
+            config = PostprocessConfig(*values)
+            scores = {name: mean_aji(probs[name], truths[name], config) for name in sets}
+            rows.append({"postprocess": {k: v for k, v in config.to_dict().items() if v is not None},
+                         "aji": {k: round(v, 4) for k, v in scores.items()}, "mean": float(np.mean(list(scores.values())))})
+            print(json.dumps(rows[-1]), flush=True)
+    best = max(rows, key=lambda r: r["mean"])
+    choice = {**best, "weights_sha256": _sha256(run / "best.safetensors"),
+              "how": "scripts/train_v3.py tune: the best mean of the MoNuSeg validation tiles' and the TNBC "
+                     "validation patients' mean AJI over TUNE_GRIDS (engine probabilities, 512 px tiles)",
+              "grid": rows}
+    (run / "postprocess.json").write_text(json.dumps(choice, indent=1))
+    print(f"chosen: {best['postprocess']} (mean AJI {best['mean']}: {best['aji']}) -> {run / 'postprocess.json'}")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export(args, postprocess: bool = True) -> None:
     """Write the run's best EMA weights as a model folder (fp16 safetensors + config.json): the candidate that
     benchmarks/bench_models.py scores against version 2 before anything ships."""
     from safetensors.torch import load_file
@@ -346,13 +401,22 @@ def export(args) -> None:
     net.load_state_dict(load_file(str(run / "best.safetensors")))
     state = json.loads((run / "checkpoints" / "latest.json").read_text())
     log = (run / "log.csv").read_text().splitlines()
+    post, choice = spec.postprocess_defaults, "version 2's (scripts/train_v3.py tune not run on these weights)"
+    tuned = run / "postprocess.json"
+    if postprocess and tuned.is_file():
+        record = json.loads(tuned.read_text())
+        if record["weights_sha256"] != _sha256(run / "best.safetensors"):
+            raise SystemExit(f"{tuned} was tuned on other weights than {run / 'best.safetensors'}: run tune again")
+        post = record["postprocess"]
+        choice = f"{record['how']}: mean AJI {record['aji']}"
     info = {
         "name": args.name,
         "version": args.version,
         "description": "UNet (efficientnet-b0 encoder, lean decoder 64-32-16-16-8) for H&E nuclei at 40x (0.25 um/px): "
                        "foreground, contour and distance heads with marker-controlled watershed; distilled from "
                        "version 2 on the CPU with MoNuSeg 2018 and TNBC truth",
-        "postprocess": spec.postprocess_defaults,
+        "postprocess": post,
+        "postprocess_choice": choice,
         "training": {"data": "MoNuSeg 2018 training set (25 tiles; Kumar et al. 2017/2019, CC BY-NC-SA 4.0) and "
                              "TNBC (Naylor et al. 2019, CC BY 4.0), patients not in tnbc_validation",
                      "settings": settings, "steps_run": state["epoch"], "log": log,
@@ -375,7 +439,7 @@ def status(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["train", "status", "export"])
+    parser.add_argument("action", choices=["train", "status", "tune", "export"])
     parser.add_argument("--run", default="v3", help="run folder under $NUCSEG_TRAIN_DIR (~/.nucseg/train)")
     parser.add_argument("--steps", type=int, help="total steps of a new run (default SETTINGS['steps'])")
     parser.add_argument("--threads", type=int, default=2)
@@ -392,7 +456,7 @@ def main() -> None:
     parser.add_argument("--name", default="nucseg-default", help="export: the model's name in its config")
     parser.add_argument("--version", default="3", help="export: the model's version")
     args = parser.parse_args()
-    {"train": train, "status": status, "export": export}[args.action](args)
+    {"train": train, "status": status, "tune": tune, "export": export}[args.action](args)
 
 
 if __name__ == "__main__":

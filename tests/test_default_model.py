@@ -83,3 +83,40 @@ def test_real_architecture_tiles_like_one_tile(sample, name):
         whole = predict_probabilities(net, image, spec, torch.device("cpu"), TilingConfig(512, 0, 1))
         tiled = predict_probabilities(net, image, spec, torch.device("cpu"), TilingConfig(256, 64, 2))
     assert np.abs(whole - tiled).mean() < 1e-3 and np.abs(whole - tiled).max() < 0.02
+
+
+def test_version_3_is_the_default_and_fine_tuning_starts_from_it():
+    from nucseg.config import FinetuneConfig
+
+    spec = resolve_model(DEFAULT_MODEL)
+    assert spec.info["version"] == "3" and tuple(spec.decoder_channels) == (64, 32, 16, 16, 8)
+    assert resolve_model(FinetuneConfig().base_model).sha256 == spec.sha256
+    # shipped only because it matched or beat version 2 on every validation set (docs/MODEL.md)
+    ours, v2 = spec.info["validation"]["sets"], spec.info["validation"]["version_2"]
+    assert ours.keys() == v2.keys() and all(ours[s][m] >= v2[s][m] for s in ours for m in ("aji", "dice", "f1", "pq"))
+
+
+def test_version_2_stays_loadable_by_name_and_its_fine_tuned_versions_keep_working(sample, tmp_path):
+    """A version fine-tuned from version 2 before version 3 shipped names "nucseg-default" as its base and carries
+    no decoder_channels (version 2's are smp's default): it still builds version 2's network and segments."""
+    import json
+    import shutil
+
+    from nucseg.models.registry import SMP_DECODER_CHANNELS
+
+    image, truth = sample
+    v2 = resolve_model("nucseg-v2")
+    assert v2.info["version"] == "2" and tuple(v2.decoder_channels or SMP_DECODER_CHANNELS) == SMP_DECODER_CHANNELS
+    old = tmp_path / "lab-v1"
+    shutil.copytree(v2.folder, old, ignore=shutil.ignore_patterns("replay"))
+    config = json.loads((old / "config.json").read_text())
+    config.pop("decoder_channels", None)
+    config.update(name="lab-v1", base_model="nucseg-default")
+    (old / "config.json").write_text(json.dumps(config))
+    results = []
+    for model in ("nucseg-v2", str(old)):
+        spec = resolve_model(model)
+        cfg = InferenceConfig(model=model, device="cpu", tiling=TilingConfig(512, 64, 2))
+        results.append(predict(image, cfg, mpp=spec.mpp).labels)
+        assert match_instances(truth, results[-1], 0.5).f1 > 0.5
+    assert np.array_equal(*results)
