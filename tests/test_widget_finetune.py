@@ -297,7 +297,7 @@ def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewe
     def record_then_stop(record):
         on_record(record)
         records.append(record)
-        if record.get("kind") == "step" and record["step"] == 2:
+        if record.kind == "progress" and record.info["step"] == 2:
             widget.stop()
 
     widget._on_record = record_then_stop
@@ -367,7 +367,7 @@ def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pa
     out = versions.new_version_dir(base_version)
     gen = corrections_finetune(store_with_pairs, config, out)
     for record in gen:  # the viewer was closed during epoch 2
-        if record["kind"] == "step" and record["epoch"] == 2:
+        if record.kind == "progress" and record.info["epoch"] == 2:
             gen.close()
             break
     viewer = make_napari_viewer()
