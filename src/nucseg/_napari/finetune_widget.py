@@ -57,7 +57,7 @@ from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
 from .model_list import ModelCombo
 from .plots import TrainingPlots
-from .versions_panel import VersionsPanel, VersionsWatcher
+from .versions_panel import VersionsPanel
 
 if TYPE_CHECKING:
     from nucseg.progress import Progress
@@ -108,9 +108,9 @@ class FinetuneWidget(QWidget):
         self.model_combo.model_chosen.connect(self._on_base_changed)
         self.model_combo.model_lost.connect(show_info)
         self.resume_check.toggled.connect(self._update_enabled)
-        self.watcher = VersionsWatcher(self)  # versions kept here, and those `nucseg finetune` writes elsewhere
-        self.watcher.changed.connect(self.refresh_versions)
-        self.model_combo.listed.connect(self.watcher.check)  # its own watcher saw the disk first: the panel follows
+        # the model list watches the versions (kept here, or written by `nucseg finetune` elsewhere): the panel and
+        # the run to resume follow it
+        self.model_combo.listed.connect(self._versions_listed)
         self._corrections_changed_qt.connect(self.refresh_data)
         corrections_changed.connect(self._relay_corrections)
         self.refresh_versions()
@@ -182,7 +182,9 @@ class FinetuneWidget(QWidget):
 
     def refresh_versions(self) -> None:
         """Re-list base models, fine-tuned versions and the unfinished run."""
-        self.model_combo.refresh()
+        self.model_combo.refresh()  # then `_versions_listed`
+
+    def _versions_listed(self) -> None:
         self.versions_panel.refresh()
         runs = versions.unfinished_runs()
         self._resumable = runs[0] if runs else None
