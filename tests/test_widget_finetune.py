@@ -18,7 +18,7 @@ from test_finetune import tiny_model  # noqa: F401 - fixture
 from test_responsiveness import GapMeter
 
 from fake_models import blob_image
-from nucseg.training.corrections import CorrectionStore
+from nucseg.training.corrections.store import CorrectionStore
 
 pytestmark = pytest.mark.gui
 

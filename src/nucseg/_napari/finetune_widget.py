@@ -47,7 +47,7 @@ from nucseg.jobs.finetune import (
 )
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.training.corrections import CorrectionStore, corrections_changed
+from nucseg.training.corrections.store import CorrectionStore, corrections_changed
 from nucseg.training.estimate import format_minutes
 
 from ._forms import scroll_area

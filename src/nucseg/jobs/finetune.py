@@ -24,7 +24,7 @@ from nucseg.errors import InvalidInputError
 from nucseg.progress import Progress
 
 if TYPE_CHECKING:
-    from nucseg.training.corrections import CorrectionStore
+    from nucseg.training.corrections.store import CorrectionStore
     from nucseg.training.dataset import TrainingPair
     from nucseg.training.finetune import FinetuneResult
     from nucseg.training.holdout import HeldOut
