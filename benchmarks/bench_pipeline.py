@@ -1,7 +1,7 @@
 """(a) The whole pipeline vs a model-only forward over the same tiles, and (b) vs MONAI's sliding window.
 
 Pipeline = read, normalise, batch, forward, blend, watershed post-processing, labels out. Model-only = just the
-forward passes over the very same tiles and batches, plus the encoder pass over the image's gate windows that
+forward passes over the very same tiles and batches (the engine's plan: `plan_prediction`), plus the encoder pass over the image's gate windows that
 fixes the squeeze-excitation gates (part of how the model is run, see nucseg.inference.calibration).
 MONAI = `sliding_window_inference` with the same network, tile and overlap (gaussian blending), as a user would
 call it: the smp network with its weights loaded, in eval mode. Our pipeline prepares that network for inference
@@ -27,8 +27,8 @@ from nucseg.config import InferenceConfig, TilingConfig
 from nucseg.inference import tile_store as predict_module  # where the engine calls the network
 from nucseg.inference.calibration import network_for_image
 from nucseg.inference.forward import predict_batch, to_input_tensor
+from nucseg.inference.plan import plan_prediction
 from nucseg.inference.predict import predict
-from nucseg.inference.tiling import iter_batches, pad_to_tile, tile_grid
 from nucseg.models.build import build_network, load_network, load_weights
 from nucseg.models.registry import resolve_model
 
@@ -58,13 +58,16 @@ def main() -> None:
     net = load_network(spec, device)
     image = he_tile(6)[:992, :992]  # a multiple of 32, so the whole-image pass needs no padding
     config = InferenceConfig(model=name, device="cpu", tiling=TilingConfig(TILE, OVERLAP, BATCH))
-    padded, _ = pad_to_tile(image, TILE)
-    tiles = tile_grid(padded.shape[:2], TILE, OVERLAP)
+    plan = plan_prediction(image, config)  # the tiles and batches the pipeline runs
+    tiles = plan.tiles
+    # their pixels, read before timing (reading is the pipeline's work, not the model's)
+    batches = [np.stack([plan.source.read(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0) for t in (tiles[i] for i in batch)])
+               for batch in plan.batches]
 
     def model_only():
         gated = network_for_image(net, image, spec, device)
-        for batch in iter_batches(tiles, BATCH):
-            predict_batch(gated, np.stack([padded[t.slices] for t in batch]), spec, device)
+        for pixels in batches:
+            predict_batch(gated, pixels, spec, device)
 
     # the pipeline's own network time, clocked inside it: what it spends outside the network (reading, batching,
     # blending, watershed) is then measured in the same run, free of the noise between two separate runs
@@ -118,7 +121,7 @@ def main() -> None:
     theirs = result["m"][0, 0].numpy()
     seam_nucseg, seam_monai = seam_measure(ours, whole, tiles), seam_measure(theirs, whole_users, tiles)
     emit("pipeline", {
-        "model": name, "image": list(image.shape[:2]), "tile": TILE, "overlap": OVERLAP, "batch": BATCH,
+        "model": name, "image": list(image.shape[:2]), "tile": plan.tile_size, "overlap": plan.overlap, "batch": BATCH,
         "tiles": len(tiles), "model_only_s": round(t_model, 3), "pipeline_s": round(t_pipe, 3),
         "monai_s": round(t_monai, 3), "pipeline_over_model_only": round(t_pipe / t_model, 3),
         "pipeline_over_model_only_paired": round(paired_ratio(times, "pipeline", "model_only"), 3),

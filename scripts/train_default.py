@@ -76,6 +76,7 @@ def load_split():
 
 def train(args) -> None:
     from nucseg.config import FinetuneConfig
+    from nucseg.progress import drive
     from nucseg.training.finetune import iter_finetune
 
     torch.set_num_threads(args.threads)
@@ -84,9 +85,13 @@ def train(args) -> None:
     run = TRAIN_ROOT / args.run
     gen = iter_finetune(train_pairs, val_pairs, config, run, resume=run.exists(),
                         info={"description": "default nuclei model"})
-    for rec in gen:
-        if rec["kind"] != "step":
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
+
+    def show(record) -> None:  # every record but the training steps, as a JSON line
+        if record.kind != "progress":
+            facts = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.info.items()}
+            print(json.dumps({"kind": record.kind, "stage": record.stage, **facts}), flush=True)
+
+    drive(gen, show)
 
 
 def tune_postprocess(probs, val, current: dict):

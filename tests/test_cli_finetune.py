@@ -79,7 +79,7 @@ def test_resume_continues_with_the_saved_settings(tiny_model, folders, tmp_path,
     train, val, _ = folder_pairs(images, labels, config=config)  # as the command line splits them
     gen = iter_finetune(train, val, config, out)
     for record in gen:  # interrupted after epoch 1
-        if record["kind"] == "epoch":
+        if record.kind == "epoch":
             gen.close()
             break
     code = main(["finetune", "--images", str(images), "--labels", str(labels), "--out", str(out), "--resume",

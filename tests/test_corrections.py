@@ -10,7 +10,7 @@ import pytest
 
 from fake_models import blob_image
 from nucseg.errors import InvalidInputError, StoreError
-from nucseg.training.corrections import CorrectionStore, corrections_changed
+from nucseg.training.corrections.store import CorrectionStore, corrections_changed
 
 
 @pytest.fixture

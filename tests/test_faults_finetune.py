@@ -73,7 +73,7 @@ def _two_checkpoints(model: Path, out: Path) -> tuple[FinetuneConfig, list]:
     config = FinetuneConfig(base_model=str(model), **{**TINY, "epochs": 3})
     gen = iter_finetune(pairs[:2], pairs[2:], config, out)
     for record in gen:
-        if record["kind"] == "epoch" and record["epoch"] == 2:
+        if record.kind == "epoch" and record.info["epoch"] == 2:
             gen.close()
             break
     return config, pairs
@@ -91,7 +91,7 @@ def test_a_truncated_checkpoint_resumes_from_the_last_intact_one(tiny_model, tmp
     config, pairs = _two_checkpoints(tiny_model, out)
     _truncate(out / "checkpoints" / "epoch-0002" / "weights.safetensors")
     records, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True))
-    notes = [r["message"] for r in records if r["kind"] == "note"]
+    notes = [r.stage for r in records if r.kind == "note"]
     assert len(notes) == 1 and "epoch-0002" in notes[0] and "epoch 1" in notes[0]
     assert epochs_of(records) == [2, 3]  # epoch 2 is trained again from checkpoint 1
     assert [r["epoch"] for r in result.history] == [1, 2, 3]

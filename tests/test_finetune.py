@@ -50,7 +50,7 @@ def drain(gen):
 
 
 def epochs_of(records):
-    return [r["epoch"] for r in records if r["kind"] == "epoch"]
+    return [r.info["epoch"] for r in records if r.kind == "epoch"]
 
 
 def test_resume_after_a_crash_starts_at_the_next_epoch(tiny_model, tmp_path):
@@ -64,20 +64,26 @@ def test_resume_after_a_crash_starts_at_the_next_epoch(tiny_model, tmp_path):
     records = []
     for record in gen:  # a crash right after epoch 2 was checkpointed
         records.append(record)
-        if record["kind"] == "epoch" and record["epoch"] == 2:
+        if record.kind == "epoch" and record.info["epoch"] == 2:
             gen.close()
             break
-    assert records[0]["kind"] == "preparing"  # something to show at once, before the model is loaded
-    baseline = next(r for r in records if r["kind"] == "baseline")
+    assert records[0].kind == "preparing" and records[0].stage  # something to show at once, before the model loads
+    baseline = next(r for r in records if r.kind == "baseline").info
     assert "val_aji" in baseline and "val_score" in baseline
+    # one bar for the whole run: every record counts training steps over all epochs
+    assert {r.total for r in records} == {6} and [r.done for r in records if r.kind == "epoch"] == [2, 4]
+    assert [r.done for r in records] == sorted(r.done for r in records)
+    steps = [r for r in records if r.kind == "progress"]
+    assert [r.done for r in steps] == [1, 2, 3, 4] and steps[-1].stage.startswith("epoch 2 of 3, step 2 of 2, loss")
     assert not (out / "model.safetensors").exists()
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 2
 
     resumed, result = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True))
     assert epochs_of(resumed) == [3]
+    assert [r.done for r in resumed if r.kind == "progress"] == [5, 6]  # the bar goes on where the run stopped
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.model_dir == out and not result.stopped
-    assert result.before == {k: v for k, v in baseline.items() if k != "kind"}
+    assert result.before == baseline
     spec = resolve_model(out)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["validation"]["after"] and cfg["created"] and cfg["base_model"]["name"] == "tiny"
@@ -103,19 +109,16 @@ def test_stop_keeps_the_best_epoch_and_makes_a_loadable_model(tiny_model, tmp_pa
     pairs = tiny_pairs()
     config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 5, "steps_per_epoch": 3})
     stop = threading.Event()
-    gen = iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run", stop=stop)
     records = []
-    while True:
-        try:
-            record = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
+
+    def stop_in_epoch_2(record):
         records.append(record)
-        if record["kind"] == "step" and record["epoch"] == 2 and record["step"] == 1:
+        if record.kind == "progress" and record.info["epoch"] == 2 and record.info["step"] == 1:
             stop.set()
+
+    result = drive(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run", stop=stop), stop_in_epoch_2)
     assert result.stopped and epochs_of(records) == [1, 2]
-    assert records[-1]["partial"] is True
+    assert records[-1].info["partial"] is True and records[-1].done == 4  # 3 steps of epoch 1, 1 of epoch 2
     assert result.model_dir is not None and result.after
     best = [r for r in result.history if r["best"]][-1]
     assert result.after == {k: v for k, v in best.items() if k.startswith("val_") or k in ("tiles", "heldout")}
@@ -144,7 +147,7 @@ KILL_SCRIPT = textwrap.dedent("""
     pairs = tiny_pairs()
     config = FinetuneConfig(base_model={model!r}, **{{**TINY, "epochs": 3, "steps_per_epoch": 3}})
     for record in iter_finetune(pairs[:2], pairs[2:], config, {out!r}, resume=True):
-        print(json.dumps({{k: record.get(k) for k in ("kind", "epoch", "step")}}), flush=True)
+        print(json.dumps({{"kind": record.kind, **{{k: record.info.get(k) for k in ("epoch", "step")}}}}), flush=True)
 """)
 
 
@@ -159,7 +162,7 @@ def test_kill_9_mid_epoch_resumes_from_the_last_checkpoint(tiny_model, tmp_path)
     try:
         for line in proc.stdout:  # kill -9 in the middle of epoch 2 (epoch 1 is checkpointed)
             record = json.loads(line)
-            if record["kind"] == "step" and record["epoch"] == 2 and record["step"] == 2:
+            if record["kind"] == "progress" and record["epoch"] == 2 and record["step"] == 2:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
     finally:
@@ -287,7 +290,7 @@ def test_a_version_worse_than_its_base_is_not_registered_unless_asked(tiny_model
     assert json.loads((out / "candidate.json").read_text())["validation"]["verdict"] == NOT_BETTER
     # resuming the finished run trains nothing and returns the same decision; keep="always" keeps it
     records, again = drain(iter_finetune(pairs[:2], pairs[2:], config, out, resume=True, keep="always"))
-    assert [r["kind"] for r in records] == ["baseline"] and again.model_dir == out and not again.pending
+    assert [r.kind for r in records] == ["baseline"] and again.model_dir == out and not again.pending
     assert resolve_model(out).trained and again.before["val_score"] == 0.988
     with pytest.raises(Exception, match="no model waiting"):
         register_candidate(out)
@@ -314,15 +317,12 @@ def test_stop_leaves_the_choice_and_says_how_many_steps_ran(tiny_model, tmp_path
     config = FinetuneConfig(base_model=str(tiny_model), **{**TINY, "epochs": 5, "steps_per_epoch": 4})
     out = versions.new_version_dir(tiny_model)
     stop = threading.Event()
-    gen = iter_finetune(pairs[:2], pairs[2:], config, out, stop=stop, keep="ask")
-    while True:
-        try:
-            record = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
-        if record["kind"] == "step" and record["step"] == 2:
-            stop.set()  # Stop after two steps
+
+    def stop_after_two_steps(record):
+        if record.kind == "progress" and record.info["step"] == 2:
+            stop.set()
+
+    result = drive(iter_finetune(pairs[:2], pairs[2:], config, out, stop=stop, keep="ask"), stop_after_two_steps)
     assert result.stopped and result.steps_done == 2 and result.steps_planned == 20 and result.pending
     assert versions.list_versions() == [] and versions.pending_candidates() == [out]
     assert versions.unfinished_runs() == []  # over: not offered for resuming, only for the decision

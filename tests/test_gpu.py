@@ -73,6 +73,6 @@ def test_training_steps_run_in_mixed_precision_on_cuda(tmp_path):
     config = FinetuneConfig(base_model=str(tiny_model_folder(tmp_path)),
                             **{**TINY, "device": "cuda", "steps_per_epoch": 3})
     records, result = drain(iter_finetune(pairs[:2], pairs[2:], config, tmp_path / "run"))
-    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    losses = [r.info["loss"] for r in records if r.kind == "progress"]
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert result.model_dir is not None and (result.model_dir / "model.safetensors").is_file()

@@ -8,7 +8,7 @@ import pytest
 from test_correction_tools import FAINT, centre_of, nuclei_by_area, tools_image
 from test_widget_segment import make_widget, net, nuclei_layer, nucseg_home, run_and_wait  # noqa: F401 - fixtures
 
-from nucseg.training.corrections import edit_neighbourhood, region_boxes
+from nucseg.training.corrections.reviewed_regions import edit_neighbourhood, region_boxes
 
 
 def test_edit_neighbourhood_is_the_edits_and_background_near_them_never_an_untouched_nucleus():

@@ -120,7 +120,7 @@ def test_fine_tuning_refuses_before_any_work_by_one_rule(tmp_path):
     from nucseg.config import FinetuneConfig
     from nucseg.errors import InvalidInputError
     from nucseg.jobs.finetune import require_original_data, require_reviewed
-    from nucseg.training.corrections import CorrectionStore
+    from nucseg.training.corrections.store import CorrectionStore
 
     with pytest.raises(InvalidInputError, match="carries no replay set: give it"):
         require_original_data(FinetuneConfig(base_model="unet-efficientnet-b0", mix_original=0.5), False, "give it")

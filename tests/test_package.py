@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_MODULES = [
     "nucseg", "nucseg.config", "nucseg.errors", "nucseg.cli", "nucseg.io.slides", "nucseg.io.masks", "nucseg.io.export",
     "nucseg.models.registry", "nucseg.models.build", "nucseg.inference.predict", "nucseg.inference.postprocess",
-    "nucseg.metrics.report", "nucseg.metrics.overlays", "nucseg.training.finetune", "nucseg.training.corrections",
+    "nucseg.metrics.report", "nucseg.metrics.overlays", "nucseg.training.finetune", "nucseg.training.corrections.store",
+    "nucseg.training.corrections.reviewed_regions",
     "nucseg.classify.store", "nucseg.classify.apply", "nucseg.classify.examples", "nucseg.classify.clicks",
     "nucseg.editing.tools", "nucseg.editing.grow", "nucseg.editing.maps", "nucseg.editing.history",
 ]

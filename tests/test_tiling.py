@@ -1,21 +1,50 @@
-"""Tiling and stitching are pure functions: exhaustive small tests (DESIGN.md rule 5)."""
+"""Tiling and stitching are pure functions: exhaustive small tests (DESIGN.md rule 5), on the grid the engine
+plans (`nucseg.inference.plan.plan_prediction`) and the blend it runs (`nucseg.inference.blocks`)."""
 
 import itertools
 
 import numpy as np
 import pytest
 
+from nucseg.config import InferenceConfig, TilingConfig
+from nucseg.inference.plan import plan_prediction
 from nucseg.inference.stitching import BlendCanvas
+from nucseg.inference.tile_store import TilePart
 from nucseg.inference.tiling import (
     aligned_stride,
     blend_window,
     grid_starts,
-    pad_to_tile,
     plan_overlap,
     tile_extent,
-    tile_grid,
     tile_starts,
 )
+
+
+def plan_of(image, tile, overlap, block, region=None):
+    """The engine's plan of `image` (every tile runs: no glass is skipped)."""
+    config = InferenceConfig(model="unet-mobilenet_v2", tiling=TilingConfig(tile, overlap, 2), block_size=block,
+                             skip_background=False)
+    return plan_prediction(image, config, region=region)
+
+
+class PointwiseStore:
+    """A `TileStore` whose "network" is a pixelwise function of the tile's pixels, read as the engine reads them."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def iter_predictions(self, ids, block, stop=None):
+        yield from ()
+        parts = {}
+        for i in ids:
+            t = self.plan.tiles[i]
+            pixels = self.plan.source.read(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)
+            parts[i] = TilePart(pointwise(pixels))
+        return parts, len(ids), False
+
+
+def pointwise(pixels):
+    return np.moveaxis(np.sin(pixels.astype(np.float32) / 255 * 3), 2, 0)
 
 
 @pytest.mark.parametrize("length,tile,stride", list(itertools.product([32, 33, 64, 95, 128, 257], [32, 64], [16, 24, 32])))
@@ -52,14 +81,24 @@ def test_blend_window_hardly_counts_a_tiles_outer_quarter_of_the_overlap():
 @pytest.mark.parametrize("shape", [(64, 64), (100, 37), (37, 100), (130, 171), (257, 64)])
 @pytest.mark.parametrize("tile,overlap", [(64, 0), (64, 16), (64, 31), (96, 32)])
 def test_stitching_a_pointwise_function_is_exact(shape, tile, overlap):
-    """Any pixelwise prediction, tiled and blended, equals the whole-image prediction everywhere."""
+    """Any pixelwise prediction, tiled on the engine's grid and blended as its blocks blend, equals the
+    whole-image prediction everywhere (one block, and blocks of two tiles' side)."""
+    from types import SimpleNamespace
+
+    from nucseg.inference.blocks import iter_block_probabilities
+    from nucseg.progress import drive
+
     rng = np.random.default_rng(sum(shape) + tile + overlap)
-    image = rng.random((*shape, 2)).astype(np.float32)
-    padded, (h, w) = pad_to_tile(image, tile)
-    canvas = BlendCanvas((h, w), 2, tile, overlap)
-    for t in tile_grid(padded.shape[:2], tile, overlap):
-        canvas.add(t, np.moveaxis(np.sin(padded[t.slices] * 3), 2, 0))
-    np.testing.assert_allclose(canvas.result(), np.moveaxis(np.sin(image * 3), 2, 0), rtol=1e-5, atol=1e-6)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    predictor = SimpleNamespace(spec=SimpleNamespace(heads=("r", "g", "b")))
+    for block in (max(2048, *shape), 2 * tile):
+        plan = plan_of(image, tile, overlap, block)
+        store = PointwiseStore(plan)
+        for b in plan.blocks:
+            probs, run, _ = drive(iter_block_probabilities(plan, b.index, predictor, store=store))
+            ry, rx, rh, rw = b.read
+            assert run == len(b.tiles)
+            np.testing.assert_allclose(probs, pointwise(image[ry : ry + rh, rx : rx + rw]), rtol=1e-5, atol=1e-6)
 
 
 def test_canvas_with_origin_ignores_outside_parts():
@@ -88,13 +127,15 @@ def test_a_tile_added_in_parts_blends_as_the_whole_tile():
     assert np.array_equal(whole.result(), parts.result()) and whole.result().any()
 
 
-def test_pad_to_tile_keeps_large_images():
-    img = np.zeros((70, 80, 3), np.uint8)
-    same, shape = pad_to_tile(img, 64)
-    assert same is img and shape == (70, 80)
-    small, shape = pad_to_tile(np.zeros((5, 3, 3), np.uint8), 64)
-    assert small.shape == (64, 64, 3) and shape == (5, 3)
-    assert small[:5, :3].max() == 0 and small[5:].min() == 255 and small[:, 3:].min() == 255  # white: no tissue
+def test_tiles_read_white_beyond_the_image():
+    """A tile reaching past the image's end reads white there (no tissue): mirroring would add phantom nuclei,
+    and a network with squeeze-excitation (global pooling) changes its whole tile's output with them."""
+    image = np.zeros((5, 3, 3), np.uint8)
+    plan = plan_of(image, 64, 16, 2048)
+    (t,) = plan.tiles
+    assert (t.y0, t.x0) == (0, 0) and t.y1 >= 32 and t.x1 >= 32
+    pixels = plan.source.read(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0)
+    assert pixels[:5, :3].max() == 0 and pixels[5:].min() == 255 and pixels[:, 3:].min() == 255
 
 
 def test_in_memory_and_slide_paths_pad_alike(tmp_path):
@@ -118,20 +159,29 @@ def test_in_memory_and_slide_paths_pad_alike(tmp_path):
 
 @pytest.mark.parametrize("shape", [(40, 300), (300, 40), (200, 257), (64, 64)])
 @pytest.mark.parametrize("box", [None, (10, 20, 60, 90), (0, 0, 5, 5), (150, 150, 200, 257)])
-def test_tile_grid_covers_its_box_and_stays_inside_the_image_when_it_can(shape, box):
+@pytest.mark.parametrize("block", [64, 2048])
+def test_the_engines_tiles_cover_every_block_on_the_images_grid(shape, box, block):
+    """Every block's read box (core and halo) is covered by its tiles; the tiles sit on the image's grid (from its
+    origin, `stride` apart) whatever region is asked, and reach past the image's end by less than 32 px."""
     tile, overlap = 64, 16
     y0, x0, y1, x1 = box if box is not None else (0, 0, *shape)
     y1, x1 = min(y1, shape[0]), min(x1, shape[1])
     if y1 <= y0 or x1 <= x0:
         return
-    tiles = tile_grid(shape, tile, overlap, box and (y0, x0, y1, x1))
-    covered = np.zeros(shape, bool)
-    for t in tiles:
-        assert t.y1 - t.y0 == tile and t.x1 - t.x0 == tile
-        for lo, hi, length in ((t.y0, t.y1, shape[0]), (t.x0, t.x1, shape[1])):
-            assert (0 <= lo and hi <= length) if length >= tile else lo == 0  # past the end only on a short axis
-        covered[t.slices] = True
-    assert covered[y0:y1, x0:x1].all()
+    image = np.zeros((*shape, 3), np.uint8)
+    plan = plan_of(image, tile, overlap, block, region=(y0, x0, y1 - y0, x1 - x0))
+    oy, ox = plan.source.origin
+    assert (oy, ox) == (y0, x0)
+    for b in plan.blocks:
+        ry, rx, rh, rw = b.read
+        covered = np.zeros((rh, rw), bool)
+        for t in b.tiles:
+            assert (t.y0 + oy) % plan.stride == 0 and (t.x0 + ox) % plan.stride == 0
+            assert t.y1 - t.y0 <= plan.tile_size and t.x1 - t.x0 <= plan.tile_size
+            assert 0 <= t.y0 + oy and t.y1 + oy < shape[0] + 32 and 0 <= t.x0 + ox and t.x1 + ox < shape[1] + 32
+            covered[max(t.y0 - ry, 0) : max(t.y1 - ry, 0), max(t.x0 - rx, 0) : max(t.x1 - rx, 0)] = True
+        assert covered.all()
+    assert {t for b in plan.blocks for t in b.tiles} == set(plan.tiles)
 
 
 def test_the_grid_is_the_images_whatever_part_is_asked():

@@ -18,7 +18,7 @@ from test_finetune import tiny_model  # noqa: F401 - fixture
 from test_responsiveness import GapMeter
 
 from fake_models import blob_image
-from nucseg.training.corrections import CorrectionStore
+from nucseg.training.corrections.store import CorrectionStore
 
 pytestmark = pytest.mark.gui
 
@@ -297,7 +297,7 @@ def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewe
     def record_then_stop(record):
         on_record(record)
         records.append(record)
-        if record.get("kind") == "step" and record["step"] == 2:
+        if record.kind == "progress" and record.info["step"] == 2:
             widget.stop()
 
     widget._on_record = record_then_stop
@@ -367,7 +367,7 @@ def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pa
     out = versions.new_version_dir(base_version)
     gen = corrections_finetune(store_with_pairs, config, out)
     for record in gen:  # the viewer was closed during epoch 2
-        if record["kind"] == "step" and record["epoch"] == 2:
+        if record.kind == "progress" and record.info["epoch"] == 2:
             gen.close()
             break
     viewer = make_napari_viewer()
@@ -470,7 +470,27 @@ def test_a_version_written_by_another_process_appears_in_the_open_widget(make_na
     assert widget.model_combo.findData(str(new)) < 0
     shutil.copytree(base_version, new)  # what another process leaves behind
     qtbot.waitUntil(lambda: widget.model_combo.findData(str(new)) >= 0, timeout=10000)
-    assert "from-the-terminal" in widget.versions_panel.names() and not widget.watcher.check()
+    assert "from-the-terminal" in widget.versions_panel.names() and not widget.model_combo.watcher.check()
+    assert errors == []
+
+
+def test_the_dock_reads_the_versions_once_per_change(make_napari_viewer, qtbot, base_version, errors):
+    """One watcher of the versions folder (issue 21): a version kept in this process re-reads the model list and
+    the versions panel once each (two watchers read both twice, and the list a third time)."""
+    from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg._napari.model_list import POLL_MS
+    from nucseg.models import versions
+
+    widget = FinetuneWidget(make_napari_viewer())
+    lists, panels = [], []
+    widget.model_combo.listed.connect(lambda: lists.append(1))
+    panel_refresh = widget.versions_panel.refresh
+    widget.versions_panel.refresh = lambda: (panels.append(1), panel_refresh())
+    new = shutil.copytree(base_version, base_version.parent / "kept-here")
+    versions.versions_changed.emit()  # as `FinetuneResult.keep` does
+    qtbot.waitUntil(lambda: widget.model_combo.findData(str(new)) >= 0, timeout=10000)
+    qtbot.wait(POLL_MS + 500)  # a look at the disk after the change finds nothing new
+    assert (len(lists), len(panels)) == (1, 1) and "kept-here" in widget.versions_panel.names()
     assert errors == []
 
 

@@ -517,7 +517,7 @@ def test_model_list_follows_new_renamed_and_deleted_versions(make_napari_viewer,
     widget = make_widget(viewer)
     combo = widget.model_combo
     assert not [k for k in combo.model_keys() if k.startswith("unet-")]  # untrained: not offered for segmentation
-    # made outside this process (e.g. `nucseg finetune` in a terminal): the folder watcher sees it
+    # made outside this process (e.g. `nucseg finetune` in a terminal): the list's watcher sees it
     outside = fake_model_folder(nucseg_home, "made-in-a-terminal", version=None)
     qtbot.waitUntil(lambda: str(outside.resolve()) in combo.model_keys(), timeout=10000)
     assert combo.findText("made-in-a-terminal (fine-tuned)") >= 0

@@ -79,7 +79,7 @@ def test_a_slide_result_is_corrected_through_a_patch(make_napari_viewer, qtbot, 
     from nucseg._napari.slide_patch_widget import PATCH_KEY, SlidePatchWidget
     from nucseg.io.slides import open_slide
     from nucseg.jobs import slide_patches
-    from nucseg.training.corrections import CorrectionStore
+    from nucseg.training.corrections.store import CorrectionStore
 
     monkeypatch.setattr(layer_helpers, "PYRAMID_MIN_SIZE", 128)  # a 600 px result shown as a 3-level pyramid
     viewer = make_napari_viewer()

@@ -17,7 +17,8 @@ from qtpy.QtWidgets import (
 )
 
 from nucseg.errors import NucsegError
-from nucseg.training.corrections import CorrectionEntry, CorrectionStore
+from nucseg.training.corrections.entry import CorrectionEntry
+from nucseg.training.corrections.store import CorrectionStore
 
 from ._workers import error_message
 

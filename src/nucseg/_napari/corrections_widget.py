@@ -8,7 +8,7 @@ polygons in the "reviewed regions" layer (`reviewed_regions`). *Add to training 
 and the neighbourhood of every edit (or the whole labelled area, the field of view, or rectangles of another
 Shapes layer) with its image pixels, labels, reviewed mask and provenance in the `CorrectionStore`; fine-tuning
 learns only inside the reviewed mask: the reviewed regions and the edited nuclei with the background near them
-(`nucseg.training.corrections.edit_neighbourhood`), never a nucleus nobody touched outside a reviewed region.
+(`nucseg.training.corrections.reviewed_regions.edit_neighbourhood`), never a nucleus nobody touched outside a reviewed region.
 *the whole region was reviewed* says you checked all of what is stored.
 
 The corrected-labels choice defaults to the newest layer a person edited, never to a layer nobody edited (a fresh
@@ -36,14 +36,9 @@ from qtpy.QtWidgets import (
 )
 
 from nucseg.errors import InvalidInputError, NucsegError
-from nucseg.training.corrections import (
-    CorrectionEntry,
-    CorrectionStore,
-    corrections_changed,
-    edit_neighbourhood,
-    merge_boxes,
-    region_boxes,
-)
+from nucseg.training.corrections.entry import CorrectionEntry
+from nucseg.training.corrections.reviewed_regions import edit_neighbourhood, merge_boxes, region_boxes
+from nucseg.training.corrections.store import CorrectionStore, corrections_changed
 
 from ._forms import scroll_area
 from ._workers import error_message, start_generator_worker
@@ -287,7 +282,7 @@ class CorrectionsWidget(QWidget):
             return
         try:
             items = self.collect()
-            from nucseg.training.corrections import check_pair, check_reviewed
+            from nucseg.training.corrections.entry import check_pair, check_reviewed
 
             for pixels, lab, _, reviewed in items:
                 check_pair(pixels, lab)  # refuse at once, with the reason, before anything is written

@@ -47,7 +47,7 @@ from nucseg.jobs.finetune import (
 )
 from nucseg.models import versions
 from nucseg.models.device import available_devices
-from nucseg.training.corrections import CorrectionStore, corrections_changed
+from nucseg.training.corrections.store import CorrectionStore, corrections_changed
 from nucseg.training.estimate import format_minutes
 
 from ._forms import scroll_area
@@ -57,9 +57,10 @@ from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
 from .model_list import ModelCombo
 from .plots import TrainingPlots
-from .versions_panel import VersionsPanel, VersionsWatcher
+from .versions_panel import VersionsPanel
 
 if TYPE_CHECKING:
+    from nucseg.progress import Progress
     from nucseg.training.finetune import FinetuneResult
 
 isolate_triton()  # before torch is imported by a run: see _native
@@ -107,9 +108,9 @@ class FinetuneWidget(QWidget):
         self.model_combo.model_chosen.connect(self._on_base_changed)
         self.model_combo.model_lost.connect(show_info)
         self.resume_check.toggled.connect(self._update_enabled)
-        self.watcher = VersionsWatcher(self)  # versions kept here, and those `nucseg finetune` writes elsewhere
-        self.watcher.changed.connect(self.refresh_versions)
-        self.model_combo.listed.connect(self.watcher.check)  # its own watcher saw the disk first: the panel follows
+        # the model list watches the versions (kept here, or written by `nucseg finetune` elsewhere): the panel and
+        # the run to resume follow it
+        self.model_combo.listed.connect(self._versions_listed)
         self._corrections_changed_qt.connect(self.refresh_data)
         corrections_changed.connect(self._relay_corrections)
         self.refresh_versions()
@@ -181,7 +182,9 @@ class FinetuneWidget(QWidget):
 
     def refresh_versions(self) -> None:
         """Re-list base models, fine-tuned versions and the unfinished run."""
-        self.model_combo.refresh()
+        self.model_combo.refresh()  # then `_versions_listed`
+
+    def _versions_listed(self) -> None:
         self.versions_panel.refresh()
         runs = versions.unfinished_runs()
         self._resumable = runs[0] if runs else None
@@ -245,7 +248,6 @@ class FinetuneWidget(QWidget):
         stop = threading.Event()
         self.start_button.setEnabled(False)
         self.resume_check.setEnabled(False)
-        total = config.epochs * config.steps_per_epoch
         store = self.store
         def job():  # keeping a better model (files, the versions signal) happens in the worker too
             result = yield from corrections_finetune(store, config, out, original_dir=original, resume=resume,
@@ -255,8 +257,7 @@ class FinetuneWidget(QWidget):
         self._worker = start_generator_worker(
             job,
             on_yield=self._on_record, on_return=self.decision.show_result, on_finished=self._on_finished,
-            stop_event=stop, controls=self.controls, desc="fine-tuning",
-            progress_of=lambda r: _progress(r, config.epochs, total))
+            stop_event=stop, controls=self.controls, desc="fine-tuning")
         self.controls.status.setText(f"training {out.name}…")
 
     def stop(self) -> None:
@@ -270,30 +271,15 @@ class FinetuneWidget(QWidget):
         if self._plots_dock is not None:
             self._plots_dock.setVisible(True)
 
-    def _on_record(self, record: dict[str, Any]) -> None:
-        kind = record.get("kind")
-        if kind == "step":
-            self.plots.add_step(record)
-        elif kind == "preparing":
-            self.controls.status.setText(f"{record['stage']}…")
-        elif kind == "validating":
-            who = "the base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
-            self.controls.status.setText(f"scoring {who} on the held-out regions: {record['done']}/{record['total']}")
-        elif kind == "epoch":
-            self.plots.add_epoch(record)
-            if "val_aji" in record:
-                self.controls.status.setText(f"epoch {record['epoch']}: validation AJI {record['val_aji']:.3f}, "
-                                             f"IoU {record['val_iou']:.3f}, F {record['val_f1']:.3f}")
-        elif kind == "baseline" and "val_aji" in record:
-            self.plots.set_baseline(record)
-        elif kind == "data":
-            left = f"; {record['unreviewed']} unreviewed left out" if record["unreviewed"] else ""
-            self.controls.status.setText(f"training on {record['train']} reviewed corrections, judging on "
-                                         f"{record['val']} held-out regions of {record.get('val_tiles', 0)}{left}")
-        elif kind == "tuning":
-            self.controls.status.setText("tuning the watershed thresholds on the validation corrections…")
-        elif kind == "note":  # e.g. a damaged checkpoint passed over on resume
-            self.controls.status.setText(record["message"])
+    def _on_record(self, record: Progress) -> None:
+        """The curves follow the steps, the epochs and the base model's scores (the bar and the status line
+        show every record's count and stage: `start_generator_worker`)."""
+        if record.kind == "progress":
+            self.plots.add_step(record.info)
+        elif record.kind == "epoch":
+            self.plots.add_epoch(record.info)
+        elif record.kind == "baseline" and "val_aji" in record.info:
+            self.plots.set_baseline(record.info)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -367,11 +353,3 @@ class FinetuneWidget(QWidget):
                 f"{measured['threads']} threads)" + (f", and the held-out regions scored {config.epochs + 1} times"
                                                       if pixels else "") + "; early stopping can end it sooner.")
 
-
-def _progress(record: dict[str, Any], epochs: int, total: int) -> tuple[int, int, str] | None:
-    if record.get("kind") != "step":
-        return None
-    done = (record["epoch"] - 1) * record["steps"] + record["step"]
-    left = record.get("eta_s")
-    return done, total, (f"epoch {record['epoch']}/{epochs}, step {record['step']}/{record['steps']}, "
-                         f"loss {record['loss']:.3f}" + (f"; {format_minutes(left)} left" if left is not None else ""))

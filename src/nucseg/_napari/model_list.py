@@ -3,28 +3,29 @@
 Entries are what `nucseg.models.registry.model_catalog` lists (as `nucseg models` does): the shipped models and
 the fine-tuned versions in `user_models_dir()`, plus folders the user browsed to; the Fine-tune dock also offers
 the untrained architectures as a starting point (they segment nothing, so the Segment dock does not). Damaged model
-folders are left out and named once (`name_damaged_models`). The list refreshes when
-`nucseg.models.versions.versions_changed` fires (a version made, renamed or deleted in this process), when a
-`QFileSystemWatcher` sees the versions folder change (``nucseg finetune`` in a terminal), when it is opened, and
-before every run. A chosen version that was renamed is followed by its weights' sha256; one that was deleted is
+folders are left out and named once (`name_damaged_models`). The list refreshes when its `VersionsWatcher`
+says the versions changed (at once for a version made, kept, renamed or deleted in this process; within `POLL_MS`
+for one another process wrote, e.g. ``nucseg finetune`` in a terminal), when it is opened, and before every run;
+the Fine-tune dock's versions panel follows the list (`ModelCombo.listed`), so the folder is watched once. A chosen version that was renamed is followed by its weights' sha256; one that was deleted is
 reported, never silently swapped.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
 from nucseg.errors import NucsegError
-from nucseg.models.registry import DEFAULT_MODEL, ModelCatalog, model_catalog, resolve_model, user_models_dir
-from nucseg.models.versions import versions_changed
+from nucseg.models import versions
+from nucseg.models.registry import DEFAULT_MODEL, ModelCatalog, model_catalog, resolve_model
 
 BROWSE = "Browse folder…"
 _KEY = Qt.ItemDataRole.UserRole
+#: how often `VersionsWatcher` looks at the models folder (a directory listing and one stat per version)
+POLL_MS = 2000
 #: damaged model folders already named in this session (each is named once, not at every refresh of every list)
 _named_damaged: set[str] = set()
 
@@ -54,6 +55,52 @@ def _display_name(key: str, spec: Any, kind: str) -> str:
     return f"{label} ({', '.join(notes)})" if notes else label
 
 
+class VersionsWatcher(QObject):
+    """Emits `changed` (on the GUI thread) when fine-tuned versions appear, are kept, renamed or deleted: at once
+    for changes in this process (the psygnal `versions_changed`, relayed to the GUI thread), and within `poll_ms`
+    for those of another process, by polling `nucseg.models.versions.versions_token`.
+
+    Args:
+        parent: the owning widget (the watcher stops with it).
+        poll_ms: interval of the on-disk check; 0 = only this process's changes.
+    """
+
+    changed = Signal()
+    _relay = Signal()
+
+    def __init__(self, parent: QObject | None = None, poll_ms: int = POLL_MS):
+        super().__init__(parent)
+        self._token = versions.versions_token()
+        self._relay.connect(self._emit)
+        versions.versions_changed.connect(self._from_any_thread)
+        self.timer = QTimer(self)
+        self.timer.setInterval(poll_ms)
+        self.timer.timeout.connect(self.check)
+        if poll_ms:
+            self.timer.start()
+
+    def _from_any_thread(self) -> None:
+        try:
+            self._relay.emit()  # queued to the GUI thread when a worker kept the version
+        except RuntimeError:  # the owner was closed
+            versions.versions_changed.disconnect(self._from_any_thread)
+
+    def _emit(self) -> None:
+        self.seen()
+        self.changed.emit()
+
+    def seen(self) -> None:
+        """Take the versions on disk as known (the owner is reading them now)."""
+        self._token = versions.versions_token()
+
+    def check(self) -> bool:
+        """Emit `changed` if the versions on disk differ from the last look; returns whether they did."""
+        if versions.versions_token() == self._token:
+            return False
+        self._emit()
+        return True
+
+
 class ModelCombo(QComboBox):
     """The models of `model_catalog` to choose from; `current_model()` is what `resolve_model` takes.
 
@@ -67,13 +114,15 @@ class ModelCombo(QComboBox):
         model_lost(str): the chosen model disappeared (deleted); the text says which.
         browse_requested(): the "Browse folder…" entry was picked.
         listed(): the list was read again (the owner may re-read what it shows beside it).
+
+    Attributes:
+        watcher: the `VersionsWatcher` that refreshes the list.
     """
 
     model_chosen = Signal(str)
     model_lost = Signal(str)
     browse_requested = Signal()
     listed = Signal()
-    _versions_changed = Signal()  # psygnal may fire in any thread; a Qt signal brings it to this one
 
     def __init__(self, parent: QWidget | None = None, *, untrained: bool = False, browse: bool = True):
         super().__init__(parent)
@@ -82,20 +131,10 @@ class ModelCombo(QComboBox):
         self._extra: list[str] = []  # folders the user browsed to
         self._current: str | None = None
         self._sha: dict[str, str | None] = {}
-        self._watcher = QFileSystemWatcher(self)
-        self._watcher.directoryChanged.connect(self._soon)
-        self._debounce = QTimer(self)  # a copy or a rename fires several events; refresh once they settle
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(200)
-        self._debounce.timeout.connect(self.refresh)
-        self._versions_changed.connect(self.refresh)
-        versions_changed.connect(self._on_versions_changed)
+        self.watcher = VersionsWatcher(self)
+        self.watcher.changed.connect(self.refresh)
         self.currentIndexChanged.connect(self._on_index)
         self.refresh()  # chooses the default model (else the first)
-
-    def _on_versions_changed(self) -> None:
-        with contextlib.suppress(RuntimeError):  # RuntimeError: the combo's Qt object is gone (dock closed)
-            self._versions_changed.emit()  # queued to the GUI thread when called from a worker
 
     # -- the list ----------------------------------------------------------------------------------------
     def _entries(self, catalog: ModelCatalog) -> list[tuple[str, str, str, str | None]]:
@@ -119,23 +158,10 @@ class ModelCombo(QComboBox):
             out.append((key, _display_name(key, spec, kind), tip, spec.sha256))
         return out
 
-    def _watch(self) -> None:
-        root = user_models_dir()
-        paths = [str(p) for p in (root, root.parent) if p.is_dir()]  # the parent: until models/ exists
-        stale = [p for p in self._watcher.directories() if p not in paths]
-        if stale:
-            self._watcher.removePaths(stale)
-        new = [p for p in paths if p not in self._watcher.directories()]
-        if new:
-            self._watcher.addPaths(new)
-
-    def _soon(self, *_: Any) -> None:
-        self._debounce.start()
-
     def refresh(self) -> None:
         """Re-list the models; keep the choice, follow it across a rename, report it when it was deleted, and name
         damaged model folders (left out of the list)."""
-        self._watch()
+        self.watcher.seen()  # a change from now on is seen at the next look
         catalog = model_catalog(include_untrained=self._untrained)
         name_damaged_models(catalog)
         entries = self._entries(catalog)

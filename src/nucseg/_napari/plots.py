@@ -89,8 +89,8 @@ class TrainingPlots(QWidget):
         self._request()
 
     def add_step(self, record: dict[str, Any]) -> bool:
-        """Append one ``"step"`` record's loss; redraws when `STEP_REDRAW_S` passed since the last such redraw
-        (returns whether it asked for one)."""
+        """Append one training step's loss (the info of an `iter_finetune` "progress" record); redraws when
+        `STEP_REDRAW_S` passed since the last such redraw (returns whether it asked for one)."""
         import time
 
         with self._lock:
@@ -104,7 +104,7 @@ class TrainingPlots(QWidget):
         return True
 
     def set_baseline(self, record: dict[str, Any]) -> None:
-        """The base model's validation scores (a ``"baseline"`` record), drawn as faint horizontal lines."""
+        """The base model's validation scores (the info of a "baseline" record), drawn as faint horizontal lines."""
         with self._lock:  # a baseline record also says what was held out ("val_kind": "regions"): numbers only
             self.baseline = {k: float(v) for k, v in record.items()
                              if k.startswith("val_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -117,12 +117,11 @@ class TrainingPlots(QWidget):
             for series in self.values.values():
                 series.clear()
             for record in history:
-                if record.get("kind", "epoch") == "epoch":
-                    self._append(record)
+                self._append(record)
         self._request()
 
     def add_epoch(self, record: dict[str, Any]) -> None:
-        """Append one ``"epoch"`` record of `iter_finetune` and schedule a repaint."""
+        """Append one epoch's record (the info of an `iter_finetune` "epoch" record) and schedule a repaint."""
         with self._lock:
             self._append(record)
         self._request()

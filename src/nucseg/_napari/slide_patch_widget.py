@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxL
 
 from nucseg.errors import InvalidInputError, NucsegError
 from nucseg.jobs import slide_patches
-from nucseg.training.corrections import CorrectionStore
+from nucseg.training.corrections.store import CorrectionStore
 
 from ._workers import JobControls, error_message, start_generator_worker
 from .layer_picker import layer_picker

@@ -2,14 +2,8 @@
 
 Every action goes through `nucseg.models.versions`, which never overwrites a version, never erases one (deleted
 versions move to ``$NUCSEG_HOME/trash/models``) and refuses to touch the models shipped with the package.
-The dialogs are skipped when the caller passes the answer (tests, scripts).
-
-`VersionsWatcher` tells a model list when to refresh: at once for changes in this process (the psygnal
-`versions_changed`, relayed to the GUI thread), and within `POLL_MS` for versions written by another process
-(``nucseg finetune`` in a terminal), by polling `nucseg.models.versions.versions_token`::
-
-    self._watcher = VersionsWatcher(self)
-    self._watcher.changed.connect(self.refresh_models)
+The dialogs are skipped when the caller passes the answer (tests, scripts). The panel is refreshed by its owner
+when the model list is read again (`model_list.ModelCombo.listed`: the one watcher of the versions folder).
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QGroupBox,
@@ -39,51 +32,6 @@ from nucseg.models import versions
 from ._workers import error_message
 
 USER_ROLE = 256  # Qt.ItemDataRole.UserRole
-#: how often `VersionsWatcher` looks at the models folder (a directory listing and one stat per version)
-POLL_MS = 2000
-
-
-class VersionsWatcher(QObject):
-    """Emits `changed` (on the GUI thread) when fine-tuned versions appear, are kept, renamed or deleted.
-
-    Args:
-        parent: the owning widget (the watcher stops with it).
-        poll_ms: interval of the on-disk check; 0 = only this process's changes.
-    """
-
-    changed = Signal()
-    _relay = Signal()
-
-    def __init__(self, parent: QObject | None = None, poll_ms: int = POLL_MS):
-        super().__init__(parent)
-        self._token = versions.versions_token()
-        self._relay.connect(self._emit)
-        versions.versions_changed.connect(self._from_any_thread)
-        self.timer = QTimer(self)
-        self.timer.setInterval(poll_ms)
-        self.timer.timeout.connect(self.check)
-        if poll_ms:
-            self.timer.start()
-
-    def _from_any_thread(self) -> None:
-        try:
-            self._relay.emit()  # queued to the GUI thread when a worker kept the version
-        except RuntimeError:  # the owner was closed
-            versions.versions_changed.disconnect(self._from_any_thread)
-
-    def _emit(self) -> None:
-        self._token = versions.versions_token()
-        self.changed.emit()
-
-    def check(self) -> bool:
-        """Emit `changed` if the versions on disk differ from the last look; returns whether they did."""
-        token = versions.versions_token()
-        if token == self._token:
-            return False
-        self._emit()
-        return True
-
-
 class VersionsPanel(QGroupBox):
     """A list of fine-tuned versions with Rename, Delete and Export buttons.
 

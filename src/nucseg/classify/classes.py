@@ -67,7 +67,7 @@ def color_for(name: str, taken: Sequence[tuple[int, int, int]] = ()) -> tuple[in
 
 def classify_home() -> Path:
     """``$NUCSEG_HOME/classify``: the dock's class list and the labels clicked per image."""
-    from nucseg.training.corrections import nucseg_home
+    from nucseg.home import nucseg_home
 
     return nucseg_home() / "classify"
 

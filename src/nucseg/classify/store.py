@@ -42,7 +42,7 @@ _EXAMPLE_COLUMNS = ("image", "x", "y", "class", "nucleus_id")
 
 def classifiers_dir() -> Path:
     """``$NUCSEG_HOME/classifiers`` (beside ``models``)."""
-    from nucseg.training.corrections import nucseg_home
+    from nucseg.home import nucseg_home
 
     return nucseg_home() / "classifiers"
 

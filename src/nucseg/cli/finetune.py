@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from nucseg.jobs.finetune import finished_version, folder_finetune
     from nucseg.models.registry import resolve_model
     from nucseg.models.versions import is_candidate
-    from nucseg.progress import drive
+    from nucseg.progress import Progress, drive
     from nucseg.training.estimate import format_minutes
     from nucseg.training.postprocess_tuning import describe_tuning
 
@@ -211,38 +211,29 @@ def run(args: argparse.Namespace) -> int:
               f"{config.patch_size} px", file=sys.stderr)
     gen = folder_finetune(train, val, config, args.out, original=original, resume=args.resume,
                           keep_worse=args.keep_worse)
-    total = config.epochs * config.steps_per_epoch
-    bar = tqdm(total=total, desc="fine-tuning", unit="step", file=sys.stderr, disable=args.quiet or None,
-               dynamic_ncols=True)
+    bar = tqdm(total=config.epochs * config.steps_per_epoch, desc="fine-tuning", unit="step", file=sys.stderr,
+               disable=args.quiet or None, dynamic_ncols=True)
     said_estimate = False
 
-    def show(record: dict) -> None:
+    def show(record: Progress) -> None:
         nonlocal said_estimate
-        kind = record["kind"]
-        if kind == "step":
-            bar.n = (record["epoch"] - 1) * record["steps"] + record["step"]
-            left = record.get("eta_s")
-            bar.set_postfix_str(f"epoch {record['epoch']}, loss {record['loss']:.3f}"
-                                + (f", {format_minutes(left)} left" if left is not None else ""), refresh=False)
-            bar.refresh()
-            if left is not None and not said_estimate:
-                said_estimate = True
-                tqdm.write(f"measured {record['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
-                           f"(at most; early stopping can end it sooner)", file=sys.stdout)
-        elif kind == "validating":
-            who = "base model" if record["epoch"] == 0 else f"epoch {record['epoch']}"
-            bar.set_postfix_str(f"scoring the {who} on held-out data {record['done']}/{record['total']}")
-        elif kind == "preparing":
-            bar.set_postfix_str(record["stage"])
-        elif kind == "epoch":
-            bar.n = record["epoch"] * config.steps_per_epoch
-            tqdm.write(_fmt(record), file=sys.stdout)
-        elif kind == "note":
-            tqdm.write(f"nucseg finetune: note: {record['message']}", file=sys.stderr)
-        elif kind == "tuning":
-            bar.set_postfix_str("tuning watershed thresholds on the validation images")
-        elif kind == "baseline" and ("val_score" in record or "val_aji" in record):
-            tqdm.write(f"base model on the held-out data: {_scores_text(record)}", file=sys.stdout)
+        if record.total:
+            bar.total, bar.n = record.total, record.done
+        if record.kind == "note":
+            tqdm.write(f"nucseg finetune: note: {record.stage}", file=sys.stderr)
+        elif record.kind == "epoch":
+            tqdm.write(_fmt(record.info), file=sys.stdout)
+        elif record.kind == "baseline":
+            if "val_score" in record.info or "val_aji" in record.info:
+                tqdm.write(f"base model on the held-out data: {_scores_text(record.info)}", file=sys.stdout)
+        elif record.stage:
+            bar.set_postfix_str(record.stage, refresh=False)
+        bar.refresh()
+        left = record.info.get("eta_s") if record.kind == "progress" else None
+        if left is not None and not said_estimate:
+            said_estimate = True
+            tqdm.write(f"measured {record.info['seconds']:.1f} s a step: the run takes {format_minutes(left)} more "
+                       f"(at most; early stopping can end it sooner)", file=sys.stdout)
 
     try:
         result = drive(gen, show)  # on Ctrl-C the run is closed: its checkpoint stays for --resume

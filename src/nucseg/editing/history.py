@@ -9,7 +9,7 @@ undoes the threshold change (which may have given the stroke's old id to another
 `edited` marks the pixels whose labels are the person's: the pixels a person changed, and the whole of every
 nucleus a person changed (painted, trimmed, merged, split, added). A threshold change keeps them
 (`nucseg.jobs.segment.keep_user_edits`), and training takes their neighbourhood as checked
-(`nucseg.training.corrections.edit_neighbourhood`).
+(`nucseg.training.corrections.reviewed_regions.edit_neighbourhood`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""A grid of overlapping tiles over an image, and the tapered weights that blend them back (pure numpy)."""
+"""The pieces of the image's grid of overlapping tiles, and the tapered weights that blend them back (pure numpy).
+
+The grid itself is planned in one place, `nucseg.inference.plan.tile_layout`: tiles `aligned_stride` apart on the
+32-px lattice from the grid's start (`grid_starts`), the last of a row or column stopping at the grid's end
+(`tile_extent`), their side the configured one or, for an image of one block, the `fitted_tile`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -23,9 +27,10 @@ class Tile:
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of `tile` pixels, `stride` apart, the last flush with the end.
+    """Start offsets covering [0, length) with tiles of `tile` pixels, `stride` apart, the last flush with the end
+    (the windows the squeeze-excitation gates are measured on, `nucseg.inference.calibration`).
 
-    `length` must be >= `tile` (`tile_grid` lets a shorter axis hold one tile that reaches past its end).
+    `length` must be >= `tile`.
     """
     if length < tile:
         raise ValueError(f"length {length} is smaller than the tile {tile}: pad the image first")
@@ -35,29 +40,6 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if starts[-1] != length - tile:
         starts.append(length - tile)
     return starts
-
-
-def _axis_starts(lo: int, hi: int, length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts covering [lo, hi) of an axis of `length` (tiles stay inside it when it holds one)."""
-    if hi - lo < tile:
-        lo = max(0, min(lo, length - tile)) if length >= tile else 0
-        hi = lo + tile
-    return [lo + s for s in tile_starts(hi - lo, tile, stride)]
-
-
-def tile_grid(shape: tuple[int, int], tile: int, overlap: int,
-              box: tuple[int, int, int, int] | None = None) -> list[Tile]:
-    """The tiles covering `box` (y0, x0, y1, x1; None: the whole image) of an image of `shape`, row-major: the
-    engine's grid (`nucseg.inference.plan.tile_layout`).
-
-    The last tile of a row or column is flush with the box's end; a box shorter than a tile gets one tile, kept
-    inside the image when the image holds one, else starting at 0 and reaching past the image's end (read as
-    white there, as `pad_to_tile` pads).
-    """
-    y0, x0, y1, x1 = box if box is not None else (0, 0, *shape)
-    stride = tile - overlap
-    return [Tile(y, x, y + tile, x + tile) for y in _axis_starts(y0, y1, shape[0], tile, stride)
-            for x in _axis_starts(x0, x1, shape[1], tile, stride)]
 
 
 def fitted_tile(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 32, smallest: int = 512) -> int:
@@ -118,11 +100,6 @@ def grid_starts(lo: int, hi: int, start: int, end: int, tile: int, stride: int) 
     return [start + j * stride for j in range(first_j, last_j + 1)]
 
 
-def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
-    for i in range(0, len(tiles), batch_size):
-        yield tiles[i : i + batch_size]
-
-
 #: weight of a tile's outermost quarter of the overlap, where its network saw least context (never 0: at the
 #: image's edges that tile is the only one)
 EDGE_WEIGHT = 1e-3
@@ -163,18 +140,3 @@ def tile_extent(start: int, end: int, tile: int, multiple: int = 32) -> int:
     (the same few white pixels beyond them, then the network's own padding, as at its near edges), whatever tile
     size or region was asked."""
     return int(min(tile, -(-(end - start) // multiple) * multiple))
-
-
-def pad_to_tile(image: np.ndarray, tile: int, fill: float = 255) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad an (H, W, C) image below and right so both sides are at least `tile`; returns it and the original (H, W).
-
-    The padding is `fill` (white: no tissue), as `iter_predict` reads beyond an image's edge, so an in-memory
-    prediction and a slide prediction of the same pixels agree. Mirroring would add phantom nuclei, and a
-    network with squeeze-excitation (global pooling) changes its output for the whole tile with them.
-    """
-    h, w = image.shape[:2]
-    ph, pw = max(0, tile - h), max(0, tile - w)
-    if ph == 0 and pw == 0:
-        return image, (h, w)
-    pad = ((0, ph), (0, pw)) + ((0, 0),) * (image.ndim - 2)
-    return np.pad(image, pad, mode="constant", constant_values=fill), (h, w)

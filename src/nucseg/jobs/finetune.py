@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import InvalidInputError
+from nucseg.progress import Progress
 
 if TYPE_CHECKING:
-    from nucseg.training.corrections import CorrectionStore
+    from nucseg.training.corrections.store import CorrectionStore
     from nucseg.training.dataset import TrainingPair
     from nucseg.training.finetune import FinetuneResult
     from nucseg.training.holdout import HeldOut
@@ -40,13 +41,13 @@ KEEP_FOR_CLI, KEEP_WORSE_FOR_CLI = "if_better", "always"
 def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir: str | Path, *,
                          original_dir: str | Path | None = None, resume: bool = False,
                          stop: threading.Event | None = None, keep: str = "ask",
-                         ) -> Generator[dict[str, Any], None, FinetuneResult]:
+                         ) -> Generator[Progress, None, FinetuneResult]:
     """`iter_finetune` on the reviewed corrections in `store` (run it in a worker thread: it reads every pair).
 
     A new run splits the reviewed entries by `config.validation_fraction` and records the split (and the
     original-data folder, which holds ``images/`` and ``labels/``) in ``RUN_SOURCES``; a resumed run reads it
     back, so it trains on exactly the same pairs. Entries nobody marked as reviewed are left out (counted in
-    the first record, ``{"kind": "data", "train", "val", "unreviewed"}``).
+    the "data" record, whose info is {"train", "val", "val_tiles", "unreviewed"}; the rest are `iter_finetune`'s).
 
     Raises:
         InvalidInputError: no reviewed correction in the store.
@@ -61,7 +62,7 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
     sources = out_dir / RUN_SOURCES
     if resume and is_candidate(out_dir):  # training is over: only the decision on its model is left
         return (yield from iter_finetune([], [], config, out_dir, resume=True, keep=keep))
-    yield {"kind": "preparing", "stage": "reading the corrections"}
+    yield Progress(stage="reading the corrections", kind="preparing")
     model_mpp = resolve_model(config.base_model).mpp  # corrections from a 20x slide are resampled to it
     unreviewed = len(store.unreviewed())
     if resume and sources.is_file():
@@ -76,8 +77,7 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
         pairs = store.pairs(model_mpp=model_mpp)
         train, val = split_for_validation(pairs, config)
     heldout = val if isinstance(val, HeldOut) else whole_images(val)
-    yield {"kind": "data", "train": len(train), "val": len(heldout), "val_tiles": len(set(heldout.groups)),
-           "unreviewed": unreviewed}
+    yield _data_record(len(train), heldout, unreviewed)
     original = None  # the base model's replay set, if it carries one
     if original_dir and config.mix_original > 0:
         original = load_pairs(Path(original_dir) / "images", Path(original_dir) / "labels")
@@ -93,6 +93,15 @@ def corrections_finetune(store: CorrectionStore, config: FinetuneConfig, out_dir
         os.replace(tmp, sources)
     yield first
     return (yield from gen)
+
+
+def _data_record(train: int, heldout: HeldOut, unreviewed: int) -> Progress:
+    """What a run on the corrections trains and is judged on, as a "data" record (before any step: no count)."""
+    tiles = len(set(heldout.groups))
+    left = f"; {unreviewed} unreviewed left out" if unreviewed else ""
+    return Progress(stage=f"training on {train} reviewed corrections, judging on {len(heldout)} held-out "
+                          f"{heldout.kind} of {tiles}{left}", kind="data",
+                    info={"train": train, "val": len(heldout), "val_tiles": tiles, "unreviewed": unreviewed})
 
 
 def split_for_validation(pairs: Sequence[TrainingPair], config: FinetuneConfig
@@ -198,7 +207,7 @@ def folder_pairs(images: Path, labels: Path, *, val_images: Path | None = None, 
 def folder_finetune(train: Sequence[TrainingPair], val: HeldOut | Sequence[TrainingPair], config: FinetuneConfig,
                     out_dir: str | Path, *, original: Sequence[TrainingPair] | None = None, resume: bool = False,
                     keep_worse: bool = False, stop: threading.Event | None = None,
-                    ) -> Generator[dict[str, Any], None, FinetuneResult]:
+                    ) -> Generator[Progress, None, FinetuneResult]:
     """`iter_finetune` for the command line: a model not better than its base is not registered unless
     `keep_worse` (it stays in `out_dir` as a candidate; ``--resume --keep-worse`` keeps it later)."""
     from nucseg.training.finetune import iter_finetune

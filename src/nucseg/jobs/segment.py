@@ -12,7 +12,6 @@ What a segmentation face (the napari widget, a script) needs around the engine, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nucseg.config import InferenceConfig
+from nucseg.home import nucseg_home
 from nucseg.inference.plan import streams_to_disk
 from nucseg.inference.predict import PredictionResult, PredictProgress, iter_predict
 from nucseg.inference.result_store import is_result_store
@@ -42,7 +42,7 @@ _SESSION_RUNS: set[Path] = set()
 
 def predictions_dir() -> Path:
     """Where slide predictions are streamed: ``$NUCSEG_HOME/predictions`` (default ``~/.nucseg/predictions``)."""
-    return Path(os.environ.get("NUCSEG_HOME", Path.home() / ".nucseg")) / "predictions"
+    return nucseg_home() / "predictions"
 
 
 def new_prediction_path(stem: str, suffix: str = "") -> Path:

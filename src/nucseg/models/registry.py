@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg.errors import ModelError
+from nucseg.home import nucseg_home
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -291,11 +292,8 @@ def shipped_models() -> dict[str, Path]:
 
 
 def user_models_dir() -> Path:
-    """Where fine-tuned versions go by default (NUCSEG_HOME, else ~/.nucseg/models)."""
-    import os
-
-    root = Path(os.environ.get("NUCSEG_HOME", Path.home() / ".nucseg"))
-    return root / "models"
+    """Where fine-tuned versions go by default (``$NUCSEG_HOME/models``, `nucseg.home.nucseg_home`)."""
+    return nucseg_home() / "models"
 
 
 @dataclasses.dataclass(frozen=True)

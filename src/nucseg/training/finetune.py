@@ -1,6 +1,6 @@
 """`iter_finetune`: train or fine-tune a model on image / instance-label pairs, as a generator.
 
-It yields small progress records (one per step, one per epoch) and returns a `FinetuneResult`. Every epoch
+It yields `nucseg.progress.Progress` records (one per step, one per epoch...) and returns a `FinetuneResult`. Every epoch
 ends with a checkpoint, so a killed run resumes where it was. When the run ends (all epochs, early stopping, or
 Stop), the best epoch by validation AJI (or by training loss without validation data) is written as a
 *candidate* (model.safetensors + candidate.json) and compared with the base model's AJI on the same validation
@@ -30,7 +30,7 @@ from nucseg.models.build import build_network, load_weights
 from nucseg.models.device import release_device_memory, select_device, training_autocast_dtype
 from nucseg.models.registry import CONFIG_FILE, WEIGHTS_FILE, ModelSpec, resolve_model
 from nucseg.models.versions import is_candidate
-from nucseg.progress import relay
+from nucseg.progress import Progress, relay
 from nucseg.training.checkpoint import (
     RESUME_FIX,
     append_log,
@@ -41,7 +41,7 @@ from nucseg.training.checkpoint import (
     save_weights,
 )
 from nucseg.training.dataset import PatchSampler, TrainingPair
-from nucseg.training.estimate import pace, remaining_seconds, scoring_seconds_guess
+from nucseg.training.estimate import format_minutes, pace, remaining_seconds, scoring_seconds_guess
 from nucseg.training.holdout import HeldOut, whole_images
 from nucseg.training.losses import nucseg_loss
 from nucseg.training.postprocess_tuning import tune_postprocess
@@ -119,7 +119,7 @@ def iter_finetune(
     stop: threading.Event | None = None,
     info: dict[str, Any] | None = None,
     keep: str = "always",
-) -> Generator[dict[str, Any], None, FinetuneResult]:
+) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune `config.base_model` on `train`, scoring the held-out data after every epoch.
 
     Args:
@@ -140,12 +140,19 @@ def iter_finetune(
             training, by a resumed run.
 
     Yields:
-        {"kind": "preparing", "stage"} while the model loads; {"kind": "validating", "epoch" (0: the base
-        model), "done", "total"} after each held-out crop; {"kind": "baseline", ...scores of the base model};
-        per step {"kind": "step", "epoch", "step", "steps", "loss", "seconds", "elapsed_s", "eta_s"} (eta_s: the
-        rest of the run at the measured pace, None before it is known); per epoch {"kind": "epoch", "epoch",
-        "epochs", "train_loss", "train_iou", "train_f1", "val_loss", "val_iou", "val_f1", "val_aji", "val_score",
-        "tiles", "lr", "best", "seconds"}.
+        `Progress` records: ``done`` / ``total`` count training steps over all epochs (one bar for the whole run),
+        ``stage`` says what happens for a person, ``kind`` and ``info`` say it for a program:
+
+        * "preparing" while the model loads;
+        * "validating" after each held-out crop scored, info {"epoch" (0: the base model), "scored", "to_score"};
+        * "baseline": info holds the base model's held-out scores (empty: none);
+        * "note": something a person should know (a damaged checkpoint passed over), in ``stage``;
+        * "progress" after each training step, info {"epoch", "step", "steps", "loss", "seconds", "elapsed_s",
+          "eta_s"} (eta_s: the rest of the run at the measured pace, None before it is known);
+        * "epoch" after each epoch, info {"epoch", "epochs", "train_loss", "train_iou", "train_f1", "val_loss",
+          "val_iou", "val_f1", "val_aji", "val_score", "tiles", "lr", "best", "seconds", "partial"} (the record
+          kept in `FinetuneResult.history` and log.csv);
+        * "tuning" while the watershed thresholds are re-chosen on the held-out data.
     """
     if keep not in KEEP_POLICIES:
         raise ValueError(f"keep must be one of {KEEP_POLICIES}, not {keep!r}")
@@ -153,10 +160,11 @@ def iter_finetune(
     _prepare_out_dir(out_dir, resume)
     if resume and is_candidate(out_dir):  # the run is over; only the decision on its model is left
         result = pending_result(out_dir)
-        yield {"kind": "baseline", **result.before}
+        yield Progress(result.steps_done, result.steps_planned, kind="baseline", info=result.before)
         return _apply_policy(result, keep)
     started = time.perf_counter()
-    yield {"kind": "preparing", "stage": "loading the base model"}
+    planned = config.epochs * config.steps_per_epoch
+    yield Progress(0, planned, "loading the base model", kind="preparing")
     heldout = val if isinstance(val, HeldOut) else whole_images(val)
     device = select_device(config.device)
     if config.num_threads:
@@ -206,16 +214,16 @@ def iter_finetune(
             fix=RESUME_FIX)
         if base.trained and heldout:
             t0 = time.perf_counter()
-            state["before"], reference = yield from _scoring(net, base, heldout, device, post, config.loss, None, 0)
+            state["before"], reference = yield from _scoring(net, base, heldout, device, post, config.loss, None, 0,
+                                                             (0, planned))
             clock["scoring"] = time.perf_counter() - t0
             _save_reference(out_dir, reference)
     for note in notes:
-        yield {"kind": "note", "message": note}
-    yield {"kind": "baseline", **state["before"]}
+        yield Progress(state["steps_done"], planned, note, kind="note")
+    yield Progress(state["steps_done"], planned, kind="baseline", info=state["before"])
     start_epoch = int(state.get("epoch", 0)) + 1
     stopped = False
     best_partial: dict[str, torch.Tensor] | None = None
-    planned = config.epochs * config.steps_per_epoch
 
     def eta(epoch: int, step: int) -> float | None:
         step_s = pace(clock["steps"])
@@ -260,16 +268,22 @@ def iter_finetune(
                 ious.append(iou)
                 f1s.append(f1)
                 clock["steps"].append(time.perf_counter() - t_step)
-                yield {"kind": "step", "epoch": epoch, "step": step, "steps": config.steps_per_epoch,
-                       "loss": losses[-1], "seconds": round(clock["steps"][-1], 3),
-                       "elapsed_s": round(time.perf_counter() - started, 1), "eta_s": eta(epoch, step)}
+                left = eta(epoch, step)
+                yield Progress(
+                    state["steps_done"] + step, planned,
+                    f"epoch {epoch} of {config.epochs}, step {step} of {config.steps_per_epoch}, loss "
+                    f"{losses[-1]:.3f}" + (f"; {format_minutes(left)} left" if left is not None else ""),
+                    info={"epoch": epoch, "step": step, "steps": config.steps_per_epoch, "loss": losses[-1],
+                          "seconds": round(clock["steps"][-1], 3),
+                          "elapsed_s": round(time.perf_counter() - started, 1), "eta_s": left})
             state["steps_done"] += len(losses)
             if stopped and not losses:
                 break
             t_val = time.perf_counter()
             scores: dict[str, Any] = {}
             if heldout:
-                scores, _ = yield from _scoring(net, base, heldout, device, post, config.loss, reference, epoch)
+                scores, _ = yield from _scoring(net, base, heldout, device, post, config.loss, reference, epoch,
+                                                (state["steps_done"], planned))
                 clock["scoring"] = time.perf_counter() - t_val
             score = scores.get(SCORE_KEY, scores.get(LEGACY_SCORE_KEY, -float(np.mean(losses))))
             improved = state["best_score"] is None or score > state["best_score"]
@@ -283,7 +297,7 @@ def iter_finetune(
                 if config.plateau_patience and state["since_best"] % config.plateau_patience == 0:
                     for group in optimizer.param_groups:
                         group["lr"] *= 0.5
-            record = {"kind": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": float(np.mean(losses)),
+            record = {"epoch": epoch, "epochs": config.epochs, "train_loss": float(np.mean(losses)),
                       "train_iou": float(np.mean(ious)), "train_f1": float(np.mean(f1s)), **scores,
                       "lr": optimizer.param_groups[0]["lr"], "best": improved,
                       "seconds": round(time.perf_counter() - t0, 1), "partial": stopped}
@@ -295,12 +309,13 @@ def iter_finetune(
                 save_checkpoint(ckpt_dir, epoch, net, optimizer, state, best=out_dir / BEST_WEIGHTS)
                 if improved:
                     save_weights(out_dir / BEST_WEIGHTS, net)
-            yield record
+            yield Progress(state["steps_done"], planned, _epoch_stage(record), kind="epoch", info=record)
             if stopped:
                 break
         tuning = None
         if state["best_epoch"] and heldout and config.tune_postprocess and not stopped:  # Stop means now
-            yield {"kind": "tuning"}
+            yield Progress(state["steps_done"], planned, "tuning the watershed thresholds on the held-out data",
+                           kind="tuning")
             tuning = _tune_on_validation(net, base, heldout.pairs, device, post, out_dir, best_partial)
     finally:
         release_device_memory(device)
@@ -316,10 +331,25 @@ def iter_finetune(
 
 
 def _scoring(net, base: ModelSpec, heldout: HeldOut, device, post: PostprocessConfig, loss: str,
-             reference: list[np.ndarray] | None, epoch: int):
-    """`iter_heldout_scores`, its progress as "validating" records; returns (scores, instances)."""
-    return (yield from relay(iter_heldout_scores(net, base, heldout, device, post, loss, reference),
-                             lambda r: {"kind": "validating", "epoch": epoch, "done": r[0], "total": r[1]}))
+             reference: list[np.ndarray] | None, epoch: int, steps: tuple[int, int]):
+    """`iter_heldout_scores`, its progress as "validating" records (`steps`: training steps done, planned);
+    returns (scores, instances)."""
+    who = "the base model" if epoch == 0 else f"epoch {epoch}"
+
+    def validating(scored: tuple[int, int]) -> Progress:
+        return Progress(*steps, f"scoring {who} on the held-out {heldout.kind}: {scored[0]}/{scored[1]}",
+                        kind="validating", info={"epoch": epoch, "scored": scored[0], "to_score": scored[1]})
+
+    return (yield from relay(iter_heldout_scores(net, base, heldout, device, post, loss, reference), validating))
+
+
+def _epoch_stage(record: dict[str, Any]) -> str:
+    """An epoch's record in a few words: its held-out scores, else its training loss."""
+    head = f"epoch {record['epoch']} of {record['epochs']}"
+    if "val_aji" in record:
+        return (f"{head}: validation AJI {record['val_aji']:.3f}, IoU {record['val_iou']:.3f}, "
+                f"F {record['val_f1']:.3f}")
+    return f"{head}: training loss {record['train_loss']:.3f}"
 
 
 def _save_reference(out_dir: Path, reference: list[np.ndarray]) -> None:
