@@ -24,14 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nucseg.inference.forward import to_input_tensor
+from nucseg.inference.forward import network_input
 from nucseg.inference.source import ScaledSource, source_cache
 from nucseg.inference.tiling import tile_starts
 from nucseg.inference.tissue import TissueMap
 
 if TYPE_CHECKING:
-    import torch
-
     from nucseg.models.registry import ModelSpec
 
 #: side of a gate window (model pixels): the training patches' side, whose gates the network learned with
@@ -95,13 +93,13 @@ def window_shares(tissue: TissueMap, ys: list[int], xs: list[int], size: int) ->
 
 
 def image_network(net: Any, source: ScaledSource, windows: tuple[tuple[int, int], ...], spec: ModelSpec,
-                  device: torch.device) -> Any:
+                  device: Any) -> Any:
     """`net` with its squeeze-excitation gates fixed to those of the image of `source` (measured on `windows`,
     see `gate_windows`); `net` itself when it has no gates (MobileNet, ResNet, constant-gate models).
 
     Kept per image object and network: a second region of the same open slide reuses them.
     """
-    from nucseg.models.squeeze_excitation import pooled_gates, se_blocks, with_gates
+    from nucseg.models.squeeze_excitation import se_blocks, with_pooled_gates
 
     if not se_blocks(net):
         return net
@@ -115,15 +113,13 @@ def image_network(net: Any, source: ScaledSource, windows: tuple[tuple[int, int]
         except TypeError:  # a network that cannot be referenced weakly: measured every time
             per_net = {}
     pixels = np.stack([source.read_model(y, x, GATE_WINDOW, GATE_WINDOW) for y, x in windows])
-    runtime = getattr(net, "runtime", "pytorch")
-    batch = to_input_tensor(pixels, spec, device, channels_last=runtime == "pytorch")
-    fixed = with_gates(net, pooled_gates(net, batch))
+    fixed = with_pooled_gates(net, network_input(net, pixels, spec, device))
     with _lock, contextlib.suppress(TypeError):
         per_net[net] = fixed
     return fixed
 
 
-def network_for_image(net: Any, image: np.ndarray, spec: ModelSpec, device: torch.device,
+def network_for_image(net: Any, image: np.ndarray, spec: ModelSpec, device: Any,
                       mpp: float | None = None) -> Any:
     """`net` with the gates a run on the in-memory `image` gives it: for benchmarks and tools that call the
     network outside the engine."""

@@ -1,5 +1,9 @@
 """The loaded network (`Predictor`, `load_predictor`) and one batch of RGB tiles through it: normalisation, device
-transfer, autocast, test-time flips."""
+transfer, autocast, test-time flips.
+
+A network served by ONNX Runtime (`nucseg.models.runtime.OnnxNetwork`) runs on numpy arrays from end to end, on
+`nucseg.models.device.CPU`: a prediction whose export is cached never imports torch (1.2 s).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ class Predictor:
     """A loaded network and what it needs to run: load once (`load_predictor`), reuse for every block and input.
 
     Attributes:
-        spec: the model's spec; device: where it runs; net: the network (eval mode).
+        spec: the model's spec; device: where it runs (a torch.device, or `nucseg.models.device.CPU`); net: the
+            network (eval mode).
     """
 
     spec: Any
-    device: torch.device
+    device: Any
     net: Any
 
     @property
@@ -37,17 +42,23 @@ class Predictor:
 def load_predictor(config: InferenceConfig) -> Predictor:
     """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`)."""
     from nucseg.models.build import load_network
-    from nucseg.models.device import select_device
+    from nucseg.models.device import inference_device
     from nucseg.models.registry import resolve_model
 
     spec = resolve_model(config.model)
-    device = select_device(config.device)
+    device = inference_device(config.device)
     return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))
 
 
-def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+def normalise(x: torch.Tensor | np.ndarray, spec: ModelSpec) -> torch.Tensor | np.ndarray:
     """(B, H, W, 3) uint8 on its device -> (B, 3, H, W) float32 normalised as `spec` was trained (inference and
-    training share it)."""
+    training share it); a numpy array gives a C-contiguous array with the same values, bit for bit."""
+    if isinstance(x, np.ndarray):
+        out = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        out /= np.float32(255.0)
+        out -= np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
+        out /= np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+        return out
     import torch
 
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
@@ -56,12 +67,22 @@ def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     return (x - mean) / std
 
 
-def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device,
-                    channels_last: bool = True) -> torch.Tensor:
+def network_input(net: Any, batch: np.ndarray, spec: ModelSpec, device: Any) -> torch.Tensor | np.ndarray:
+    """What `net` takes for a (B, H, W, 3) uint8 batch: a normalised array for a network served by another
+    runtime than PyTorch (ONNX Runtime: no torch), else `to_input_tensor` in PyTorch's layout."""
+    if getattr(net, "runtime", "pytorch") != "pytorch":
+        return normalise(np.asarray(batch), spec)
+    return to_input_tensor(batch, spec, device)
+
+
+def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: Any, channels_last: bool = True) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float32 on `device` (pinned, non-blocking on CUDA); in
     channels-last memory on the CPU if `channels_last` (PyTorch's fast layout there; ONNX Runtime takes NCHW)."""
     import torch
 
+    from nucseg.models.device import torch_device
+
+    device = torch_device(device)
     batch = np.ascontiguousarray(batch)
     if not batch.flags.writeable:  # a view of a read-only image: torch warns on (and must not write to) those
         batch = batch.copy()
@@ -76,8 +97,11 @@ def to_input_tensor(batch: np.ndarray, spec: ModelSpec, device: torch.device,
     return x
 
 
-def forward_logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits (B, C, H, W) in float32; fp16 autocast on CUDA (bf16 was measured slower on CPU, so not there)."""
+def forward_logits(net: torch.nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Logits (B, C, H, W) in float32; fp16 autocast on CUDA (bf16 was measured slower on CPU, so not there); an
+    array (`network_input` of a network of another runtime) gives an array."""
+    if isinstance(x, np.ndarray):
+        return net(x)
     import torch
 
     with torch.inference_mode():
@@ -87,23 +111,34 @@ def forward_logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return net(x)
 
 
-def predict_batch(
-    net: torch.nn.Module, batch: np.ndarray, spec: ModelSpec, device: torch.device, tta: bool = False
-) -> np.ndarray:
+def predict_batch(net: torch.nn.Module, batch: np.ndarray, spec: ModelSpec, device: Any, tta: bool = False
+                  ) -> np.ndarray:
     """Sigmoid probabilities (B, C, H, W) float32 for a (B, H, W, 3) uint8 batch.
 
     With `tta`, the mean over the identity and three flips (each flipped back), which smooths errors the
     network makes at one orientation.
     """
-    import torch
+    x = network_input(net, batch, spec, device)
+    if isinstance(x, np.ndarray):
+        sigmoid, flip, to_numpy = _sigmoid, np.flip, np.asarray
+    else:
+        import torch
 
-    x = to_input_tensor(batch, spec, device, channels_last=getattr(net, "runtime", "pytorch") == "pytorch")
+        sigmoid, flip, to_numpy = torch.sigmoid, torch.flip, lambda t: t.cpu().numpy()
     if not tta:
-        return torch.sigmoid(forward_logits(net, x)).cpu().numpy()
+        return to_numpy(sigmoid(forward_logits(net, x)))
     total = None
     for dims in ((), (2,), (3,), (2, 3)):
-        xi = torch.flip(x, dims) if dims else x
-        p = torch.sigmoid(forward_logits(net, xi))
-        p = torch.flip(p, dims) if dims else p
+        xi = flip(x, dims) if dims else x
+        p = sigmoid(forward_logits(net, xi))
+        p = flip(p, dims) if dims else p
         total = p if total is None else total + p
-    return (total / 4).cpu().numpy()
+    return to_numpy(total / 4)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """torch.sigmoid's float32 arithmetic in numpy (1 / (1 + exp(-x)), each step rounded to float32), in place."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += np.float32(1.0)
+    return np.reciprocal(x, out=x)

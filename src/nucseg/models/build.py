@@ -60,26 +60,26 @@ def _set_batchnorm_momentum(net: torch.nn.Module, momentum: float) -> None:
             module.momentum = momentum
 
 
-def load_network(spec: ModelSpec | str | Path, device: str | torch.device = "cpu", runtime: str = "auto"):
-    """The network of a spec, a registry name or a folder, ready for inference on `device`; cached.
+def load_network(spec: ModelSpec | str | Path, device: Any = "cpu", runtime: str = "auto"):
+    """The network of a spec, a registry name or a folder, ready for inference on `device`; cached. A model whose
+    ONNX Runtime export is cached loads without importing torch.
 
     The weights' sha256 is checked against the config before the first load. The network is in eval mode with
     its BatchNorms folded into the convolutions (`fold_batchnorm`): do not train it; training builds its own.
 
     Args:
         spec: the model.
-        device: where it runs.
+        device: where it runs: a name ("cpu", "cuda:1"), a torch.device or `nucseg.models.device.CPU`.
         runtime: "auto" (ONNX Runtime for trained models on the CPU when installed, else PyTorch), "pytorch",
             or "onnxruntime" (see `nucseg.models.runtime`). A runtime that cannot serve the model falls back to
             PyTorch with one logged warning. The result's ``runtime`` attribute says which one runs it.
     """
-    import torch
-
+    from nucseg.models.device import CPU, torch_device
     from nucseg.models.runtime import RuntimeUnavailable, choose_runtime, load_onnx_network, warn_fallback
 
     if not isinstance(spec, ModelSpec):
         spec = resolve_model(spec)
-    device = torch.device(device)
+    device = CPU if str(device) == "cpu" else torch_device(device)
     chosen = choose_runtime(runtime, device, spec)
     if chosen == "onnxruntime" and device.type != "cpu":
         warn_fallback(spec, f"ONNX Runtime serves the CPU here, not {device.type}")
@@ -101,9 +101,12 @@ def load_network(spec: ModelSpec | str | Path, device: str | torch.device = "cpu
     return net
 
 
-def _torch_network(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+def _torch_network(spec: ModelSpec, device: Any) -> torch.nn.Module:
     import torch
 
+    from nucseg.models.device import torch_device
+
+    device = torch_device(device)
     net = build_network(spec)
     if spec.trained:
         load_weights(net, spec)

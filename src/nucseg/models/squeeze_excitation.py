@@ -111,6 +111,14 @@ def pooled_gates(net: torch.nn.Module, windows: torch.Tensor) -> list[torch.Tens
     return gates
 
 
+def with_pooled_gates(net: torch.nn.Module, windows: torch.Tensor) -> torch.nn.Module:
+    """`with_gates(net, pooled_gates(net, windows))`; a network served by another runtime does both on its own
+    arrays (`windows` as its input, a numpy array for ONNX Runtime: no torch)."""
+    if hasattr(net, "pooled_gates"):
+        return net.with_gates(net.pooled_gates(windows))
+    return with_gates(net, pooled_gates(net, windows))
+
+
 def _pool_squeeze(_module, args):
     """(N, C, 1, 1) per-window channel means -> (1, C, 1, 1) their mean (equal windows: the pooled mean)."""
     return (args[0].mean(0, keepdim=True),)
