@@ -120,3 +120,25 @@ def test_version_2_stays_loadable_by_name_and_its_fine_tuned_versions_keep_worki
         results.append(predict(image, cfg, mpp=spec.mpp).labels)
         assert match_instances(truth, results[-1], 0.5).f1 > 0.5
     assert np.array_equal(*results)
+
+
+def test_a_run_of_version_2_resumed_after_version_3_shipped_goes_on_from_version_2(tmp_path):
+    """A fine-tuning run started from "nucseg-default" when that was version 2 records version 2's sha256 in its
+    data manifest; resumed now, "nucseg-default" is version 3 (another network: its checkpoints cannot load into
+    it). It goes on from nucseg-v2 and says so; weights that no shipped model holds stop it with one clear line."""
+    import json
+
+    from nucseg.config import FinetuneConfig
+    from nucseg.errors import InvalidInputError
+    from nucseg.training.finetune import DATA_MANIFEST, run_base
+
+    v2 = resolve_model("nucseg-v2")
+    config = FinetuneConfig(base_model=DEFAULT_MODEL)
+    (tmp_path / DATA_MANIFEST).write_text(json.dumps({"base_model": DEFAULT_MODEL, "base_sha256": v2.sha256}))
+    notes = []
+    base, resumed = run_base(config, tmp_path, True, notes)
+    assert base.sha256 == v2.sha256 and resumed.base_model == "nucseg-v2" and "goes on from nucseg-v2" in notes[0]
+    assert run_base(config, tmp_path, False, [])[0].sha256 == resolve_model(DEFAULT_MODEL).sha256  # a new run
+    (tmp_path / DATA_MANIFEST).write_text(json.dumps({"base_model": DEFAULT_MODEL, "base_sha256": "0" * 64}))
+    with pytest.raises(InvalidInputError, match="start a new run into another folder"):
+        run_base(config, tmp_path, True, [])

@@ -65,6 +65,8 @@ from nucseg.training.verdict import (  # noqa: F401 - the verdict's names, re-ex
 CHECKPOINTS = "checkpoints"
 FINETUNE_CONFIG = "finetune_config.json"
 LOG_CSV = "log.csv"
+#: the run's data and base model, written when it starts (a resumed run goes on from the same base weights)
+DATA_MANIFEST = "data_manifest.json"
 #: the base model's instances on the held-out crops (the outlines a person accepted are judged against them)
 REFERENCE_FILE = "heldout_reference.npz"
 
@@ -169,7 +171,8 @@ def iter_finetune(
     device = select_device(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    base = resolve_model(config.base_model)
+    notes: list[str] = []
+    base, config = run_base(config, out_dir, resume, notes)
     post = (postprocess or PostprocessConfig()).resolved(base.postprocess_defaults)
     net = build_network(base)
     if base.trained:
@@ -188,7 +191,6 @@ def iter_finetune(
     ckpt_dir = out_dir / CHECKPOINTS
     state: dict[str, Any] = {"history": [], "best_score": None, "best_epoch": 0, "since_best": 0, "before": {},
                              "steps_done": 0}
-    notes: list[str] = []
     reference: list[np.ndarray] | None = None
     clock: dict[str, Any] = {"steps": [], "scoring": None}
     if resume and has_checkpoint(ckpt_dir):
@@ -206,7 +208,7 @@ def iter_finetune(
         reference = _load_reference(out_dir, heldout)
     else:
         config.write_json(out_dir / FINETUNE_CONFIG)
-        atomic_write_text(out_dir / "data_manifest.json", json.dumps(
+        atomic_write_text(out_dir / DATA_MANIFEST, json.dumps(
             {"base_model": base.name, "base_sha256": base.sha256, "train": _manifest(train),
              "val": _manifest(heldout.pairs), "val_groups": heldout.groups,
              "original": _manifest(original) if config.mix_original else [],
@@ -350,6 +352,36 @@ def _epoch_stage(record: dict[str, Any]) -> str:
         return (f"{head}: validation AJI {record['val_aji']:.3f}, IoU {record['val_iou']:.3f}, "
                 f"F {record['val_f1']:.3f}")
     return f"{head}: training loss {record['train_loss']:.3f}"
+
+
+def run_base(config: FinetuneConfig, out_dir: Path, resume: bool, notes: list[str]
+             ) -> tuple[ModelSpec, FinetuneConfig]:
+    """The base model of a run, and its config. A resumed run goes on from the weights it started from (their
+    sha256 is in its data manifest): when its base's name now names another model (a run of version 2 waited while
+    the default became version 3), the shipped model with those weights takes its place, with a note; when none
+    has them, the run cannot go on, and the error says why."""
+    import dataclasses
+
+    from nucseg.errors import InvalidInputError
+    from nucseg.models.registry import shipped_models
+
+    base = resolve_model(config.base_model)
+    manifest = out_dir / DATA_MANIFEST
+    if not (resume and manifest.is_file()):
+        return base, config
+    recorded = json.loads(manifest.read_text()).get("base_sha256")
+    if not recorded or recorded == base.sha256:
+        return base, config
+    for name in shipped_models():
+        spec = resolve_model(name)
+        if spec.sha256 == recorded:
+            notes.append(f"this run started from {config.base_model!r} when that name held {name}'s weights: it "
+                         f"goes on from {name}")
+            return spec, dataclasses.replace(config, base_model=name)
+    raise InvalidInputError(
+        f"{out_dir} was started from {config.base_model!r} with other weights than it holds now (sha256 "
+        f"{recorded[:12]}…, now {str(base.sha256)[:12]}…), so its checkpoints cannot go on from it: start a new "
+        "run into another folder")
 
 
 def _save_reference(out_dir: Path, reference: list[np.ndarray]) -> None:
