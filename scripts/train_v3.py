@@ -351,6 +351,7 @@ def tune(args) -> None:
     from nucseg.config import InferenceConfig, PostprocessConfig, TilingConfig
     from nucseg.inference.predict import predict
     from nucseg.io.masks import read_labels
+    from nucseg.models.registry import sha256_of
     from nucseg.training.postprocess_tuning import mean_aji
 
     run = TRAIN_ROOT / args.run
@@ -374,18 +375,12 @@ def tune(args) -> None:
                          "aji": {k: round(v, 4) for k, v in scores.items()}, "mean": float(np.mean(list(scores.values())))})
             print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["mean"])
-    choice = {**best, "weights_sha256": _sha256(run / "best.safetensors"),
+    choice = {**best, "weights_sha256": sha256_of(run / "best.safetensors"),
               "how": "scripts/train_v3.py tune: the best mean of the MoNuSeg validation tiles' and the TNBC "
                      "validation patients' mean AJI over TUNE_GRIDS (engine probabilities, 512 px tiles)",
               "grid": rows}
     (run / "postprocess.json").write_text(json.dumps(choice, indent=1))
     print(f"chosen: {best['postprocess']} (mean AJI {best['mean']}: {best['aji']}) -> {run / 'postprocess.json'}")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export(args, postprocess: bool = True) -> None:
@@ -394,6 +389,7 @@ def export(args, postprocess: bool = True) -> None:
     from safetensors.torch import load_file
 
     from nucseg.models.build import save_model
+    from nucseg.models.registry import sha256_of
 
     run = TRAIN_ROOT / args.run
     settings = json.loads((run / "settings.json").read_text())
@@ -405,7 +401,7 @@ def export(args, postprocess: bool = True) -> None:
     tuned = run / "postprocess.json"
     if postprocess and tuned.is_file():
         record = json.loads(tuned.read_text())
-        if record["weights_sha256"] != _sha256(run / "best.safetensors"):
+        if record["weights_sha256"] != sha256_of(run / "best.safetensors"):
             raise SystemExit(f"{tuned} was tuned on other weights than {run / 'best.safetensors'}: run tune again")
         post = record["postprocess"]
         choice = f"{record['how']}: mean AJI {record['aji']}"

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import datetime as _dt
 import functools
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import numpy as np
 from nucseg.classify.classes import NucleusClass
 from nucseg.classify.learner import ClassifierData, ClassifierSettings, Example, TrainedClassifier, train
 from nucseg.errors import InvalidInputError, StoreError
+from nucseg.models.registry import sha256_of
 
 __all__ = ["classifiers_dir", "save_classifier", "resolve_classifier", "load_classifier", "load_trained",
            "list_classifiers", "ClassifierInfo", "model_binding", "check_binding"]
@@ -69,10 +69,6 @@ def check_binding(data: ClassifierData, spec: Any, where: str) -> str | None:
                                 f"({str(spec.sha256)[:12]}); segment with --model {bound.get('name')} or train the "
                                 "classifier again on this model's nuclei")
     return None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _check(trained: TrainedClassifier) -> list[list[float]]:
@@ -124,7 +120,7 @@ def save_classifier(data: ClassifierData, name: str, *, description: str = "",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "classes": [c.to_dict() for c in data.classes], "trained_classes": trained.classes,
             "settings": data.settings.to_dict(), "features": data.feature_names, "model": data.model,
-            "examples": EXAMPLES, "examples_sha256": _sha256(tmp / EXAMPLES), "n_examples": len(data.examples),
+            "examples": EXAMPLES, "examples_sha256": sha256_of(tmp / EXAMPLES), "n_examples": len(data.examples),
             "counts": data.counts(), "sklearn": _sklearn_version(), "check": _check(trained)}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         while True:  # never replace a version: the next free number (another process may take one meanwhile)
@@ -178,7 +174,7 @@ def load_classifier(name_or_path: str | Path, root: Path | None = None) -> Class
         config = json.loads((folder / CONFIG).read_text())
         if config.get("format") != FORMAT:
             raise StoreError(f"{folder / CONFIG} is not a nucseg classifier")
-        if config.get("examples_sha256") != _sha256(folder / EXAMPLES):
+        if config.get("examples_sha256") != sha256_of(folder / EXAMPLES):
             raise StoreError(f"{folder / EXAMPLES} changed since it was saved (sha256 differs); save the edited "
                              "examples as a new classifier instead")
         settings = ClassifierSettings.from_dict(config["settings"])
