@@ -45,7 +45,7 @@ def scores_html(before: dict[str, float], after: dict[str, float]) -> str:
                         for name, b, a, n in tiles)
         table += (f"<table><tr><th>per correction</th><th>before</th><th>after</th><th>nuclei</th></tr>{cells}"
                   "</table>")
-        if any(not n for *_, n in tiles):
+        if any(a is None for _, _, a, _ in tiles):
             table += "<small>-: no held-out nuclei there, so no score of its own (it counts in the pooled one)</small>"
     return table
 

@@ -174,7 +174,7 @@ def tiles_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     for name, b, a, nuclei in rows:
         lines.append(f"{name[:width]:<{width}} {'-' if b is None else f'{b:.4f}':>8} "
                      f"{'-' if a is None else f'{a:.4f}':>8} {nuclei:>7}")
-    if any(not nuclei for *_, nuclei in rows):
+    if any(a is None for _, _, a, _ in rows):
         lines.append("(-: a region without held-out nuclei has no score of its own; it counts in the pooled score)")
     return lines
 

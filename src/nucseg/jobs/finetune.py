@@ -263,7 +263,7 @@ def verdict_lines(result: FinetuneResult) -> list[str]:
     key = verdict_key(result.before, result.after)
     label = "held-out score" if key == "val_score" else "AJI"
     tiles = tile_rows(result.before, result.after)
-    scored = sum(1 for *_, nuclei in tiles if nuclei)
+    scored = sum(1 for _, _, after, _ in tiles if after is not None)  # tile_rows: no score without nuclei
     up, down = tile_changes(result.before, result.after)
     which = "corrections" if scored == len(tiles) else "corrections with held-out nuclei"
     per_tile = f" (higher on {up}, lower on {down} of {scored} {which})" if scored > 1 else ""
