@@ -120,6 +120,73 @@ def test_side_by_side_from_the_gui_adds_its_layers_one_turn_at_a_time(make_napar
     assert len(viewer.layers) == 3
 
 
+def test_steps_from_the_gui_leave_the_window_a_turn_between_them(qtbot):
+    """Each step of a `StepQueue` waits for a timer of the window's (painting, a click) to fire: chained
+    zero-delay calls are posted events, which Qt handles before timers, and joined into one long freeze."""
+    import time
+
+    from nucseg._napari._loop import StepQueue
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(1))
+    seen = []
+
+    def step():
+        seen.append(len(ticks))
+        time.sleep(0.03)  # a layer added: its cost on the GUI thread
+
+    queue = StepQueue()
+    timer.start()
+    from_the_event_loop(qtbot, lambda: queue.extend([step] * 5), lambda: not queue)
+    timer.stop()
+    assert len(seen) == 5 and all(b > a for a, b in zip(seen, seen[1:])), seen
+
+
+def test_side_by_side_off_collects_garbage_once_not_per_layer(make_napari_viewer, qtbot, monkeypatch):
+    """napari collects garbage after every layer removed (0.1-0.2 s on a busy heap); the six copies go in one
+    batch, so turning the view off pays that once."""
+    import napari._vispy.canvas as vispy_canvas
+
+    from nucseg._napari.side_by_side import SideBySide
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.full((300, 400, 3), 200, np.uint8), rgb=True, name="image")
+    truth = viewer.add_labels(nuclei(), name="truth")
+    pred = viewer.add_labels(np.roll(nuclei(), 2, axis=1), name="pred")
+    side = SideBySide(viewer)
+    from_the_event_loop(qtbot, lambda: side.enable(image, truth, pred), lambda: side.enabled and not side.busy)
+    collected = []
+    gc = vispy_canvas.gc
+    monkeypatch.setattr(vispy_canvas, "gc", type("gc", (), {"collect": staticmethod(
+        lambda *a: (collected.append(1), gc.collect(*a))[1])}))
+    from_the_event_loop(qtbot, side.disable, lambda: not side.busy)
+    assert len(viewer.layers) == 3 and all(layer.visible for layer in viewer.layers)
+    assert len(collected) == 1
+
+
+def test_side_by_side_draws_a_whole_slide_labels_layer_from_display_levels(make_napari_viewer):
+    """A single-level labels layer larger than a display level is copied as lazy strided levels (no memory):
+    each panel then uploads its field of view, not the whole slide's labels as one texture."""
+    from nucseg._napari.reader import DISPLAY_LEVEL_SIZE
+    from nucseg._napari.side_by_side import SideBySide
+
+    viewer = make_napari_viewer()
+    big = np.zeros((DISPLAY_LEVEL_SIZE + 900, 1200), np.uint32)
+    big[100:110, 100:110] = 7
+    image = viewer.add_image(np.zeros(big.shape, np.uint8), name="image")
+    truth = viewer.add_labels(big, name="truth")
+    pred = viewer.add_labels(nuclei(), name="pred")
+    side = SideBySide(viewer)
+    side.enable(image, truth, pred)
+    copy = next(layer for layer in side.copies if layer.name == f"{SideBySide.PREFIX}truth")
+    assert copy.multiscale and copy.data[0] is big and np.shares_memory(copy.data[1], big)
+    small = next(layer for layer in side.copies if layer.name == f"{SideBySide.PREFIX}pred")
+    assert not small.multiscale and small.data is pred.data
+    side.disable()
+
+
 def test_the_segment_dock_loads_the_model_when_it_opens_from_the_gui(make_napari_viewer, qtbot, monkeypatch):
     from fake_models import BlobNet
     from nucseg.models import build

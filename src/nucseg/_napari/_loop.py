@@ -7,6 +7,9 @@ calls finish before they return, as napari's API promises them to.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
+
 
 def in_event_loop() -> bool:
     """True on the GUI thread while an event loop runs (Qt's loop level above 0)."""
@@ -15,3 +18,51 @@ def in_event_loop() -> bool:
     app = QCoreApplication.instance()
     thread = QThread.currentThread()
     return app is not None and thread is app.thread() and thread.loopLevel() > 0
+
+
+class StepQueue:
+    """Callables run one per turn of the GUI's event loop, or all at once outside it (a script, a test).
+
+    Adding or removing a napari layer costs its GUI thread up to a few hundred ms on a slow machine; run one at a
+    time, with the window's own work (painting, the user's clicks) in between, no single stall adds them up. The
+    steps are `GAP_MS` apart: a zero-delay timer is a posted event, which Qt handles before its timers, so
+    back-to-back steps would still join into one long stall. `done` runs after the last step.
+    """
+
+    GAP_MS = 15
+
+    def __init__(self, done: Callable[[], None] | None = None):
+        self.steps: collections.deque[Callable[[], None]] = collections.deque()
+        self.done = done
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def extend(self, steps: list[Callable[[], None]]) -> None:
+        from qtpy.QtCore import QTimer
+
+        idle = not self.steps
+        self.steps.extend(steps)
+        if not in_event_loop():
+            while self.steps:
+                self.steps.popleft()()
+            if self.done is not None:
+                self.done()
+        elif idle:
+            QTimer.singleShot(self.GAP_MS, self._next)
+
+    def then(self, steps: list[Callable[[], None]]) -> None:
+        """From inside a step: run `steps` next, before whatever else is queued."""
+        self.steps.extendleft(reversed(steps))
+
+    def _next(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        try:
+            if self.steps:
+                self.steps.popleft()()
+        finally:
+            if self.steps:
+                QTimer.singleShot(self.GAP_MS, self._next)
+            elif self.done is not None:
+                self.done()

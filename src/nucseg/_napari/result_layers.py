@@ -15,7 +15,6 @@ beside the run's own (never written over) and shown from a pyramid built in the 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import threading
 from collections.abc import Callable, Generator
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 
 from nucseg.jobs.segment import count_nuclei, keep_user_edits
 
@@ -90,13 +88,15 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
     """Add the labels layer of a result, overlaid on `image_layer`; return it and the steps still to do.
 
     Adding a layer costs napari's GUI thread a few hundred ms on a slow machine (its controls, its visual, the
-    first slice); the hidden probability layer and the contours (computed on every slice of the labels) are
-    therefore left as steps the caller runs in later turns of the event loop, so no single stall adds them up.
+    first slice); showing the labels, the hidden probability layer and the contours (computed on every slice of the
+    labels) are therefore left as steps the caller runs in later turns of the event loop, so no single stall adds them up.
     """
     scale, translate, units = image_layer.scale, image_layer.translate, tuple(image_layer.units)[-2:]
     labels = display.layer or build_labels_layer(result, display, title, (scale, translate, units))
     # the image the writers measure for the CSV's / GeoJSON's H&E columns
     labels.metadata["nucseg_image"] = {"name": image_layer.name, "path": image_layer.metadata.get("nucseg_path")}
+    # added hidden, shown in the next step: napari's controls and visual now, its first slice and texture then
+    labels.visible = False
     viewer.add_layer(labels)
     view = ResultView(labels, None, result, editable=not display.labels_multiscale)
     if view.editable:
@@ -114,6 +114,9 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
         viewer.layers.insert(viewer.layers.index(labels), view.probability)  # under its labels
         viewer.layers.selection.active = labels  # the layer the user edits
 
+    def show() -> None:
+        labels.visible = True
+
     def show_contours() -> None:
         labels.contour = 2 if contours else 0
 
@@ -123,7 +126,7 @@ def add_result_layers(viewer: napari.viewer.Viewer, result: PredictionResult, di
         if labels in viewer.layers:
             measure_layer(viewer, labels)
 
-    return view, [add_probability, show_contours, measure]
+    return view, [show, add_probability, show_contours, measure]
 
 
 def prewarm_layer_modules() -> None:
@@ -205,29 +208,6 @@ def start_preload(model: str | None) -> Any:
                                     on_finished=lambda: _preloading.remove(worker) if worker in _preloading else None)
     _preloading.append(worker)
     return worker
-
-
-class StepQueue:
-    """Callables run one per turn of the Qt event loop (see `add_result_layers`); `done` is called after the last."""
-
-    def __init__(self, done: Callable[[], None]):
-        self.steps: collections.deque[Callable[[], None]] = collections.deque()
-        self.done = done
-
-    def __bool__(self) -> bool:
-        return bool(self.steps)
-
-    def extend(self, steps: list[Callable[[], None]]) -> None:
-        self.steps.extend(steps)
-        QTimer.singleShot(0, self._next)
-
-    def _next(self) -> None:
-        if self.steps:
-            self.steps.popleft()()
-        if self.steps:
-            QTimer.singleShot(0, self._next)
-        else:
-            self.done()
 
 
 def snapshot(view: ResultView) -> tuple[int, np.ndarray, np.ndarray] | None:

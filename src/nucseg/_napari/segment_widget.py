@@ -30,8 +30,9 @@ from nucseg.jobs.segment import layer_title, prediction_outputs, segment_regions
 from nucseg.models.registry import resolve_model
 
 from . import rerun_choice, shortcuts
-from . import result_layers as result_steps  # StepQueue, start_startup_job
+from . import result_layers as result_steps  # start_startup_job, start_preload
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
+from ._loop import StepQueue
 from ._native import isolate_triton
 from ._workers import JobControls, error_message, start_generator_worker
 from .fluorescence import FluorescenceGuard
@@ -71,7 +72,7 @@ class SegmentWidget(QWidget):
         self._reapply_pending = False
         self._stop: threading.Event | None = None
         self._replace: Labels | None = None  # the corrected layer a run replaces (asked first)
-        self._steps = result_steps.StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
+        self._steps = StepQueue(lambda: self.run_button.setEnabled(self._worker is None))
 
         self.image_combo = layer_picker(napari_viewer, Image, predicate=lambda lay: "nucseg_region" not in lay.metadata)
         self.model_combo = ModelCombo()

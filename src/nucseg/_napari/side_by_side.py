@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 
+from ._loop import StepQueue
 from .evaluation_layers import CELL_VIEW_PX
+from .reader import display_levels
 
 if TYPE_CHECKING:
     import napari
@@ -25,8 +24,8 @@ class SideBySide:
     image (with the TP/FP/FN overlay, hidden, a click away), the truth over the image, the prediction over the
     image. Copies share the originals' data (no memory), every other layer is hidden while the view is on,
     and `disable` removes the copies and restores visibility and the grid settings. Turned on or off from the GUI,
-    the layers are added or removed one per turn of the event loop (`_queue`), so the window never freezes for
-    their sum.
+    each layer is added, removed or shown again in its own turn of the event loop (`StepQueue`), so the window
+    never freezes for their sum.
 
     Args:
         viewer: the napari viewer.
@@ -38,7 +37,7 @@ class SideBySide:
         self.viewer = viewer
         self.copies: list[Layer] = []
         self._saved: dict[str, Any] | None = None
-        self._steps: collections.deque[Callable[[], None]] = collections.deque()
+        self._steps = StepQueue()
 
     @property
     def enabled(self) -> bool:
@@ -62,15 +61,22 @@ class SideBySide:
                            "grid": (grid.enabled, grid.stride, grid.shape)}
             for layer in self.viewer.layers:
                 layer.visible = False
+            grid.stride, grid.shape = -2, (1, 3)  # cheap while the grid is off
+
+        def show_grid() -> None:  # before the copies arrive: napari builds the empty panels once, not per copy
+            grid.enabled = True
 
         def image_copy(title: str) -> Layer:
             return Image(image.data, name=f"{self.PREFIX}{title}", rgb=image.rgb, multiscale=image.multiscale,
                          scale=image.scale, translate=image.translate, units=image.units,
-                         contrast_limits=image.contrast_limits, metadata={"nucseg_overlay": True})
+                         contrast_limits=image.contrast_limits, visible=False, metadata={"nucseg_overlay": True})
 
-        def labels_copy(layer: Layer, title: str, visible: bool = True, **kwargs: Any) -> Layer:
-            return Labels(layer.data, name=f"{self.PREFIX}{title}", multiscale=layer.multiscale, scale=layer.scale,
-                          translate=layer.translate, units=layer.units, visible=visible,
+        def labels_copy(layer: Layer, title: str, **kwargs: Any) -> Layer:
+            # a whole-slide labels array as display levels: the panels draw their field of view, not a 6-Mpx texture
+            levels = display_levels(layer.data if layer.multiscale else [layer.data])
+            return Labels(levels if len(levels) > 1 else levels[0], name=f"{self.PREFIX}{title}",
+                          multiscale=len(levels) > 1, scale=layer.scale,
+                          translate=layer.translate, units=layer.units, visible=False,
                           metadata={"nucseg_overlay": True}, **kwargs)
 
         partner = overlay if overlay is not None else truth
@@ -78,61 +84,55 @@ class SideBySide:
             image_copy(f"image under {pred.name}"), labels_copy(pred, pred.name, opacity=0.6),
             image_copy(f"image under {truth.name}"), labels_copy(truth, truth.name, opacity=0.6),
             image_copy(image.name),
-            labels_copy(partner, partner.name, visible=False, opacity=0.6, colormap=partner.colormap),
+            labels_copy(partner, partner.name, opacity=0.6, colormap=partner.colormap),
         ]
+        shown = self.copies[:-1]  # the overlay stays a click away
         camera = self.viewer.scene.camera
         centre = tuple(camera.center[-2:]) if centre is None else centre
 
-        def show_grid() -> None:
-            grid.stride, grid.shape, grid.enabled = -2, (1, 3), True
+        def zoom_to_cells() -> None:
             # one camera for all panels: zoom and pan stay linked; cell level = CELL_VIEW_PX pixels across a panel
             height, width = self.viewer.canvas.viewbox_size(self.viewer.layers)
             camera.center = centre
             camera.zoom = min(height, width) / (CELL_VIEW_PX * max(abs(float(s)) for s in image.scale[-2:]))
 
-        self._queue([hide_all, *(lambda layer=layer: self.viewer.add_layer(layer) for layer in self.copies),
-                     show_grid])
+        # each copy added hidden (its controls and visual), then shown (its slice, its texture, the panels laid out):
+        # two shorter stalls instead of one
+        self._steps.extend([hide_all, show_grid,
+                            *(lambda layer=layer: self.viewer.add_layer(layer) for layer in self.copies),
+                            *(lambda layer=layer: setattr(layer, "visible", True) for layer in shown), zoom_to_cells])
 
     @property
     def busy(self) -> bool:
         """Whether steps of turning the view on or off are still to run."""
         return bool(self._steps)
 
-    def _queue(self, steps: list[Callable[[], None]]) -> None:
-        """Run `steps`: now, or, from the GUI's event loop, one per turn of it (adding or removing a layer costs
-        napari's GUI thread up to a few hundred ms: one at a time, the window keeps answering)."""
-        from ._loop import in_event_loop
-
-        self._steps.extend(steps)
-        if not in_event_loop():
-            while self._steps:
-                self._steps.popleft()()
-        elif len(self._steps) == len(steps):  # nothing was queued: start
-            QTimer.singleShot(0, self._next)
-
-    def _next(self) -> None:
-        if self._steps:
-            self._steps.popleft()()
-        if self._steps:
-            QTimer.singleShot(0, self._next)
-
     def disable(self) -> None:
         """Remove the copies, restore the layers' visibility and the grid settings."""
         copies, self.copies = self.copies, []
+        if not copies and self._saved is None:
+            return
+        layers = self.viewer.layers
 
+        # napari collects garbage (0.1-0.2 s with a few hundred thousand objects) and rebuilds its scene after each
+        # removal; inside one batch it does so once, at its end
         def remove(layer: Layer) -> None:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+            if layer in layers:
+                layers.remove(layer)
 
-        def restore() -> None:
-            if self._saved is None:
-                return
-            for layer, visible in self._saved["visible"].items():
-                if layer in self.viewer.layers:
-                    layer.visible = visible
-            grid = self.viewer.canvas.grid
-            grid.enabled, grid.stride, grid.shape = self._saved["grid"]
-            self._saved = None
+        def restore_grid() -> None:
+            if self._saved is not None:
+                grid = self.viewer.canvas.grid
+                grid.enabled, grid.stride, grid.shape = self._saved["grid"]
 
-        if copies or self._saved is not None:
-            self._queue([*(lambda layer=layer: remove(layer) for layer in copies), restore])
+        def restore_visibility() -> None:
+            saved, self._saved = self._saved, None
+            shown = [layer for layer, visible in (saved or {"visible": {}})["visible"].items() if visible]
+            self._steps.then([lambda layer=layer: show(layer) for layer in shown])  # before a queued `enable`
+
+        def show(layer: Layer) -> None:
+            if layer in layers:
+                layer.visible = True
+
+        self._steps.extend([layers.events.begin_batch, *(lambda layer=layer: remove(layer) for layer in copies),
+                            restore_grid, layers.events.end_batch, restore_visibility])
