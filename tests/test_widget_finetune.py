@@ -221,13 +221,12 @@ def set_tiny(widget, epochs=1, steps=2):
 
 def test_finetune_in_a_worker_with_live_curves_and_a_responsive_gui(
         make_napari_viewer, qtbot, store_with_pairs, base_version, errors, monkeypatch):
+    import threading
+
     from test_finetune import scripted_validation
 
     from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.models import versions
-
-    import threading
-
     from nucseg.training import finetune
 
     scripted_validation(monkeypatch, [0.5, 0.6])  # better than its base: kept without asking
