@@ -258,9 +258,9 @@ def main() -> None:
             first, stall = scenario_first_run()
             print(f"first run, Run -> first tile: {first:.1f} s (longest stall {stall:.0f} ms)", flush=True)
         print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
-    from napari.qt.threading import wait_for_workers_to_quit
+    from napari.qt.threading import WorkerBase
 
-    wait_for_workers_to_quit(60_000)  # as napari does on quit: a measuring worker outliving its viewer
+    WorkerBase.await_workers(60_000)  # as napari does on quit: a measuring worker outliving its viewer
 
 
 if __name__ == "__main__":
