@@ -97,3 +97,31 @@ def test_predict_json_and_batch_summary_carry_the_density(tmp_path, monkeypatch,
         assert "nuclei_per_mm2" not in density and density["pixel_size"].startswith("unknown")
         assert row["nuclei_per_mm2"] == "" and row["tissue_mm2"] == ""
         assert float(row["nuclei_per_mpx"]) == pytest.approx(density["nuclei_per_mpx"])
+
+
+def test_predict_masks_the_tissue_once_and_a_region_counts_the_whole_slides_tissue(tmp_path, monkeypatch):
+    """The density figures reuse the engine's tissue mask of the slide (one pass over the pixels, not a second
+    one of the region's), so a region's tissue is judged by the whole slide's threshold, as the engine's tile
+    skipping is."""
+    from PIL import Image
+
+    from fake_models import blob_image, install_blobnet
+    from nucseg.cli import main
+    from nucseg.inference import tissue as tissue_module
+
+    install_blobnet(monkeypatch)
+    calls = []
+    blockwise = tissue_module.tissue_mask_blockwise
+    monkeypatch.setattr(tissue_module, "tissue_mask_blockwise", lambda *a, **k: (calls.append(1),
+                                                                                 blockwise(*a, **k))[1])
+    image, _ = blob_image((200, 260), n=12, seed=4)
+    image[:, 130:] = 250
+    image[:, :130][image[:, :130].sum(-1) > 600] = (200, 120, 170)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "tile.png"), "--out", str(out), "--model", "unet-efficientnet-b0",
+                 "--tile-size", "128", "--overlap", "32", "--region", "64,0,128,200", "--quiet"]) == 0
+    assert len(calls) == 1
+    density = json.loads((out / "tile_predict.json").read_text())["density"]
+    whole = tissue_map(np.asarray(Image.open(tmp_path / "tile.png").convert("RGB")), (0, 64, 200, 128))
+    assert density["tissue_px2"] == pytest.approx(whole.area_px())

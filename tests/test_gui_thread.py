@@ -111,9 +111,9 @@ def test_side_by_side_from_the_gui_adds_its_layers_one_turn_at_a_time(make_napar
     from_the_event_loop(qtbot, lambda: (side.enable(image, truth, pred), seen_busy.append(side.busy)),
                         lambda: side.enabled and not side.busy)
     assert seen_busy == [True]  # returned before the layers were all added
-    assert len(viewer.layers) == 3 + 6 and viewer.grid.enabled
+    assert len(viewer.layers) == 3 + 6 and viewer.canvas.grid.enabled
     from_the_event_loop(qtbot, side.disable, lambda: not side.busy)
-    assert len(viewer.layers) == 3 and not viewer.grid.enabled and all(layer.visible for layer in viewer.layers)
+    assert len(viewer.layers) == 3 and not viewer.canvas.grid.enabled and all(layer.visible for layer in viewer.layers)
     side.enable(image, truth, pred)  # from a script: done on return
     assert len(viewer.layers) == 9 and not side.busy
     side.disable()
