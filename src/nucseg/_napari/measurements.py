@@ -24,6 +24,7 @@ from qtpy.QtCore import QTimer
 from nucseg.metrics.density import TissueMap, nucleus_columns, tissue_map
 
 from . import writers
+from ._loop import fair_to_the_gui
 
 #: labels-layer metadata key holding the `Measured` of its current data
 MEASURED_KEY = "nucseg_measured"
@@ -202,7 +203,11 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     def finished() -> None:
         _running.pop(id(layer), None)
 
-    worker = start_generator_worker(lambda: measure_job(labels, pixels, path, how, mpp, offset, image_file), on_return=done,
+    def job() -> Generator[None, None, Measured]:
+        with fair_to_the_gui():  # tracing thousands of nuclei in Python: see `fair_to_the_gui`
+            return (yield from measure_job(labels, pixels, path, how, mpp, offset, image_file))
+
+    worker = start_generator_worker(job, on_return=done,
                                     on_finished=finished, desc=f"measuring {layer.name}")
     _running[id(layer)] = (weakref.ref(layer), worker)
     return worker

@@ -216,8 +216,11 @@ def _in_background(path: str, write: Any, background: bool) -> list[str]:
     from ._workers import start_generator_worker
 
     def job():
+        from ._loop import fair_to_the_gui
+
         yield None
-        return write()
+        with fair_to_the_gui():
+            return write()
 
     def done(missing: Any) -> None:
         if missing is not None:
