@@ -134,11 +134,11 @@ def test_side_by_side_from_the_gui_adds_its_layers_one_turn_at_a_time(make_napar
     from_the_event_loop(qtbot, lambda: (side.enable(image, truth, pred), seen_busy.append(side.busy)),
                         lambda: side.enabled and not side.busy)
     assert seen_busy == [True]  # returned before the layers were all added
-    assert len(viewer.layers) == 3 + 6 and viewer.canvas.grid.enabled
+    assert len(viewer.layers) == 3 + 2 and viewer.canvas.grid.enabled
     from_the_event_loop(qtbot, side.disable, lambda: not side.busy)
     assert len(viewer.layers) == 3 and not viewer.canvas.grid.enabled and all(layer.visible for layer in viewer.layers)
     side.enable(image, truth, pred)  # from a script: done on return
-    assert len(viewer.layers) == 9 and not side.busy
+    assert len(viewer.layers) == 5 and not side.busy
     side.disable()
     assert len(viewer.layers) == 3
 
@@ -168,8 +168,8 @@ def test_steps_from_the_gui_leave_the_window_a_turn_between_them(qtbot):
 
 
 def test_side_by_side_off_collects_garbage_once_not_per_layer(make_napari_viewer, qtbot, monkeypatch):
-    """napari collects garbage after every layer removed (0.1-0.2 s on a busy heap); the six copies go in one
-    batch, so turning the view off pays that once."""
+    """napari collects garbage after every layer removed (0.1-0.2 s on a busy heap); the copies go in one batch,
+    so turning the view off pays that once."""
     import napari._vispy.canvas as vispy_canvas
 
     from nucseg._napari.side_by_side import SideBySide
@@ -187,27 +187,6 @@ def test_side_by_side_off_collects_garbage_once_not_per_layer(make_napari_viewer
     from_the_event_loop(qtbot, side.disable, lambda: not side.busy)
     assert len(viewer.layers) == 3 and all(layer.visible for layer in viewer.layers)
     assert len(collected) == 1
-
-
-def test_side_by_side_draws_a_whole_slide_labels_layer_from_display_levels(make_napari_viewer):
-    """A single-level labels layer larger than a display level is copied as lazy strided levels (no memory):
-    each panel then uploads its field of view, not the whole slide's labels as one texture."""
-    from nucseg._napari.reader import DISPLAY_LEVEL_SIZE
-    from nucseg._napari.side_by_side import SideBySide
-
-    viewer = make_napari_viewer()
-    big = np.zeros((DISPLAY_LEVEL_SIZE + 900, 1200), np.uint32)
-    big[100:110, 100:110] = 7
-    image = viewer.add_image(np.zeros(big.shape, np.uint8), name="image")
-    truth = viewer.add_labels(big, name="truth")
-    pred = viewer.add_labels(nuclei(), name="pred")
-    side = SideBySide(viewer)
-    side.enable(image, truth, pred)
-    copy = next(layer for layer in side.copies if layer.name == f"{SideBySide.PREFIX}truth")
-    assert copy.multiscale and copy.data[0] is big and np.shares_memory(copy.data[1], big)
-    small = next(layer for layer in side.copies if layer.name == f"{SideBySide.PREFIX}pred")
-    assert not small.multiscale and small.data is pred.data
-    side.disable()
 
 
 def test_the_segment_dock_loads_the_model_when_it_opens_from_the_gui(make_napari_viewer, qtbot, monkeypatch):

@@ -201,8 +201,10 @@ def test_side_by_side_shows_three_panels_and_restores(make_napari_viewer, qtbot)
         if layer.visible:
             panels.setdefault(grid.position(index, viewer.layers), []).append(layer.name)
     prefix = SideBySide.PREFIX
-    assert panels == {(0, 0): [f"{prefix}image"], (0, 1): [f"{prefix}image under truth", f"{prefix}truth"],
-                      (0, 2): [f"{prefix}image under pred", f"{prefix}pred"]}, (panels, names)
+    # the user's own labels over copies of the image: corrections there are corrections to them
+    assert panels == {(0, 0): ["image"], (0, 1): [f"{prefix}image under truth", "truth"],
+                      (0, 2): [f"{prefix}image under pred", "pred"]}, (panels, names)
+    assert viewer.layers.selection.active.name == "pred"  # ready for corrections, with its own undo history
     height, width = viewer.canvas.viewbox_size(viewer.layers)  # one panel
     assert viewer.scene.camera.zoom == pytest.approx(min(height, width) / CELL_VIEW_PX)  # cells, not the image
     widget.side_button.click()

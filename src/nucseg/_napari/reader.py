@@ -78,10 +78,9 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
     return read_slides
 
 
-def display_levels(levels: Sequence[Any]) -> list[Any]:
-    """The levels of a slide or a layer, plus subsampled ones when a single level is larger than
-    `DISPLAY_LEVEL_SIZE`: napari then draws only the field of view, not a whole-image texture."""
-    levels = list(levels)
+def display_levels(slide: Slide) -> list[Any]:
+    """The slide's levels, plus subsampled ones when a single level is larger than `DISPLAY_LEVEL_SIZE`."""
+    levels = list(slide.levels)
     if len(levels) == 1:  # lazy strided views of level 0 (the one pyramid rule: `nucseg.io.pyramid`)
         levels += [levels[0][::step, ::step] for step in pyramid_steps(levels[0].shape, DISPLAY_LEVEL_SIZE)[1:]]
     return levels
@@ -102,7 +101,7 @@ def _calibrated(kwargs: dict[str, Any], mpp: float | None, mpp_xy: tuple[float, 
 
 def slide_layer(slide: Slide) -> LayerData:
     """One image layer tuple for an open slide (see the module docstring)."""
-    levels = display_levels(slide.levels)
+    levels = display_levels(slide)
     multiscale = len(levels) > 1
     modality, reason = slide_modality(slide)
     if modality == "fluorescence":

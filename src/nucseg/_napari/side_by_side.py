@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari.layers import Image, Labels
+from napari.layers import Image
+
+from nucseg.errors import InvalidInputError
 
 from ._loop import StepQueue
 from .evaluation_layers import CELL_VIEW_PX
-from .reader import display_levels
 
 if TYPE_CHECKING:
     import napari
@@ -16,16 +17,19 @@ if TYPE_CHECKING:
 
 
 class SideBySide:
-    """Image | truth | prediction in napari's grid mode, each labels panel drawn over its own copy of the image.
+    """Image | truth | prediction in napari's grid mode, each labels layer drawn over its own copy of the image.
 
     Grid mode puts each group of ``|stride|`` consecutive visible layers in its own view box. With stride -2 the
-    groups are counted from the TOP of the layer list, so appending, bottom to top, ``image copy, prediction
-    copy, image copy, truth copy, image copy, overlay copy (hidden)`` gives three panels, left to right: the
-    image (with the TP/FP/FN overlay, hidden, a click away), the truth over the image, the prediction over the
-    image. Copies share the originals' data (no memory), every other layer is hidden while the view is on,
-    and `disable` removes the copies and restores visibility and the grid settings. Turned on or off from the GUI,
-    each layer is added, removed or shown again in its own turn of the event loop (`StepQueue`), so the window
-    never freezes for their sum.
+    groups are counted from the TOP of the layer list, so the layers ordered, bottom to top, ``image copy,
+    prediction, image copy, truth, image, overlay (hidden)`` give three panels, left to right: the image (with the
+    TP/FP/FN overlay, hidden, a click away), the truth over the image, the prediction over the image.
+
+    The panels show the user's own layers: corrections made there are made to them, with their undo history.
+    Only the two images under the labels are copies (sharing the image's data: no memory). Every other layer is
+    hidden while the view is on. `disable` removes the copies and restores the layers' order, visibility and the
+    grid settings. Turned on or off from the GUI, each layer is added, moved, removed or shown in its own turn of
+    the event loop (`StepQueue`), so the window never freezes for their sum: adding a labels layer was the
+    costliest of those turns (0.1-0.25 s on a 2-core machine), and there are none left to add.
 
     Args:
         viewer: the napari viewer.
@@ -48,22 +52,29 @@ class SideBySide:
         """Show the three panels (replacing an earlier side-by-side view), at cell level.
 
         Args:
-            image, truth, pred: the layers to show (copies share their data).
+            image, truth, pred: the layers to show.
             overlay: the TP / FP / FN overlay, hidden in the image panel.
             centre: world (y, x) to centre the panels on; default the current camera centre. The zoom shows
                 about `CELL_VIEW_PX` image pixels across each panel: cells, not the whole image.
         """
+        if truth is pred:
+            raise InvalidInputError("side by side needs two different labels layers: the truth and the prediction")
         self.disable()
-        grid = self.viewer.canvas.grid
+        layers, grid = self.viewer.layers, self.viewer.canvas.grid
+        shown = [layer for layer in (pred, truth, image, overlay) if layer is not None]  # bottom to top
 
         def hide_all() -> None:
-            self._saved = {"visible": {layer: layer.visible for layer in self.viewer.layers},
+            self._saved = {"visible": {layer: layer.visible for layer in layers}, "order": list(layers),
                            "grid": (grid.enabled, grid.stride, grid.shape)}
-            for layer in self.viewer.layers:
+            for layer in layers:
                 layer.visible = False
             grid.stride, grid.shape = -2, (1, 3)  # cheap while the grid is off
 
-        def show_grid() -> None:  # before the copies arrive: napari builds the empty panels once, not per copy
+        def arrange() -> None:  # hidden layers do not count in the grid: only these four need an order
+            present = [layer for layer in shown if layer in layers]
+            layers.move_multiple([layers.index(layer) for layer in present], len(layers))
+
+        def show_grid() -> None:  # before the layers appear: napari builds the empty panels once
             grid.enabled = True
 
         def image_copy(title: str) -> Layer:
@@ -71,22 +82,17 @@ class SideBySide:
                          scale=image.scale, translate=image.translate, units=image.units,
                          contrast_limits=image.contrast_limits, visible=False, metadata={"nucseg_overlay": True})
 
-        def labels_copy(layer: Layer, title: str, **kwargs: Any) -> Layer:
-            # a whole-slide labels array as display levels: the panels draw their field of view, not a 6-Mpx texture
-            levels = display_levels(layer.data if layer.multiscale else [layer.data])
-            return Labels(levels if len(levels) > 1 else levels[0], name=f"{self.PREFIX}{title}",
-                          multiscale=len(levels) > 1, scale=layer.scale,
-                          translate=layer.translate, units=layer.units, visible=False,
-                          metadata={"nucseg_overlay": True}, **kwargs)
+        under_pred, under_truth = image_copy(f"image under {pred.name}"), image_copy(f"image under {truth.name}")
+        self.copies = [under_pred, under_truth]
 
-        partner = overlay if overlay is not None else truth
-        self.copies = [
-            image_copy(f"image under {pred.name}"), labels_copy(pred, pred.name, opacity=0.6),
-            image_copy(f"image under {truth.name}"), labels_copy(truth, truth.name, opacity=0.6),
-            image_copy(image.name),
-            labels_copy(partner, partner.name, opacity=0.6, colormap=partner.colormap),
-        ]
-        shown = self.copies[:-1]  # the overlay stays a click away
+        def insert_below(copy: Layer, labels: Layer) -> None:
+            if labels in layers:
+                layers.insert(layers.index(labels), copy)
+
+        def show(layer: Layer) -> None:
+            if layer in layers:
+                layer.visible = True
+
         camera = self.viewer.scene.camera
         centre = tuple(camera.center[-2:]) if centre is None else centre
 
@@ -95,12 +101,15 @@ class SideBySide:
             height, width = self.viewer.canvas.viewbox_size(self.viewer.layers)
             camera.center = centre
             camera.zoom = min(height, width) / (CELL_VIEW_PX * max(abs(float(s)) for s in image.scale[-2:]))
+            if pred in layers:
+                layers.selection.active = pred  # the layer a correction goes to, not the last copy added
 
-        # each copy added hidden (its controls and visual), then shown (its slice, its texture, the panels laid out):
-        # two shorter stalls instead of one
-        self._steps.extend([hide_all, show_grid,
-                            *(lambda layer=layer: self.viewer.add_layer(layer) for layer in self.copies),
-                            *(lambda layer=layer: setattr(layer, "visible", True) for layer in shown), zoom_to_cells])
+        # each image copy added hidden (napari's controls and visual), then shown (its slice and texture)
+        self._steps.extend([hide_all, arrange, show_grid, lambda: insert_below(under_pred, pred),
+                            lambda: insert_below(under_truth, truth),
+                            *(lambda layer=layer: show(layer) for layer in (under_pred, pred, under_truth, truth,
+                                                                            image)),
+                            zoom_to_cells])
 
     @property
     def busy(self) -> bool:
@@ -108,7 +117,7 @@ class SideBySide:
         return bool(self._steps)
 
     def disable(self) -> None:
-        """Remove the copies, restore the layers' visibility and the grid settings."""
+        """Remove the copies, restore the layers' order, their visibility and the grid settings."""
         copies, self.copies = self.copies, []
         if not copies and self._saved is None:
             return
@@ -125,6 +134,12 @@ class SideBySide:
                 grid = self.viewer.canvas.grid
                 grid.enabled, grid.stride, grid.shape = self._saved["grid"]
 
+        def restore_order() -> None:  # layers added meanwhile stay above the user's own
+            if self._saved is not None:
+                present = [layer for layer in self._saved["order"] if layer in layers]
+                if present != [layer for layer in layers if layer in present]:
+                    layers.move_multiple([layers.index(layer) for layer in present], 0)
+
         def restore_visibility() -> None:
             saved, self._saved = self._saved, None
             shown = [layer for layer, visible in (saved or {"visible": {}})["visible"].items() if visible]
@@ -134,5 +149,6 @@ class SideBySide:
             if layer in layers:
                 layer.visible = True
 
+        # the scene is rebuilt once, at the batch's end, after every change of its structure
         self._steps.extend([layers.events.begin_batch, *(lambda layer=layer: remove(layer) for layer in copies),
-                            restore_grid, layers.events.end_batch, restore_visibility])
+                            restore_grid, restore_order, layers.events.end_batch, restore_visibility])
