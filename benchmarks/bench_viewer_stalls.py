@@ -24,37 +24,7 @@ SLIDE = SLIDES / "small_HE.svs"
 DICOM = SLIDES / "formats" / "dicom_cmu1_small_region"
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-class GapMeter:
-    """Intervals between QTimer ticks on the GUI thread."""
-
-    def __init__(self, interval_ms: int = 10):
-        from qtpy.QtCore import QTimer
-
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.gaps: list[float] = []
-        self.ends: list[float] = []
-        self.last = 0.0
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append(now - self.last)
-        self.ends.append(now)
-        self.last = now
-
-    def __enter__(self) -> GapMeter:
-        self.last = time.perf_counter()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.timer.stop()
-
-    @property
-    def longest_ms(self) -> float:
-        return max(self.gaps, default=0.0) * 1000
+from test_responsiveness import GapMeter  # noqa: E402  (the tests' meter: one definition of a stall)
 
 
 def pump(seconds: float = 0.0, until=None, timeout: float = 300.0) -> None:
@@ -79,11 +49,13 @@ def measure(action, until, settle: float = 1.0) -> float:
     """The longest stall from `action` (called in the event loop) until `until()` and `settle` s of drawing."""
     from qtpy.QtCore import QTimer
 
-    with GapMeter() as meter:
-        QTimer.singleShot(20, action)
-        pump(until=until)
-        pump(settle)
-    return meter.longest_ms
+    meter = GapMeter()
+    meter.start()
+    QTimer.singleShot(20, action)
+    pump(until=until)
+    pump(settle)
+    meter.stop()
+    return meter.longest_ms()
 
 
 def new_viewer():
@@ -189,13 +161,14 @@ def scenario_result_layers() -> float:
     widget._show_results = lambda *a: (returned.append(time.perf_counter()), show(*a))
     from qtpy.QtCore import QTimer
 
-    with GapMeter() as meter:
-        QTimer.singleShot(20, widget.run_button.click)
-        pump(until=lambda: not widget.running and returned)
-        pump(1.5)
-    after = [g for t, g in zip(meter.ends, meter.gaps) if t >= returned[0]]
+    meter = GapMeter()
+    meter.start()
+    QTimer.singleShot(20, widget.run_button.click)
+    pump(until=lambda: not widget.running and returned)
+    pump(1.5)
+    meter.stop()
     viewer.close()
-    return max(after, default=0.0) * 1000
+    return meter.longest_ms(start=returned[0])
 
 
 def scenario_first_run(wait_s: float = 60.0) -> tuple[float, float]:
@@ -222,16 +195,17 @@ def scenario_first_run(wait_s: float = 60.0) -> tuple[float, float]:
         t0.append(time.perf_counter())
         widget.run_button.click()
 
-    with GapMeter() as meter:
-        QTimer.singleShot(20, click)
-        pump(until=lambda: bool(t0) and (widget.controls.progress_bar.value() > 0 or not widget.running),
-             timeout=600)
-        first_tile = time.perf_counter() - t0[0]
-        texts.append(widget.controls.status.text())
+    meter = GapMeter()
+    meter.start()
+    QTimer.singleShot(20, click)
+    pump(until=lambda: bool(t0) and (widget.controls.progress_bar.value() > 0 or not widget.running), timeout=600)
+    first_tile = time.perf_counter() - t0[0]
+    texts.append(widget.controls.status.text())
+    meter.stop()
     widget.stop()
     pump(until=lambda: not widget.running, timeout=600)
     viewer.close()
-    return first_tile, meter.longest_ms
+    return first_tile, meter.longest_ms()
 
 
 def main() -> None:
