@@ -83,10 +83,9 @@ def fair_to_the_gui() -> Iterator[None]:
     """Around a worker's Python-heavy work (tracing and measuring nuclei): a shorter GIL switch interval.
 
     The GUI thread gives the GIL up and takes it back hundreds of times a frame (each Qt and OpenGL call); while a
-    worker computes in Python, each take-back waits up to the switch interval, so at CPython's 5 ms a save froze
-    the window for up to 0.2 s in one go (the convoy effect). 1 ms brings that to about 0.06 s and costs the
-    worker a few per cent. Counted, so overlapping jobs restore the old interval once, when the last ends, and
-    only if nobody changed it meanwhile.
+    worker computes in Python, each take-back waits up to the switch interval: at CPython's 5 ms a GeoJSON save's
+    outline tracing froze the window for 0.19 s in one go, at 1 ms for 0.06 s (docs/VIEWER.md). Counted, so
+    overlapping jobs restore the old interval once, when the last ends, and only if nobody changed it meanwhile.
     """
     global _switch_users, _switch_saved
     with _switch_lock:
