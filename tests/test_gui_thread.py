@@ -106,7 +106,7 @@ def test_a_save_from_the_gui_shortens_the_switch_interval_while_it_traces(make_n
     export runs at 1 ms and gives the interpreter its own interval back when done."""
     import sys
 
-    from nucseg._napari import _loop
+    from nucseg._napari import _loop, writers
     from nucseg.io import export
 
     viewer = make_napari_viewer()
@@ -118,7 +118,7 @@ def test_a_save_from_the_gui_shortens_the_switch_interval_while_it_traces(make_n
     before = sys.getswitchinterval()
     target = tmp_path / "n.geojson"
     from_the_event_loop(qtbot, lambda: labels.save(str(target)), target.exists)
-    qtbot.waitUntil(lambda: not _loop._switch_users, timeout=30000)
+    qtbot.waitUntil(lambda: not writers._exports, timeout=30000)  # the export's worker has ended
     assert seen == [_loop.FAIR_SWITCH_S] and sys.getswitchinterval() == before
 
 

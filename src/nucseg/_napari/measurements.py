@@ -81,7 +81,8 @@ def measure_job(labels: Any, pixels: Any, path: str | None, how: str, mpp: float
     map it; pixels cropped to the labels would get a mask of their own)."""
     yield None
     with writers.opened_source(pixels, path, how) as (image, found):
-        columns = nucleus_columns(labels, image, mpp, offset)
+        with fair_to_the_gui():  # measuring thousands of nuclei in Python; never across a yield (an abandoned
+            columns = nucleus_columns(labels, image, mpp, offset)  # generator would keep it on)
         yield None
         tissue = None
         if image is not None:
@@ -203,11 +204,8 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     def finished() -> None:
         _running.pop(id(layer), None)
 
-    def job() -> Generator[None, None, Measured]:
-        with fair_to_the_gui():  # tracing thousands of nuclei in Python: see `fair_to_the_gui`
-            return (yield from measure_job(labels, pixels, path, how, mpp, offset, image_file))
-
-    worker = start_generator_worker(job, on_return=done,
+    worker = start_generator_worker(lambda: measure_job(labels, pixels, path, how, mpp, offset, image_file),
+                                    on_return=done,
                                     on_finished=finished, desc=f"measuring {layer.name}")
     _running[id(layer)] = (weakref.ref(layer), worker)
     return worker
