@@ -157,3 +157,29 @@ def test_a_layer_is_measured_even_if_an_earlier_layer_had_its_id(make_napari_vie
     worker = measurements.measure_layer(viewer, layer)
     assert worker is not None
     qtbot.waitUntil(lambda: measurements.MEASURED_KEY in layer.metadata, timeout=60000)
+
+
+def test_a_dock_opened_between_a_measurements_return_and_its_worker_end_gets_them(make_napari_viewer, qtbot):
+    """The worker's return (metadata set) and its finished signal (no longer running) are two events; asked in
+    between, the current measurements are handed over at once, not left waiting for a call already made."""
+    import weakref
+
+    from fake_models import blob_image
+    from nucseg._napari import measurements
+
+    viewer = make_napari_viewer()
+    image, truth = blob_image((200, 260), n=15, seed=2)
+    viewer.add_image(image, name="tile", rgb=True)
+    layer = viewer.add_labels(truth, name="tile nuclei")
+    measurements.measure_layer(viewer, layer)
+    qtbot.waitUntil(lambda: measurements.MEASURED_KEY in layer.metadata and id(layer) not in measurements._running,
+                    timeout=60000)
+    measurements._running[id(layer)] = (weakref.ref(layer), None)  # returned, finished signal still queued
+    heard = []
+    measurements.on_measured(lambda lay, measured: heard.append(lay))
+    try:
+        assert measurements.measure_layer(viewer, layer) is None
+        assert heard == [layer]
+    finally:
+        measurements._running.pop(id(layer), None)
+        measurements._listeners.pop()

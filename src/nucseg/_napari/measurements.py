@@ -178,14 +178,18 @@ def measure_layer(viewer: Any, layer: Any) -> Any:
     running = _running.get(id(layer))
     # keyed by id, checked by identity: a layer of an earlier viewer whose worker never reported its end may have
     # had the same id, and this layer was then never measured
-    if layer not in viewer.layers or (running is not None and running[0]() is layer):
+    if layer not in viewer.layers:
         return None
     if not hasattr(layer, "_nucseg_watch"):
         layer._nucseg_watch = _Watch(viewer, layer)
+    # current measurements first: a worker that has returned them is still "running" until its finished signal,
+    # and a dock opened in between would otherwise wait for a call that has already happened
     if MEASURED_KEY in layer.metadata:
         measured = layer.metadata[MEASURED_KEY]
         for callback in list(_listeners):
             callback(layer, measured)
+        return None
+    if running is not None and running[0]() is layer:
         return None
     attributes = layer_attributes(layer)
     labels = level0(layer)
