@@ -201,8 +201,11 @@ def test_the_segment_dock_loads_the_model_when_it_opens_from_the_gui(make_napari
     from_the_event_loop(qtbot, lambda: viewer.window.add_plugin_dock_widget("napari-nucseg", "Segment nuclei"),
                         lambda: bool(loaded))
     assert loaded[0]  # before any Run
+    from nucseg._napari import result_layers
     from nucseg._napari.segment_widget import SegmentWidget
 
+    # the dock's own preloads end first: one still running after `clear` is the suspected cause of a flake
+    qtbot.waitUntil(lambda: not result_layers._preloading, timeout=60000)
     loaded.clear()
     SegmentWidget(viewer)  # from a script: nothing loaded behind its back
     qtbot.wait(300)
