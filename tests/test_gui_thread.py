@@ -78,6 +78,8 @@ def test_saving_from_the_gui_writes_in_a_worker_what_the_layer_held(make_napari_
     import nucseg._napari  # noqa: F401
 
     viewer = make_napari_viewer()
+    rgb = np.random.default_rng(1).integers(60, 230, (300, 400, 3), np.uint8)
+    viewer.add_image(rgb, name="he", rgb=True)  # under the labels: the stain columns are measured from it
     labels = viewer.add_labels(nuclei(), name="n", metadata={"mpp": 0.5})
     expected = np.unique(labels.data[labels.data > 0]).tolist()
     target = tmp_path / "n.geojson"
@@ -96,18 +98,46 @@ def test_saving_from_the_gui_writes_in_a_worker_what_the_layer_held(make_napari_
         labels.data = nuclei()
         from_the_event_loop(qtbot, lambda p=path: labels.save(str(p)), path.exists)
     assert labels.save(str(tmp_path / "sync.csv")) == [str(tmp_path / "sync.csv")]  # a script: done on return
+    # the GUI's save (another process, `nucseg.io.export_process`) writes what a script's does, stains included
     assert (tmp_path / "sync.csv").read_text() == (tmp_path / "n.csv").read_text()
+    assert "mean_hematoxylin_od" in (tmp_path / "n.csv").read_text().splitlines()[0]
+    labels.save(str(tmp_path / "sync.geojson"))
+    from_the_event_loop(qtbot, lambda: labels.save(str(tmp_path / "gui.geojson")), (tmp_path / "gui.geojson").exists)
+
+    def without_ids(name):  # QuPath feature ids are fresh UUIDs on every write
+        collection = json.loads((tmp_path / name).read_text())
+        return [{k: v for k, v in f.items() if k != "id"} for f in collection["features"]], collection["nucseg"]
+
+    assert without_ids("sync.geojson") == without_ids("gui.geojson")
+
+
+def test_a_save_that_fails_in_the_export_process_says_why_in_one_line(make_napari_viewer, qtbot, tmp_path,
+                                                                     monkeypatch):
+    from nucseg._napari import _workers, writers
+
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(nuclei(), name="n")
+    blocker = tmp_path / "not a folder"
+    blocker.write_text("a file where the folder should be")
+    from_the_event_loop(qtbot, lambda: labels.save(str(blocker / "n.geojson")), lambda: not writers._exports)
+    qtbot.waitUntil(lambda: bool(shown), timeout=30000)
+    assert "not a folder" in shown[0] and "check that" in shown[0] and "\n" not in shown[0]  # the path, the fix
+    assert viewer.layers[0] is labels  # the viewer goes on
 
 
 def test_a_save_from_the_gui_shortens_the_switch_interval_while_it_traces(make_napari_viewer, qtbot, tmp_path,
                                                                            monkeypatch):
-    """A worker tracing nuclei in Python holds the GIL for the whole switch interval each time the GUI thread
-    wants it back (hundreds of times a frame): at CPython's 5 ms a save froze the window for up to 0.2 s. The
-    export runs at 1 ms and gives the interpreter its own interval back when done."""
+    """A label map too large for the export process is written in the viewer's process: a worker tracing nuclei
+    in Python holds the GIL for the whole switch interval each time the GUI thread wants it back (hundreds of
+    times a frame), so it runs at 1 ms and gives the interpreter its own interval back when done."""
     import sys
 
     from nucseg._napari import _loop, writers
-    from nucseg.io import export
+    from nucseg.io import export, export_process
+
+    monkeypatch.setattr(export_process, "MAX_PIXELS", 0)
 
     viewer = make_napari_viewer()
     labels = viewer.add_labels(nuclei(), name="n", metadata={"mpp": 0.5})

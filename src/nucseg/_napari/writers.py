@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.io import export
+from nucseg.io import export, export_process
 
 from .layer_source import attributes_mpp as layer_mpp  # the one pixel-size rule for layers
 
@@ -177,6 +177,11 @@ def _tables(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list
         labels = labels.copy()  # painting while the file is written does not change what is written
 
     def write() -> None:
+        if background and export_process.fits(labels):  # in a process of its own: see `nucseg.io.export_process`
+            pixels, slide_path, how = found
+            stained = export_process.write_tables(kind, labels, path, pixels=pixels, slide_path=slide_path, mpp=mpp,
+                                                  offset=offset)
+            return None if stained else (f"{how} cannot be opened" if slide_path is not None else how)
         with opened_source(*found) as (image, how):
             if kind == "geojson":
                 export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)

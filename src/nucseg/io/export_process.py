@@ -1,0 +1,119 @@
+"""The GeoJSON and CSV of an in-memory label map, written in a separate (spawned) Python process.
+
+Why: the viewer saves in a worker thread, but tracing and measuring thousands of nuclei is Python work. In the
+viewer's process it holds the GIL between the GUI thread's many short releases and sets off full garbage
+collections of napari's heap (330-480 k objects, 0.12-0.21 s each, docs/VIEWER.md), so the window froze for
+up to 0.2 s per save. In a process of its own it has neither: the GUI thread only waits for a pipe.
+
+The labels (and the H&E pixels under them, when they are in memory) go to the child as ``.npy`` files in a
+temporary folder, memory-mapped there, so nothing is pickled twice; a slide is opened by its path. The child runs
+the same `nucseg.io.export` writers, so the files are those a script gets. One child serves the whole session
+(started on the first save: about 0.5 s of imports, not on the GUI thread).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.errors import NucsegError
+
+#: label maps up to this many pixels go to the child (with their pixels: three bytes each); larger in-memory maps
+#: are written in the caller's process rather than copied to disk
+MAX_PIXELS = 1 << 26
+
+_lock = threading.Lock()
+_executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+def fits(labels: Any) -> bool:
+    """Whether `labels` can be written in the child: an in-memory numpy label map of at most `MAX_PIXELS`."""
+    return isinstance(labels, np.ndarray) and labels.ndim == 2 and labels.size <= MAX_PIXELS
+
+
+def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any = None, slide_path: str | None = None,
+                 mpp: float | None = None, offset: Sequence[float] = (0, 0)) -> bool:
+    """Write `kind` ("geojson" or "csv") of `labels` to `path` in the child process and wait for it.
+
+    Args:
+        pixels: the RGB pixels aligned with `labels` (read here, if lazy), or None.
+        slide_path: without `pixels`, the slide file the child opens for the stain columns, or None.
+        mpp, offset: as `nucseg.io.export.write_nuclei_tables`.
+
+    Returns:
+        Whether the file has the stain columns (False: no pixels given, or the slide could not be opened).
+
+    Raises:
+        NucsegError: the writer's own errors (their message), or the child ended without an answer.
+    """
+    with tempfile.TemporaryDirectory(prefix="nucseg-export-") as tmp:
+        labels_file = str(Path(tmp) / "labels.npy")
+        np.save(labels_file, labels)
+        pixels_file = None
+        if pixels is not None:
+            pixels_file = str(Path(tmp) / "pixels.npy")
+            np.save(pixels_file, np.asarray(pixels))
+        try:
+            error, stained = _pool().submit(_write, kind, labels_file, pixels_file, slide_path, str(path), mpp,
+                                            tuple(float(v) for v in offset)).result()
+        except concurrent.futures.process.BrokenProcessPool as err:
+            _reset()
+            raise NucsegError(f"{path}: the export process ended without finishing (out of memory?); "
+                              "nothing was written there: save again") from err
+    if error is not None:
+        raise NucsegError(error)
+    return stained
+
+
+def _pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = concurrent.futures.ProcessPoolExecutor(max_workers=1,
+                                                               mp_context=multiprocessing.get_context("spawn"))
+        return _executor
+
+
+def _reset() -> None:
+    global _executor
+    with _lock:
+        if _executor is not None:
+            _executor.shutdown(wait=False, cancel_futures=True)
+        _executor = None
+
+
+def _write(kind: str, labels_file: str, pixels_file: str | None, slide_path: str | None, path: str,
+           mpp: float | None, offset: tuple[float, float]) -> tuple[str | None, bool]:
+    """In the child: write the file; (None, or the error's message: a message pickles, every exception may not;
+    whether the stain columns are in it)."""
+    import contextlib
+
+    from nucseg.io import export
+
+    try:
+        labels = np.load(labels_file, mmap_mode="r")
+        with contextlib.ExitStack() as stack:
+            image: Any = None
+            if pixels_file is not None:
+                image = np.load(pixels_file, mmap_mode="r")
+            elif slide_path is not None:
+                from nucseg.io.slides import open_slide
+
+                with contextlib.suppress(NucsegError):  # unreadable now: the file without its stain columns
+                    image = stack.enter_context(open_slide(slide_path))
+            if kind == "geojson":
+                export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)
+            else:
+                export.write_measurements_csv(labels, path, image=image, mpp=mpp, offset=offset, overwrite=True)
+        return None, image is not None
+    except NucsegError as err:
+        return str(err), False
+    except Exception as err:  # noqa: BLE001 - told to the user in one line, as the viewer's own errors are
+        return f"{path}: {type(err).__name__}: {err}", False
