@@ -127,6 +127,24 @@ def test_a_save_that_fails_in_the_export_process_says_why_in_one_line(make_napar
     assert viewer.layers[0] is labels  # the viewer goes on
 
 
+def test_where_no_export_process_can_start_the_save_is_written_in_the_viewer(make_napari_viewer, qtbot, tmp_path,
+                                                                           monkeypatch):
+    from nucseg._napari import writers
+    from nucseg.io import export_process
+
+    def no_process():
+        raise OSError("spawning is not allowed here")
+
+    monkeypatch.setattr(export_process, "_works", None)
+    monkeypatch.setattr(export_process, "_pool", no_process)
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(nuclei(), name="n")
+    target = tmp_path / "n.csv"
+    from_the_event_loop(qtbot, lambda: labels.save(str(target)), lambda: target.exists() and not writers._exports)
+    assert len(target.read_text().splitlines()) == 1 + len(np.unique(labels.data)) - 1
+    assert export_process._works is False and not export_process.fits(labels.data)  # not tried again
+
+
 def test_a_save_from_the_gui_shortens_the_switch_interval_while_it_traces(make_napari_viewer, qtbot, tmp_path,
                                                                            monkeypatch):
     """A label map too large for the export process is written in the viewer's process: a worker tracing nuclei

@@ -24,6 +24,7 @@ Each is an npe2 single-layer writer, ``write_x(path, data, attributes) -> [path]
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,8 @@ import numpy as np
 from nucseg.io import export, export_process
 
 from .layer_source import attributes_mpp as layer_mpp  # the one pixel-size rule for layers
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_KEY", "find_source", "opened_source", "source_image", "write_geojson", "write_labels_ome_tiff",
            "write_labels_zarr",
@@ -179,9 +182,12 @@ def _tables(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list
     def write() -> None:
         if background and export_process.fits(labels):  # in a process of its own: see `nucseg.io.export_process`
             pixels, slide_path, how = found
-            stained = export_process.write_tables(kind, labels, path, pixels=pixels, slide_path=slide_path, mpp=mpp,
-                                                  offset=offset)
-            return None if stained else (f"{how} cannot be opened" if slide_path is not None else how)
+            try:
+                stained = export_process.write_tables(kind, labels, path, pixels=pixels, slide_path=slide_path,
+                                                      mpp=mpp, offset=offset)
+                return None if stained else (f"{how} cannot be opened" if slide_path is not None else how)
+            except export_process.Unavailable:
+                log.warning("no export process could start here; writing %s in the viewer's process", path)
         with opened_source(*found) as (image, how):
             if kind == "geojson":
                 export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)

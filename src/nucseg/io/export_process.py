@@ -31,11 +31,18 @@ MAX_PIXELS = 1 << 26
 
 _lock = threading.Lock()
 _executor: concurrent.futures.ProcessPoolExecutor | None = None
+#: whether a child has written a file in this session (None: not tried yet; False: it could not even start)
+_works: bool | None = None
+
+
+class Unavailable(RuntimeError):
+    """No child process could be started here (an embedded interpreter, a sandbox): write in-process instead."""
 
 
 def fits(labels: Any) -> bool:
-    """Whether `labels` can be written in the child: an in-memory numpy label map of at most `MAX_PIXELS`."""
-    return isinstance(labels, np.ndarray) and labels.ndim == 2 and labels.size <= MAX_PIXELS
+    """Whether `labels` can be written in the child: an in-memory numpy label map of at most `MAX_PIXELS`, in a
+    session where a child could start."""
+    return _works is not False and isinstance(labels, np.ndarray) and labels.ndim == 2 and labels.size <= MAX_PIXELS
 
 
 def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any = None, slide_path: str | None = None,
@@ -52,7 +59,9 @@ def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any
 
     Raises:
         NucsegError: the writer's own errors (their message), or the child ended without an answer.
+        Unavailable: the first child of the session could not start; nothing was written.
     """
+    global _works
     with tempfile.TemporaryDirectory(prefix="nucseg-export-") as tmp:
         labels_file = str(Path(tmp) / "labels.npy")
         np.save(labels_file, labels)
@@ -63,10 +72,14 @@ def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any
         try:
             error, stained = _pool().submit(_write, kind, labels_file, pixels_file, slide_path, str(path), mpp,
                                             tuple(float(v) for v in offset)).result()
-        except concurrent.futures.process.BrokenProcessPool as err:
+        except (concurrent.futures.process.BrokenProcessPool, OSError) as err:
             _reset()
+            if _works is None:  # never started here: say so once, the caller writes in-process from now on
+                _works = False
+                raise Unavailable(str(err)) from err
             raise NucsegError(f"{path}: the export process ended without finishing (out of memory?); "
                               "nothing was written there: save again") from err
+        _works = True
     if error is not None:
         raise NucsegError(error)
     return stained
