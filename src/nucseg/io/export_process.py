@@ -62,7 +62,8 @@ def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any
         Unavailable: the first child of the session could not start; nothing was written.
     """
     global _works
-    with tempfile.TemporaryDirectory(prefix="nucseg-export-") as tmp:
+    # ignore_cleanup_errors: on Windows a mapping the child has not yet released would fail a finished save
+    with tempfile.TemporaryDirectory(prefix="nucseg-export-", ignore_cleanup_errors=True) as tmp:
         labels_file = str(Path(tmp) / "labels.npy")
         np.save(labels_file, labels)
         pixels_file = None
