@@ -89,10 +89,6 @@ class SideBySide:
             if labels in layers:
                 layers.insert(layers.index(labels), copy)
 
-        def show(layer: Layer) -> None:
-            if layer in layers:
-                layer.visible = True
-
         camera = self.viewer.scene.camera
         centre = tuple(camera.center[-2:]) if centre is None else centre
 
@@ -107,9 +103,13 @@ class SideBySide:
         # each image copy added hidden (napari's controls and visual), then shown (its slice and texture)
         self._steps.extend([hide_all, arrange, show_grid, lambda: insert_below(under_pred, pred),
                             lambda: insert_below(under_truth, truth),
-                            *(lambda layer=layer: show(layer) for layer in (under_pred, pred, under_truth, truth,
-                                                                            image)),
+                            *(lambda layer=layer: self._show(layer) for layer in (under_pred, pred, under_truth,
+                                                                                  truth, image)),
                             zoom_to_cells])
+
+    def _show(self, layer: Layer) -> None:
+        if layer in self.viewer.layers:  # the user may have deleted it meanwhile
+            layer.visible = True
 
     @property
     def busy(self) -> bool:
@@ -143,11 +143,7 @@ class SideBySide:
         def restore_visibility() -> None:
             saved, self._saved = self._saved, None
             shown = [layer for layer, visible in (saved or {"visible": {}})["visible"].items() if visible]
-            self._steps.then([lambda layer=layer: show(layer) for layer in shown])  # before a queued `enable`
-
-        def show(layer: Layer) -> None:
-            if layer in layers:
-                layer.visible = True
+            self._steps.then([lambda layer=layer: self._show(layer) for layer in shown])  # before a queued `enable`
 
         # the scene is rebuilt once, at the batch's end, after every change of its structure
         self._steps.extend([layers.events.begin_batch, *(lambda layer=layer: remove(layer) for layer in copies),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from nucseg.io import export, export_process
+from nucseg.io.export import opened_source
 
 from .layer_source import attributes_mpp as layer_mpp  # the one pixel-size rule for layers
 
@@ -112,25 +113,6 @@ def find_source(labels: Any, attributes: dict[str, Any], viewer: Any = None) -> 
 
 
 @contextlib.contextmanager
-def opened_source(pixels: Any, path: str | None, how: str) -> Iterator[tuple[Any, str]]:
-    """Yield (the pixels, or the slide at `path` opened for the duration, or None; how) from `find_source`."""
-    from nucseg.errors import NucsegError
-
-    if pixels is not None or path is None:
-        yield pixels, how
-        return
-    from nucseg.io.slides import open_slide
-
-    try:
-        slide = open_slide(path)
-    except NucsegError:
-        yield None, f"{how} cannot be opened"
-        return
-    with slide:
-        yield slide, how
-
-
-@contextlib.contextmanager
 def source_image(labels: Any, attributes: dict[str, Any]) -> Iterator[tuple[Any, str]]:
     """Yield (the RGB pixels under `labels`: an array aligned with them, a `Slide`, or None; how they were found)."""
     with opened_source(*find_source(labels, attributes)) as found:
@@ -179,21 +161,18 @@ def _tables(path: str, data: Any, attributes: dict[str, Any], kind: str) -> list
     if background and isinstance(labels, np.ndarray):
         labels = labels.copy()  # painting while the file is written does not change what is written
 
-    def write() -> None:
+    def write() -> str | None:
+        from ._loop import fair_to_the_gui
+
+        pixels, slide_path, how = found
+        source = {"pixels": pixels, "slide_path": slide_path, "how": how, "mpp": mpp, "offset": offset}
         if background and export_process.fits(labels):  # in a process of its own: see `nucseg.io.export_process`
-            pixels, slide_path, how = found
             try:
-                stained = export_process.write_tables(kind, labels, path, pixels=pixels, slide_path=slide_path,
-                                                      mpp=mpp, offset=offset)
-                return None if stained else (f"{how} cannot be opened" if slide_path is not None else how)
+                return export_process.write_tables(kind, labels, path, **source)
             except export_process.Unavailable:
                 log.warning("no export process could start here; writing %s in the viewer's process", path)
-        with opened_source(*found) as (image, how):
-            if kind == "geojson":
-                export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)
-            else:
-                export.write_measurements_csv(labels, path, image=image, mpp=mpp, offset=offset, overwrite=True)
-        return None if image is not None else how
+        with fair_to_the_gui() if background else contextlib.nullcontext():
+            return export.write_table_file(kind, labels, path, overwrite=True, **source)
 
     return _in_background(path, write, background)
 
@@ -227,11 +206,8 @@ def _in_background(path: str, write: Any, background: bool) -> list[str]:
     from ._workers import start_generator_worker
 
     def job():
-        from ._loop import fair_to_the_gui
-
         yield None
-        with fair_to_the_gui():
-            return write()
+        return write()
 
     def done(missing: Any) -> None:
         if missing is not None:

@@ -34,8 +34,9 @@ from nucseg.io.label_blocks import CHUNK, LabelBlock, iter_label_blocks
 from nucseg.io.measure import finite_or_none, measure_block, measurement_columns, rows_of
 from nucseg.io.pyramid import pyramid_steps
 
-__all__ = ["CHUNK", "atomic_output", "atomic_write_text", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "write_geojson",
-           "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv", "write_nuclei_tables"]
+__all__ = ["CHUNK", "atomic_output", "atomic_write_text", "iter_geojson_features", "iter_nuclei", "labels_to_geojson", "measure_nuclei", "opened_source", "write_geojson",
+           "write_labels_ome_tiff", "write_labels_zarr", "write_measurements_csv", "write_nuclei_tables",
+           "write_table_file"]
 
 NUCLEUS_COLOR = (220, 50, 50)
 
@@ -368,6 +369,43 @@ def write_measurements_csv(labels: Any, path: str | Path, image: Any = None, mpp
     overwrite by default. Columns and order: `write_nuclei_tables`."""
     return write_nuclei_tables(labels, csv_path=path, image=image, mpp=mpp, offset=offset, downsample=downsample,
                                overwrite=overwrite)["csv"]
+
+
+@contextlib.contextmanager
+def opened_source(pixels: Any, path: str | None, how: str) -> Iterator[tuple[Any, str]]:
+    """Yield (`pixels`, or the slide at `path` opened for the duration, or None; `how` they were found, or why the
+    slide could not be opened)."""
+    from nucseg.errors import NucsegError
+
+    if pixels is not None or path is None:
+        yield pixels, how
+        return
+    from nucseg.io.slides import open_slide
+
+    try:
+        slide = open_slide(path)
+    except NucsegError:
+        yield None, f"{how} cannot be opened"
+        return
+    with slide:
+        yield slide, how
+
+
+def write_table_file(kind: str, labels: Any, path: str | Path, *, pixels: Any = None, slide_path: str | None = None,
+                     how: str = "", mpp: float | None = None, offset: Sequence[float] = (0, 0),
+                     overwrite: bool = False) -> str | None:
+    """Write the GeoJSON (`kind` "geojson") or the CSV ("csv") of `labels`, the stain columns measured from
+    `pixels` (aligned with the labels) or the slide at `slide_path` (`opened_source`).
+
+    Returns:
+        None, or why the file has no stain columns (`how` the source was looked for).
+    """
+    with opened_source(pixels, slide_path, how) as (image, found):
+        if kind == "geojson":
+            write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=overwrite)
+        else:
+            write_measurements_csv(labels, path, image=image, mpp=mpp, offset=offset, overwrite=overwrite)
+    return None if image is not None else found
 
 
 def write_labels_ome_tiff(labels: Any, path: str | Path, mpp: float | None = None, pyramid: bool | None = None,

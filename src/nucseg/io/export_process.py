@@ -46,16 +46,16 @@ def fits(labels: Any) -> bool:
 
 
 def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any = None, slide_path: str | None = None,
-                 mpp: float | None = None, offset: Sequence[float] = (0, 0)) -> bool:
-    """Write `kind` ("geojson" or "csv") of `labels` to `path` in the child process and wait for it.
+                 how: str = "", mpp: float | None = None, offset: Sequence[float] = (0, 0)) -> str | None:
+    """`nucseg.io.export.write_table_file` (overwriting) in the child process; waits for it.
 
     Args:
         pixels: the RGB pixels aligned with `labels` (read here, if lazy), or None.
         slide_path: without `pixels`, the slide file the child opens for the stain columns, or None.
-        mpp, offset: as `nucseg.io.export.write_nuclei_tables`.
+        how, mpp, offset: as `write_table_file`.
 
     Returns:
-        Whether the file has the stain columns (False: no pixels given, or the slide could not be opened).
+        None, or why the file has no stain columns.
 
     Raises:
         NucsegError: the writer's own errors (their message), or the child ended without an answer.
@@ -71,7 +71,7 @@ def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any
             pixels_file = str(Path(tmp) / "pixels.npy")
             np.save(pixels_file, np.asarray(pixels))
         try:
-            error, stained = _pool().submit(_write, kind, labels_file, pixels_file, slide_path, str(path), mpp,
+            error, missing = _pool().submit(_write, kind, labels_file, pixels_file, slide_path, how, str(path), mpp,
                                             tuple(float(v) for v in offset)).result()
         except (concurrent.futures.process.BrokenProcessPool, OSError) as err:
             _reset()
@@ -83,7 +83,7 @@ def write_tables(kind: str, labels: np.ndarray, path: str | Path, *, pixels: Any
         _works = True
     if error is not None:
         raise NucsegError(error)
-    return stained
+    return missing
 
 
 def _pool() -> concurrent.futures.ProcessPoolExecutor:
@@ -103,31 +103,17 @@ def _reset() -> None:
         _executor = None
 
 
-def _write(kind: str, labels_file: str, pixels_file: str | None, slide_path: str | None, path: str,
-           mpp: float | None, offset: tuple[float, float]) -> tuple[str | None, bool]:
+def _write(kind: str, labels_file: str, pixels_file: str | None, slide_path: str | None, how: str, path: str,
+           mpp: float | None, offset: tuple[float, float]) -> tuple[str | None, str | None]:
     """In the child: write the file; (None, or the error's message: a message pickles, every exception may not;
-    whether the stain columns are in it)."""
-    import contextlib
-
+    `write_table_file`'s answer)."""
     from nucseg.io import export
 
     try:
-        labels = np.load(labels_file, mmap_mode="r")
-        with contextlib.ExitStack() as stack:
-            image: Any = None
-            if pixels_file is not None:
-                image = np.load(pixels_file, mmap_mode="r")
-            elif slide_path is not None:
-                from nucseg.io.slides import open_slide
-
-                with contextlib.suppress(NucsegError):  # unreadable now: the file without its stain columns
-                    image = stack.enter_context(open_slide(slide_path))
-            if kind == "geojson":
-                export.write_geojson(labels, path, offset=offset, image=image, mpp=mpp, overwrite=True)
-            else:
-                export.write_measurements_csv(labels, path, image=image, mpp=mpp, offset=offset, overwrite=True)
-        return None, image is not None
+        pixels = None if pixels_file is None else np.load(pixels_file, mmap_mode="r")
+        return None, export.write_table_file(kind, np.load(labels_file, mmap_mode="r"), path, pixels=pixels,
+                                             slide_path=slide_path, how=how, mpp=mpp, offset=offset, overwrite=True)
     except NucsegError as err:
-        return str(err), False
+        return str(err), None
     except Exception as err:  # noqa: BLE001 - told to the user in one line, as the viewer's own errors are
-        return f"{path}: {type(err).__name__}: {err}", False
+        return f"{path}: {type(err).__name__}: {err}", None
