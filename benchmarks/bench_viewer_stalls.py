@@ -2,7 +2,10 @@
 folder, turns side by side on and off, exports a whole-slide GeoJSON / CSV and gets result layers; and the seconds
 from Run to the first tile on the first run (the model loaded when the Segment dock opened, or not).
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/bench_viewer_stalls.py [SCENARIO ...]
+    xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/bench_viewer_stalls.py [--gc] [SCENARIO ...]
+
+With ``--gc`` every stall over 80 ms is printed with the full (generation-2) garbage collections that ran
+inside it, their thread and duration (`gc.callbacks`): the figures of docs/VIEWER.md's "what is left".
 
 Everything is triggered from inside the event loop, as a click or a menu is (a QTimer), in a real window
 (1600 x 1000). Figures only (no assertion): docs/VIEWER.md has the before / after table.
@@ -45,6 +48,38 @@ def pump(seconds: float = 0.0, until=None, timeout: float = 300.0) -> None:
     loop.exec()
 
 
+#: (end time, ms, thread name) of each generation-2 collection, kept with ``--gc``
+COLLECTIONS: list[tuple[float, float, str]] = []
+
+
+def watch_collections() -> None:
+    import gc
+    import threading
+
+    started: dict[int, float] = {}
+
+    def callback(phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        now, thread = time.perf_counter(), threading.get_ident()
+        if phase == "start":
+            started[thread] = now
+        elif thread in started:
+            COLLECTIONS.append((now, (now - started.pop(thread)) * 1000, threading.current_thread().name))
+
+    gc.callbacks.append(callback)
+
+
+def report_collections(meter: GapMeter) -> None:
+    """With ``--gc``: each stall over 80 ms and the full collections that ended inside it."""
+    if "--gc" not in sys.argv[1:]:
+        return
+    for end, gap in meter.gaps:
+        if gap > 0.08:
+            inside = [f"{ms:.0f} ms on {name}" for t, ms, name in COLLECTIONS if end - gap <= t <= end]
+            print(f"    stall {gap * 1000:.0f} ms; full collections inside: {inside or 'none'}", flush=True)
+
+
 def measure(action, until, settle: float = 1.0) -> float:
     """The longest stall from `action` (called in the event loop) until `until()` and `settle` s of drawing."""
     from qtpy.QtCore import QTimer
@@ -55,6 +90,7 @@ def measure(action, until, settle: float = 1.0) -> float:
     pump(until=until)
     pump(settle)
     meter.stop()
+    report_collections(meter)
     return meter.longest_ms()
 
 
@@ -167,6 +203,7 @@ def scenario_result_layers() -> float:
     pump(until=lambda: not widget.running and returned)
     pump(1.5)
     meter.stop()
+    report_collections(meter)
     viewer.close()
     return meter.longest_ms(start=returned[0])
 
@@ -213,7 +250,10 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     QApplication.instance() or QApplication([])
-    chosen = sys.argv[1:] or ["open_svs", "open_dicom", "side_by_side", "geojson", "csv", "result_layers"]
+    if "--gc" in sys.argv[1:]:
+        watch_collections()
+    chosen = [a for a in sys.argv[1:] if a != "--gc"] or ["open_svs", "open_dicom", "side_by_side", "geojson", "csv",
+                                                          "result_layers"]
     for name in chosen:
         t = time.perf_counter()
         if name == "open_svs":
