@@ -27,7 +27,7 @@ SLIDE = SLIDES / "small_HE.svs"
 DICOM = SLIDES / "formats" / "dicom_cmu1_small_region"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_responsiveness import GapMeter  # noqa: E402  (the tests' meter: one definition of a stall)
+from gap_meter import GapMeter  # noqa: E402  (the tests' meter: one definition of a stall)
 
 
 def pump(seconds: float = 0.0, until=None, timeout: float = 300.0) -> None:

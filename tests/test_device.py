@@ -67,3 +67,25 @@ def test_the_cpu_named_without_torch_converts_to_torchs():
     torch = pytest.importorskip("torch")
     assert device.torch_device(device.CPU) == torch.device("cpu") == device.torch_device("cpu")
     assert str(device.CPU) == "cpu" and device.CPU.type == "cpu"
+
+
+def test_devices_are_listed_without_importing_torch_where_none_but_the_cpu_can_be_there():
+    """The Segment dock lists the devices when it opens; on a machine without an accelerator that must not import
+    torch into the viewer (its objects lengthen every later full garbage collection). The list agrees with
+    torch's own."""
+    pytest.importorskip("torch")
+    code = ("import sys\nfrom nucseg.models.device import accelerator_possible, available_devices\n"
+            "listed = available_devices()\nimported = 'torch' in sys.modules\nimport torch\n"
+            "print(','.join(listed), imported, accelerator_possible(), torch.cuda.is_available())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    listed, imported, possible, cuda = done.stdout.split()
+    assert imported == possible  # torch imported exactly where an accelerator may be there
+    if possible == "False":
+        assert listed == "cpu" and cuda == "False"
+    # and with torch already imported, the list is torch's: unchanged by the shortcut
+    first = "import torch\nfrom nucseg.models.device import available_devices\nprint(','.join(available_devices()))"
+    again = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[-1] == listed

@@ -19,39 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QTimer
+from gap_meter import GapMeter
 from test_widget_segment import CountingNet, fake_model_folder, nuclei_layer
 
 from fake_models import blob_image
 
 pytestmark = pytest.mark.gui
-
-
-class GapMeter:
-    """Intervals between QTimer ticks on the GUI thread."""
-
-    def __init__(self, interval_ms: int = 10):
-        self.timer = QTimer()
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.last = 0.0
-        self.gaps: list[tuple[float, float]] = []  # (end time, gap) in seconds
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append((now, now - self.last))
-        self.last = now
-
-    def start(self) -> None:
-        self.last = time.perf_counter()
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-
-    def longest_ms(self, start: float = 0.0, end: float = float("inf")) -> float:
-        """The longest gap that ended in [start, end)."""
-        return max((gap for t, gap in self.gaps if start <= t < end), default=0.0) * 1000
 
 
 def test_gui_thread_never_stalls_during_segmentation(make_napari_viewer, qtbot, monkeypatch, tmp_path):

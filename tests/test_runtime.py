@@ -282,3 +282,45 @@ def test_sessions_without_torch_take_the_threads_torch_would(tmp_path):
         assert done.returncode == 0, done.stderr
         free, imported, with_torch = done.stdout.split()
         assert imported == "False" and free == with_torch, (extra, done.stdout)
+
+
+def test_a_first_export_made_apart_leaves_torch_out_of_the_loading_process(model, tmp_path):
+    """The viewer's preload (`load_predictor(..., export_apart=True)`) exports a model not yet cached in a spawned
+    process: the viewer then runs it in ONNX Runtime without ever importing torch or segmentation-models-pytorch
+    (their 360 k objects lengthened every later full garbage collection on the GUI thread), and the export is
+    the one PyTorch's network is checked against."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    code = ("import json, sys\nfrom nucseg.config import InferenceConfig\n"
+            "from nucseg.inference.forward import load_predictor\n"
+            "p = load_predictor(InferenceConfig(model=sys.argv[1], device='cpu'), export_apart=True)\n"
+            "print(json.dumps({'runtime': p.net.runtime.split()[0], 'torch': 'torch' in sys.modules, "
+            "'smp': 'segmentation_models_pytorch' in sys.modules}))")
+    env = {**os.environ, "NUCSEG_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, str(model.folder)], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"runtime": "onnxruntime", "torch": False,
+                                                                "smp": False}
+    exports = list(cache.rglob("export.json"))
+    assert len(exports) == 1
+    # the child's export answers as PyTorch does
+    got = runtime.OnnxNetwork(exports[0].parent, lambda: pytest.fail("no PyTorch fallback expected"))
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = torch.sigmoid(load_network(model, "cpu", runtime="pytorch")(x))
+    assert float((torch.sigmoid(got(x)) - expected).abs().max()) < 1e-4
+
+
+def test_an_export_apart_that_fails_says_why_and_leaves_the_load_to_report_it(model, tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    wrong = dataclasses.replace(model, sha256="0" * 64)  # the child refuses weights that do not match their config
+    why = runtime.export_in_child(wrong, CPU)
+    assert why is not None and "sha256" in why and str(model.weights_path) in why
+    assert not list(tmp_path.rglob("*.onnx"))
+    assert runtime.export_in_child(model, torch.device("cuda")) is None  # ONNX Runtime is for the CPU only

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gap_meter import GapMeter
 from test_finetune import tiny_model  # noqa: F401 - fixture
-from test_responsiveness import GapMeter
 
 from fake_models import blob_image
 from nucseg.training.corrections.store import CorrectionStore

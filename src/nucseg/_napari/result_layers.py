@@ -138,8 +138,9 @@ def prewarm_layer_modules() -> None:
 
 def startup_job(in_use: list) -> Generator[None, None, list[str]]:
     """What a segment widget does in a worker when it opens: remove old slide runs (sparing `in_use`, see
-    `clean_predictions`), import napari's first-layer modules, and list the devices (importing torch): imports hold
-    the GIL, so they happen here once rather than at the end of the first run."""
+    `clean_predictions`), import napari's first-layer modules, and list the devices (importing torch only where an
+    accelerator may be there): imports hold the GIL, so they happen here once rather than at the end of the first
+    run."""
     from nucseg.jobs.segment import clean_predictions
     from nucseg.models.device import available_devices
 
@@ -165,14 +166,16 @@ def start_startup_job(viewer: napari.viewer.Viewer, on_devices: Callable[[list[s
 def preload_job(model: str) -> Generator[None, None, None]:
     """In a worker: load the network a run of `model` on the default device will use (`load_predictor`, cached by
     `nucseg.models.build.load_network`): importing torch, reading the weights and, on the CPU, exporting the
-    model for ONNX Runtime the first time ever took the first run tens of seconds of "loading model"."""
+    model for ONNX Runtime the first time ever took the first run tens of seconds of "loading model". That first
+    export is made in a separate process (`nucseg.models.runtime.export_in_child`), so on the CPU the viewer never
+    imports torch: its objects would lengthen every later full garbage collection on the GUI thread."""
     from nucseg.config import InferenceConfig
     from nucseg.inference.blocks import load_predictor
 
     yield None
     done = _loading.setdefault(model, threading.Event())
     try:
-        load_predictor(InferenceConfig(model=model))
+        load_predictor(InferenceConfig(model=model), export_apart=True)
     finally:
         done.set()
         _loading.pop(model, None)

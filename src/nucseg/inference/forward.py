@@ -39,14 +39,20 @@ class Predictor:
         return str(getattr(self.net, "runtime", "pytorch"))
 
 
-def load_predictor(config: InferenceConfig) -> Predictor:
-    """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`)."""
+def load_predictor(config: InferenceConfig, export_apart: bool = False) -> Predictor:
+    """The network of `config.model` on `config.device`, run by `config.runtime` (cached by `load_network`).
+    With `export_apart`, a first ONNX Runtime export is made in another process (`export_in_child`: the viewer,
+    whose heap it keeps free of torch)."""
     from nucseg.models.build import load_network
     from nucseg.models.device import inference_device
     from nucseg.models.registry import resolve_model
 
     spec = resolve_model(config.model)
     device = inference_device(config.device)
+    if export_apart:
+        from nucseg.models.runtime import export_in_child
+
+        export_in_child(spec, device, config.runtime)
     return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))
 
 
