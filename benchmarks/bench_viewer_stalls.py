@@ -4,6 +4,7 @@ from Run to the first tile on the first run (the model loaded when the Segment d
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python benchmarks/bench_viewer_stalls.py [--gc] [SCENARIO ...]
 
+Each action runs in a Python process of its own (one viewer, as a user's session has), one after the other.
 With ``--gc`` every stall over 80 ms is printed with the full (generation-2) garbage collections that ran
 inside it, their thread and duration (`gc.callbacks`): the figures of docs/VIEWER.md's "what is left".
 
@@ -80,10 +81,21 @@ def report_collections(meter: GapMeter) -> None:
             print(f"    stall {gap * 1000:.0f} ms; full collections inside: {inside or 'none'}", flush=True)
 
 
+#: objects the garbage collector tracked when the last measurement started: a full collection walks them all
+HEAP: list[int] = [0]
+
+
+def note_heap() -> None:
+    import gc
+
+    HEAP[0] = len(gc.get_objects())
+
+
 def measure(action, until, settle: float = 1.0) -> float:
     """The longest stall from `action` (called in the event loop) until `until()` and `settle` s of drawing."""
     from qtpy.QtCore import QTimer
 
+    note_heap()
     meter = GapMeter()
     meter.start()
     QTimer.singleShot(20, action)
@@ -172,17 +184,16 @@ def scenario_export(suffix: str) -> float:
 
 
 def scenario_result_layers() -> float:
-    """A 1024 x 1024 tile segmented by a fake network: the longest stall once the result is ready."""
-    from test_widget_segment import fake_model_folder
-
-    from fake_models import BlobNet, blob_image
+    """A 1024 x 1024 tile segmented by a fake network: the longest stall once the result is ready. The network is
+    numpy's, so that torch is not in the process, as it is not in a user's viewer on the CPU (ONNX Runtime)."""
+    from fake_inputs import NumpyBlobNet, blob_image, fake_model_folder
     from nucseg._napari.segment_widget import SegmentWidget
     from nucseg.models import build
 
     home = Path(tempfile.mkdtemp())
     os.environ["NUCSEG_HOME"] = str(home)
     model = fake_model_folder(home)
-    net = BlobNet().eval()
+    net = NumpyBlobNet()
     build.load_network = lambda spec, device="cpu", runtime="auto": net
     viewer = new_viewer()
     tile, _ = blob_image((256, 256), n=20, seed=3)
@@ -197,6 +208,7 @@ def scenario_result_layers() -> float:
     widget._show_results = lambda *a: (returned.append(time.perf_counter()), show(*a))
     from qtpy.QtCore import QTimer
 
+    note_heap()
     meter = GapMeter()
     meter.start()
     QTimer.singleShot(20, widget.run_button.click)
@@ -232,6 +244,7 @@ def scenario_first_run(wait_s: float = 60.0) -> tuple[float, float]:
         t0.append(time.perf_counter())
         widget.run_button.click()
 
+    note_heap()
     meter = GapMeter()
     meter.start()
     QTimer.singleShot(20, click)
@@ -245,15 +258,26 @@ def scenario_first_run(wait_s: float = 60.0) -> tuple[float, float]:
     return first_tile, meter.longest_ms()
 
 
+DEFAULT = ["open_svs", "open_dicom", "side_by_side", "geojson", "csv", "result_layers"]
+
+
 def main() -> None:
+    chosen = [a for a in sys.argv[1:] if a != "--gc"] or DEFAULT
+    if len(chosen) > 1:
+        # each action in a process of its own, as a user's session has one viewer: closed viewers' objects stay in
+        # the heap a while, and every full collection walks them (476 k objects by the third action in one process)
+        import subprocess
+
+        flags = [a for a in sys.argv[1:] if a == "--gc"]
+        for name in chosen:
+            subprocess.run([sys.executable, __file__, name, *flags], check=False)
+        return
     import napari  # noqa: F401
     from qtpy.QtWidgets import QApplication
 
     QApplication.instance() or QApplication([])
     if "--gc" in sys.argv[1:]:
         watch_collections()
-    chosen = [a for a in sys.argv[1:] if a != "--gc"] or ["open_svs", "open_dicom", "side_by_side", "geojson", "csv",
-                                                          "result_layers"]
     for name in chosen:
         t = time.perf_counter()
         if name == "open_svs":
@@ -271,7 +295,8 @@ def main() -> None:
         elif name == "first_run":
             first, stall = scenario_first_run()
             print(f"first run, Run -> first tile: {first:.1f} s (longest stall {stall:.0f} ms)", flush=True)
-        print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"  ({time.perf_counter() - t:.0f} s; {HEAP[0] / 1000:.0f} k objects tracked by the garbage collector, "
+              f"torch {'imported' if 'torch' in sys.modules else 'not imported'})", flush=True)
     from napari.qt.threading import WorkerBase
 
     WorkerBase.await_workers(60_000)  # as napari does on quit: a measuring worker outliving its viewer

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gap_meter import GapMeter
 from test_widget_segment import CountingNet, fake_model_folder, nuclei_layer
 
 from fake_models import blob_image
+from gap_meter import GapMeter
 
 pytestmark = pytest.mark.gui
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gap_meter import GapMeter
 from test_finetune import tiny_model  # noqa: F401 - fixture
 
 from fake_models import blob_image
+from gap_meter import GapMeter
 from nucseg.training.corrections.store import CorrectionStore
 
 pytestmark = pytest.mark.gui

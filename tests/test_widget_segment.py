@@ -10,30 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fake_inputs import MODEL_NAME, fake_model_folder  # noqa: F401 - fake_model_folder: imported from here too
 from fake_models import BlobNet, blob_image
 from nucseg.config import PostprocessConfig
 from nucseg.inference.predict import reapply_postprocess
 
 pytestmark = pytest.mark.gui
-
-#: the fake model's name in the list and in layer names: a version folder whose network is replaced by BlobNet
-MODEL_NAME = "blobnet"
-
-
-def fake_model_folder(home: Path, name: str = MODEL_NAME, version: str | None = "1") -> Path:
-    """A model folder in ``home/models`` (config.json + an empty weights file: `load_network` is replaced)."""
-    import hashlib
-    import json
-
-    folder = home / "models" / name
-    folder.mkdir(parents=True)
-    config = {"name": name, "architecture": "Unet", "encoder": "efficientnet-b0", "mpp": 0.25,
-              "description": "BlobNet for tests", "sha256": hashlib.sha256(name.encode()).hexdigest(),
-              **({"version": version} if version else {})}
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").write_bytes(b"")
-    return folder
-
 
 @pytest.fixture(autouse=True)
 def nucseg_home(tmp_path, monkeypatch):
