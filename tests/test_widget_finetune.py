@@ -64,6 +64,17 @@ def base_version(home, tiny_model):  # noqa: F811
     return folder
 
 
+def scripted_in_this_process(monkeypatch, ajis):
+    """`scripted_validation`, which replaces functions in this process: the widget trains in a thread here, not
+    in its own process (`FinetuneWidget.train_apart`), for the run to meet the script."""
+    from test_finetune import scripted_validation
+
+    from nucseg._napari.finetune_widget import FinetuneWidget
+
+    monkeypatch.setattr(FinetuneWidget, "train_apart", False)
+    scripted_validation(monkeypatch, ajis)
+
+
 def test_add_a_correction_from_the_viewer_then_remove_and_undo(make_napari_viewer, qtbot, home, errors):
     from nucseg._napari.corrections_widget import FIELD_OF_VIEW, SHAPES, WHOLE, CorrectionsWidget
 
@@ -223,13 +234,11 @@ def test_finetune_in_a_worker_with_live_curves_and_a_responsive_gui(
         make_napari_viewer, qtbot, store_with_pairs, base_version, errors, monkeypatch):
     import threading
 
-    from test_finetune import scripted_validation
-
     from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.models import versions
     from nucseg.training import finetune
 
-    scripted_validation(monkeypatch, [0.5, 0.6])  # better than its base: kept without asking
+    scripted_in_this_process(monkeypatch, [0.5, 0.6])  # better than its base: kept without asking
     threads = []
     scored = finetune.iter_heldout_scores
     monkeypatch.setattr(finetune, "iter_heldout_scores",
@@ -281,11 +290,17 @@ def test_finetune_in_a_worker_with_live_curves_and_a_responsive_gui(
 
 
 def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewer, qtbot, store_with_pairs,
-                                                               base_version, errors):
-    """Stop after two steps used to save a new version without a word."""
+                                                               base_version, errors, monkeypatch):
+    """Stop after two steps used to save a new version without a word. The run trains in a process of its own
+    (as every run from the dock does), and Stop reaches it there."""
+    from nucseg._napari import finetune_widget
     from nucseg._napari.finetune_widget import FinetuneWidget
+    from nucseg.jobs.apart import run_apart
     from nucseg.models import versions
 
+    apart = []
+    monkeypatch.setattr(finetune_widget, "run_apart",
+                        lambda function, *a, **k: (apart.append(function.__name__), run_apart(function, *a, **k))[1])
     viewer = make_napari_viewer()
     widget = FinetuneWidget(viewer)
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))
@@ -302,6 +317,7 @@ def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewe
     widget._on_record = record_then_stop
     run_widget(qtbot, widget)
     assert errors == []
+    assert "corrections_finetune" in apart
     result = widget.result
     assert result.stopped and result.pending and widget.decision.asking
     assert result.model_dir is None and versions.list_versions()[-1].name == base_version.name  # not registered
@@ -320,12 +336,10 @@ def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewe
 def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
         make_napari_viewer, qtbot, store_with_pairs, base_version, errors, monkeypatch):
     """Seen: AJI 0.988 -> 0.857 saved as a new version without a warning."""
-    from test_finetune import scripted_validation
-
     from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.models import versions
 
-    scripted_validation(monkeypatch, [0.988, 0.857])
+    scripted_in_this_process(monkeypatch, [0.988, 0.857])
     widget = FinetuneWidget(make_napari_viewer())
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))
     set_tiny(widget, epochs=1, steps=2)
@@ -352,14 +366,12 @@ def test_a_worse_model_is_offered_and_can_be_discarded_even_after_a_restart(
 
 def test_resume_the_last_unfinished_run(make_napari_viewer, qtbot, store_with_pairs, base_version, errors,
                                         monkeypatch):
-    from test_finetune import scripted_validation
-
     from nucseg._napari.finetune_widget import FinetuneWidget
     from nucseg.config import FinetuneConfig
     from nucseg.jobs.finetune import corrections_finetune
     from nucseg.models import versions
 
-    scripted_validation(monkeypatch, [0.5, 0.6, 0.7])
+    scripted_in_this_process(monkeypatch, [0.5, 0.6, 0.7])
 
     config = FinetuneConfig(base_model=str(base_version), epochs=2, steps_per_epoch=2, batch_size=2, patch_size=64,
                             augmentations=("flips",), device="cpu", num_threads=1, validation_fraction=0.34)

@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import NucsegError
+from nucseg.jobs.apart import run_apart
 from nucseg.jobs.finetune import (
     corrections_finetune,
     require_original_data,
@@ -75,6 +76,11 @@ class FinetuneWidget(QWidget):
     """
 
     _corrections_changed_qt = Signal()
+    #: train and time training steps in a spawned process (`nucseg.jobs.apart`), so torch and
+    #: segmentation-models-pytorch never enter the viewer's process, where their objects made every later full
+    #: garbage collection on the GUI thread 2.4x as long; False runs them in a thread of this process (tests that
+    #: script the training's functions in this process)
+    train_apart = True
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, store: CorrectionStore | None = None):
         super().__init__()
@@ -199,7 +205,7 @@ class FinetuneWidget(QWidget):
 
     def _offer_pending_decision(self) -> None:
         """A run left undecided (the viewer was closed before Keep or Discard) asks again."""
-        from nucseg.training.finetune import pending_result
+        from nucseg.training.verdict import pending_result
 
         pending = versions.pending_candidates()
         if pending and not self.decision.asking:
@@ -250,8 +256,12 @@ class FinetuneWidget(QWidget):
         self.resume_check.setEnabled(False)
         store = self.store
         def job():  # keeping a better model (files, the versions signal) happens in the worker too
-            result = yield from corrections_finetune(store, config, out, original_dir=original, resume=resume,
-                                                     stop=stop, keep="ask")
+            if self.train_apart:
+                result = yield from run_apart(corrections_finetune, store, config, out, original_dir=original,
+                                              resume=resume, stop=stop, keep="ask", what="fine-tuning")
+            else:
+                result = yield from corrections_finetune(store, config, out, original_dir=original, resume=resume,
+                                                         stop=stop, keep="ask")
             return settle(result)
 
         self._worker = start_generator_worker(
@@ -319,9 +329,11 @@ class FinetuneWidget(QWidget):
         self.estimate_label.setText("timing one training step to estimate the run…")
 
         def job():
+            args = (config.base_model, config.batch_size, config.patch_size, config.device, config.num_threads)
+            if self.train_apart:
+                return (yield from run_apart(measure_step, *args, what="timing a training step"))
             yield from ()
-            return measure_step(config.base_model, config.batch_size, config.patch_size, config.device,
-                                config.num_threads)
+            return measure_step(*args)
 
         def done(result: dict[str, Any]) -> None:
             self.estimates[key] = result

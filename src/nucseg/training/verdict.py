@@ -13,9 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import StoreError
@@ -23,7 +21,9 @@ from nucseg.io.export import atomic_write_text
 from nucseg.io.outputs import write_failure
 from nucseg.models.registry import REPLAY_DIR, WEIGHTS_FILE, ModelSpec
 from nucseg.models.versions import CANDIDATE_CONFIG, is_candidate, register_candidate
-from nucseg.training.checkpoint import RESUME_FIX
+
+if TYPE_CHECKING:  # torch is imported by training, not by a viewer reading a run's verdict
+    import torch
 
 BEST_WEIGHTS = "best.safetensors"
 #: the score that chooses the best epoch and decides the verdict, and the one used before it existed
@@ -159,7 +159,7 @@ def write_candidate(out_dir: Path, base: ModelSpec, config: FinetuneConfig, stat
     from safetensors.torch import load_file, save_file
 
     from nucseg.models.registry import sha256_of
-    from nucseg.training.checkpoint import write_error
+    from nucseg.training.checkpoint import RESUME_FIX, write_error
 
     if weights is None:
         weights = load_file(str(out_dir / BEST_WEIGHTS))
