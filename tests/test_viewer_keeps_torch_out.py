@@ -1,4 +1,4 @@
-"""A viewer session on a machine without an accelerator never imports torch nor segmentation-models-pytorch:
+"""A viewer session on a machine without an accelerator never imports torch, segmentation-models-pytorch nor Triton:
 every dock open, the default model's first ONNX Runtime export, a segmentation and the Fine-tune dock's timed
 training step. Their 360-400 k objects would make every later full garbage collection on the GUI thread (napari
 forces one whenever a layer is removed) about 2.4x as long: 111 -> 265 ms here (docs/VIEWER.md). Torch runs in
@@ -52,7 +52,8 @@ def main():
     pump(lambda: not segment.running and bool(finetune.estimates), 600)
     pump(lambda: False, 1)
     print(json.dumps({"layers": [layer.name for layer in viewer.layers], "estimated": bool(finetune.estimates),
-                      "torch": "torch" in sys.modules, "smp": "segmentation_models_pytorch" in sys.modules}))
+                      "torch": "torch" in sys.modules, "smp": "segmentation_models_pytorch" in sys.modules,
+                      "triton": "triton" in sys.modules}))
     viewer.close()
 
 if __name__ == "__main__":
@@ -76,3 +77,4 @@ def test_a_viewer_session_on_the_cpu_never_imports_torch(tmp_path):
     assert seen["estimated"], seen
     assert list((tmp_path / "cache").rglob("export.json")), "the default model was exported (in its own process)"
     assert not seen["torch"] and not seen["smp"], seen
+    assert not seen["triton"], seen  # loaded (deep-bound, see _native) only when torch is imported here

@@ -5,11 +5,16 @@ CUDA builds of torch import Triton (torchvision and segmentation-models-pytorch 
 Intel) has loaded the system's libLLVM, as it has in any napari window on such a machine, the two clash and the
 process dies with a segmentation fault inside libtriton's initialisers. Loading libtriton with ``RTLD_DEEPBIND``
 makes it bind to its own symbols. It has to happen before torch imports Triton, so the widgets that run models
-call `isolate_triton` when they are imported.
+call `isolate_triton_before_torch` when they are imported: Triton is then loaded so at the moment torch is first
+imported, and not at all in a viewer that never imports torch (on the CPU, ONNX Runtime runs the models and
+training runs in a process of its own), whose heap it would grow by 20 k objects for every full garbage
+collection to walk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.util
 import os
 import sys
@@ -32,3 +37,22 @@ def isolate_triton() -> None:
         pass
     finally:
         sys.setdlopenflags(flags)
+
+
+class _IsolateBeforeTorch(importlib.abc.MetaPathFinder):
+    """Runs `isolate_triton` when torch is first imported, then steps out of the import system."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+            isolate_triton()
+        return None  # the import itself goes on as usual
+
+
+def isolate_triton_before_torch() -> None:
+    """`isolate_triton` when torch is first imported in this process (at once if it already is)."""
+    if "torch" in sys.modules:
+        isolate_triton()
+    elif not any(isinstance(finder, _IsolateBeforeTorch) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _IsolateBeforeTorch())

@@ -52,19 +52,20 @@ from nucseg.training.corrections.store import CorrectionStore, corrections_chang
 from nucseg.training.estimate import format_minutes
 
 from ._forms import scroll_area
-from ._native import isolate_triton
+from ._native import isolate_triton_before_torch
 from ._workers import JobControls, error_message, start_generator_worker
 from .finetune_decision import DecisionPanel
 from .finetune_settings import FinetuneSettings
 from .model_list import ModelCombo
-from .plots import TrainingPlots
 from .versions_panel import VersionsPanel
 
 if TYPE_CHECKING:
     from nucseg.progress import Progress
     from nucseg.training.finetune import FinetuneResult
 
-isolate_triton()  # before torch is imported by a run: see _native
+    from .plots import TrainingPlots
+
+isolate_triton_before_torch()  # see _native
 
 
 class FinetuneWidget(QWidget):
@@ -86,7 +87,7 @@ class FinetuneWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.store = store or CorrectionStore()
-        self.plots = TrainingPlots(dark=getattr(napari_viewer, "theme", "dark") != "light")
+        self._plots: TrainingPlots | None = None
         self._plots_dock: Any = None
         self._worker: Any = None
         self._resumable: Path | None = None
@@ -218,6 +219,16 @@ class FinetuneWidget(QWidget):
     def config(self) -> FinetuneConfig:
         """The settings chosen, as a validated config (raises ConfigError)."""
         return self.settings.config(str(self.model_combo.current_model()), self.device_combo.currentText())
+
+    @property
+    def plots(self) -> TrainingPlots:
+        """The training curves, made when first needed (a run): matplotlib's 50 k objects stay out of the viewer's
+        heap until then (every full garbage collection walks them)."""
+        if self._plots is None:
+            from .plots import TrainingPlots
+
+            self._plots = TrainingPlots(dark=getattr(self.viewer, "theme", "dark") != "light")
+        return self._plots
 
     @property
     def running(self) -> bool:

@@ -33,7 +33,7 @@ from . import rerun_choice, shortcuts
 from . import result_layers as result_steps  # start_startup_job, start_preload
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
 from ._loop import StepQueue
-from ._native import isolate_triton
+from ._native import isolate_triton_before_torch
 from ._workers import JobControls, error_message, start_generator_worker
 from .fluorescence import FluorescenceGuard
 from .label_editing import editing_for
@@ -53,7 +53,7 @@ from .thresholds import ThresholdsBox
 
 WHOLE, FIELD_OF_VIEW, SHAPES = "whole image", "current field of view", "drawn rectangles"
 
-isolate_triton()  # before torch is imported by a run: see _native
+isolate_triton_before_torch()  # see _native
 
 
 class SegmentWidget(QWidget):

@@ -11,6 +11,7 @@ import ast
 import contextlib
 import functools
 import glob
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -106,7 +107,7 @@ def accelerator_possible() -> bool:
     ``/dev/kfd``: the CUDA and ROCm drivers need them). Always True on macOS (MPS) and other systems."""
     if sys.platform == "darwin":
         return True
-    if importlib.util.find_spec("torch") is None:
+    if torch_spec() is None:
         return False
     build = torch_build()
     if build is None:
@@ -116,6 +117,13 @@ def accelerator_possible() -> bool:
     if not sys.platform.startswith("linux"):
         return True
     return bool(gpu_driver_files())
+
+
+def torch_spec() -> importlib.machinery.ModuleSpec | None:
+    """Where the installed torch is, found on ``sys.path`` first: the import hooks of ``sys.meta_path`` are asked
+    only where it is not there, since the viewer's hook loads Triton when it is asked for torch
+    (`nucseg._napari._native`), and finding torch is not importing it."""
+    return importlib.machinery.PathFinder.find_spec("torch") or importlib.util.find_spec("torch")
 
 
 def gpu_driver_files() -> list[str]:
@@ -129,7 +137,7 @@ def torch_build() -> dict[str, Any] | None:
     """The constants of the installed torch's ``version.py`` (``__version__``, ``cuda``, ``hip``...), read without
     importing torch; None when torch is not installed or the file is not the plain assignments it has always been."""
     try:
-        spec = importlib.util.find_spec("torch")
+        spec = torch_spec()
         folders = list(spec.submodule_search_locations or []) if spec is not None else []
         tree = ast.parse((Path(folders[0]) / "version.py").read_text())
     except (ImportError, IndexError, OSError, SyntaxError, ValueError):
