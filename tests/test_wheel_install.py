@@ -96,8 +96,10 @@ def test_wheel_installs_and_runs_the_demo_offline(tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
+    # without PYTHONPATH: a source tree on it that holds the editable install's egg-info made pip see the package
+    # as installed already and install nothing
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "--no-deps", "--quiet",
-          str(wheel)])
+          str(wheel)], env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     deps = _shared_packages_without_nucseg(tmp_path / "deps")
     (site / "_shared_test_packages.pth").write_text(f"{deps}\n")

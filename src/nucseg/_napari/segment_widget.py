@@ -32,7 +32,7 @@ from nucseg.models.registry import resolve_model
 from . import rerun_choice, shortcuts
 from . import result_layers as result_steps  # start_startup_job, start_preload
 from ._forms import _dspin, _spin, fit_width, scrolled  # noqa: F401  (_dspin, _spin: imported from here)
-from ._loop import StepQueue
+from ._loop import StepQueue, collect_garbage
 from ._native import isolate_triton_before_torch
 from ._workers import JobControls, error_message, start_generator_worker
 from .fluorescence import FluorescenceGuard
@@ -247,7 +247,8 @@ class SegmentWidget(QWidget):
 
         self.run_button.setEnabled(False)
         self._worker = start_generator_worker(
-            job, on_return=lambda shown: self._show_results(shown, layer),
+            job, on_return=lambda shown: self._steps.extend([collect_garbage,
+                                                             lambda: self._show_results(shown, layer)]),
             on_finished=self._run_finished, stop_event=stop, controls=self.controls, desc=f"segmenting {image.name}")
 
     def _ask_about_corrections(self, image_layer: Image, names: list[str], regions: list
@@ -305,7 +306,7 @@ class SegmentWidget(QWidget):
         for view, _ in added:
             if view.editable:
                 editing_for(view.labels).changed.connect(functools.partial(self._history_moved, view))
-        self._steps.extend([step for _, steps in added for step in steps])
+        self._steps.then([step for _, steps in added for step in steps])  # a step itself: `then`, not `extend`
         results = [view.result for view, _ in added] or ([target.metadata["nucseg_result"]] if replaced else [])
         n = sum(r.n_nuclei for r in results)
         text = f"{n} nuclei in {sum(r.seconds for r in results):.1f} s"

@@ -8,7 +8,7 @@ from napari.layers import Image
 
 from nucseg.errors import InvalidInputError
 
-from ._loop import StepQueue
+from ._loop import StepQueue, collect_garbage
 from .evaluation_layers import CELL_VIEW_PX
 
 if TYPE_CHECKING:
@@ -101,8 +101,8 @@ class SideBySide:
                 layers.selection.active = pred  # the layer a correction goes to, not the last copy added
 
         # each image copy added hidden (napari's controls and visual), then shown (its slice and texture)
-        self._steps.extend([hide_all, arrange, show_grid, lambda: insert_below(under_pred, pred),
-                            lambda: insert_below(under_truth, truth),
+        self._steps.extend([collect_garbage, hide_all, arrange, show_grid,
+                            lambda: insert_below(under_pred, pred), lambda: insert_below(under_truth, truth),
                             *(lambda layer=layer: self._show(layer) for layer in (under_pred, pred, under_truth,
                                                                                   truth, image)),
                             zoom_to_cells])
