@@ -320,7 +320,7 @@ def test_an_export_apart_that_fails_says_why_and_leaves_the_load_to_report_it(mo
 
     monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
     wrong = dataclasses.replace(model, sha256="0" * 64)  # the child refuses weights that do not match their config
-    why = runtime.export_in_child(wrong, CPU)
+    why = build.export_in_child(wrong, CPU)
     assert why is not None and "sha256" in why and str(model.weights_path) in why
     assert not list(tmp_path.rglob("*.onnx"))
-    assert runtime.export_in_child(model, torch.device("cuda")) is None  # ONNX Runtime is for the CPU only
+    assert build.export_in_child(model, torch.device("cuda")) is None  # ONNX Runtime is for the CPU only

@@ -2,7 +2,7 @@
 every dock open, the default model's first ONNX Runtime export, a segmentation and the Fine-tune dock's timed
 training step. Their 360-400 k objects would make every later full garbage collection on the GUI thread (napari
 forces one whenever a layer is removed) about 2.4x as long: 111 -> 265 ms here (docs/VIEWER.md). Torch runs in
-processes of their own (`nucseg.models.runtime.export_in_child`, `nucseg.jobs.apart`)."""
+processes of their own (`nucseg.models.build.export_in_child`, `nucseg.jobs.apart`)."""
 
 from __future__ import annotations
 

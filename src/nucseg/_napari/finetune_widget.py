@@ -1,7 +1,8 @@
 """The "Fine-tune" dock widget: train a new model version on the reviewed corrections, with live curves.
 
 Thin by design: it builds a `FinetuneConfig` (`finetune_settings`), runs `nucseg.jobs.finetune.
-corrections_finetune` in a thread worker with a progress bar and Stop, feeds every step and epoch record to the
+corrections_finetune` in a spawned process of its own (`nucseg.jobs.apart`: torch stays out of the viewer) watched
+by a thread worker, with a progress bar and Stop, feeds every step and epoch record to the
 curves (`plots.TrainingPlots`, docked below the canvas) and the time left to the status line, and hands the
 outcome to the `finetune_decision` panel: a
 model better than its base on validation is kept at once; one that is not, or a stopped run, waits for the
@@ -9,8 +10,8 @@ person's Keep or Discard. A run cut short (the viewer closed, the machine crashe
 epoch. The versions panel lists, renames, deletes (to the trash) and exports fine-tuned versions.
 
 Before Start, the widget says how long a run will take: once it is shown, and again when the base model, the
-device or the batch settings change, it times one real training step in a worker (`nucseg.training.estimate.
-measure_step`, kept per setting for the session) and multiplies it out with the same function the run's own
+device or the batch settings change, it times one real training step in a process of its own (`nucseg.training.
+estimate.measure_step`, kept per setting for the session) and multiplies it out with the same function the run's own
 remaining time comes from.
 
 Layout for small screens: the base model, Start, the progress and the result stay at the top; the settings

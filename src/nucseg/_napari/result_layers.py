@@ -167,7 +167,7 @@ def preload_job(model: str) -> Generator[None, None, None]:
     """In a worker: load the network a run of `model` on the default device will use (`load_predictor`, cached by
     `nucseg.models.build.load_network`): importing torch, reading the weights and, on the CPU, exporting the
     model for ONNX Runtime the first time ever took the first run tens of seconds of "loading model". That first
-    export is made in a separate process (`nucseg.models.runtime.export_in_child`), so on the CPU the viewer never
+    export is made in a separate process (`nucseg.models.build.export_in_child`), so on the CPU the viewer never
     imports torch: its objects would lengthen every later full garbage collection on the GUI thread."""
     from nucseg.config import InferenceConfig
     from nucseg.inference.blocks import load_predictor

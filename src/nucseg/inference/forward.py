@@ -50,7 +50,7 @@ def load_predictor(config: InferenceConfig, export_apart: bool = False) -> Predi
     spec = resolve_model(config.model)
     device = inference_device(config.device)
     if export_apart:
-        from nucseg.models.runtime import export_in_child
+        from nucseg.models.build import export_in_child
 
         export_in_child(spec, device, config.runtime)
     return Predictor(spec, device, load_network(spec, device, runtime=config.runtime))

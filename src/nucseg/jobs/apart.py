@@ -86,6 +86,16 @@ def run_apart(function: Callable[..., Any], *args: Any, stop: threading.Event | 
         messages.close()
 
 
+def call_apart(function: Callable[..., Any], *args: Any, what: str = "the job", **kwargs: Any) -> Any:
+    """`run_apart` of a plain function, waited for: its result (what it yields, if anything, is dropped)."""
+    job = run_apart(function, *args, what=what, **kwargs)
+    while True:
+        try:
+            next(job)
+        except StopIteration as end:
+            return end.value
+
+
 def _child(messages: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     """In the child: run `function`, sending each message pickled here (a record that does not pickle is then
     this job's error, not a message lost in the queue's feeder thread)."""

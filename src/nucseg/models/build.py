@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import os
 import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucseg.errors import ModelError, StoreError
+from nucseg.errors import ModelError, NucsegError, StoreError
 from nucseg.models.fold import fold_batchnorm
 from nucseg.models.registry import (
     ARCHITECTURES,
@@ -189,3 +190,47 @@ def save_model(
     from nucseg.models.registry import spec_from_folder
 
     return spec_from_folder(folder)
+
+
+def export_in_child(spec: ModelSpec, device: Any, runtime: str = "auto") -> str | None:
+    """Export and check `spec`'s network for ONNX Runtime (`nucseg.models.runtime.load_onnx_network`'s cached
+    export) in a spawned Python process, where a run on `device` with `runtime` would use ONNX Runtime and the
+    export is not cached yet: the caller then loads the model without importing torch and
+    segmentation-models-pytorch.
+
+    Why: imported into the viewer, they add about 360 k objects to the heap the garbage collector walks, and
+    every later full collection on the GUI thread (napari forces one each time it removes a layer) took about
+    2.5x as long for the rest of the session (docs/VIEWER.md).
+
+    Returns:
+        None when the export is (now) cached or not needed; else why the child did not write it. Nothing is
+        raised: the caller's own load meets the same problem and reports it (it exports in its own process and
+        falls back to PyTorch with `warn_fallback`'s warning).
+    """
+    from nucseg.jobs.apart import call_apart
+    from nucseg.models.runtime import choose_runtime, export_folder
+
+    if device.type != "cpu" or choose_runtime(runtime, device, spec) != "onnxruntime":
+        return None
+    if spec.weights_path is None or (export_folder(spec, sha256_of(spec.weights_path)) / "export.json").is_file():
+        return None
+    try:
+        why = call_apart(_export_here, spec, what=f"exporting {spec.name} for ONNX Runtime")
+    except (NucsegError, OSError) as err:  # the child died, or could not start
+        why = str(err)
+    if why is not None:
+        logging.getLogger(__name__).info("nucseg: exporting %s for ONNX Runtime in a separate process failed (%s)",
+                                         spec.name, why)
+    return why
+
+
+def _export_here(spec: ModelSpec) -> str | None:
+    """In `export_in_child`'s process: export `spec` as a load on the CPU does; None, or why not (a message
+    pickles, every exception may not)."""
+    from nucseg.models.runtime import load_onnx_network
+
+    try:
+        load_onnx_network(spec, functools.partial(load_network, spec, "cpu", runtime="pytorch"))
+    except Exception as err:  # noqa: BLE001 - reported by the caller's own load, which meets it again
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return None

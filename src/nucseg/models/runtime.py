@@ -446,52 +446,6 @@ def load_onnx_network(spec: ModelSpec, torch_network: Callable[[], torch.nn.Modu
         raise RuntimeUnavailable(f"cached export {folder} unreadable: {err}") from err
 
 
-def export_in_child(spec: ModelSpec, device: Any, runtime: str = "auto") -> str | None:
-    """Export and check `spec`'s network for ONNX Runtime (`load_onnx_network`'s cached export) in a spawned
-    Python process, where a run on `device` with `runtime` would use ONNX Runtime and the export is not cached
-    yet: the caller then loads the model without importing torch and segmentation-models-pytorch.
-
-    Why: imported into the viewer, they add about 360 k objects to the heap the garbage collector walks, and
-    every later full collection on the GUI thread (napari forces one each time it removes a layer) took about
-    2.5x as long for the rest of the session (docs/VIEWER.md).
-
-    Returns:
-        None when the export is (now) cached or not needed; else why the child did not write it. Nothing is
-        raised: the caller's own load meets the same problem and reports it (it exports in its own process and
-        falls back to PyTorch with `warn_fallback`'s warning).
-    """
-    import concurrent.futures
-    import multiprocessing
-
-    if device.type != "cpu" or choose_runtime(runtime, device, spec) != "onnxruntime":
-        return None
-    if spec.weights_path is None or (export_folder(spec, sha256_of(spec.weights_path)) / "export.json").is_file():
-        return None
-    try:
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            why = pool.submit(_export_here, spec).result()
-    except (concurrent.futures.process.BrokenProcessPool, OSError) as err:
-        why = f"the export process did not finish: {err}"
-    if why is not None:
-        log.info("nucseg: exporting %s for ONNX Runtime in a separate process failed (%s)", spec.name, why)
-    return why
-
-
-def _export_here(spec: ModelSpec) -> str | None:
-    """In `export_in_child`'s process: export `spec` as a load on the CPU does; None, or why not (a message
-    pickles, every exception may not)."""
-    import functools
-
-    from nucseg.models.build import load_network
-
-    try:
-        load_onnx_network(spec, functools.partial(load_network, spec, "cpu", runtime="pytorch"))
-    except Exception as err:  # noqa: BLE001 - reported by the caller's own load, which meets it again
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    return None
-
-
 def check_export(network: OnnxNetwork, net: torch.nn.Module) -> None:
     """Refuse an export whose gates or logits differ from PyTorch's on a random probe."""
     import torch
