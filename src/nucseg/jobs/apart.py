@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from nucseg.errors import NucsegError
+from nucseg.progress import drive
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,7 @@ def run_apart(function: Callable[..., Any], *args: Any, stop: threading.Event | 
 
 def call_apart(function: Callable[..., Any], *args: Any, what: str = "the job", **kwargs: Any) -> Any:
     """`run_apart` of a plain function, waited for: its result (what it yields, if anything, is dropped)."""
-    job = run_apart(function, *args, what=what, **kwargs)
-    while True:
-        try:
-            next(job)
-        except StopIteration as end:
-            return end.value
+    return drive(run_apart(function, *args, what=what, **kwargs))
 
 
 def _child(messages: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -102,11 +98,7 @@ def _child(messages: Any, function: Callable[..., Any], args: tuple, kwargs: dic
     try:
         result = function(*args, **kwargs)
         if inspect.isgenerator(result):
-            try:
-                while True:
-                    messages.put(pickle.dumps(("yield", next(result))))
-            except StopIteration as end:
-                result = end.value
+            result = drive(result, lambda record: messages.put(pickle.dumps(("yield", record))))
         messages.put(pickle.dumps(("return", result)))
     except BaseException as err:  # noqa: BLE001 - every error goes back to the caller, who reports it
         log.debug("nucseg: %s failed in its process", getattr(function, "__name__", function), exc_info=True)
