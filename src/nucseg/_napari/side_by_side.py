@@ -145,13 +145,6 @@ class SideBySide:
             shown = [layer for layer, visible in (saved or {"visible": {}})["visible"].items() if visible]
             self._steps.then([lambda layer=layer: self._show(layer) for layer in shown])  # before a queued `enable`
 
-        def hide_copies() -> None:
-            for layer in copies:
-                if layer in layers:
-                    layer.visible = False
-
-        # the user's view comes back first (the copies hidden, the grid off, the order and the layers shown, a turn
-        # each); the hidden copies go last, in one batch: its end is napari's collection and scene rebuild, with
-        # nothing left to repaint. (Restoring the order after that batch crashed Mesa's OpenGL, see VIEWER.md.)
-        self._steps.extend([hide_copies, restore_grid, restore_order, restore_visibility, layers.events.begin_batch,
-                            *(lambda layer=layer: remove(layer) for layer in copies), layers.events.end_batch])
+        # the scene is rebuilt once, at the batch's end, after every change of its structure
+        self._steps.extend([layers.events.begin_batch, *(lambda layer=layer: remove(layer) for layer in copies),
+                            restore_grid, restore_order, layers.events.end_batch, restore_visibility])
