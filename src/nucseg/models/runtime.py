@@ -20,7 +20,8 @@ tile) nor segmentation-models-pytorch: `OnnxNetwork` takes and returns numpy arr
 flips and takes the sigmoid in numpy (`nucseg.inference.forward`), the device is named without torch
 (`nucseg.models.device.inference_device`), and the session threads (`session_threads`) and the cache key's torch
 version (`nucseg.models.device.torch_build`) are found without importing it. torch is imported only to export
-(the first run of a model), for sides the graph cannot take, and by the PyTorch runtime, GPUs and training.
+(the first run of a model; the viewer makes that export in a process of its own, `nucseg.models.build.
+export_in_child`), for sides the graph cannot take, and by the PyTorch runtime, GPUs and training.
 """
 
 from __future__ import annotations
