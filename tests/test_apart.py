@@ -11,6 +11,7 @@ import pytest
 
 from nucseg.errors import NucsegError
 from nucseg.jobs.apart import run_apart
+from nucseg.progress import drive
 
 
 def counting(n: int, stop=None):
@@ -107,3 +108,30 @@ def test_closing_the_generator_stops_the_child():
     t = time.perf_counter()
     job.close()  # the caller went away: the child is told to stop and is waited for
     assert time.perf_counter() - t < 20
+
+
+def test_where_no_process_can_start_the_job_runs_here_and_the_log_says_so(monkeypatch, caplog):
+    import logging
+    import multiprocessing
+
+    from nucseg.jobs.apart import ChildUnavailable, run_apart_or_here
+
+    context = multiprocessing.get_context("spawn")
+
+    def refuse(self):
+        raise OSError("no fork here")
+
+    monkeypatch.setattr(type(context.Process(target=plain)), "start", refuse)
+    with pytest.raises(ChildUnavailable, match="fine-tuning: no separate process could start here: no fork here"):
+        run_apart(counting, 2, what="fine-tuning")
+    with caplog.at_level(logging.WARNING, logger="nucseg.jobs.apart"):
+        job = run_apart_or_here(counting, 2, what="fine-tuning")
+        records = []
+        with pytest.raises(StopIteration) as end:
+            while True:
+                records.append(next(job))
+    assert {pid for _, pid in records} == {os.getpid()} and end.value.value == "done"
+    assert any("fine-tuning runs in this process" in r.getMessage() for r in caplog.records)
+    stop = threading.Event()
+    stop.set()
+    assert drive(run_apart_or_here(until_stopped, stop=stop)) == "stopped"  # Stop reaches it here too

@@ -295,12 +295,12 @@ def test_stop_asks_keep_or_discard_and_says_how_many_steps_ran(make_napari_viewe
     (as every run from the dock does), and Stop reaches it there."""
     from nucseg._napari import finetune_widget
     from nucseg._napari.finetune_widget import FinetuneWidget
-    from nucseg.jobs.apart import run_apart
+    from nucseg.jobs.apart import run_apart_or_here
     from nucseg.models import versions
 
     apart = []
-    monkeypatch.setattr(finetune_widget, "run_apart",
-                        lambda function, *a, **k: (apart.append(function.__name__), run_apart(function, *a, **k))[1])
+    monkeypatch.setattr(finetune_widget, "run_apart_or_here", lambda function, *a, **k: (
+        apart.append(function.__name__), run_apart_or_here(function, *a, **k))[1])
     viewer = make_napari_viewer()
     widget = FinetuneWidget(viewer)
     widget.model_combo.setCurrentIndex(widget.model_combo.findData(str(base_version)))

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import NucsegError
-from nucseg.jobs.apart import run_apart
+from nucseg.jobs.apart import run_apart_or_here
 from nucseg.jobs.finetune import (
     corrections_finetune,
     require_original_data,
@@ -269,8 +269,9 @@ class FinetuneWidget(QWidget):
         store = self.store
         def job():  # keeping a better model (files, the versions signal) happens in the worker too
             if self.train_apart:
-                result = yield from run_apart(corrections_finetune, store, config, out, original_dir=original,
-                                              resume=resume, stop=stop, keep="ask", what="fine-tuning")
+                result = yield from run_apart_or_here(corrections_finetune, store, config, out,
+                                                      original_dir=original, resume=resume, stop=stop, keep="ask",
+                                                      what="fine-tuning")
             else:
                 result = yield from corrections_finetune(store, config, out, original_dir=original, resume=resume,
                                                          stop=stop, keep="ask")
@@ -343,7 +344,7 @@ class FinetuneWidget(QWidget):
         def job():
             args = (config.base_model, config.batch_size, config.patch_size, config.device, config.num_threads)
             if self.train_apart:
-                return (yield from run_apart(measure_step, *args, what="timing a training step"))
+                return (yield from run_apart_or_here(measure_step, *args, what="timing a training step"))
             yield from ()
             return measure_step(*args)
 

@@ -32,10 +32,14 @@ POLL_S = 0.1
 GRACE_S = 30.0
 
 
+class ChildUnavailable(NucsegError):
+    """No Python process could be started here (an embedded interpreter, a sandbox, no resources)."""
+
+
 def run_apart(function: Callable[..., Any], *args: Any, stop: threading.Event | None = None, what: str = "the job",
               **kwargs: Any) -> Generator[Any, None, Any]:
-    """``function(*args, **kwargs)`` in a spawned process: yields what it yields (a generator function) and
-    returns its return value; a plain function's result is returned.
+    """``function(*args, **kwargs)`` in a spawned process, started now: a generator that yields what the job
+    yields (a generator function) and returns its return value; a plain function's result is returned.
 
     Args:
         stop: the caller's stop event; when given, the child's function gets ``stop=`` an event that is set as
@@ -43,17 +47,43 @@ def run_apart(function: Callable[..., Any], *args: Any, stop: threading.Event | 
         what: the job, for a person ("fine-tuning"), in the error of a child that died.
 
     Raises:
+        ChildUnavailable: at once, when the process cannot start.
         the child's exception (as it was, or a `NucsegError` with its type and message where it does not
-        pickle); `NucsegError` when the child ended without an answer (killed, out of memory).
+        pickle), or `NucsegError` when the child ended without an answer (killed, out of memory): from the
+        generator.
     """
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue()
-    child_stop = context.Event()
-    if stop is not None:
-        kwargs = {**kwargs, "stop": child_stop}
-    process = context.Process(target=_child, args=(messages, function, args, kwargs), daemon=True,
-                              name=f"nucseg {what}")
-    process.start()
+    try:
+        messages = context.Queue()
+        child_stop = context.Event()
+        child_kwargs = {**kwargs, "stop": child_stop} if stop is not None else kwargs
+        process = context.Process(target=_child, args=(messages, function, args, child_kwargs), daemon=True,
+                                  name=f"nucseg {what}")
+        process.start()
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ChildUnavailable(f"{what}: no separate process could start here: {err}") from err
+    return _watch(process, messages, child_stop, stop, what)
+
+
+def run_apart_or_here(function: Callable[..., Any], *args: Any, stop: threading.Event | None = None,
+                      what: str = "the job", **kwargs: Any) -> Generator[Any, None, Any]:
+    """`run_apart`, or, where no process can start, the same job in this process (the log says so)."""
+    try:
+        return run_apart(function, *args, stop=stop, what=what, **kwargs)
+    except ChildUnavailable as err:
+        log.warning("nucseg: %s runs in this process (%s)", what, err)
+    result = function(*args, **({**kwargs, "stop": stop} if stop is not None else kwargs))
+    return result if inspect.isgenerator(result) else _returning(result)
+
+
+def _returning(value: Any) -> Generator[Any, None, Any]:
+    yield from ()
+    return value
+
+
+def _watch(process: Any, messages: Any, child_stop: Any, stop: threading.Event | None,
+           what: str) -> Generator[Any, None, Any]:
+    """The caller's side of a started child: its messages as records, its result, its error, Stop."""
     finished = False
     try:
         while True:
