@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 
 from nucseg.config import FinetuneConfig
 from nucseg.errors import NucsegError
-from nucseg.jobs.apart import run_apart_or_here
+from nucseg.jobs.apart import run_apart_or_here, run_here
 from nucseg.jobs.finetune import (
     corrections_finetune,
     require_original_data,
@@ -61,6 +61,8 @@ from .model_list import ModelCombo
 from .versions_panel import VersionsPanel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nucseg.progress import Progress
     from nucseg.training.finetune import FinetuneResult
 
@@ -235,6 +237,10 @@ class FinetuneWidget(QWidget):
     def running(self) -> bool:
         return self._worker is not None
 
+    def _runner(self) -> Callable[..., Any]:
+        """Where a job that needs torch runs: `run_apart_or_here`, or `run_here` without `train_apart`."""
+        return run_apart_or_here if self.train_apart else run_here
+
     def start(self) -> None:
         """Start (or resume) a fine-tuning run in a worker thread; errors are shown, never raised."""
         if self.running:
@@ -268,13 +274,8 @@ class FinetuneWidget(QWidget):
         self.resume_check.setEnabled(False)
         store = self.store
         def job():  # keeping a better model (files, the versions signal) happens in the worker too
-            if self.train_apart:
-                result = yield from run_apart_or_here(corrections_finetune, store, config, out,
-                                                      original_dir=original, resume=resume, stop=stop, keep="ask",
-                                                      what="fine-tuning")
-            else:
-                result = yield from corrections_finetune(store, config, out, original_dir=original, resume=resume,
-                                                         stop=stop, keep="ask")
+            result = yield from self._runner()(corrections_finetune, store, config, out, original_dir=original,
+                                               resume=resume, stop=stop, keep="ask", what="fine-tuning")
             return settle(result)
 
         self._worker = start_generator_worker(
@@ -342,11 +343,8 @@ class FinetuneWidget(QWidget):
         self.estimate_label.setText("timing one training step to estimate the run…")
 
         def job():
-            args = (config.base_model, config.batch_size, config.patch_size, config.device, config.num_threads)
-            if self.train_apart:
-                return (yield from run_apart_or_here(measure_step, *args, what="timing a training step"))
-            yield from ()
-            return measure_step(*args)
+            return (yield from self._runner()(measure_step, config.base_model, config.batch_size, config.patch_size,
+                                              config.device, config.num_threads, what="timing a training step"))
 
         def done(result: dict[str, Any]) -> None:
             self.estimates[key] = result

@@ -67,11 +67,18 @@ def run_apart(function: Callable[..., Any], *args: Any, stop: threading.Event | 
 
 def run_apart_or_here(function: Callable[..., Any], *args: Any, stop: threading.Event | None = None,
                       what: str = "the job", **kwargs: Any) -> Generator[Any, None, Any]:
-    """`run_apart`, or, where no process can start, the same job in this process (the log says so)."""
+    """`run_apart`, or, where no process can start, the same job in this process (`run_here`; the log says so)."""
     try:
         return run_apart(function, *args, stop=stop, what=what, **kwargs)
     except ChildUnavailable as err:
         log.warning("nucseg: %s runs in this process (%s)", what, err)
+    return run_here(function, *args, stop=stop, what=what, **kwargs)
+
+
+def run_here(function: Callable[..., Any], *args: Any, stop: threading.Event | None = None, what: str = "the job",
+             **kwargs: Any) -> Generator[Any, None, Any]:
+    """The job `run_apart` would run, in this process: the same records and result (`what` is taken so that a
+    caller can choose either function)."""
     result = function(*args, **({**kwargs, "stop": stop} if stop is not None else kwargs))
     return result if inspect.isgenerator(result) else _returning(result)
 
