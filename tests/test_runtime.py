@@ -287,8 +287,8 @@ def test_sessions_without_torch_take_the_threads_torch_would(tmp_path):
 def test_a_first_export_made_apart_leaves_torch_out_of_the_loading_process(model, tmp_path):
     """The viewer's preload (`load_predictor(..., export_apart=True)`) exports a model not yet cached in a spawned
     process: the viewer then runs it in ONNX Runtime without ever importing torch or segmentation-models-pytorch
-    (their 360 k objects lengthened every later full garbage collection on the GUI thread), and the export is
-    the one PyTorch's network is checked against."""
+    (their 363 k objects, docs/VIEWER.md, lengthened every later full garbage collection on the GUI thread), and
+    the export is the one PyTorch's network is checked against."""
     import os
     import subprocess
     import sys

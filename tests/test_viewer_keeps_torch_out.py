@@ -1,7 +1,8 @@
 """A viewer session on a machine without an accelerator never imports torch, segmentation-models-pytorch nor Triton:
 every dock open, the default model's first ONNX Runtime export, a segmentation and the Fine-tune dock's timed
-training step. Their 360-400 k objects would make every later full garbage collection on the GUI thread (napari
-forces one whenever a layer is removed) about 2.4x as long: 111 -> 265 ms here (docs/VIEWER.md). Torch runs in
+training step. Their 380 k objects would be walked by every later full garbage collection on the GUI thread
+(napari forces one whenever a layer is removed): a session with the model docks held 795 k objects and its
+collections took 315-321 ms, against 390 k and 150-195 ms without them (docs/VIEWER.md). Torch runs in
 processes of their own (`nucseg.models.build.export_in_child`, `nucseg.jobs.apart`)."""
 
 from __future__ import annotations

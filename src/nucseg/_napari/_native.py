@@ -7,8 +7,8 @@ process dies with a segmentation fault inside libtriton's initialisers. Loading 
 makes it bind to its own symbols. It has to happen before torch imports Triton, so the widgets that run models
 call `isolate_triton_before_torch` when they are imported: Triton is then loaded so at the moment torch is first
 imported, and not at all in a viewer that never imports torch (on the CPU, ONNX Runtime runs the models and
-training runs in a process of its own), whose heap it would grow by 20 k objects for every full garbage
-collection to walk.
+training runs in a process of its own), whose heap it would grow by 17 k objects for every full garbage
+collection to walk (docs/VIEWER.md).
 """
 
 from __future__ import annotations

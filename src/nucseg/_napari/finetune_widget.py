@@ -81,9 +81,9 @@ class FinetuneWidget(QWidget):
 
     _corrections_changed_qt = Signal()
     #: train and time training steps in a spawned process (`nucseg.jobs.apart`), so torch and
-    #: segmentation-models-pytorch never enter the viewer's process, where their objects made every later full
-    #: garbage collection on the GUI thread 2.4x as long; False runs them in a thread of this process (tests that
-    #: script the training's functions in this process)
+    #: segmentation-models-pytorch never enter the viewer's process, where their 363 k objects about doubled what
+    #: every full garbage collection on the GUI thread walks (docs/VIEWER.md); False runs them in a thread of this
+    #: process (tests that script the training's functions in this process)
     train_apart = True
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, store: CorrectionStore | None = None):
@@ -225,8 +225,8 @@ class FinetuneWidget(QWidget):
 
     @property
     def plots(self) -> TrainingPlots:
-        """The training curves, made when first needed (a run): matplotlib's 50 k objects stay out of the viewer's
-        heap until then (every full garbage collection walks them)."""
+        """The training curves, made when first needed (a run): matplotlib's 49 k objects (docs/VIEWER.md) stay
+        out of the viewer's heap until then (every full garbage collection walks them)."""
         if self._plots is None:
             from .plots import TrainingPlots
 

@@ -198,9 +198,9 @@ def export_in_child(spec: ModelSpec, device: Any, runtime: str = "auto") -> str 
     export is not cached yet: the caller then loads the model without importing torch and
     segmentation-models-pytorch.
 
-    Why: imported into the viewer, they add about 360 k objects to the heap the garbage collector walks, and
-    every later full collection on the GUI thread (napari forces one each time it removes a layer) took about
-    2.5x as long for the rest of the session (docs/VIEWER.md).
+    Why: imported into the viewer, they add 363 k objects to the heap the garbage collector walks at every full
+    collection on the GUI thread (napari forces one each time it removes a layer), for the rest of the session:
+    about as many as napari's own (docs/VIEWER.md).
 
     Returns:
         None when the export is (now) cached or not needed; else why the child did not write it. Nothing is
