@@ -238,7 +238,7 @@ def test_side_by_side_off_collects_garbage_once_not_per_layer(make_napari_viewer
 
 
 def test_side_by_side_from_the_gui_collects_garbage_in_a_turn_before_its_first_layer(make_napari_viewer, qtbot):
-    """A full collection the interpreter starts by itself inside a layer step adds up with it (0.26-0.29 s seen);
+    """A full collection the interpreter starts by itself inside a layer step adds up with it (result layers 0.26-0.29 s, docs/VIEWER.md);
     one run first, as a turn of its own, makes room. A window's timer fires between the two."""
     import gc
     import time

@@ -74,8 +74,8 @@ class StepQueue:
 
 def collect_garbage() -> None:
     """The first step of a run of layer steps, in a turn of its own: a full garbage collection now (napari's heap,
-    0.1-0.17 s here), so that one the interpreter starts by itself does not land inside a layer step and add up
-    with it (seen: 269-289 ms). The next one then waits until the heap has grown by a quarter (CPython's rule),
+    0.11-0.15 s here), so that one the interpreter starts by itself does not land inside a layer step and add up
+    with it (result layers: 260-285 ms, docs/VIEWER.md). The next one then waits until the heap has grown by a quarter (CPython's rule),
     more than a run of steps adds. Outside the event loop (a script, a test) there is no window to keep moving:
     nothing is done."""
     if in_event_loop():
